@@ -1,0 +1,1 @@
+"""slopewatch user interfaces: the command line (and the web app)."""

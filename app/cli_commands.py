@@ -1,0 +1,103 @@
+"""CLI commands beyond training: analyze, evaluate, bench, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from app.cli import _write_json, add_config_args, build_config
+
+
+def _cmd_analyze(ns: argparse.Namespace) -> int:
+    from core.analysis import AnalyzeConfig, analyze, fmt
+    from core.data import load_dataset
+    from core.taxonomy import load_taxonomy
+
+    cfg = build_config(AnalyzeConfig, ns)
+    ds = load_dataset(cfg.data_yaml, load_taxonomy(cfg.taxonomy))
+    result = analyze(ds, cfg)
+    for split, d in result["splits"].items():
+        print(f"{split}: {d['images']} images, {d['objects']} objects, imbalance {fmt(d['imbalance_ratio']['label'])}, "
+              f"{len(d['suspicious'])} suspicious")
+    print(f"wrote {cfg.out}/analysis.json, report.md and plots")
+    return 0
+
+
+def _cmd_evaluate_detector(ns: argparse.Namespace) -> int:
+    from core.evaluate import DetectorEvalConfig, evaluate_detector
+
+    cfg = build_config(DetectorEvalConfig, ns)
+    _write_json(evaluate_detector(cfg), cfg.json)
+    return 0
+
+
+def _cmd_bench_detector(ns: argparse.Namespace) -> int:
+    from core.bench import DetectorBenchConfig, bench_detector
+
+    cfg = build_config(DetectorBenchConfig, ns)
+    _write_json(bench_detector(cfg), cfg.json)
+    return 0
+
+
+def _cmd_predict(ns: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from core.detector import Detector, DetectorConfig
+    from core.errors import ImageError
+    from core.pipeline import Pipeline
+
+    pipeline = Pipeline(Detector(DetectorConfig(weights=ns.weights, conf=ns.conf, device=ns.device)))
+    results, failed = [], []
+    if ns.overlay:
+        ns.overlay.mkdir(parents=True, exist_ok=True)
+    for photo in tqdm(ns.photos, desc="predict"):
+        try:
+            image, result = pipeline.run(photo)
+        except ImageError as exc:  # one bad photo must not cost the others
+            failed.append({"photo": str(photo), "error": str(exc)})
+            continue
+        results.append(result.to_json())
+        if ns.overlay:
+            pipeline.overlay(image, result).save(ns.overlay / f"{Path(photo).stem}.png")
+    out = {"photos": results, "failed": failed}
+    if ns.json:
+        ns.json.parent.mkdir(parents=True, exist_ok=True)
+        ns.json.write_text(json.dumps(out, indent=2) + "\n")
+    for r in results:
+        counts: dict[str, int] = {}
+        for o in r["objects"]:
+            counts[o["type"]] = counts.get(o["type"], 0) + 1
+        print(f"{Path(r['photo']).name}: {len(r['objects'])} objects {counts}")
+    for f in failed:
+        print(f"FAILED {f['photo']}: {f['error']}")
+    return 1 if failed and not results else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from core.analysis import AnalyzeConfig
+    from core.bench import DetectorBenchConfig
+    from core.evaluate import DetectorEvalConfig
+
+    p = sub.add_parser("analyze", help="analyse a YOLO dataset export (counts, boxes, relations, plots)")
+    add_config_args(p, AnalyzeConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_analyze)
+
+    evaluate = sub.add_parser("evaluate", help="score a model on a labelled dataset").add_subparsers(dest="what", required=True)
+    p = evaluate.add_parser("detector", help="mAP of the stage-1 detector")
+    add_config_args(p, DetectorEvalConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_evaluate_detector)
+
+    bench = sub.add_parser("bench", help="measure speed on this machine").add_subparsers(dest="what", required=True)
+    p = bench.add_parser("detector", help="stage-1 latency per photo and photos/s")
+    add_config_args(p, DetectorBenchConfig)
+    p.set_defaults(func=_cmd_bench_detector)
+
+    p = sub.add_parser("predict", help="run the pipeline on photos (stage 1 + spatial facts)")
+    p.add_argument("photos", nargs="+", type=Path, help="photo files")
+    p.add_argument("--json", type=Path, help="write per-photo results here")
+    p.add_argument("--overlay", type=Path, help="write overlay PNGs into this folder")
+    p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
+    p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.set_defaults(func=_cmd_predict)

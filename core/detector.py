@@ -1,0 +1,124 @@
+"""Stage 1: the YOLO object detector (ultralytics), returning typed detections.
+
+Ultralytics checkpoints are pickles that can run code when loaded, so :func:`load_detector`
+only opens the shipped default after checking its SHA-256 against ``assets/models/manifest.toml``,
+or a file the caller names explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from core.data import file_sha256
+from core.errors import WeightsError
+from core.paths import assets_dir, models_manifest, ultralytics_config_dir
+from core.taxonomy import Taxonomy, load_taxonomy
+from core.types import Detection
+
+
+def ultralytics_module():
+    """Import ultralytics configured for offline use (no hub calls, settings kept in our data dir)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(ultralytics_config_dir()))
+    import ultralytics
+
+    return ultralytics
+
+
+def manifest() -> dict[str, Any]:
+    """The pinned-weights manifest shipped in ``assets/models``."""
+    path = models_manifest()
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"expected the model manifest at {path}, found nothing") from None
+
+
+def verify_pinned(path: Path, sha256: str) -> Path:
+    """Return ``path`` if its SHA-256 equals the pinned hash, else raise WeightsError."""
+    if not path.is_file():
+        raise WeightsError(f"expected weights file {path}, found nothing")
+    found = file_sha256(path)
+    if found != sha256:
+        raise WeightsError(f"{path}: expected SHA-256 {sha256}, found {found}; refusing to unpickle it")
+    return path
+
+
+def default_detector_path() -> Path:
+    """The shipped detector, verified against its pinned hash."""
+    entry = manifest().get("detector")
+    if not entry:
+        raise WeightsError(f"{models_manifest()}: expected a [detector] entry, found none")
+    return verify_pinned(assets_dir() / "models" / entry["file"], entry["sha256"])
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How to run stage 1.
+
+    Attributes:
+        weights: checkpoint path; ``None`` uses the shipped default (hash-checked).
+        conf: minimum detection confidence kept.
+        iou: NMS IoU threshold.
+        imgsz: inference image size; ``None`` uses the size the checkpoint was trained at.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:0"`` or ``"auto"``.
+    """
+
+    weights: Path | None = None
+    conf: float = 0.25
+    iou: float = 0.5
+    imgsz: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf <= 1.0:
+            raise ValueError(f"DetectorConfig.conf: expected a value in [0, 1], found {self.conf}")
+        if not 0.0 < self.iou <= 1.0:
+            raise ValueError(f"DetectorConfig.iou: expected a value in (0, 1], found {self.iou}")
+        if self.imgsz is not None and (self.imgsz < 32 or self.imgsz % 32):
+            raise ValueError(f"DetectorConfig.imgsz: expected a multiple of 32 >= 32, found {self.imgsz}")
+
+
+class Detector:
+    """A loaded YOLO detector whose classes are the taxonomy's object types."""
+
+    def __init__(self, config: DetectorConfig | None = None, taxonomy: Taxonomy | None = None):
+        from core.device import resolve_device
+
+        self.config = config or DetectorConfig()
+        self.taxonomy = taxonomy or load_taxonomy()
+        self.weights = Path(self.config.weights) if self.config.weights else default_detector_path()
+        if not self.weights.is_file():
+            raise WeightsError(f"expected detector weights at {self.weights}, found nothing")
+        yolo = ultralytics_module().YOLO
+        try:
+            self.model = yolo(str(self.weights), task="detect")
+        except Exception as exc:
+            raise WeightsError(f"{self.weights}: expected an ultralytics detection checkpoint, failed to load: {exc}") from exc
+        names = [self.model.names[i] for i in sorted(self.model.names)]
+        if names != self.taxonomy.type_names:
+            raise WeightsError(
+                f"{self.weights}: expected a detector over types {self.taxonomy.type_names}, found classes {names}"
+            )
+        train_args = getattr(self.model, "overrides", {}) or {}
+        self.imgsz = self.config.imgsz or int(train_args.get("imgsz") or 320)
+        self.device = resolve_device(self.config.device)
+
+    def predict(self, image: Image.Image | str | Path) -> list[Detection]:
+        """Detect objects in one upright RGB image (or an image path, loaded safely)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: list[Image.Image | str | Path]) -> list[list[Detection]]:
+        from core.images import load_image
+
+        pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        results = self.model.predict(
+            pil, conf=self.config.conf, iou=self.config.iou, imgsz=self.imgsz, device=self.device, verbose=False
+        )
+        return [Detection.from_ultralytics(r, self.taxonomy) for r in results]

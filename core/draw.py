@@ -1,0 +1,82 @@
+"""Overlays drawn with supervision: boxes, labels and (optionally) wrapped rationale text."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Sequence
+
+import numpy as np
+import supervision as sv
+from PIL import Image
+
+from core.types import Box
+
+# Colour per colour key; keys are condition names, "vegetation"/"none", or type names.
+DEFAULT_COLORS = {
+    "normal": "#2ca02c",
+    "blocked": "#ff7f0e",
+    "damaged": "#d62728",
+    "none": "#17becf",
+}
+_FALLBACK = ["#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#2ca02c"]
+
+
+def draw_boxes(
+    image: Image.Image,
+    boxes: Sequence[Box],
+    labels: Sequence[str],
+    color_keys: Sequence[str],
+    colors: dict[str, str] | None = None,
+    wrap: int = 0,
+) -> Image.Image:
+    """Draw boxes and labels on a copy of ``image``.
+
+    Args:
+        image: upright RGB image.
+        boxes: pixel boxes.
+        labels: text per box; with ``wrap`` > 0 it is wrapped to that many characters per line.
+        color_keys: the key choosing each box's colour (e.g. its condition).
+        colors: key -> hex colour; unknown keys get stable fallback colours.
+        wrap: characters per line for long labels (rationales); 0 keeps one line.
+    """
+    if not (len(boxes) == len(labels) == len(color_keys)):
+        raise ValueError(f"draw_boxes: expected equal lengths, found {len(boxes)} boxes, {len(labels)} labels, {len(color_keys)} keys")
+    canvas = np.array(image.convert("RGB"))
+    if not boxes:
+        return Image.fromarray(canvas)
+    colors = {**DEFAULT_COLORS, **(colors or {})}
+    keys = sorted(set(color_keys))
+    palette_hex = [colors.get(k, _FALLBACK[i % len(_FALLBACK)]) for i, k in enumerate(keys)]
+    palette = sv.ColorPalette([sv.Color.from_hex(h) for h in palette_hex])
+    dets = sv.Detections(
+        xyxy=np.array([b.xyxy for b in boxes], dtype=float),
+        class_id=np.array([keys.index(k) for k in color_keys], dtype=int),
+    )
+    scale = max(canvas.shape[:2]) / 640
+    thickness = max(1, round(2 * scale))
+    canvas = sv.BoxAnnotator(color=palette, thickness=thickness).annotate(canvas, dets)
+    text = ["\n".join(textwrap.wrap(t, wrap)) if wrap else t for t in labels]
+    canvas = sv.LabelAnnotator(
+        color=palette, text_scale=max(0.3, 0.4 * scale), text_thickness=1, text_padding=2,
+        text_position=sv.Position.TOP_LEFT, smart_position=True,
+    ).annotate(canvas, dets, labels=text)
+    return Image.fromarray(canvas)
+
+
+def type_colors(type_names: Sequence[str]) -> dict[str, str]:
+    """A stable colour per object type, so one type looks the same in every image."""
+    return {t: _FALLBACK[i % len(_FALLBACK)] for i, t in enumerate(type_names)}
+
+
+def tile(images: Sequence[Image.Image], columns: int = 4, cell: int = 320) -> Image.Image:
+    """Arrange images in a grid of ``cell``-sized squares (aspect kept, letterboxed)."""
+    if not images:
+        raise ValueError("tile: expected at least one image, found none")
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (columns * cell, rows * cell), (32, 32, 32))
+    for k, im in enumerate(images):
+        thumb = im.copy()
+        thumb.thumbnail((cell, cell))
+        x, y = (k % columns) * cell, (k // columns) * cell
+        grid.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+    return grid

@@ -1,0 +1,82 @@
+"""Evaluation of stage 1 against a labelled dataset (either taxonomy label space)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.data import load_dataset
+from core.detector import Detector, DetectorConfig
+from core.paths import data_dir
+from core.taxonomy import load_taxonomy
+
+
+@dataclass(frozen=True)
+class DetectorEvalConfig:
+    """Settings of ``slopewatch evaluate detector``.
+
+    Attributes:
+        data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's types or classes.
+        split: dataset split to score (report figures on ``valid``).
+        weights: detector checkpoint; default is the shipped, hash-pinned one.
+        json: where to write the metrics JSON.
+        imgsz: evaluation image size; default is the checkpoint's training size.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+    """
+
+    data_yaml: Path
+    split: str = "valid"
+    weights: Path | None = None
+    json: Path | None = None
+    imgsz: int | None = None
+    device: str = "auto"
+    taxonomy: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "valid", "test"):
+            raise ValueError(f"split: expected train, valid or test, found {self.split!r}")
+
+
+def evaluate_detector(cfg: DetectorEvalConfig) -> dict:
+    """mAP50, mAP50-95, precision, recall and per-type AP50 (ultralytics' COCO-style matcher).
+
+    The dataset is first rewritten as a type-labelled set through the taxonomy, so a 9-class
+    condition export is scored as the 4-type detection problem it contains.
+    """
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    ds = load_dataset(cfg.data_yaml, taxonomy)
+    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device), taxonomy)
+    with tempfile.TemporaryDirectory(prefix="eval-", dir=data_dir()) as tmp:
+        return _score(cfg, ds, detector, Path(tmp))
+
+
+def _score(cfg: DetectorEvalConfig, ds, detector: Detector, work: Path) -> dict:
+    taxonomy = ds.taxonomy
+    det_yaml = ds.write_detection_dataset(work / "dataset", splits=(cfg.split,))
+    val_split = "val" if cfg.split == "valid" else cfg.split
+    metrics = detector.model.val(
+        data=str(det_yaml), split=val_split, imgsz=detector.imgsz, batch=16, device=detector.device,
+        conf=0.001, iou=0.7, plots=False, project=str(work), name="val", verbose=False,
+    )
+    box = metrics.box
+    per_class = {t: {"ap50": 0.0, "support": 0} for t in taxonomy.type_names}
+    for k, cls_id in enumerate(box.ap_class_index):
+        per_class[taxonomy.type_names[int(cls_id)]]["ap50"] = float(box.ap50[k])
+    for s in ds.samples(cfg.split):
+        for o in s.objects:
+            per_class[o.type]["support"] += 1
+    return {
+        "detector": {
+            "map50": float(box.map50),
+            "map50_95": float(box.map),
+            "precision": float(box.mp),
+            "recall": float(box.mr),
+            "per_class": per_class,
+            "split": cfg.split,
+            "images": len(ds.samples(cfg.split)),
+            "weights": str(detector.weights),
+            "imgsz": detector.imgsz,
+        }
+    }

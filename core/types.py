@@ -1,0 +1,150 @@
+"""Typed contracts shared by every stage: boxes, ground-truth objects and detections.
+
+All boxes are pixel ``(x1, y1, x2, y2)`` in the upright image (after EXIF rotation). Each
+dataclass checks itself on construction, so a bad value fails where it is made, not three
+stages later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from core.taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned pixel box inside an image of size ``(width, height)``."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def __post_init__(self) -> None:
+        values = (self.x1, self.y1, self.x2, self.y2)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"Box: expected finite coordinates, found {values}")
+        if self.x2 < self.x1 or self.y2 < self.y1:
+            raise ValueError(f"Box: expected x1<=x2 and y1<=y2, found {values}")
+
+    @classmethod
+    def from_cxcywh_norm(cls, cx: float, cy: float, w: float, h: float, width: int, height: int) -> "Box":
+        """From YOLO's normalised centre/size, clipped to the image."""
+        x1, x2 = (cx - w / 2) * width, (cx + w / 2) * width
+        y1, y2 = (cy - h / 2) * height, (cy + h / 2) * height
+        return cls(*_clip((x1, y1, x2, y2), width, height))
+
+    def to_cxcywh_norm(self, width: int, height: int) -> tuple[float, float, float, float]:
+        return (self.cx / width, self.cy / height, self.width / width, self.height / height)
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    @property
+    def cx(self) -> float:
+        return (self.x1 + self.x2) / 2
+
+    @property
+    def cy(self) -> float:
+        return (self.y1 + self.y2) / 2
+
+    def iou(self, other: "Box") -> float:
+        inter = self.intersection(other)
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def intersection(self, other: "Box") -> float:
+        w = min(self.x2, other.x2) - max(self.x1, other.x1)
+        h = min(self.y2, other.y2) - max(self.y1, other.y1)
+        return max(w, 0.0) * max(h, 0.0)
+
+
+def _clip(xyxy: tuple[float, ...], width: int, height: int) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = xyxy
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+
+
+@dataclass(frozen=True)
+class LabeledObject:
+    """A ground-truth object from a dataset: its box and its type, plus its class when known.
+
+    ``class_name`` is ``None`` when the dataset is labelled with object types only.
+    """
+
+    box: Box
+    type: str
+    class_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("LabeledObject: expected a non-empty type")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One stage-1 detection: a box, its object type and the detector's confidence."""
+
+    box: Box
+    type: str
+    confidence: float
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("Detection: expected a non-empty type")
+        if not (0.0 <= self.confidence <= 1.0):
+            raise ValueError(f"Detection: expected confidence in [0, 1], found {self.confidence}")
+
+    @classmethod
+    def from_ultralytics(cls, result: Any, taxonomy: "Taxonomy") -> list["Detection"]:
+        """Detections from one ultralytics ``Results`` object, in descending confidence.
+
+        The detector's own class names must be the taxonomy's types; a detector trained for
+        another taxonomy is refused rather than silently mislabelled.
+        """
+        from core.errors import TaxonomyError
+
+        names = [result.names[i] for i in sorted(result.names)]
+        if names != taxonomy.type_names:
+            raise TaxonomyError(f"detector classes {names} do not match taxonomy types {taxonomy.type_names}")
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return []
+        xyxy = boxes.xyxy.cpu().numpy().astype(float)
+        conf = boxes.conf.cpu().numpy().astype(float)
+        cls_ids = boxes.cls.cpu().numpy().astype(int)
+        order = np.argsort(-conf, kind="stable")
+        return [
+            cls(Box(*xyxy[i].tolist()), names[cls_ids[i]], float(np.clip(conf[i], 0.0, 1.0))) for i in order
+        ]
+
+
+def detections_to_supervision(objects: list[Detection] | list[LabeledObject], taxonomy: "Taxonomy"):
+    """Convert to ``supervision.Detections`` (class ids are the taxonomy's type ids)."""
+    import supervision as sv
+
+    if not objects:
+        return sv.Detections.empty()
+    return sv.Detections(
+        xyxy=np.array([o.box.xyxy for o in objects], dtype=float),
+        class_id=np.array([taxonomy.type_id(o.type) for o in objects], dtype=int),
+        confidence=np.array([getattr(o, "confidence", 1.0) for o in objects], dtype=float),
+    )

@@ -126,7 +126,7 @@ class Detection:
         if names != taxonomy.type_names:
             raise TaxonomyError(f"detector classes {names} do not match taxonomy types {taxonomy.type_names}")
         boxes = result.boxes
-        if boxes is None or len(boxes) == 0:
+        if boxes is None or boxes.xyxy.shape[0] == 0:
             return []
         xyxy = boxes.xyxy.cpu().numpy().astype(float)
         conf = boxes.conf.cpu().numpy().astype(float)

@@ -1,0 +1,37 @@
+"""Shared fixtures: an isolated data dir, and tiny synthetic YOLO datasets built on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.paths import assets_dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_dir(tmp_path_factory):
+    os.environ["SLOPEWATCH_DATA_DIR"] = str(tmp_path_factory.mktemp("slopewatch-data"))
+    yield
+
+
+@pytest.fixture
+def samples_yaml() -> Path:
+    """The six real photos shipped in assets/ (a 9-class YOLO export with only a valid split)."""
+    return assets_dir() / "samples" / "data.yaml"
+
+
+def make_dataset(root: Path, names: list[str], images: dict[str, list[str]], split: str = "train", size=(100, 100)) -> Path:
+    """Write a YOLO dataset: ``images`` maps an image stem to its raw label lines."""
+    (root / split / "images").mkdir(parents=True, exist_ok=True)
+    (root / split / "labels").mkdir(parents=True, exist_ok=True)
+    for stem, lines in images.items():
+        Image.new("RGB", size, (120, 110, 90)).save(root / split / "images" / f"{stem}.jpg")
+        if lines is not None:
+            (root / split / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    yaml_path = root / "data.yaml"
+    quoted = ", ".join(f'"{n}"' for n in names)
+    yaml_path.write_text(f"{split}: {split}/images\nnc: {len(names)}\nnames: [{quoted}]\n")
+    return yaml_path

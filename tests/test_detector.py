@@ -1,0 +1,73 @@
+"""The shipped stage-1 detector on real photos, and the pickle-safety rules around checkpoints."""
+
+import shutil
+
+import pytest
+
+from core.detector import Detector, DetectorConfig, default_detector_path, manifest
+from core.errors import WeightsError
+from core.evaluate import DetectorEvalConfig, evaluate_detector
+from core.paths import samples_dir
+from core.pipeline import Pipeline
+from core.spatial import PREDICATES
+from core.taxonomy import load_taxonomy
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return Detector(DetectorConfig(device="cpu"))
+
+
+def test_shipped_detector_is_pinned_and_matches_taxonomy(detector):
+    assert default_detector_path().name == manifest()["detector"]["file"].split("/")[-1]
+    assert [detector.model.names[i] for i in sorted(detector.model.names)] == load_taxonomy().type_names
+    assert detector.imgsz == manifest()["detector"]["imgsz"]
+
+
+def test_tampered_default_is_refused(tmp_path, monkeypatch):
+    fake_assets = tmp_path / "assets"
+    shutil.copytree(samples_dir().parent / "models", fake_assets / "models", ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copytree(samples_dir().parent / "taxonomy", fake_assets / "taxonomy")
+    (fake_assets / "models" / manifest()["detector"]["file"]).parent.mkdir(parents=True, exist_ok=True)
+    (fake_assets / "models" / manifest()["detector"]["file"]).write_bytes(b"not the pinned checkpoint")
+    monkeypatch.setenv("SLOPEWATCH_ASSETS", str(fake_assets))
+    with pytest.raises(WeightsError, match="expected SHA-256"):
+        Detector(DetectorConfig(device="cpu"))
+
+
+def test_explicit_missing_weights_is_a_named_error(tmp_path):
+    with pytest.raises(WeightsError, match="found nothing"):
+        Detector(DetectorConfig(weights=tmp_path / "none.pt"))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="conf"):
+        DetectorConfig(conf=1.5)
+    with pytest.raises(ValueError, match="imgsz"):
+        DetectorConfig(imgsz=300)
+
+
+def test_evaluate_on_shipped_real_photos(samples_yaml):
+    """Detector evaluation on the six real photos in assets/ (a 9-class export, scored as 4 types)."""
+    result = evaluate_detector(DetectorEvalConfig(data_yaml=samples_yaml, device="cpu"))["detector"]
+    assert set(result["per_class"]) == set(load_taxonomy().type_names)
+    assert sum(c["support"] for c in result["per_class"].values()) == 40
+    for key in ("map50", "map50_95", "precision", "recall"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["map50_95"] <= result["map50"]
+    # A trained detector finds these objects; a broken pipeline (wrong classes, wrong boxes) scores ~0.
+    assert result["map50"] > 0.4
+    assert result["per_class"]["slope_drain"]["ap50"] > 0.5
+
+
+def test_pipeline_on_a_real_photo(detector):
+    photo = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))[0]
+    image, result = Pipeline(detector).run(photo)
+    assert result.detections, "the shipped detector should find objects in a sample photo"
+    assert all(0 <= d.box.x1 <= d.box.x2 <= image.width and 0 <= d.box.y2 <= image.height for d in result.detections)
+    assert all(f.predicate in PREDICATES for f in result.facts)
+    data = result.to_json()
+    assert len(data["objects"]) == len(result.detections)
+    assert {o["band"] for o in data["objects"]} <= {"top", "middle", "bottom"}
+    overlay = Pipeline(detector).overlay(image, result)
+    assert overlay.size == image.size and overlay.tobytes() != image.tobytes()

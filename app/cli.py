@@ -89,29 +89,17 @@ def _write_json(obj: dict, path: Path | None) -> None:
     print(text)
 
 
-# --- commands ------------------------------------------------------------------------------
-def _cmd_train_detector(ns: argparse.Namespace) -> int:
-    from train.detector import DetectorTrainConfig, train_detector
-
-    summary = train_detector(build_config(DetectorTrainConfig, ns))
-    _write_json(summary, None)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from train.detector import DetectorTrainConfig
+    from app import cli_commands
 
     parser = argparse.ArgumentParser(prog="slopewatch", description="Drainage inspection of earth embankments.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
-    p = train.add_parser("detector", help="train the stage-1 YOLO detector on a YOLO export")
-    add_config_args(p, DetectorTrainConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_train_detector)
-
-    from app import cli_commands
-
-    cli_commands.register(sub)
+    groups = {
+        name: sub.add_parser(name, help=text).add_subparsers(dest="what", required=True)
+        for name, text in (("train", "train a model"), ("evaluate", "score a model on a labelled dataset"),
+                           ("bench", "measure speed on this machine"))
+    }
+    cli_commands.register(sub, groups)
     return parser
 
 

@@ -74,21 +74,57 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     return 1 if failed and not results else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def _cmd_train_probe(ns: argparse.Namespace) -> int:
+    from train.probe import ProbeTrainConfig, train_probe
+
+    _write_json(train_probe(build_config(ProbeTrainConfig, ns)), None)
+    return 0
+
+
+def _cmd_evaluate_classifier(ns: argparse.Namespace) -> int:
+    from core.evaluate_classifier import ClassifierEvalConfig, evaluate_classifier
+
+    cfg = build_config(ClassifierEvalConfig, ns)
+    result = evaluate_classifier(cfg)
+    if cfg.json:
+        cfg.json.parent.mkdir(parents=True, exist_ok=True)
+        cfg.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'backend':<16} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'unfaithful':>10} {'s/photo':>8}")
+    for name, r in result["comparison"].items():
+        print(f"{name:<16} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
+              f"{r['unfaithful_rationale_rate']:>10.3f} {r['seconds_per_photo']:>8.3f}")
+    return 0
+
+
+def _cmd_train_detector(ns: argparse.Namespace) -> int:
+    from train.detector import DetectorTrainConfig, train_detector
+
+    _write_json(train_detector(build_config(DetectorTrainConfig, ns)), None)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add every command to the top-level parser and its train/evaluate/bench groups."""
     from core.analysis import AnalyzeConfig
     from core.bench import DetectorBenchConfig
     from core.evaluate import DetectorEvalConfig
+    from core.evaluate_classifier import ClassifierEvalConfig
+    from train.detector import DetectorTrainConfig
+    from train.probe import ProbeTrainConfig
 
+    train, evaluate, bench = groups["train"], groups["evaluate"], groups["bench"]
     p = sub.add_parser("analyze", help="analyse a YOLO dataset export (counts, boxes, relations, plots)")
     add_config_args(p, AnalyzeConfig, positional=("data_yaml",))
     p.set_defaults(func=_cmd_analyze)
 
-    evaluate = sub.add_parser("evaluate", help="score a model on a labelled dataset").add_subparsers(dest="what", required=True)
+    p = train.add_parser("detector", help="train the stage-1 YOLO detector on a YOLO export")
+    add_config_args(p, DetectorTrainConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_train_detector)
+
     p = evaluate.add_parser("detector", help="mAP of the stage-1 detector")
     add_config_args(p, DetectorEvalConfig, positional=("data_yaml",))
     p.set_defaults(func=_cmd_evaluate_detector)
 
-    bench = sub.add_parser("bench", help="measure speed on this machine").add_subparsers(dest="what", required=True)
     p = bench.add_parser("detector", help="stage-1 latency per photo and photos/s")
     add_config_args(p, DetectorBenchConfig)
     p.set_defaults(func=_cmd_bench_detector)
@@ -101,3 +137,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.set_defaults(func=_cmd_predict)
+
+    p = train.add_parser("probe", help="fit the frozen-feature probe (stage-2 baseline)")
+    add_config_args(p, ProbeTrainConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_train_probe)
+
+    p = evaluate.add_parser("classifier", help="stage-2 metrics on ground-truth boxes, with a backend comparison")
+    add_config_args(p, ClassifierEvalConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_evaluate_classifier)

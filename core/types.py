@@ -148,3 +148,44 @@ def detections_to_supervision(objects: list[Detection] | list[LabeledObject], ta
         class_id=np.array([taxonomy.type_id(o.type) for o in objects], dtype=int),
         confidence=np.array([getattr(o, "confidence", 1.0) for o in objects], dtype=float),
     )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Stage 2's verdict on one detection: its class, a probability per candidate class, and why.
+
+    ``probabilities`` covers exactly the candidate classes of the detection's type, sums to 1,
+    and ``class_name`` is its arg-max.
+    """
+
+    detection: Detection
+    class_name: str
+    probabilities: dict[str, float]
+    rationale: str
+    backend: str
+    version: str
+
+    def __post_init__(self) -> None:
+        if not self.probabilities:
+            raise ValueError("Finding: expected probabilities over at least one class, found none")
+        if any(not (0.0 <= p <= 1.0) or not math.isfinite(p) for p in self.probabilities.values()):
+            raise ValueError(f"Finding: expected probabilities in [0, 1], found {self.probabilities}")
+        total = sum(self.probabilities.values())
+        if abs(total - 1.0) > 1e-3:
+            raise ValueError(f"Finding: expected probabilities summing to 1, found {total:.4f}")
+        if self.class_name not in self.probabilities:
+            raise ValueError(f"Finding: class {self.class_name!r} is not among the candidates {list(self.probabilities)}")
+        if self.probabilities[self.class_name] < max(self.probabilities.values()) - 1e-9:
+            raise ValueError(f"Finding: class {self.class_name!r} is not the most probable of {self.probabilities}")
+        if not self.backend or not self.version:
+            raise ValueError("Finding: expected a backend name and version")
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.class_name]
+
+    @property
+    def margin(self) -> float:
+        """Top-1 minus top-2 probability (1.0 when there is a single candidate)."""
+        top = sorted(self.probabilities.values(), reverse=True)
+        return top[0] - (top[1] if len(top) > 1 else 0.0)

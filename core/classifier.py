@@ -1,0 +1,105 @@
+"""Stage 2: label each detection's condition with a pluggable backend.
+
+:class:`ConditionClassifier` does the parts every backend shares: spatial facts, the
+pass-through of types without conditions (vegetation never reaches a model), probability
+checks, and faithful template rationales when a backend writes none of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from core.rationale import template_rationale
+from core.spatial import Fact, spatial_facts
+from core.taxonomy import Taxonomy
+from core.types import Detection, Finding
+
+
+@dataclass(frozen=True)
+class PhotoContext:
+    """One photo as stage 2 sees it: pixels, all detections and their spatial facts."""
+
+    image: Image.Image
+    detections: tuple[Detection, ...]
+    facts: tuple[Fact, ...]
+    image_key: str
+
+
+def photo_context(image: Image.Image, detections: Sequence[Detection], image_key: str | None = None) -> PhotoContext:
+    """Build the context of one photo; ``image_key`` defaults to a hash of the pixels."""
+    facts = spatial_facts([d.box for d in detections], image.width, image.height)
+    key = image_key or hashlib.sha256(image.tobytes()).hexdigest()
+    return PhotoContext(image, tuple(detections), tuple(facts), key)
+
+
+class Backend(Protocol):
+    """What a stage-2 backend provides. ``score`` returns, per target index, a probability per
+    candidate class of that detection's type (in the taxonomy's order)."""
+
+    name: str
+    version: str
+
+    def score(self, ctx: PhotoContext, targets: Sequence[int]) -> list[np.ndarray]: ...
+
+
+class ConditionClassifier:
+    """Runs a backend over one photo's detections and returns typed findings."""
+
+    def __init__(self, backend: Backend, taxonomy: Taxonomy):
+        self.backend = backend
+        self.taxonomy = taxonomy
+
+    def classify(self, image: Image.Image, detections: Sequence[Detection], image_key: str | None = None) -> list[Finding]:
+        """One finding per detection, in the same order."""
+        ctx = photo_context(image, detections, image_key)
+        targets = [i for i, d in enumerate(detections) if self.taxonomy.needs_condition(d.type)]
+        scored = dict(zip(targets, self.backend.score(ctx, targets))) if targets else {}
+        writer = getattr(self.backend, "rationales", None)
+        findings = []
+        for i, d in enumerate(detections):
+            candidates = [c.name for c in self.taxonomy.classes_for_type(d.type)]
+            if i in scored:
+                p = np.asarray(scored[i], dtype=float)
+                if p.shape != (len(candidates),) or not np.isfinite(p).all():
+                    raise ValueError(f"backend {self.backend.name}: expected {len(candidates)} finite scores for {d.type}, found {p}")
+                p = p / p.sum()
+                backend, version = self.backend.name, self.backend.version
+            else:
+                p = np.ones(1)
+                backend, version = "passthrough", "1"
+            probs = dict(zip(candidates, p.tolist()))
+            best = candidates[int(np.argmax(p))]
+            findings.append(Finding(d, best, probs, "", backend, version))
+        texts = writer(ctx, findings) if writer else [None] * len(findings)
+        return [
+            Finding(f.detection, f.class_name, f.probabilities,
+                    text or template_rationale(f.class_name, f.confidence, i, ctx.detections, ctx.facts, image.height),
+                    f.backend, f.version)
+            for i, (f, text) in enumerate(zip(findings, texts))
+        ]
+
+
+class TypeMajority:
+    """Baseline: always the most frequent training class of the detection's type."""
+
+    name = "type-majority"
+
+    def __init__(self, taxonomy: Taxonomy, class_counts: dict[str, int]):
+        self.taxonomy = taxonomy
+        self.counts = class_counts
+        self.version = hashlib.sha256(repr(sorted(class_counts.items())).encode()).hexdigest()[:12]
+
+    def score(self, ctx: PhotoContext, targets: Sequence[int]) -> list[np.ndarray]:
+        out = []
+        for i in targets:
+            cands = self.taxonomy.classes_for_type(ctx.detections[i].type)
+            counts = np.array([self.counts.get(c.name, 0) for c in cands], dtype=float)
+            p = np.full(len(cands), 1e-6)
+            p[int(np.argmax(counts))] = 1.0
+            out.append(p)
+        return out

@@ -1,0 +1,166 @@
+"""``slopewatch evaluate classifier``: stage 2 judged alone, on ground-truth boxes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from core.classifier import ConditionClassifier, TypeMajority, photo_context
+from core.data import Sample, YoloDataset, file_sha256, load_dataset
+from core.errors import DatasetError, SlopewatchError
+from core.images import load_image
+from core.metrics import classification_metrics
+from core.paths import assets_dir
+from core.rationale import unfaithful_claims
+from core.taxonomy import Taxonomy, load_taxonomy
+from core.types import Detection
+
+BACKENDS = ("type-majority", "probe")
+
+
+@dataclass(frozen=True)
+class ClassifierEvalConfig:
+    """Settings of ``slopewatch evaluate classifier``.
+
+    Attributes:
+        data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's condition classes.
+        split: split to score (report figures on ``valid``).
+        backend: stage-2 backend whose metrics go under "classifier".
+        compare: comma-separated further backends for the comparison table.
+        probe_weights: probe ``.npz``; default is the shipped one.
+        json: where to write the metrics JSON.
+        confusion_png: where to draw the main backend's confusion matrix.
+        taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+    """
+
+    data_yaml: Path
+    split: str = "valid"
+    backend: str = "probe"
+    compare: str = ""
+    probe_weights: Path | None = None
+    json: Path | None = None
+    confusion_png: Path | None = None
+    taxonomy: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.backend_names:
+            if name not in BACKENDS:
+                raise ValueError(f"backend: expected one of {BACKENDS}, found {name!r}")
+
+    @property
+    def backend_names(self) -> list[str]:
+        extra = [b.strip() for b in self.compare.split(",") if b.strip()]
+        return [self.backend] + [b for b in extra if b != self.backend]
+
+
+def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, list[Detection], list[str], str]]:
+    """Per photo: the sample, the upright image, GT boxes as detections, GT classes, content hash."""
+    if ds.label_space != "classes":
+        raise DatasetError(f"expected condition classes {ds.taxonomy.class_names}, found types {ds.names}", str(ds.yaml_path))
+    for s in ds.samples(split):
+        dets = [Detection(o.box, o.type, 1.0) for o in s.objects]
+        yield s, load_image(s.image_path), dets, [o.class_name for o in s.objects], file_sha256(s.image_path)
+
+
+def default_probe_path() -> Path:
+    return assets_dir() / "models" / "probe" / "drainage-probe.npz"
+
+
+def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None):
+    if name == "type-majority":
+        if "train" not in ds.splits:
+            raise DatasetError("type-majority needs a train split to count classes", str(ds.yaml_path))
+        counts: dict[str, int] = {}
+        for s in ds.samples("train"):
+            for o in s.objects:
+                counts[o.class_name] = counts.get(o.class_name, 0) + 1
+        return TypeMajority(taxonomy, counts)
+    if name == "probe":
+        from core.probe import Probe
+
+        return Probe.load(probe_weights or default_probe_path(), taxonomy)
+    raise SlopewatchError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) -> dict:
+    tax = classifier.taxonomy
+    y_true, y_pred, unfaithful, rationales, seconds, photos = [], [], 0, 0, 0.0, 0
+    for _, image, dets, classes, key in ground_truth(ds, split):
+        t0 = time.perf_counter()
+        findings = classifier.classify(image, dets, key)
+        seconds += time.perf_counter() - t0
+        photos += 1
+        facts = photo_context(image, dets, key).facts
+        for i, (f, truth) in enumerate(zip(findings, classes)):
+            y_true.append(truth)
+            y_pred.append(f.class_name)
+            if f.backend != "passthrough":
+                rationales += 1
+                unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax))
+    result = classification_metrics(y_true, y_pred, tax.class_names)
+
+    def grouped(key) -> dict:
+        labels = sorted({key(tax.get_class(c)) for c in tax.class_names})
+        m = classification_metrics([key(tax.get_class(c)) for c in y_true], [key(tax.get_class(c)) for c in y_pred], labels)
+        return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class")}
+
+    result["per_condition"] = grouped(lambda c: c.condition or "none")
+    per_type = {}
+    for t in tax.type_names:
+        idx = [k for k, c in enumerate(y_true) if tax.get_class(c).type == t]
+        if idx:
+            m = classification_metrics([y_true[k] for k in idx], [y_pred[k] for k in idx], [c.name for c in tax.classes_for_type(t)])
+            per_type[t] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
+    result["per_type"] = per_type
+    result["unfaithful_rationale_rate"] = unfaithful / rationales if rationales else 0.0
+    result["seconds_per_photo"] = seconds / photos if photos else 0.0
+    result["backend"] = classifier.backend.name
+    result["version"] = classifier.backend.version
+    return result
+
+
+def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
+    """Metrics of the main backend, plus a comparison row per backend in ``compare``."""
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    ds = load_dataset(cfg.data_yaml, taxonomy)
+    results = {}
+    for name in cfg.backend_names:
+        backend = make_backend(name, taxonomy, ds, cfg.probe_weights)
+        results[name] = score_backend(ConditionClassifier(backend, taxonomy), ds, cfg.split)
+    main = results[cfg.backend]
+    if cfg.confusion_png:
+        plot_confusion(main, cfg.confusion_png)
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "unfaithful_rationale_rate", "seconds_per_photo")
+    return {
+        "classifier": main,
+        "comparison": {name: {k: r[k] for k in keys} for name, r in results.items()},
+        "split": cfg.split,
+    }
+
+
+def plot_confusion(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.array(result["confusion"])
+    labels = result["labels"]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j]:
+                ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{result['backend']}: accuracy {result['accuracy']:.3f}, balanced {result['balanced_accuracy']:.3f}")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

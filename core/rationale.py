@@ -1,0 +1,80 @@
+"""Rationales that cite only what stage 1 found, and a checker for ones that do not.
+
+Objects are referred to as ``<type> #<index>`` (index into the photo's detections), so a
+reviewer can find each one on the overlay and the checker can verify each claim exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from core.spatial import Fact, band
+from core.taxonomy import Taxonomy
+from core.types import Detection
+
+PHRASES = {
+    "at_lower_end_of": "at the lower end of",
+    "adjacent_to": "next to",
+    "overlaps": "overlapping",
+    "above": "above",
+    "below": "below",
+    "left_of": "left of",
+    "right_of": "right of",
+}
+# Relations worth a reviewer's attention, most telling first; plain directions add little.
+SALIENT = ("at_lower_end_of", "overlaps", "adjacent_to")
+_CITE = re.compile(r"(?P<type>[a-z]+(?: [a-z]+)?)\s+#(?P<idx>\d+)")
+_REF = re.compile(r"(?P<phrase>at the lower end of|next to|overlapping|above|below|left of|right of)\s+(?P<type>[a-z ]+?)\s+#(?P<idx>\d+)")
+
+
+def human(type_name: str) -> str:
+    return type_name.replace("_", " ")
+
+
+def describe(index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int, max_relations: int = 2) -> str:
+    """One sentence of true spatial facts about ``detections[index]``."""
+    d = detections[index]
+    parts = [f"{human(d.type)} #{index} in the {band(d.box, height)} band"]
+    mine = [f for f in facts if f.subject == index and f.predicate in SALIENT]
+    mine.sort(key=lambda f: SALIENT.index(f.predicate))
+    for f in mine[:max_relations]:
+        parts.append(f"{PHRASES[f.predicate]} {human(detections[f.object].type)} #{f.object}")
+    return ", ".join(parts)
+
+
+def template_rationale(class_name: str, confidence: float, index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int) -> str:
+    """A short, faithful-by-construction rationale: the verdict plus the object's spatial facts."""
+    return f"{class_name} ({confidence:.0%}): {describe(index, detections, facts, height)}."
+
+
+def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection], facts: Sequence[Fact], taxonomy: Taxonomy) -> list[str]:
+    """Claims in ``rationale`` about object ``index`` that the computed facts do not support.
+
+    Flags (a) a cited ``<type> #k`` where object k does not exist or is of another type,
+    (b) a relation to object k that is not among the spatial facts, and (c) a mention of an
+    object type that stage 1 did not find in the photo at all. Never raises.
+    """
+    problems = []
+    text = (rationale or "").lower()
+    held = {(f.predicate, f.object) for f in facts if f.subject == index}
+    by_phrase = {v: k for k, v in PHRASES.items()}
+    type_words = {human(t) for t in taxonomy.type_names}
+    bad_refs = set()
+    for m in _CITE.finditer(text):
+        k, typ = int(m.group("idx")), m.group("type").strip()
+        typ = next((t for t in type_words if typ.endswith(t)), None)
+        if typ is None:
+            continue
+        if k >= len(detections) or human(detections[k].type) != typ:
+            bad_refs.add(k)
+            problems.append(f"cites {typ} #{k}, which stage 1 did not find")
+    for m in _REF.finditer(text):
+        k, typ = int(m.group("idx")), m.group("type").strip()
+        if k not in bad_refs and (by_phrase[m.group("phrase")], k) not in held:
+            problems.append(f"says '{m.group('phrase')} {typ} #{k}', which the spatial facts do not support")
+    found = {human(d.type) for d in detections}
+    for t in taxonomy.type_names:
+        if re.search(rf"\b{re.escape(human(t))}s?\b", text) and human(t) not in found:
+            problems.append(f"mentions a {human(t)}, but stage 1 found none")
+    return problems

@@ -1,0 +1,118 @@
+"""Stage-2 orchestration with fake backends, rationales and the faithfulness checker."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.classifier import ConditionClassifier, TypeMajority, photo_context
+from core.probe import fit_probe
+from core.rationale import template_rationale, unfaithful_claims
+from core.spatial import spatial_facts
+from core.taxonomy import load_taxonomy
+from core.types import Box, Detection, Finding
+
+TAX = load_taxonomy()
+IMAGE = Image.new("RGB", (300, 300), (90, 90, 90))
+DETS = [
+    Detection(Box(140, 20, 160, 220), "slope_drain", 0.9),
+    Detection(Box(0, 215, 300, 245), "toe_drain", 0.8),
+    Detection(Box(165, 100, 200, 140), "vegetation", 0.7),
+]
+FACTS = spatial_facts([d.box for d in DETS], 300, 300)
+
+
+class CountingBackend:
+    name, version = "fake", "0"
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, ctx, targets):
+        self.seen.extend(ctx.detections[i].type for i in targets)
+        return [np.arange(1, len(TAX.classes_for_type(ctx.detections[i].type)) + 1, dtype=float) for i in targets]
+
+
+def test_vegetation_passes_through_without_a_model_call():
+    backend = CountingBackend()
+    findings = ConditionClassifier(backend, TAX).classify(IMAGE, DETS)
+    assert backend.seen == ["slope_drain", "toe_drain"]
+    assert [f.class_name for f in findings] == ["slope drain damaged", "Toe drain- Damaged", "vegetation"]
+    assert findings[2].backend == "passthrough" and findings[2].probabilities == {"vegetation": 1.0}
+    for f in findings:
+        assert sum(f.probabilities.values()) == pytest.approx(1.0)
+        assert set(f.probabilities) == {c.name for c in TAX.classes_for_type(f.detection.type)}
+        assert f.rationale and not unfaithful_claims(f.rationale, findings.index(f), DETS, FACTS, TAX)
+    assert findings[0].probabilities["slope drain damaged"] == pytest.approx(3 / 6)
+    assert "at the lower end of slope drain #0" in findings[1].rationale
+
+
+def test_bad_backend_output_is_refused():
+    class Broken(CountingBackend):
+        def score(self, ctx, targets):
+            return [np.array([np.nan, 1.0, 1.0]) for _ in targets]
+
+    with pytest.raises(ValueError, match="finite scores"):
+        ConditionClassifier(Broken(), TAX).classify(IMAGE, DETS)
+
+
+def test_type_majority():
+    backend = TypeMajority(TAX, {"slope drain": 5, "slope drain blocked": 9, "Toe drain": 3})
+    findings = ConditionClassifier(backend, TAX).classify(IMAGE, DETS)
+    assert [f.class_name for f in findings[:2]] == ["slope drain blocked", "Toe drain"]
+
+
+@pytest.mark.parametrize(
+    "rationale, problems",
+    [
+        ("Toe drain- Blocked: toe drain #1 at the lower end of slope drain #0.", []),
+        ("Looks clear; next to vegetation #2.", ["which the spatial facts do not support"]),  # #1 is not next to #2
+        ("Blocked by debris from rock toe #3.", ["stage 1 did not find", "mentions a rock toe"]),
+        ("Silt washed down from the rock toe above.", ["mentions a rock toe"]),
+        ("below slope drain #2", ["stage 1 did not find"]),  # #2 is vegetation
+        ("", []),
+        ("\x00\x01 garbage ### #99999999", []),
+    ],
+)
+def test_unfaithful_claims_table(rationale, problems):
+    found = unfaithful_claims(rationale, 1, DETS, FACTS, TAX)
+    assert len(found) == len(problems)
+    for text, expected in zip(found, problems):
+        assert expected in text
+
+
+def test_template_rationale_is_faithful_for_every_object():
+    for i, d in enumerate(DETS):
+        text = template_rationale("x", 0.5, i, DETS, FACTS, 300)
+        assert f"#{i}" in text and not unfaithful_claims(text, i, DETS, FACTS, TAX)
+
+
+def test_finding_validates_itself():
+    d = DETS[0]
+    ok = Finding(d, "slope drain", {"slope drain": 0.7, "slope drain blocked": 0.2, "slope drain damaged": 0.1}, "r", "b", "1")
+    assert ok.margin == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="summing to 1"):
+        Finding(d, "slope drain", {"slope drain": 0.7, "slope drain blocked": 0.1}, "r", "b", "1")
+    with pytest.raises(ValueError, match="most probable"):
+        Finding(d, "slope drain", {"slope drain": 0.3, "slope drain blocked": 0.7}, "r", "b", "1")
+    with pytest.raises(ValueError, match="not among"):
+        Finding(d, "vegetation", {"slope drain": 1.0}, "r", "b", "1")
+
+
+def test_probe_learns_a_planted_signal():
+    rng = np.random.default_rng(0)
+    n = 120
+    types = ["slope_drain"] * n + ["rock_toe"] * n
+    labels = [["slope drain", "slope drain blocked", "slope drain damaged"][k % 3] for k in range(n)] + [["rock toe", "rock toe damaged"][k % 2] for k in range(n)]
+    x = rng.normal(size=(2 * n, 8))
+    for k, label in enumerate(labels):
+        x[k, TAX.class_id(label) % 8] += 3.0  # one informative feature per class
+    probe = fit_probe(x, types, labels, TAX, c=1.0)
+    probs = probe.proba_rows(x, types)
+    pred = [TAX.classes_for_type(t)[int(np.argmax(p))].name for t, p in zip(types, probs)]
+    assert np.mean([p == y for p, y in zip(pred, labels)]) > 0.9
+    assert all(p.sum() == pytest.approx(1.0) for p in probs)
+
+
+def test_photo_context_facts_match_spatial_module():
+    ctx = photo_context(IMAGE, DETS)
+    assert list(ctx.facts) == FACTS and len(ctx.image_key) == 64

@@ -1,0 +1,93 @@
+"""``slopewatch train probe``: fit the frozen-feature probe on a condition-labelled dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.classifier import photo_context
+from core.data import load_dataset
+from core.evaluate_classifier import default_probe_path, ground_truth
+from core.features import FeatureStore
+from core.probe import fit_probe, probe_inputs
+from core.taxonomy import load_taxonomy
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class ProbeTrainConfig:
+    """Settings of ``slopewatch train probe``.
+
+    Attributes:
+        data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's condition classes.
+        split: split to train on (never the one you report).
+        out: where to write the probe ``.npz``.
+        c: inverse L2 regularisation strength; unset picks it by 5-fold cross-validation on the
+            training split (folds by photo), so the reported split is never used for tuning.
+        blocked_weight: extra loss weight for objects whose condition is "blocked" (the rare one).
+        taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+    """
+
+    data_yaml: Path
+    split: str = "train"
+    out: Path = field(default_factory=default_probe_path)
+    c: float | None = None
+    blocked_weight: float = 1.5
+    taxonomy: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.data_yaml, self.out = Path(self.data_yaml), Path(self.out)
+        if self.c is not None and self.c <= 0:
+            raise ValueError(f"c: expected > 0, found {self.c}")
+        if self.blocked_weight <= 0:
+            raise ValueError(f"blocked_weight: expected > 0, found {self.blocked_weight}")
+
+
+def train_probe(cfg: ProbeTrainConfig) -> dict:
+    from tqdm.auto import tqdm
+
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    ds = load_dataset(cfg.data_yaml, taxonomy)
+    store = FeatureStore()
+    rows, types, labels, photo_ids = [], [], [], []
+    for _, image, dets, classes, key in tqdm(list(ground_truth(ds, cfg.split)), desc="encode objects"):
+        targets = [i for i, d in enumerate(dets) if taxonomy.needs_condition(d.type)]
+        if not targets:
+            continue
+        rows.append(probe_inputs(store, photo_context(image, dets, key), targets))
+        types += [dets[i].type for i in targets]
+        labels += [classes[i] for i in targets]
+        photo_ids += [key] * len(targets)
+    x = np.concatenate(rows)
+    weights = np.array([cfg.blocked_weight if taxonomy.get_class(y).condition == "blocked" else 1.0 for y in labels])
+    cv = None
+    c = cfg.c
+    if c is None:
+        cv = {str(k): v for k, v in cross_validate_c(x, types, labels, photo_ids, weights, taxonomy).items()}
+        c = float(max(cv, key=lambda k: cv[k]))
+    probe = fit_probe(x, types, labels, taxonomy, c=c, sample_weight=weights, store=store)
+    probe.save(cfg.out)
+    return {"weights": str(cfg.out), "objects": len(labels), "c": c, "cv_balanced_accuracy": cv, "version": probe.version}
+
+
+def cross_validate_c(x, types, labels, groups, weights, taxonomy, grid=C_GRID, folds: int = 5) -> dict[float, float]:
+    """Balanced accuracy of each C over photo-grouped folds of the training rows."""
+    from core.metrics import classification_metrics
+
+    groups = np.asarray(groups)
+    fold_of = {g: k % folds for k, g in enumerate(np.random.default_rng(0).permutation(np.unique(groups)))}
+    fold = np.array([fold_of[g] for g in groups])
+    types, labels = np.asarray(types), np.asarray(labels)
+    scores = {}
+    for c in grid:
+        pred = np.empty(len(labels), dtype=object)
+        for k in range(folds):
+            tr, te = fold != k, fold == k
+            probe = fit_probe(x[tr], types[tr], labels[tr], taxonomy, c=c, sample_weight=weights[tr])
+            for j, p in zip(np.flatnonzero(te), probe.proba_rows(x[te], types[te])):
+                pred[j] = taxonomy.classes_for_type(types[j])[int(np.argmax(p))].name
+        scores[c] = classification_metrics(list(labels), list(pred), taxonomy.class_names)["balanced_accuracy"]
+    return scores

@@ -47,7 +47,14 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     from core.errors import ImageError
     from core.pipeline import Pipeline
 
-    pipeline = Pipeline(Detector(DetectorConfig(weights=ns.weights, conf=ns.conf, device=ns.device)))
+    detector = Detector(DetectorConfig(weights=ns.weights, conf=ns.conf, device=ns.device))
+    classifier = None
+    if ns.backend != "none":
+        from core.classifier import ConditionClassifier
+        from core.evaluate_classifier import make_stage2_backend
+
+        classifier = ConditionClassifier(make_stage2_backend(ns.backend, detector.taxonomy), detector.taxonomy)
+    pipeline = Pipeline(detector, classifier)
     results, failed = [], []
     if ns.overlay:
         ns.overlay.mkdir(parents=True, exist_ok=True)
@@ -67,7 +74,8 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     for r in results:
         counts: dict[str, int] = {}
         for o in r["objects"]:
-            counts[o["type"]] = counts.get(o["type"], 0) + 1
+            label = o.get("class", o["type"])
+            counts[label] = counts.get(label, 0) + 1
         print(f"{Path(r['photo']).name}: {len(r['objects'])} objects {counts}")
     for f in failed:
         print(f"FAILED {f['photo']}: {f['error']}")
@@ -136,6 +144,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--backend", default="probe", help="stage-2 backend: probe, or none for stage 1 only (default: probe)")
     p.set_defaults(func=_cmd_predict)
 
     p = train.add_parser("probe", help="fit the frozen-feature probe (stage-2 baseline)")

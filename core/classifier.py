@@ -78,7 +78,7 @@ class ConditionClassifier:
         texts = writer(ctx, findings) if writer else [None] * len(findings)
         return [
             Finding(f.detection, f.class_name, f.probabilities,
-                    text or template_rationale(f.class_name, f.confidence, i, ctx.detections, ctx.facts, image.height),
+                    text or template_rationale(f.probabilities, i, ctx.detections, ctx.facts, image.height),
                     f.backend, f.version)
             for i, (f, text) in enumerate(zip(findings, texts))
         ]

@@ -41,9 +41,10 @@ def draw_boxes(
     """
     if not (len(boxes) == len(labels) == len(color_keys)):
         raise ValueError(f"draw_boxes: expected equal lengths, found {len(boxes)} boxes, {len(labels)} labels, {len(color_keys)} keys")
-    canvas = np.array(image.convert("RGB"))
+    # supervision reads numpy arrays as OpenCV BGR; a PIL image keeps colours as given.
+    canvas = image.convert("RGB").copy()
     if not boxes:
-        return Image.fromarray(canvas)
+        return canvas
     colors = {**DEFAULT_COLORS, **(colors or {})}
     keys = sorted(set(color_keys))
     palette_hex = [colors.get(k, _FALLBACK[i % len(_FALLBACK)]) for i, k in enumerate(keys)]
@@ -52,15 +53,15 @@ def draw_boxes(
         xyxy=np.array([b.xyxy for b in boxes], dtype=float),
         class_id=np.array([keys.index(k) for k in color_keys], dtype=int),
     )
-    scale = max(canvas.shape[:2]) / 640
+    scale = max(canvas.size) / 640
     thickness = max(1, round(2 * scale))
     canvas = sv.BoxAnnotator(color=palette, thickness=thickness).annotate(canvas, dets)
-    text = ["\n".join(textwrap.wrap(t, wrap)) if wrap else t for t in labels]
+    text = ["\n".join(line for part in t.split("\n") for line in textwrap.wrap(part, wrap)) if wrap else t for t in labels]
     canvas = sv.LabelAnnotator(
         color=palette, text_scale=max(0.3, 0.4 * scale), text_thickness=1, text_padding=2,
         text_position=sv.Position.TOP_LEFT, smart_position=True,
     ).annotate(canvas, dets, labels=text)
-    return Image.fromarray(canvas)
+    return canvas
 
 
 def type_colors(type_names: Sequence[str]) -> dict[str, str]:

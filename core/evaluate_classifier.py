@@ -68,7 +68,17 @@ def default_probe_path() -> Path:
     return assets_dir() / "models" / "probe" / "drainage-probe.npz"
 
 
+def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None):
+    """A stage-2 backend for live photos (baselines that need a dataset are not offered)."""
+    if name == "probe":
+        from core.probe import Probe
+
+        return Probe.load(probe_weights or default_probe_path(), taxonomy)
+    raise SlopewatchError(f"unknown stage-2 backend {name!r}; expected one of {[b for b in BACKENDS if b != 'type-majority']}")
+
+
 def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None):
+    """A backend for evaluation; ``type-majority`` counts the dataset's train split."""
     if name == "type-majority":
         if "train" not in ds.splits:
             raise DatasetError("type-majority needs a train split to count classes", str(ds.yaml_path))
@@ -77,11 +87,7 @@ def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: 
             for o in s.objects:
                 counts[o.class_name] = counts.get(o.class_name, 0) + 1
         return TypeMajority(taxonomy, counts)
-    if name == "probe":
-        from core.probe import Probe
-
-        return Probe.load(probe_weights or default_probe_path(), taxonomy)
-    raise SlopewatchError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    return make_stage2_backend(name, taxonomy, probe_weights)
 
 
 def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) -> dict:

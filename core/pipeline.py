@@ -1,4 +1,4 @@
-"""The end-to-end photo pipeline: load safely, detect (stage 1), derive spatial facts."""
+"""The end-to-end photo pipeline: load safely, detect (stage 1), label conditions (stage 2)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.classifier import ConditionClassifier, photo_context
 from core.detector import Detector
-from core.draw import draw_boxes, type_colors
+from core.draw import draw_boxes
 from core.images import load_image
-from core.spatial import Fact, band, spatial_facts
-from core.types import Detection
+from core.spatial import Fact, band
+from core.types import Box, Detection, Finding
 
 
 @dataclass(frozen=True)
@@ -22,40 +23,65 @@ class PhotoResult:
     width: int
     height: int
     detections: tuple[Detection, ...]
+    findings: tuple[Finding, ...] = ()
     facts: tuple[Fact, ...] = field(default=())
 
     def to_json(self) -> dict:
-        return {
-            "photo": self.photo,
-            "width": self.width,
-            "height": self.height,
-            "objects": [
-                {
-                    "id": i,
-                    "box": [round(v, 1) for v in d.box.xyxy],
-                    "type": d.type,
-                    "detector_confidence": round(d.confidence, 4),
-                    "band": band(d.box, self.height),
-                }
-                for i, d in enumerate(self.detections)
-            ],
-            "relations": [asdict(f) for f in self.facts],
-        }
+        objects = []
+        for i, d in enumerate(self.detections):
+            obj = {
+                "id": i,
+                "box": [round(v, 1) for v in d.box.xyxy],
+                "type": d.type,
+                "detector_confidence": round(d.confidence, 4),
+                "band": band(d.box, self.height),
+            }
+            if self.findings:
+                f = self.findings[i]
+                obj.update(
+                    {
+                        "class": f.class_name,
+                        "confidence": round(f.confidence, 4),
+                        "probabilities": {k: round(v, 4) for k, v in f.probabilities.items()},
+                        "rationale": f.rationale,
+                        "backend": f.backend,
+                        "backend_version": f.version,
+                    }
+                )
+            objects.append(obj)
+        return {"photo": self.photo, "width": self.width, "height": self.height, "objects": objects,
+                "relations": [asdict(f) for f in self.facts]}
 
 
 class Pipeline:
-    """Runs the stages over photos. Stage 2 (conditions) plugs in here when a classifier is given."""
+    """Stage 1 then (when a classifier is given) stage 2 over one photo at a time."""
 
-    def __init__(self, detector: Detector):
+    def __init__(self, detector: Detector, classifier: ConditionClassifier | None = None):
         self.detector = detector
+        self.classifier = classifier
+        self.taxonomy = detector.taxonomy
 
     def run(self, photo: str | Path | Image.Image, name: str | None = None) -> tuple[Image.Image, PhotoResult]:
         image = photo if isinstance(photo, Image.Image) else load_image(photo)
         dets = self.detector.predict(image)
-        facts = spatial_facts([d.box for d in dets], image.width, image.height)
-        return image, PhotoResult(name or str(photo), image.width, image.height, tuple(dets), tuple(facts))
+        ctx = photo_context(image, dets)
+        findings = tuple(self.classifier.classify(image, dets, ctx.image_key)) if self.classifier else ()
+        return image, PhotoResult(name or str(photo), image.width, image.height, tuple(dets), findings, ctx.facts)
 
-    def overlay(self, image: Image.Image, result: PhotoResult) -> Image.Image:
-        labels = [f"{d.type} {d.confidence:.2f}" for d in result.detections]
-        colors = type_colors(self.detector.taxonomy.type_names)
-        return draw_boxes(image, [d.box for d in result.detections], labels, [d.type for d in result.detections], colors)
+    def overlay(self, image: Image.Image, result: PhotoResult, rationales: bool = True) -> Image.Image:
+        """Boxes coloured by condition (or by type before stage 2), labelled, rationale wrapped below."""
+        boxes = [d.box for d in result.detections]
+        if result.findings:
+            keys = [self.taxonomy.get_class(f.class_name).condition or "none" for f in result.findings]
+            labels = [
+                f"#{i} {f.class_name} {f.confidence:.0%}" + (f"\n{f.rationale}" if rationales and f.backend != "passthrough" else "")
+                for i, f in enumerate(result.findings)
+            ]
+        else:
+            keys = [d.type for d in result.detections]
+            labels = [f"#{i} {d.type} {d.confidence:.2f}" for i, d in enumerate(result.detections)]
+        # Small drone photos leave no room for text; draw on a 2x upscale so labels stay legible.
+        scale = 2 if max(image.size) < 800 else 1
+        big = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
+        boxes = [Box(b.x1 * scale, b.y1 * scale, b.x2 * scale, b.y2 * scale) for b in boxes]
+        return draw_boxes(big, boxes, labels, keys, wrap=48)

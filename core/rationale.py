@@ -43,9 +43,14 @@ def describe(index: int, detections: Sequence[Detection], facts: Sequence[Fact],
     return ", ".join(parts)
 
 
-def template_rationale(class_name: str, confidence: float, index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int) -> str:
-    """A short, faithful-by-construction rationale: the verdict plus the object's spatial facts."""
-    return f"{class_name} ({confidence:.0%}): {describe(index, detections, facts, height)}."
+def template_rationale(probabilities: dict[str, float], index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int) -> str:
+    """A short, faithful-by-construction rationale: where the object is, what it touches, and
+    how sure the verdict is (naming the runner-up when it is close)."""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    verdict = f"{ranked[0][0]} at {ranked[0][1]:.0%}"
+    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < 0.3:
+        verdict += f", close to {ranked[1][0]} at {ranked[1][1]:.0%}"
+    return f"{describe(index, detections, facts, height).capitalize()}; {verdict}."
 
 
 def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection], facts: Sequence[Fact], taxonomy: Taxonomy) -> list[str]:

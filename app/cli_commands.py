@@ -104,6 +104,14 @@ def _cmd_evaluate_classifier(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_adapter(ns: argparse.Namespace) -> int:
+    from train.adapter import AdapterTrainConfig, train_adapter
+
+    summary = train_adapter(build_config(AdapterTrainConfig, ns))
+    _write_json({k: v for k, v in summary.items() if k != "train_config"}, None)
+    return 0
+
+
 def _cmd_train_detector(ns: argparse.Namespace) -> int:
     from train.detector import DetectorTrainConfig, train_detector
 
@@ -118,6 +126,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     from core.evaluate import DetectorEvalConfig
     from core.evaluate_classifier import ClassifierEvalConfig
     from train.detector import DetectorTrainConfig
+    from train.adapter import AdapterTrainConfig
     from train.probe import ProbeTrainConfig
 
     train, evaluate, bench = groups["train"], groups["evaluate"], groups["bench"]
@@ -144,12 +153,16 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--backend", default="probe", help="stage-2 backend: probe, or none for stage 1 only (default: probe)")
+    p.add_argument("--backend", default="probe", help="stage-2 backend: probe, adapter, or none for stage 1 only (default: probe)")
     p.set_defaults(func=_cmd_predict)
 
     p = train.add_parser("probe", help="fit the frozen-feature probe (stage-2 baseline)")
     add_config_args(p, ProbeTrainConfig, positional=("data_yaml",))
     p.set_defaults(func=_cmd_train_probe)
+
+    p = train.add_parser("adapter", help="train the adapter VLM (projector + LoRA) on condition labels")
+    add_config_args(p, AdapterTrainConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_train_adapter)
 
     p = evaluate.add_parser("classifier", help="stage-2 metrics on ground-truth boxes, with a backend comparison")
     add_config_args(p, ClassifierEvalConfig, positional=("data_yaml",))

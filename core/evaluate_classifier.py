@@ -17,7 +17,7 @@ from core.rationale import unfaithful_claims
 from core.taxonomy import Taxonomy, load_taxonomy
 from core.types import Detection
 
-BACKENDS = ("type-majority", "probe")
+BACKENDS = ("type-majority", "probe", "adapter", "adapter-zeroshot")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class ClassifierEvalConfig:
         backend: stage-2 backend whose metrics go under "classifier".
         compare: comma-separated further backends for the comparison table.
         probe_weights: probe ``.npz``; default is the shipped one.
+        adapter_dir: adapter VLM folder; default is the shipped one.
+        ablate_context: also score VLM backends with the spatial context removed from the prompt.
         json: where to write the metrics JSON.
         confusion_png: where to draw the main backend's confusion matrix.
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
@@ -40,6 +42,8 @@ class ClassifierEvalConfig:
     backend: str = "probe"
     compare: str = ""
     probe_weights: Path | None = None
+    adapter_dir: Path | None = None
+    ablate_context: bool = False
     json: Path | None = None
     confusion_png: Path | None = None
     taxonomy: Path | None = None
@@ -68,16 +72,30 @@ def default_probe_path() -> Path:
     return assets_dir() / "models" / "probe" / "drainage-probe.npz"
 
 
-def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None):
-    """A stage-2 backend for live photos (baselines that need a dataset are not offered)."""
+def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None, adapter_dir: Path | None = None):
+    """A stage-2 backend for live photos (baselines that need a dataset are not offered).
+
+    ``adapter-zeroshot`` is the adapter VLM before any training: base LM, fresh LoRA and an
+    untrained projector, i.e. prompting alone.
+    """
     if name == "probe":
         from core.probe import Probe
 
         return Probe.load(probe_weights or default_probe_path(), taxonomy)
+    if name == "adapter":
+        from core.adapter import AdapterVLM, default_adapter_dir
+
+        return AdapterVLM.load(adapter_dir or default_adapter_dir(), taxonomy)
+    if name == "adapter-zeroshot":
+        from core.adapter import AdapterVLM
+
+        model = AdapterVLM(taxonomy)
+        model.name, model.version = "adapter-zeroshot", "base"
+        return model
     raise SlopewatchError(f"unknown stage-2 backend {name!r}; expected one of {[b for b in BACKENDS if b != 'type-majority']}")
 
 
-def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None):
+def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None, adapter_dir: Path | None = None):
     """A backend for evaluation; ``type-majority`` counts the dataset's train split."""
     if name == "type-majority":
         if "train" not in ds.splits:
@@ -87,7 +105,18 @@ def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: 
             for o in s.objects:
                 counts[o.class_name] = counts.get(o.class_name, 0) + 1
         return TypeMajority(taxonomy, counts)
-    return make_stage2_backend(name, taxonomy, probe_weights)
+    return make_stage2_backend(name, taxonomy, probe_weights, adapter_dir)
+
+
+class WithoutContext:
+    """Ablation wrapper: the same VLM, prompted without other objects, facts or hints."""
+
+    def __init__(self, backend):
+        self.inner = backend
+        self.name, self.version = f"{backend.name} (no context)", backend.version
+
+    def score(self, ctx, targets):
+        return self.inner.score(ctx, targets, with_context=False)
 
 
 def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) -> dict:
@@ -133,8 +162,11 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
     ds = load_dataset(cfg.data_yaml, taxonomy)
     results = {}
     for name in cfg.backend_names:
-        backend = make_backend(name, taxonomy, ds, cfg.probe_weights)
+        backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir)
         results[name] = score_backend(ConditionClassifier(backend, taxonomy), ds, cfg.split)
+        if cfg.ablate_context and name.startswith("adapter"):
+            ablated = WithoutContext(backend)
+            results[ablated.name] = score_backend(ConditionClassifier(ablated, taxonomy), ds, cfg.split)
     main = results[cfg.backend]
     if cfg.confusion_png:
         plot_confusion(main, cfg.confusion_png)

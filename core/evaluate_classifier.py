@@ -17,7 +17,7 @@ from core.rationale import unfaithful_claims
 from core.taxonomy import Taxonomy, load_taxonomy
 from core.types import Detection
 
-BACKENDS = ("type-majority", "probe", "adapter", "adapter-zeroshot")
+BACKENDS = ("type-majority", "probe", "adapter", "adapter-zeroshot", "qwen2vl")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class ClassifierEvalConfig:
         compare: comma-separated further backends for the comparison table.
         probe_weights: probe ``.npz``; default is the shipped one.
         adapter_dir: adapter VLM folder; default is the shipped one.
+        qwen_model: Qwen2-VL hub id or folder, for the qwen2vl backend.
+        qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
         ablate_context: also score VLM backends with the spatial context removed from the prompt.
         json: where to write the metrics JSON.
         confusion_png: where to draw the main backend's confusion matrix.
@@ -43,6 +45,8 @@ class ClassifierEvalConfig:
     compare: str = ""
     probe_weights: Path | None = None
     adapter_dir: Path | None = None
+    qwen_model: str | None = None
+    qwen_precision: str = "auto"
     ablate_context: bool = False
     json: Path | None = None
     confusion_png: Path | None = None
@@ -52,6 +56,13 @@ class ClassifierEvalConfig:
         for name in self.backend_names:
             if name not in BACKENDS:
                 raise ValueError(f"backend: expected one of {BACKENDS}, found {name!r}")
+
+    def qwen_config(self):
+        if not self.qwen_model:
+            return None
+        from core.qwen2vl import Qwen2VLConfig
+
+        return Qwen2VLConfig(model=self.qwen_model, precision=self.qwen_precision)
 
     @property
     def backend_names(self) -> list[str]:
@@ -72,7 +83,8 @@ def default_probe_path() -> Path:
     return assets_dir() / "models" / "probe" / "drainage-probe.npz"
 
 
-def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None, adapter_dir: Path | None = None):
+def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None, adapter_dir: Path | None = None,
+                        qwen=None):
     """A stage-2 backend for live photos (baselines that need a dataset are not offered).
 
     ``adapter-zeroshot`` is the adapter VLM before any training: base LM, fresh LoRA and an
@@ -92,10 +104,17 @@ def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | Non
         model = AdapterVLM(taxonomy)
         model.name, model.version = "adapter-zeroshot", "base"
         return model
+    if name == "qwen2vl":
+        from core.qwen2vl import Qwen2VLBackend
+
+        if qwen is None:
+            raise SlopewatchError("backend qwen2vl needs a model: pass --qwen-model HUB_ID_OR_FOLDER")
+        return Qwen2VLBackend(qwen, taxonomy)
     raise SlopewatchError(f"unknown stage-2 backend {name!r}; expected one of {[b for b in BACKENDS if b != 'type-majority']}")
 
 
-def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None, adapter_dir: Path | None = None):
+def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None, adapter_dir: Path | None = None,
+                 qwen=None):
     """A backend for evaluation; ``type-majority`` counts the dataset's train split."""
     if name == "type-majority":
         if "train" not in ds.splits:
@@ -105,7 +124,7 @@ def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: 
             for o in s.objects:
                 counts[o.class_name] = counts.get(o.class_name, 0) + 1
         return TypeMajority(taxonomy, counts)
-    return make_stage2_backend(name, taxonomy, probe_weights, adapter_dir)
+    return make_stage2_backend(name, taxonomy, probe_weights, adapter_dir, qwen)
 
 
 class WithoutContext:
@@ -162,9 +181,9 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
     ds = load_dataset(cfg.data_yaml, taxonomy)
     results = {}
     for name in cfg.backend_names:
-        backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir)
+        backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir, cfg.qwen_config())
         results[name] = score_backend(ConditionClassifier(backend, taxonomy), ds, cfg.split)
-        if cfg.ablate_context and name.startswith("adapter"):
+        if cfg.ablate_context and name in ("adapter", "adapter-zeroshot", "qwen2vl"):
             ablated = WithoutContext(backend)
             results[ablated.name] = score_backend(ConditionClassifier(ablated, taxonomy), ds, cfg.split)
     main = results[cfg.backend]

@@ -1,0 +1,235 @@
+"""The ``qwen2vl`` backend: production stage 2 on Qwen2-VL / Qwen2.5-VL (transformers).
+
+Per photo, the image and the list of all detections are encoded once (one prefill, one KV
+cache). Each object then branches from that cache: its question marks the object with
+Qwen2-VL's grounding syntax (``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``, 0-1000 scale) and
+restates its spatial facts and the data-driven band prior. All (object, candidate class)
+pairs are scored in one batched forward over the shared cache: the label's probability is the
+softmax over candidates of the summed log-likelihood of ``<class name><|im_end|>``. Rationales
+are generated greedily, batched across objects, from the same cache, capped in length.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.classifier import PhotoContext
+from core.errors import SlopewatchError, WeightsError
+from core.prompts import Hints, object_prompt
+from core.rationale import human
+from core.spatial import band
+from core.taxonomy import Taxonomy
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
+SYSTEM = "You inspect drainage on earth embankments and judge each object's condition."
+
+
+class BackendUnavailable(SlopewatchError):
+    """A stage-2 backend cannot run with the requested settings on this machine."""
+
+
+@dataclass(frozen=True)
+class Qwen2VLConfig:
+    """Settings of the ``qwen2vl`` backend.
+
+    Attributes:
+        model: hub id (e.g. Qwen/Qwen2-VL-7B-Instruct, from the local HF cache when offline) or a local folder.
+        adapter: optional LoRA adapter folder (peft) applied on top.
+        precision: auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16, int8 or int4 (bitsandbytes, CUDA only).
+        device: auto, cpu or cuda[:N].
+        max_pixels: image size cap; Qwen2-VL spends one visual token per 28x28 pixels.
+        rationale_tokens: most tokens generated per rationale (0: template rationales).
+    """
+
+    model: str
+    adapter: Path | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    max_pixels: int = 448 * 28 * 28
+    rationale_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, found {self.precision!r}")
+        if self.max_pixels < 28 * 28 * 4:
+            raise ValueError(f"max_pixels: expected >= {28 * 28 * 4}, found {self.max_pixels}")
+        if self.rationale_tokens < 0:
+            raise ValueError(f"rationale_tokens: expected >= 0, found {self.rationale_tokens}")
+
+
+def load_qwen2vl(cfg: Qwen2VLConfig):
+    """``(model, processor, device)`` per the config; quantisation needs CUDA and bitsandbytes."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from core.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    kwargs: dict = {}
+    if cfg.precision in ("int8", "int4"):
+        if not device.startswith("cuda"):
+            raise BackendUnavailable(f"precision {cfg.precision} needs a CUDA GPU (bitsandbytes); found device {device}. Use fp32 on CPU.")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise BackendUnavailable("precision int8/int4 needs bitsandbytes: pip install -e '.[gpu]'") from None
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True) if cfg.precision == "int8"
+            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+        )
+        kwargs["device_map"] = {"": device}
+    else:
+        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+        kwargs["dtype"] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
+        processor = AutoProcessor.from_pretrained(cfg.model, max_pixels=cfg.max_pixels)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"expected a Qwen2-VL checkpoint at {cfg.model!r} (hub id in the local cache, or a folder): {exc}") from exc
+    if "quantization_config" not in kwargs:
+        model = model.to(device)
+    if cfg.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(cfg.adapter))
+    return model.eval(), processor, device
+
+
+class Qwen2VLBackend:
+    """Label scoring and rationales with a Qwen2-VL model over a shared per-photo prefill."""
+
+    name = "qwen2vl"
+
+    def __init__(self, cfg: Qwen2VLConfig, taxonomy: Taxonomy, hints: Hints | None = None, loaded=None):
+        self.cfg, self.taxonomy, self.hints = cfg, taxonomy, hints or {}
+        self.model, self.processor, self.device = loaded or load_qwen2vl(cfg)
+        self.tok = self.processor.tokenizer
+        adapter = ""
+        if cfg.adapter:
+            weights = sorted(Path(cfg.adapter).glob("*.safetensors"))
+            adapter = "+" + hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest()[:12] if weights else "+adapter"
+        self.version = f"{cfg.model}{adapter}"
+        self.end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
+
+    # --- prompt pieces (pure text) -------------------------------------------------------
+    def prefix_text(self, ctx: PhotoContext) -> str:
+        items = [f"{human(d.type)} #{k} ({band(d.box, ctx.image.height)})" for k, d in enumerate(ctx.detections)]
+        return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+                f"Detected: {', '.join(items)}.")
+
+    def object_text(self, ctx: PhotoContext, index: int, with_context: bool = True) -> str:
+        box = ctx.detections[index].box
+        w, h = ctx.image.width, ctx.image.height
+        ground = f"<|box_start|>({round(1000 * box.x1 / w)},{round(1000 * box.y1 / h)}),({round(1000 * box.x2 / w)},{round(1000 * box.y2 / h)})<|box_end|>"
+        cands = ", ".join(c.name for c in self.taxonomy.classes_for_type(ctx.detections[index].type))
+        return (f"\n{object_prompt(ctx, index, self.hints, with_context)} It is at {ground}. "
+                f"Which condition: {cands}?<|im_end|>\n<|im_start|>assistant\n")
+
+    # --- model calls ---------------------------------------------------------------------
+    def prefill(self, ctx: PhotoContext):
+        """Encode the image and detections once; returns ``(cache, prefix_length, rope_delta)``."""
+        import torch
+
+        inputs = self.processor(text=[self.prefix_text(ctx)], images=[ctx.image], return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model(**inputs, use_cache=True)
+        rope_delta = self._inner().rope_deltas
+        return out.past_key_values, inputs["input_ids"].shape[1], rope_delta
+
+    def _inner(self):
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return model.model
+
+    def _branch(self, cache, prefix_len: int, rope_delta, rows: Sequence[list[int]], left_pad: bool):
+        """Run token rows after a copy of the shared cache; returns ``(logits, cache, lengths)``."""
+        import torch
+
+        n, width = len(rows), max(len(r) for r in rows)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_id
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros(n, prefix_len + width, dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        pos = torch.zeros(n, width, dtype=torch.long)
+        for k, r in enumerate(rows):
+            start = width - len(r) if left_pad else 0
+            ids[k, start : start + len(r)] = torch.tensor(r)
+            mask[k, prefix_len + start : prefix_len + start + len(r)] = 1
+            # Positions continue the prefix exactly, whatever the padding.
+            pos[k, start : start + len(r)] = torch.arange(prefix_len, prefix_len + len(r))
+        branch = copy.deepcopy(cache)
+        branch.batch_repeat_interleave(n)
+        position_ids = (pos + rope_delta.to(pos.device).reshape(-1, 1)[:1]).unsqueeze(0).expand(3, -1, -1)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), past_key_values=branch,
+                             position_ids=position_ids.to(self.device), use_cache=True,
+                             cache_position=torch.arange(prefix_len, prefix_len + width, device=self.device))
+        return out.logits.float(), out.past_key_values, mask, [len(r) for r in rows]
+
+    def score(self, ctx: PhotoContext, targets: Sequence[int], with_context: bool = True) -> list[np.ndarray]:
+        import torch
+
+        cache, plen, delta = self.prefill(ctx)
+        rows, spans, owners = [], [], []
+        for i in targets:
+            question = self.tok.encode(self.object_text(ctx, i, with_context), add_special_tokens=False)
+            for c in self.taxonomy.classes_for_type(ctx.detections[i].type):
+                answer = self.tok.encode(c.name, add_special_tokens=False) + [self.end_id]
+                rows.append(question + answer)
+                spans.append((len(question), len(answer)))
+                owners.append(i)
+        logits, _, _, _ = self._branch(cache, plen, delta, rows, left_pad=False)
+        logp = torch.log_softmax(logits, -1)
+        totals = []
+        for k, (q, a) in enumerate(spans):
+            targets_ids = torch.tensor(rows[k][q : q + a], device=logp.device)
+            # Row token t is predicted at position t-1; the first answer token by the question's last.
+            totals.append(float(logp[k, q - 1 : q + a - 1].gather(-1, targets_ids[:, None]).sum()))
+        out, cursor = [], 0
+        for i in targets:
+            m = len(self.taxonomy.classes_for_type(ctx.detections[i].type))
+            out.append(torch.softmax(torch.tensor(totals[cursor : cursor + m]), -1).numpy())
+            cursor += m
+        return out
+
+    def rationales(self, ctx: PhotoContext, findings) -> list[str | None]:
+        import torch
+
+        targets = [i for i, f in enumerate(findings) if f.backend == self.name]
+        texts: list[str | None] = [None] * len(findings)
+        if not targets or self.cfg.rationale_tokens == 0:
+            return texts
+        cache, plen, delta = self.prefill(ctx)
+        rows = [self.tok.encode(self.object_text(ctx, i) + findings[i].class_name + ". Reason:", add_special_tokens=False) for i in targets]
+        logits, cache, mask, lengths = self._branch(cache, plen, delta, rows, left_pad=True)
+        width = max(lengths)
+        generated = [[] for _ in targets]
+        done = torch.zeros(len(targets), dtype=torch.bool)
+        for step in range(self.cfg.rationale_tokens):
+            nxt = logits[:, -1].argmax(-1).cpu()
+            for k in range(len(targets)):
+                if not done[k]:
+                    if int(nxt[k]) in (self.end_id, self.tok.eos_token_id):
+                        done[k] = True
+                    else:
+                        generated[k].append(int(nxt[k]))
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones(len(targets), 1, dtype=torch.long)], 1)
+            pos = torch.tensor([plen + n + step for n in lengths])[:, None]
+            position_ids = (pos + delta.cpu().reshape(-1, 1)[:1]).unsqueeze(0).expand(3, -1, -1)
+            with torch.inference_mode():
+                out = self.model(input_ids=nxt[:, None].to(self.device), attention_mask=mask.to(self.device), past_key_values=cache,
+                                 position_ids=position_ids.to(self.device), use_cache=True,
+                                 cache_position=torch.tensor([plen + width + step], device=self.device))
+            logits, cache = out.logits.float(), out.past_key_values
+        for k, i in enumerate(targets):
+            texts[i] = self.tok.decode(generated[k], skip_special_tokens=True).strip() or None
+        return texts

@@ -33,7 +33,8 @@ def _cmd_evaluate_detector(ns: argparse.Namespace) -> int:
 
 
 def _cmd_bench_detector(ns: argparse.Namespace) -> int:
-    from core.bench import DetectorBenchConfig, bench_detector
+    from core.bench import DetectorBenchConfig, PipelineBenchConfig
+    from core.evaluate_pipeline import PipelineEvalConfig, bench_detector
 
     cfg = build_config(DetectorBenchConfig, ns)
     _write_json(bench_detector(cfg), cfg.json)
@@ -110,6 +111,22 @@ def _cmd_evaluate_classifier(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_pipeline(ns: argparse.Namespace) -> int:
+    from core.evaluate_pipeline import PipelineEvalConfig, evaluate_pipeline
+
+    cfg = build_config(PipelineEvalConfig, ns)
+    _write_json(evaluate_pipeline(cfg), cfg.json)
+    return 0
+
+
+def _cmd_bench_pipeline(ns: argparse.Namespace) -> int:
+    from core.bench import PipelineBenchConfig, bench_pipeline
+
+    cfg = build_config(PipelineBenchConfig, ns)
+    _write_json(bench_pipeline(cfg), cfg.json)
+    return 0
+
+
 def _cmd_train_adapter(ns: argparse.Namespace) -> int:
     from train.adapter import AdapterTrainConfig, train_adapter
 
@@ -128,7 +145,8 @@ def _cmd_train_detector(ns: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add every command to the top-level parser and its train/evaluate/bench groups."""
     from core.analysis import AnalyzeConfig
-    from core.bench import DetectorBenchConfig
+    from core.bench import DetectorBenchConfig, PipelineBenchConfig
+    from core.evaluate_pipeline import PipelineEvalConfig
     from core.evaluate import DetectorEvalConfig
     from core.evaluate_classifier import ClassifierEvalConfig
     from train.detector import DetectorTrainConfig
@@ -151,6 +169,14 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = bench.add_parser("detector", help="stage-1 latency per photo and photos/s")
     add_config_args(p, DetectorBenchConfig)
     p.set_defaults(func=_cmd_bench_detector)
+
+    p = evaluate.add_parser("pipeline", help="both stages end to end: detection, conditions, relations")
+    add_config_args(p, PipelineEvalConfig, positional=("data_yaml",))
+    p.set_defaults(func=_cmd_evaluate_pipeline)
+
+    p = bench.add_parser("pipeline", help="seconds per photo/object, photos/s, peak RSS, shared vs naive")
+    add_config_args(p, PipelineBenchConfig)
+    p.set_defaults(func=_cmd_bench_pipeline)
 
     p = sub.add_parser("predict", help="run the pipeline on photos (stage 1 + spatial facts)")
     p.add_argument("photos", nargs="+", type=Path, help="photo files")

@@ -80,3 +80,110 @@ def bench_detector(cfg: DetectorBenchConfig) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "weights": str(detector.weights),
     }
+
+
+@dataclass(frozen=True)
+class PipelineBenchConfig:
+    """Settings of ``slopewatch bench pipeline``.
+
+    Attributes:
+        photos: folder of photos to time (searched recursively); default: the shipped samples.
+        backend: stage-2 backend (probe, adapter, or qwen2vl with --qwen-model).
+        qwen_model: Qwen2-VL hub id or folder, for the qwen2vl backend.
+        qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
+        repeats: timed passes over all photos.
+        naive: also time the naive path: every object scored and explained in its own call.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        json: where to write the results JSON.
+    """
+
+    photos: Path | None = None
+    backend: str = "adapter"
+    qwen_model: str | None = None
+    qwen_precision: str = "auto"
+    repeats: int = 1
+    naive: bool = True
+    device: str = "auto"
+    json: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"repeats: expected >= 1, found {self.repeats}")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class _OneAtATime:
+    """The naive path: the same backend, called once per object (no shared prefill, no batching)."""
+
+    def __init__(self, backend):
+        self.inner, self.name, self.version = backend, backend.name, backend.version
+
+    def score(self, ctx, targets):
+        return [self.inner.score(ctx, [i])[0] for i in targets]
+
+    def rationales(self, ctx, findings):
+        writer = getattr(self.inner, "rationales", None)
+        if writer is None:
+            return [None] * len(findings)
+        out = []
+        for k, f in enumerate(findings):
+            alone = [g if j == k else _Skipped(g) for j, g in enumerate(findings)]
+            out.append(writer(ctx, alone)[k])
+        return out
+
+
+class _Skipped:
+    """A finding hidden from a rationale writer (its backend name matches no real backend)."""
+
+    def __init__(self, finding):
+        self.backend, self.class_name = "skipped", finding.class_name
+
+
+def bench_pipeline(cfg: PipelineBenchConfig) -> dict:
+    """Seconds per photo and per object, photos/s and peak RSS for both stages, and the
+    speed-up of the shared/batched path over the naive one-call-per-object path."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from core.classifier import ConditionClassifier
+    from core.evaluate_classifier import make_stage2_backend
+    from core.pipeline import Pipeline
+
+    qwen = None
+    if cfg.qwen_model:
+        from core.qwen2vl import Qwen2VLConfig
+
+        qwen = Qwen2VLConfig(model=cfg.qwen_model, precision=cfg.qwen_precision, device=cfg.device)
+    detector = Detector(DetectorConfig(device=cfg.device))
+    backend = make_stage2_backend(cfg.backend, detector.taxonomy, qwen=qwen)
+    if hasattr(backend, "store"):
+        from core.features import FeatureStore
+
+        backend.store = FeatureStore(backend.store.encoder, persist=False)
+    images = [load_image(p) for p in find_photos(cfg.photos or samples_dir())]
+    result = {"bench": "pipeline", "backend": backend.name, "version": backend.version, "photos": len(images),
+              "device": detector.device, "torch_threads": torch.get_num_threads()}
+    modes = [("shared", backend)] + ([("naive", _OneAtATime(backend))] if cfg.naive else [])
+    for mode, b in modes:
+        pipeline = Pipeline(detector, ConditionClassifier(b, detector.taxonomy))
+        pipeline.run(images[0])  # warm-up: first-call allocations are not what users wait for
+        times, objects = [], 0
+        for _ in tqdm(range(cfg.repeats), desc=f"bench pipeline ({mode})"):
+            for im in images:
+                t0 = time.perf_counter()
+                _, res = pipeline.run(im)
+                times.append(time.perf_counter() - t0)
+                objects += len(res.detections)
+        arr = np.asarray(times)
+        result[mode] = {"median_s_per_photo": float(np.median(arr)), "p95_s_per_photo": float(np.percentile(arr, 95)),
+                        "photos_per_s": float(len(arr) / arr.sum()), "s_per_object": float(arr.sum() / max(objects, 1)),
+                        "objects": objects}
+    if cfg.naive:
+        result["naive_over_shared"] = result["naive"]["median_s_per_photo"] / result["shared"]["median_s_per_photo"]
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -276,3 +277,29 @@ class Store:
 
     def integrity_ok(self) -> bool:
         return self.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+
+
+def snapshot(db_path: str | Path, out: str | Path) -> Path:
+    """A consistent copy of a live database for a long reader (the nightly job).
+
+    ``VACUUM INTO`` a temporary file, check its integrity, then rename: reviewers keep
+    writing meanwhile, and a damaged copy is never used.
+    """
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    src = sqlite3.connect(str(db_path), timeout=30)
+    try:
+        src.execute("VACUUM INTO ?", (str(tmp),))
+    finally:
+        src.close()
+    check = sqlite3.connect(str(tmp))
+    try:
+        result = check.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        check.close()
+    if result != "ok":
+        tmp.unlink(missing_ok=True)
+        raise SlopewatchError(f"snapshot of {db_path}: expected integrity 'ok', found {result!r}")
+    os.replace(tmp, out)
+    return out

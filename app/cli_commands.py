@@ -135,6 +135,36 @@ def _cmd_train_adapter(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_nightly(ns: argparse.Namespace) -> int:
+    from train.nightly import NightlyConfig, nightly
+
+    result = nightly(build_config(NightlyConfig, ns))
+    print(result.get("message") or f"nightly: {result['decision']} ({'; '.join(result['reasons'])})")
+    _write_json({k: v for k, v in result.items() if k != "config"}, None)
+    return 0
+
+
+def _cmd_model_list(ns: argparse.Namespace) -> int:
+    from train.registry import ModelRegistry
+
+    reg = ModelRegistry(ns.registry)
+    versions = reg.versions()
+    if not versions:
+        print(f"no stage-2 model versions in {reg.root} (the shipped adapter is used until the first nightly run)")
+    for v in versions:
+        m = v["metrics"]
+        score = f"balanced {m['balanced_accuracy']:.3f} accuracy {m['accuracy']:.3f}" if "balanced_accuracy" in m else "no metrics"
+        print(f"{'*' if v['current'] else ' '} {v['version']:<32} {score}")
+    return 0
+
+
+def _cmd_model_rollback(ns: argparse.Namespace) -> int:
+    from train.registry import ModelRegistry
+
+    print(f"current model is now {ModelRegistry(ns.registry).rollback()}")
+    return 0
+
+
 def _cmd_train_detector(ns: argparse.Namespace) -> int:
     from train.detector import DetectorTrainConfig, train_detector
 
@@ -151,6 +181,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     from core.evaluate_classifier import ClassifierEvalConfig
     from train.detector import DetectorTrainConfig
     from train.adapter import AdapterTrainConfig
+    from train.nightly import NightlyConfig
     from train.probe import ProbeTrainConfig
 
     train, evaluate, bench = groups["train"], groups["evaluate"], groups["bench"]
@@ -197,6 +228,17 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = train.add_parser("adapter", help="train the adapter VLM (projector + LoRA) on condition labels")
     add_config_args(p, AdapterTrainConfig, positional=("data_yaml",))
     p.set_defaults(func=_cmd_train_adapter)
+
+    p = train.add_parser("nightly", help="fine-tune stage 2 on new corrections; promote only past the gate")
+    add_config_args(p, NightlyConfig)
+    p.set_defaults(func=_cmd_train_nightly)
+
+    model = sub.add_parser("model", help="stage-2 model versions").add_subparsers(dest="what", required=True)
+    for name, func, text in (("list", _cmd_model_list, "list versions (* marks the current one)"),
+                             ("rollback", _cmd_model_rollback, "make the previous version current")):
+        p = model.add_parser(name, help=text)
+        p.add_argument("--registry", type=Path, help="registry folder (default: in the data dir)")
+        p.set_defaults(func=func)
 
     p = evaluate.add_parser("classifier", help="stage-2 metrics on ground-truth boxes, with a backend comparison")
     add_config_args(p, ClassifierEvalConfig, positional=("data_yaml",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from core.classifier import ConditionClassifier, TypeMajority, photo_context
 from core.data import Sample, YoloDataset, file_sha256, load_dataset
@@ -70,6 +70,17 @@ class ClassifierEvalConfig:
         return [self.backend] + [b for b in extra if b != self.backend]
 
 
+@dataclass(frozen=True)
+class LabeledPhoto:
+    """A photo with its objects and their true classes (``None``: not verified, skipped in
+    training and scoring), keyed by content hash. Datasets and reviewed DB photos both give these."""
+
+    image: object
+    detections: tuple[Detection, ...]
+    classes: tuple[str | None, ...]
+    key: str
+
+
 def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, list[Detection], list[str], str]]:
     """Per photo: the sample, the upright image, GT boxes as detections, GT classes, content hash."""
     if ds.label_space != "classes":
@@ -79,8 +90,20 @@ def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, 
         yield s, load_image(s.image_path), dets, [o.class_name for o in s.objects], file_sha256(s.image_path)
 
 
+def labeled_photos(ds: YoloDataset, split: str) -> list[LabeledPhoto]:
+    return [LabeledPhoto(image, tuple(dets), tuple(classes), key) for _, image, dets, classes, key in ground_truth(ds, split)]
+
+
 def default_probe_path() -> Path:
     return assets_dir() / "models" / "probe" / "drainage-probe.npz"
+
+
+def current_adapter_dir() -> Path:
+    """The promoted adapter from the model registry, else the shipped one."""
+    from core.adapter import default_adapter_dir
+    from train.registry import ModelRegistry
+
+    return ModelRegistry().current_path() or default_adapter_dir()
 
 
 def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None, adapter_dir: Path | None = None,
@@ -95,9 +118,9 @@ def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | Non
 
         return Probe.load(probe_weights or default_probe_path(), taxonomy)
     if name == "adapter":
-        from core.adapter import AdapterVLM, default_adapter_dir
+        from core.adapter import AdapterVLM
 
-        return AdapterVLM.load(adapter_dir or default_adapter_dir(), taxonomy)
+        return AdapterVLM.load(adapter_dir or current_adapter_dir(), taxonomy)
     if name == "adapter-zeroshot":
         from core.adapter import AdapterVLM
 
@@ -139,15 +162,23 @@ class WithoutContext:
 
 
 def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) -> dict:
+    return score_photos(classifier, (LabeledPhoto(image, tuple(d), tuple(c), key) for _, image, d, c, key in ground_truth(ds, split)))
+
+
+def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]) -> dict:
+    """Metrics of a classifier over labelled photos (objects whose class is None are skipped)."""
     tax = classifier.taxonomy
-    y_true, y_pred, unfaithful, rationales, seconds, photos = [], [], 0, 0, 0.0, 0
-    for _, image, dets, classes, key in ground_truth(ds, split):
+    y_true, y_pred, unfaithful, rationales, seconds, n_photos = [], [], 0, 0, 0.0, 0
+    for photo in photos:
+        image, dets, key = photo.image, list(photo.detections), photo.key
         t0 = time.perf_counter()
         findings = classifier.classify(image, dets, key)
         seconds += time.perf_counter() - t0
-        photos += 1
+        n_photos += 1
         facts = photo_context(image, dets, key).facts
-        for i, (f, truth) in enumerate(zip(findings, classes)):
+        for i, (f, truth) in enumerate(zip(findings, photo.classes)):
+            if truth is None:
+                continue
             y_true.append(truth)
             y_pred.append(f.class_name)
             if f.backend != "passthrough":
@@ -169,7 +200,7 @@ def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) 
             per_type[t] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     result["per_type"] = per_type
     result["unfaithful_rationale_rate"] = unfaithful / rationales if rationales else 0.0
-    result["seconds_per_photo"] = seconds / photos if photos else 0.0
+    result["seconds_per_photo"] = seconds / n_photos if n_photos else 0.0
     result["backend"] = classifier.backend.name
     result["version"] = classifier.backend.version
     return result

@@ -43,7 +43,7 @@ def test_train_moves_only_adapter_weights_and_round_trips(samples_yaml, tmp_path
     out = tmp_path / "adapter"
     summary = train_adapter(AdapterTrainConfig(data_yaml=samples_yaml, split="valid", val_split="valid", out=out,
                                                epochs=1, batch=8, lr=1e-2, lora_lr=1e-2, lora_r=4, lora_alpha=8), model)
-    assert summary["objects"] == 35 and len(summary["log"]) == 1 and "valid_balanced_accuracy" in summary["log"][0]
+    assert summary["objects"] == 35 and len(summary["log"]) == 1 and "val_balanced_accuracy" in summary["log"][0]
     after = model.trainable_state()
     moved = [k for k in lora_before if not torch.equal(lora_before[k], after[k])]
     assert any(k.startswith("lora.") and "lora_B" in k for k in moved), "LoRA weights did not move"

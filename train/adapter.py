@@ -14,13 +14,14 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from core.adapter import AdapterConfig, AdapterVLM, default_adapter_dir
 from core.classifier import PhotoContext, photo_context
 from core.data import load_dataset
-from core.evaluate_classifier import ground_truth
+from core.evaluate_classifier import LabeledPhoto, labeled_photos
 from core.features import FeatureStore
 from core.prompts import band_hints
 from core.rationale import describe
@@ -100,16 +101,17 @@ class Example:
     ctx_f: np.ndarray
 
 
-def build_examples(ds, split: str, store: FeatureStore) -> list[Example]:
-    tax = ds.taxonomy
+def build_examples(photos: Iterable[LabeledPhoto], taxonomy, store: FeatureStore) -> list[Example]:
+    """One example per verified object that needs a condition (features from the cache)."""
     out = []
-    for _, image, dets, classes, key in ground_truth(ds, split):
-        ctx = photo_context(image, dets, key)
-        targets = [i for i, d in enumerate(dets) if tax.needs_condition(d.type)]
+    for photo in photos:
+        dets = list(photo.detections)
+        ctx = photo_context(photo.image, dets, photo.key)
+        targets = [i for i, d in enumerate(dets) if taxonomy.needs_condition(d.type) and photo.classes[i] is not None]
         if not targets:
             continue
-        crop_f, ctx_f = store.object_features(image, [dets[i].box for i in targets], key)
-        out += [Example(ctx, i, classes[i], crop_f[k], ctx_f[k]) for k, i in enumerate(targets)]
+        crop_f, ctx_f = store.object_features(photo.image, [dets[i].box for i in targets], photo.key)
+        out += [Example(ctx, i, photo.classes[i], crop_f[k], ctx_f[k]) for k, i in enumerate(targets)]
     return out
 
 
@@ -122,22 +124,31 @@ def class_loss_weights(labels: list[str], taxonomy, cfg: AdapterTrainConfig) -> 
     return weights
 
 
-def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None) -> dict:
-    """Train, save into ``cfg.out`` and return a summary; the log holds loss/metrics per epoch."""
+def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, train_photos: list[LabeledPhoto] | None = None,
+                  val_photos: list[LabeledPhoto] | None = None) -> dict:
+    """Train, save into ``cfg.out`` and return a summary; the log holds loss/metrics per epoch.
+
+    By default the photos come from ``cfg.data_yaml`` (``split`` / ``val_split``); the nightly
+    job passes its own (dataset plus reviewed corrections) instead.
+    """
     import torch
     from tqdm.auto import tqdm
 
     from core.classifier import ConditionClassifier
-    from core.evaluate_classifier import score_backend
+    from core.evaluate_classifier import score_photos
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     taxonomy = load_taxonomy(cfg.taxonomy)
-    ds = load_dataset(cfg.data_yaml, taxonomy)
+    if train_photos is None:
+        ds = load_dataset(cfg.data_yaml, taxonomy)
+        train_photos = labeled_photos(ds, cfg.split)
+        if val_photos is None and cfg.val_split and cfg.val_split in ds.splits:
+            val_photos = labeled_photos(ds, cfg.val_split)
     store = model.store if model else FeatureStore()
-    examples = build_examples(ds, cfg.split, store)
+    examples = build_examples(train_photos, taxonomy, store)
     if not examples:
-        raise ValueError(f"no objects needing a condition in split {cfg.split!r} of {cfg.data_yaml}")
+        raise ValueError(f"no verified objects needing a condition among the {len(train_photos)} training photos")
     hints = band_hints([(e.ctx.detections[e.index].type, band(e.ctx.detections[e.index].box, e.ctx.image.height)) for e in examples])
     if model is None:
         model = AdapterVLM(taxonomy, cfg.adapter_config(), hints, store)
@@ -196,12 +207,12 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None) -> d
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}")
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - started, 1)}
-        if cfg.val_split and cfg.val_split in ds.splits:
+        if val_photos:
             model.eval()
             rationale_tokens, model.config.rationale_tokens = model.config.rationale_tokens, 0  # labels only: fast
-            m = score_backend(ConditionClassifier(model, taxonomy), ds, cfg.val_split)
+            m = score_photos(ConditionClassifier(model, taxonomy), val_photos)
             model.config.rationale_tokens = rationale_tokens
-            entry.update({f"{cfg.val_split}_accuracy": m["accuracy"], f"{cfg.val_split}_balanced_accuracy": m["balanced_accuracy"]})
+            entry.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
         log.append(entry)
         bar.write(json.dumps(entry))
         cfg.out.mkdir(parents=True, exist_ok=True)

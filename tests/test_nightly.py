@@ -1,0 +1,92 @@
+"""The nightly job on real sample photos with a tiny LM behind the adapter."""
+
+import pytest
+
+from core.adapter import AdapterConfig, AdapterVLM
+from core.data import file_sha256, load_dataset
+from core.lm import load_tokenizer
+from core.taxonomy import load_taxonomy
+from core.types import Detection, Finding
+from db.store import Store
+from train.nightly import LeakError, NightlyConfig, held_out, nightly
+from train.registry import ModelRegistry
+
+TAX = load_taxonomy()
+
+
+@pytest.fixture(scope="module")
+def lm_factory():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer()
+
+    def make():
+        import torch
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        return LlamaForCausalLM(cfg).eval(), tok
+
+    return make
+
+
+@pytest.fixture
+def world(tmp_path, samples_yaml, lm_factory):
+    """A registry with a current (tiny) model and a DB where reviewers relabelled real photos."""
+    reg = ModelRegistry(tmp_path / "registry")
+    AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=0), lm_and_tokenizer=lm_factory()).save(tmp_path / "v0")
+    reg.add(tmp_path / "v0", "v0")
+    reg.promote("v0")
+    store = Store(tmp_path / "review.db")
+    store.ensure_user("ana")
+    for s in load_dataset(samples_yaml).samples("valid"):
+        photo, _ = store.add_photo(file_sha256(s.image_path), str(s.image_path), s.width, s.height, s.image_path.name, "ana")
+        findings = []
+        for o in s.objects:
+            first = TAX.classes_for_type(o.type)[0].name  # the "model" always says the first class
+            findings.append(Finding(Detection(o.box, o.type, 0.9), first, {first: 1.0} if not TAX.needs_condition(o.type)
+                                    else {c.name: (1.0 if c.name == first else 0.0) for c in TAX.classes_for_type(o.type)}, "r", "fake", "0"))
+        ids = store.add_run(photo.id, findings, "det", "fake:0", 0.1)
+        for fid, o in zip(ids, s.objects):
+            if TAX.needs_condition(o.type):
+                store.correct(fid, 0, "ana", "relabel", class_name=o.class_name)
+            else:
+                store.correct(fid, 0, "ana", "accept")
+    return reg, tmp_path
+
+
+def test_nightly_trains_and_records_the_run(world, lm_factory):
+    reg, tmp = world
+    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=1)
+    result = nightly(cfg, lm_factory)
+    assert result["decision"] in ("promoted", "refused")
+    assert result["counts"]["frozen_photos"] > 0 and result["counts"]["train_objects"] > 0
+    assert 0 <= result["candidate_metrics"]["balanced_accuracy"] <= 1
+    runs = Store(tmp / "review.db").query("SELECT * FROM training_runs")
+    assert len(runs) == 1 and runs[0]["decision"] == result["decision"] and runs[0]["duration_s"] > 0
+    assert reg.current() == (result["candidate"] if result["decision"] == "promoted" else "v0")
+    assert set(result["current_metrics"]["per_class"]) == set(TAX.class_names)
+
+
+def test_nothing_new_since_the_last_promotion_is_a_no_op(world, lm_factory):
+    reg, tmp = world
+    reg.promote("v0", "re-promoted after every correction was made")
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry"), lm_factory)
+    assert result["decision"] == "nothing-new" and "no corrections since" in result["message"]
+    assert Store(tmp / "review.db").query("SELECT count(*) AS n FROM training_runs")[0]["n"] == 0
+
+
+def test_frozen_photo_in_training_aborts(world, lm_factory, samples_yaml):
+    reg, tmp = world
+    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=0, frozen_yaml=str(samples_yaml))
+    with pytest.raises(LeakError, match="frozen-evaluation photo"):
+        nightly(cfg, lm_factory)
+    assert reg.current() == "v0"
+    assert Store(tmp / "review.db").query("SELECT count(*) AS n FROM training_runs")[0]["n"] == 0
+
+
+def test_holdout_is_stable():
+    keys = [f"{i:064x}" for i in range(1000)]
+    picked = [k for k in keys if held_out(k, 20)]
+    assert 150 < len(picked) < 250 and picked == [k for k in keys if held_out(k, 20)]

@@ -1,0 +1,196 @@
+"""``slopewatch train nightly``: fold reviewers' corrections into the stage-2 adapter, gated.
+
+1. Nothing reviewed since the last promotion: say so, exit 0.
+2. Snapshot the DB (VACUUM INTO + integrity check) and read only the snapshot: reviewers are
+   never blocked.
+3. Training photos: the dataset's train split (replay) plus reviewed photos; the latest
+   reviewed label per object wins. Frozen evaluation photos: a dataset split plus a fixed slice
+   of reviewed photos chosen by content hash (held out on first sight, forever). Any photo hash
+   in both aborts the run.
+4. Fine-tune a copy of the current model; score current and candidate on the frozen set in one
+   run; promote only past the gate; record everything in ``training_runs``.
+A kill at any point leaves the current model untouched: the candidate lives in a temp folder
+and promotion is one ``os.replace`` of the pointer file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import SlopewatchError
+from core.paths import data_dir
+from core.types import Box, Detection
+
+
+class LeakError(SlopewatchError):
+    """A frozen-evaluation photo appears in the training data."""
+
+
+@dataclass
+class NightlyConfig:
+    """Settings of ``slopewatch train nightly``.
+
+    Attributes:
+        db: the review database.
+        train_yaml: dataset replayed with the corrections (its ``train`` split); "" for none.
+        frozen_yaml: dataset whose ``frozen_split`` is part of the frozen evaluation set; "" for none.
+        frozen_split: split of ``frozen_yaml`` used for evaluation.
+        holdout_percent: share of reviewed photos held out for evaluation (by content hash).
+        registry: model registry folder (default: data dir).
+        epochs: fine-tuning epochs.
+        batch: objects per step.
+        max_recall_drop: largest per-class recall drop the gate tolerates.
+        class_weights: inverse-frequency class weights in the loss.
+        oversample: oversample rare classes.
+        blocked_weight: extra weight for "blocked".
+        taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+    """
+
+    db: Path
+    train_yaml: str = ""
+    frozen_yaml: str = ""
+    frozen_split: str = "valid"
+    holdout_percent: int = 20
+    registry: Path | None = None
+    epochs: int = 2
+    batch: int = 8
+    max_recall_drop: float = 0.10
+    class_weights: bool = True
+    oversample: bool = False
+    blocked_weight: float = 1.5
+    taxonomy: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.db = Path(self.db)
+        if not 0 <= self.holdout_percent <= 100:
+            raise ValueError(f"holdout_percent: expected 0..100, found {self.holdout_percent}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
+
+
+def held_out(photo_sha: str, percent: int) -> bool:
+    """Whether a reviewed photo belongs to the frozen set: fixed by its hash, so it never moves."""
+    return int(hashlib.sha256(("frozen:" + photo_sha).encode()).hexdigest()[:8], 16) % 100 < percent
+
+
+def reviewed_photos(store) -> list:
+    """Every photo with at least one reviewed finding, as LabeledPhoto (non-deleted objects;
+    unreviewed ones keep their box as context but carry no label)."""
+    from core.evaluate_classifier import LabeledPhoto
+    from core.images import load_image
+
+    rows = store.query(
+        "SELECT p.id AS photo_id, p.sha256, p.path, s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+        "JOIN photos p ON p.id = f.photo_id WHERE s.status != 'deleted' ORDER BY p.id, s.finding_id"
+    )
+    photos: dict[int, list[dict]] = {}
+    for r in rows:
+        photos.setdefault(r["photo_id"], []).append(r)
+    out = []
+    for objs in photos.values():
+        if not any(o["status"] == "reviewed" for o in objs):
+            continue
+        dets = tuple(Detection(Box(o["x1"], o["y1"], o["x2"], o["y2"]), o["object_type"], 1.0) for o in objs)
+        classes = tuple(o["class_name"] if o["status"] == "reviewed" else None for o in objs)
+        out.append(LabeledPhoto(load_image(objs[0]["path"]), dets, classes, objs[0]["sha256"]))
+    return out
+
+
+def ensure_current(registry, taxonomy) -> str:
+    """The current version; on first use the shipped adapter becomes version 'shipped-<hash>'."""
+    from core.adapter import default_adapter_dir
+    from core.data import file_sha256
+
+    if registry.current():
+        return registry.current()
+    shipped = default_adapter_dir()
+    version = "shipped-" + file_sha256(shipped / "weights.safetensors")[:12]
+    if version not in [v["version"] for v in registry.versions()]:
+        registry.add(shipped, version)
+    registry.promote(version, "bootstrap from the shipped adapter")
+    return version
+
+
+def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
+    """Run one nightly cycle; returns its record. ``lm_factory`` (tests) builds the base LM."""
+    from core.adapter import AdapterVLM
+    from core.classifier import ConditionClassifier
+    from core.data import load_dataset
+    from core.evaluate_classifier import labeled_photos, score_photos
+    from core.taxonomy import load_taxonomy
+    from db.store import Store, snapshot
+    from train.adapter import AdapterTrainConfig, train_adapter
+    from train.gate import GateConfig, decide
+    from train.registry import ModelRegistry
+
+    started = time.time()
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    live = Store(cfg.db, taxonomy)
+    registry = ModelRegistry(cfg.registry)
+    current = ensure_current(registry, taxonomy)
+    promotions = [p for p in registry.promotions() if p["version"] == current]
+    since = promotions[-1]["at"] if promotions else 0.0
+    new = live.query("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (since,))[0]["n"]
+    if new == 0:
+        return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
+
+    work = Path(tempfile.mkdtemp(prefix="nightly-", dir=data_dir()))
+    try:
+        snap = Store(snapshot(cfg.db, work / "snapshot.db"), taxonomy)
+        reviewed = reviewed_photos(snap)
+        frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
+        train = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
+        if cfg.frozen_yaml:
+            frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
+        if cfg.train_yaml:
+            reviewed_keys = {p.key for p in train}
+            # The same photo reviewed and in the dataset: the reviewed labels win.
+            train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if p.key not in reviewed_keys]
+        leak = {p.key for p in train} & {p.key for p in frozen}
+        if leak:
+            raise LeakError(f"{len(leak)} frozen-evaluation photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")
+        if not frozen:
+            raise SlopewatchError("expected a frozen evaluation set, found none: pass --frozen-yaml or raise --holdout-percent")
+        labels = sorted((p.key, i, c) for p in train for i, c in enumerate(p.classes) if c is not None)
+        data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
+
+        lm = lm_factory or (lambda: None)
+        current_model = AdapterVLM.load(registry.current_path(), taxonomy, lm_and_tokenizer=lm())
+        cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
+        candidate = AdapterVLM.load(registry.current_path(), taxonomy, lm_and_tokenizer=lm())
+        tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
+                                  class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
+                                  lr=3e-4, lora_lr=1e-4, val_split="")
+        summary = train_adapter(tcfg, candidate, train_photos=train)
+        cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
+        promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop))
+        version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
+        keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class")
+        result = {
+            "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
+            "current": current, "candidate": version if promote else None,
+            "counts": {"train_photos": len(train), "train_objects": summary["objects"], "frozen_photos": len(frozen),
+                       "frozen_objects": cur_metrics["n"]},
+            "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},
+            "data_hash": data_hash, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        }
+        if promote:
+            registry.add(work / "candidate", version, result["candidate_metrics"])
+            registry.promote(version, "; ".join(reasons))
+        result["duration_s"] = round(time.time() - started, 1)
+        with live.write() as conn:
+            conn.execute(
+                "INSERT INTO training_runs(started_at, finished_at, data_hash, counts_json, candidate_metrics_json, current_metrics_json,"
+                " decision, candidate_version, duration_s) VALUES (?,?,?,?,?,?,?,?,?)",
+                (started, time.time(), data_hash, json.dumps(result["counts"]), json.dumps(result["candidate_metrics"]),
+                 json.dumps(result["current_metrics"]), result["decision"], version, result["duration_s"]),
+            )
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -126,3 +126,42 @@ def test_missing_checkpoint_is_a_named_error(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="precision"):
         Qwen2VLConfig(model="x", precision="int3")
+
+
+def test_lora_moves_adapter_not_base_and_reloads_identically(tiny_dir, tmp_path):
+    """LoRA on the tiny Qwen2-VL: adapter weights move, base weights do not, and the saved
+    adapter loads back (through Qwen2VLConfig.adapter) to identical predictions."""
+    from core.evaluate_classifier import LabeledPhoto
+    from train.qwen2vl import QwenTrainConfig, prepare_model, train_qwen2vl
+
+    model_cfg = Qwen2VLConfig(model=str(tiny_dir), device="cpu", max_pixels=112 * 112, rationale_tokens=0)
+    cfg = QwenTrainConfig(out=tmp_path / "lora", epochs=2, lr=5e-3, lora_r=4, lora_alpha=8)
+    loaded = load_qwen2vl(model_cfg)
+    base_before = {k: v.clone() for k, v in loaded[0].state_dict().items()}
+    peft_model, processor, device = prepare_model(model_cfg, cfg, loaded)
+    lora_before = {k: v.clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+    assert lora_before and not any("visual" in k for k in lora_before)
+    photo = LabeledPhoto(IMAGE, tuple(DETS), ("slope drain blocked", "Toe drain- Damaged", "vegetation"), "k" * 64)
+    summary = train_qwen2vl(model_cfg, cfg, [photo], TAX, loaded=(peft_model, processor, device))
+    assert summary["steps"] == 4
+    after = dict(peft_model.named_parameters())
+    assert any(not torch.equal(v, after[k]) for k, v in lora_before.items()), "LoRA weights did not move"
+    base_after = peft_model.get_base_model().state_dict()
+    for k, v in base_before.items():
+        key = next(n for n in base_after if n.replace("base_layer.", "") == k)
+        assert torch.equal(v, base_after[key]), f"base weight {k} changed"
+
+    ctx = photo_context(IMAGE, DETS)
+    trained = Qwen2VLBackend(model_cfg, TAX, loaded=(peft_model, processor, device)).score(ctx, [0, 1])
+    reloaded = Qwen2VLBackend(Qwen2VLConfig(model=str(tiny_dir), adapter=cfg.out, device="cpu", max_pixels=112 * 112), TAX)
+    assert "+" in reloaded.version  # the adapter hash is part of the version
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(trained, reloaded.score(ctx, [0, 1])))
+
+
+def test_qlora_needs_cuda(tiny_dir, tmp_path):
+    from train.qwen2vl import QwenTrainConfig, train_qwen2vl
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailable, match="QLoRA needs a CUDA GPU"):
+        train_qwen2vl(Qwen2VLConfig(model=str(tiny_dir), device="cpu"), QwenTrainConfig(out=tmp_path, qlora=True), [], TAX)

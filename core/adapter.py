@@ -149,6 +149,34 @@ class AdapterVLM:
     def parameters(self):
         return [p for p in self.lm.parameters() if p.requires_grad] + list(self.projector.parameters()) + [self.roles]
 
+    # --- quantisation --------------------------------------------------------------------
+    def lm_size_bytes(self) -> int:
+        """Serialized size of the language model's weights (what a quantised copy would store)."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(self.lm.state_dict(), buf)
+        return buf.tell()
+
+    def quantize(self, mode: str) -> None:
+        """Quantise in place for CPU inference: LoRA merged into the base, then dynamic int8
+        of every linear layer of the LM. int4 has no CPU kernel here: that is a bitsandbytes/CUDA path."""
+        import torch
+
+        from core.qwen2vl import BackendUnavailable
+
+        if mode != "int8":
+            raise BackendUnavailable(f"adapter quantisation on CPU supports int8 (dynamic); found {mode!r} (int4 needs bitsandbytes on CUDA)")
+        merged = self.lm.merge_and_unload() if hasattr(self.lm, "merge_and_unload") else self.lm
+        with torch.no_grad():
+            # The decoder stack only: lm_head shares its weight with the embeddings, and
+            # quantising it would store a second copy instead of saving space.
+            torch.ao.quantization.quantize_dynamic(merged.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.lm = merged
+        self.version += "+int8"
+
     # --- model inputs ------------------------------------------------------------------------
     def embed(self, prompts: Sequence[str], crop_f: np.ndarray, ctx_f: np.ndarray, tails: Sequence[list[int]] | None = None):
         """Left-padded ``(inputs_embeds, attention_mask, position_ids)`` of

@@ -34,6 +34,7 @@ class ClassifierEvalConfig:
         qwen_model: Qwen2-VL hub id or folder, for the qwen2vl backend.
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
         ablate_context: also score VLM backends with the spatial context removed from the prompt.
+        quant: also score a quantised copy of the main backend (int8 or int4) and report retention.
         json: where to write the metrics JSON.
         confusion_png: where to draw the main backend's confusion matrix.
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
@@ -48,21 +49,24 @@ class ClassifierEvalConfig:
     qwen_model: str | None = None
     qwen_precision: str = "auto"
     ablate_context: bool = False
+    quant: str = ""
     json: Path | None = None
     confusion_png: Path | None = None
     taxonomy: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.quant not in ("", "int8", "int4"):
+            raise ValueError(f"quant: expected int8 or int4, found {self.quant!r}")
         for name in self.backend_names:
             if name not in BACKENDS:
                 raise ValueError(f"backend: expected one of {BACKENDS}, found {name!r}")
 
-    def qwen_config(self):
+    def qwen_config(self, precision: str | None = None):
         if not self.qwen_model:
             return None
         from core.qwen2vl import Qwen2VLConfig
 
-        return Qwen2VLConfig(model=self.qwen_model, precision=self.qwen_precision)
+        return Qwen2VLConfig(model=self.qwen_model, precision=precision or self.qwen_precision)
 
     @property
     def backend_names(self) -> list[str]:
@@ -218,6 +222,8 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
             ablated = WithoutContext(backend)
             results[ablated.name] = score_backend(ConditionClassifier(ablated, taxonomy), ds, cfg.split)
     main = results[cfg.backend]
+    if cfg.quant:
+        main["quantization"] = quantized_retention(cfg, taxonomy, ds, main)
     if cfg.confusion_png:
         plot_confusion(main, cfg.confusion_png)
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "unfaithful_rationale_rate", "seconds_per_photo")
@@ -225,6 +231,34 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
         "classifier": main,
         "comparison": {name: {k: r[k] for k in keys} for name, r in results.items()},
         "split": cfg.split,
+    }
+
+
+def quantized_retention(cfg: ClassifierEvalConfig, taxonomy: Taxonomy, ds: YoloDataset, full: dict) -> dict:
+    """Accuracy retention (quantised / full) and weight size of the main backend quantised."""
+    if cfg.backend == "qwen2vl":
+        from core.qwen2vl import Qwen2VLBackend
+
+        quant = Qwen2VLBackend(cfg.qwen_config(cfg.quant), taxonomy)
+        size_full = size_quant = None
+        if hasattr(quant.model, "get_memory_footprint"):
+            size_quant = quant.model.get_memory_footprint()
+    elif cfg.backend in ("adapter", "adapter-zeroshot"):
+        quant = make_backend(cfg.backend, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir)
+        size_full = quant.lm_size_bytes()
+        quant.quantize(cfg.quant)
+        size_quant = quant.lm_size_bytes()
+    else:
+        raise SlopewatchError(f"quantisation applies to the VLM backends, not {cfg.backend!r}")
+    q = score_backend(ConditionClassifier(quant, taxonomy), ds, cfg.split)
+    return {
+        "mode": cfg.quant,
+        "accuracy": q["accuracy"], "balanced_accuracy": q["balanced_accuracy"],
+        "accuracy_retention": q["accuracy"] / full["accuracy"] if full["accuracy"] else None,
+        "balanced_accuracy_retention": q["balanced_accuracy"] / full["balanced_accuracy"] if full["balanced_accuracy"] else None,
+        "weights_mb_full": size_full / 2**20 if size_full else None,
+        "weights_mb_quantized": size_quant / 2**20 if size_quant else None,
+        "seconds_per_photo": q["seconds_per_photo"],
     }
 
 

@@ -73,3 +73,22 @@ def test_loading_a_missing_adapter_is_a_named_error(tmp_path):
 
     with pytest.raises(WeightsError, match="adapter.json"):
         AdapterVLM.load(tmp_path, TAX)
+
+
+def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml, tokenizer):
+    from core.qwen2vl import BackendUnavailable
+
+    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_lm(tokenizer), tokenizer))
+    ds = load_dataset(samples_yaml)
+    _, image, dets, _, key = next(ground_truth(ds, "valid"))
+    ctx = photo_context(image, dets, key)
+    targets = [i for i, d in enumerate(dets) if TAX.needs_condition(d.type)]
+    before = model.lm_size_bytes()
+    model.quantize("int8")
+    assert model.lm_size_bytes() < before
+    linears = [m for m in model.lm.model.modules() if type(m) is torch.nn.Linear]
+    assert not linears, "every decoder linear layer should be quantised"
+    assert model.version.endswith("+int8")
+    assert all(abs(p.sum() - 1) < 1e-5 for p in model.score(ctx, targets))
+    with pytest.raises(BackendUnavailable, match="int4"):
+        model.quantize("int4")

@@ -15,6 +15,7 @@ and promotion is one ``os.replace`` of the pointer file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -119,20 +120,38 @@ def ensure_current(registry, taxonomy) -> str:
 
 def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
     """Run one nightly cycle; returns its record. ``lm_factory`` (tests) builds the base LM."""
-    from core.adapter import AdapterVLM
-    from core.classifier import ConditionClassifier
-    from core.data import load_dataset
-    from core.evaluate_classifier import labeled_photos, score_photos
     from core.taxonomy import load_taxonomy
-    from db.store import Store, snapshot
-    from train.adapter import AdapterTrainConfig, train_adapter
-    from train.gate import GateConfig, decide
+    from db.store import Store
     from train.registry import ModelRegistry
 
     started = time.time()
     taxonomy = load_taxonomy(cfg.taxonomy)
     live = Store(cfg.db, taxonomy)
     registry = ModelRegistry(cfg.registry)
+    lock = open(registry.root / "nightly.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SlopewatchError(f"another nightly run holds {registry.root / 'nightly.lock'}; not starting a second one") from None
+    try:
+        # Work folders of runs that were killed: nobody else can be using them while we hold the lock.
+        for stale in data_dir().glob("nightly-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return _run(cfg, lm_factory, taxonomy, live, registry, started)
+    finally:
+        lock.close()
+
+
+def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: float) -> dict:
+    from core.adapter import AdapterVLM
+    from core.classifier import ConditionClassifier
+    from core.data import load_dataset
+    from core.evaluate_classifier import labeled_photos, score_photos
+    from db.store import Store, snapshot
+    from train.adapter import AdapterTrainConfig, train_adapter
+    from train.gate import GateConfig, decide
+
     current = ensure_current(registry, taxonomy)
     promotions = [p for p in registry.promotions() if p["version"] == current]
     since = promotions[-1]["at"] if promotions else 0.0

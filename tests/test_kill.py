@@ -1,0 +1,85 @@
+"""SIGKILL during a nightly run and during the pointer swap leaves a loadable current model."""
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from train.registry import ModelRegistry
+
+from test_nightly import TAX, lm_factory, world  # noqa: F401  (fixtures)
+
+ctx = mp.get_context("fork")
+
+
+def _flip_forever(root):
+    reg = ModelRegistry(root)
+    while True:
+        reg.promote("v1")
+        reg.promote("v2")
+
+
+def test_kill_during_swap_leaves_a_valid_pointer(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    for v in ("v1", "v2"):
+        src = tmp_path / v
+        src.mkdir()
+        (src / "adapter.json").write_text("{}")
+        reg.add(src, v)
+    reg.promote("v1")
+    for _ in range(5):
+        proc = ctx.Process(target=_flip_forever, args=(reg.root,))
+        proc.start()
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        assert reg.current() in ("v1", "v2")
+        assert (reg.current_path() / "adapter.json").is_file()
+
+
+def _run_nightly(cfg):
+    from core.lm import load_tokenizer
+    from train.nightly import nightly
+
+    tok = load_tokenizer()
+
+    def make():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        c = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        return LlamaForCausalLM(c).eval(), tok
+
+    nightly(cfg, make)
+
+
+def test_kill_during_training_keeps_the_current_model(world, lm_factory):  # noqa: F811
+    from core.adapter import AdapterVLM
+    from core.paths import data_dir
+    from train.nightly import NightlyConfig
+
+    reg, tmp = world
+    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=50)
+    proc = ctx.Process(target=_run_nightly, args=(cfg,))
+    proc.start()
+    deadline = time.time() + 120
+    # Wait until the candidate is being trained (its work folder exists), then kill -9.
+    while time.time() < deadline and not list(data_dir().glob("nightly-*/snapshot.db")):
+        time.sleep(0.2)
+    time.sleep(2.0)
+    assert proc.is_alive(), "the nightly run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert reg.current() == "v0"
+    model = AdapterVLM.load(reg.current_path(), TAX, lm_and_tokenizer=lm_factory())
+    assert model.version
+    # The next run starts clean and completes.
+    from train.nightly import nightly
+
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=1), lm_factory)
+    assert result["decision"] in ("promoted", "refused")
+    assert not list(data_dir().glob("nightly-*")), "the killed run's work folder should be cleaned up"

@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
 from app.cli import _write_json, add_config_args, build_config
 
 
-def _cmd_analyze(ns: argparse.Namespace) -> int:
-    from core.analysis import AnalyzeConfig, analyze, fmt
+def _cmd_analyze(cfg) -> int:
+    from core.analysis import analyze, fmt
     from core.data import load_dataset
     from core.taxonomy import load_taxonomy
 
-    cfg = build_config(AnalyzeConfig, ns)
     ds = load_dataset(cfg.data_yaml, load_taxonomy(cfg.taxonomy))
     result = analyze(ds, cfg)
     for split, d in result["splits"].items():
         print(f"{split}: {d['images']} images, {d['objects']} objects, imbalance {fmt(d['imbalance_ratio']['label'])}, "
               f"{len(d['suspicious'])} suspicious")
     print(f"wrote {cfg.out}/analysis.json, report.md and plots")
-    return 0
-
-
-def _cmd_evaluate_detector(ns: argparse.Namespace) -> int:
-    from core.evaluate import DetectorEvalConfig, evaluate_detector
-
-    cfg = build_config(DetectorEvalConfig, ns)
-    _write_json(evaluate_detector(cfg), cfg.json)
-    return 0
-
-
-def _cmd_bench_detector(ns: argparse.Namespace) -> int:
-    from core.bench import DetectorBenchConfig, PipelineBenchConfig
-    from core.evaluate_pipeline import PipelineEvalConfig, bench_detector
-
-    cfg = build_config(DetectorBenchConfig, ns)
-    _write_json(bench_detector(cfg), cfg.json)
     return 0
 
 
@@ -89,56 +72,22 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     return 1 if failed and not results else 0
 
 
-def _cmd_train_probe(ns: argparse.Namespace) -> int:
-    from train.probe import ProbeTrainConfig, train_probe
-
-    _write_json(train_probe(build_config(ProbeTrainConfig, ns)), None)
-    return 0
-
-
-def _cmd_evaluate_classifier(ns: argparse.Namespace) -> int:
-    from core.evaluate_classifier import ClassifierEvalConfig, evaluate_classifier
-
-    cfg = build_config(ClassifierEvalConfig, ns)
-    result = evaluate_classifier(cfg)
+def _print_comparison(cfg, result: dict) -> int:
     if cfg.json:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
         cfg.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'backend':<16} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'unfaithful':>10} {'s/photo':>8}")
+    print(f"{'backend':<26} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'unfaithful':>10} {'s/photo':>8}")
     for name, r in result["comparison"].items():
-        print(f"{name:<16} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
+        print(f"{name:<26} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
               f"{r['unfaithful_rationale_rate']:>10.3f} {r['seconds_per_photo']:>8.3f}")
+    quant = result["classifier"].get("quantization")
+    if quant:
+        print(f"{quant['mode']}: accuracy retention {quant['accuracy_retention']:.3f}, balanced retention "
+              f"{quant['balanced_accuracy_retention']:.3f}, weights {quant['weights_mb_full'] or 0:.0f} -> {quant['weights_mb_quantized'] or 0:.0f} MB")
     return 0
 
 
-def _cmd_evaluate_pipeline(ns: argparse.Namespace) -> int:
-    from core.evaluate_pipeline import PipelineEvalConfig, evaluate_pipeline
-
-    cfg = build_config(PipelineEvalConfig, ns)
-    _write_json(evaluate_pipeline(cfg), cfg.json)
-    return 0
-
-
-def _cmd_bench_pipeline(ns: argparse.Namespace) -> int:
-    from core.bench import PipelineBenchConfig, bench_pipeline
-
-    cfg = build_config(PipelineBenchConfig, ns)
-    _write_json(bench_pipeline(cfg), cfg.json)
-    return 0
-
-
-def _cmd_train_adapter(ns: argparse.Namespace) -> int:
-    from train.adapter import AdapterTrainConfig, train_adapter
-
-    summary = train_adapter(build_config(AdapterTrainConfig, ns))
-    _write_json({k: v for k, v in summary.items() if k != "train_config"}, None)
-    return 0
-
-
-def _cmd_train_nightly(ns: argparse.Namespace) -> int:
-    from train.nightly import NightlyConfig, nightly
-
-    result = nightly(build_config(NightlyConfig, ns))
+def _print_nightly(cfg, result: dict) -> int:
     print(result.get("message") or f"nightly: {result['decision']} ({'; '.join(result['reasons'])})")
     _write_json({k: v for k, v in result.items() if k != "config"}, None)
     return 0
@@ -165,51 +114,61 @@ def _cmd_model_rollback(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_detector(ns: argparse.Namespace) -> int:
-    from train.detector import DetectorTrainConfig, train_detector
+# (group, name, help, config class, runner, positional fields, printer); a printer of None
+# prints the runner's JSON (and writes it to the config's ``json`` path when it has one).
+COMMANDS = [
+    (None, "analyze", "analyse a YOLO dataset export (counts, boxes, relations, plots)",
+     "core.analysis:AnalyzeConfig", None, ("data_yaml",), _cmd_analyze),
+    ("train", "detector", "train the stage-1 YOLO detector on a YOLO export",
+     "train.detector:DetectorTrainConfig", "train.detector:train_detector", ("data_yaml",), None),
+    ("train", "probe", "fit the frozen-feature probe (stage-2 baseline)",
+     "train.probe:ProbeTrainConfig", "train.probe:train_probe", ("data_yaml",), None),
+    ("train", "adapter", "train the adapter VLM (projector + LoRA) on condition labels",
+     "train.adapter:AdapterTrainConfig", "train.adapter:train_adapter", ("data_yaml",), None),
+    ("train", "nightly", "fine-tune stage 2 on new corrections; promote only past the gate",
+     "train.nightly:NightlyConfig", "train.nightly:nightly", (), _print_nightly),
+    ("train", "simulate-reviews", "reviewers correct half of valid, nightly is judged on the other half",
+     "train.simulate:SimulateConfig", "train.simulate:simulate", ("data_yaml",), None),
+    ("evaluate", "detector", "mAP of the stage-1 detector",
+     "core.evaluate:DetectorEvalConfig", "core.evaluate:evaluate_detector", ("data_yaml",), None),
+    ("evaluate", "classifier", "stage-2 metrics on ground-truth boxes, with a backend comparison",
+     "core.evaluate_classifier:ClassifierEvalConfig", "core.evaluate_classifier:evaluate_classifier", ("data_yaml",), _print_comparison),
+    ("evaluate", "pipeline", "both stages end to end: detection, conditions, relations",
+     "core.evaluate_pipeline:PipelineEvalConfig", "core.evaluate_pipeline:evaluate_pipeline", ("data_yaml",), None),
+    ("bench", "detector", "stage-1 latency per photo and photos/s",
+     "core.bench:DetectorBenchConfig", "core.bench:bench_detector", (), None),
+    ("bench", "pipeline", "seconds per photo/object, photos/s, peak RSS, shared vs naive",
+     "core.bench:PipelineBenchConfig", "core.bench:bench_pipeline", (), None),
+]
 
-    _write_json(train_detector(build_config(DetectorTrainConfig, ns)), None)
-    return 0
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _generic(config_ref: str, runner_ref: str | None, printer):
+    def run(ns: argparse.Namespace) -> int:
+        cfg = build_config(_load(config_ref), ns)
+        if runner_ref is None:
+            return printer(cfg)
+        result = _load(runner_ref)(cfg)
+        if printer is not None:
+            return printer(cfg, result)
+        _write_json({k: v for k, v in result.items() if k not in ("config", "train_config")}, getattr(cfg, "json", None))
+        return 0
+
+    return run
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add every command to the top-level parser and its train/evaluate/bench groups."""
-    from core.analysis import AnalyzeConfig
-    from core.bench import DetectorBenchConfig, PipelineBenchConfig
-    from core.evaluate_pipeline import PipelineEvalConfig
-    from core.evaluate import DetectorEvalConfig
-    from core.evaluate_classifier import ClassifierEvalConfig
-    from train.detector import DetectorTrainConfig
-    from train.adapter import AdapterTrainConfig
-    from train.nightly import NightlyConfig
-    from train.probe import ProbeTrainConfig
+    for group, name, text, config_ref, runner_ref, positional, printer in COMMANDS:
+        p = (groups[group] if group else sub).add_parser(name, help=text)
+        add_config_args(p, _load(config_ref), positional=positional)
+        p.set_defaults(func=_generic(config_ref, runner_ref, printer))
 
-    train, evaluate, bench = groups["train"], groups["evaluate"], groups["bench"]
-    p = sub.add_parser("analyze", help="analyse a YOLO dataset export (counts, boxes, relations, plots)")
-    add_config_args(p, AnalyzeConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_analyze)
-
-    p = train.add_parser("detector", help="train the stage-1 YOLO detector on a YOLO export")
-    add_config_args(p, DetectorTrainConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_train_detector)
-
-    p = evaluate.add_parser("detector", help="mAP of the stage-1 detector")
-    add_config_args(p, DetectorEvalConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_evaluate_detector)
-
-    p = bench.add_parser("detector", help="stage-1 latency per photo and photos/s")
-    add_config_args(p, DetectorBenchConfig)
-    p.set_defaults(func=_cmd_bench_detector)
-
-    p = evaluate.add_parser("pipeline", help="both stages end to end: detection, conditions, relations")
-    add_config_args(p, PipelineEvalConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_evaluate_pipeline)
-
-    p = bench.add_parser("pipeline", help="seconds per photo/object, photos/s, peak RSS, shared vs naive")
-    add_config_args(p, PipelineBenchConfig)
-    p.set_defaults(func=_cmd_bench_pipeline)
-
-    p = sub.add_parser("predict", help="run the pipeline on photos (stage 1 + spatial facts)")
+    p = sub.add_parser("predict", help="run both stages on photos; JSON per photo and overlay PNGs")
     p.add_argument("photos", nargs="+", type=Path, help="photo files")
     p.add_argument("--json", type=Path, help="write per-photo results here")
     p.add_argument("--overlay", type=Path, help="write overlay PNGs into this folder")
@@ -221,25 +180,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--qwen-precision", default="auto", help="qwen2vl precision: auto, fp32, fp16, bf16, int8, int4")
     p.set_defaults(func=_cmd_predict)
 
-    p = train.add_parser("probe", help="fit the frozen-feature probe (stage-2 baseline)")
-    add_config_args(p, ProbeTrainConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_train_probe)
-
-    p = train.add_parser("adapter", help="train the adapter VLM (projector + LoRA) on condition labels")
-    add_config_args(p, AdapterTrainConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_train_adapter)
-
-    p = train.add_parser("nightly", help="fine-tune stage 2 on new corrections; promote only past the gate")
-    add_config_args(p, NightlyConfig)
-    p.set_defaults(func=_cmd_train_nightly)
-
     model = sub.add_parser("model", help="stage-2 model versions").add_subparsers(dest="what", required=True)
     for name, func, text in (("list", _cmd_model_list, "list versions (* marks the current one)"),
                              ("rollback", _cmd_model_rollback, "make the previous version current")):
         p = model.add_parser(name, help=text)
         p.add_argument("--registry", type=Path, help="registry folder (default: in the data dir)")
         p.set_defaults(func=func)
-
-    p = evaluate.add_parser("classifier", help="stage-2 metrics on ground-truth boxes, with a backend comparison")
-    add_config_args(p, ClassifierEvalConfig, positional=("data_yaml",))
-    p.set_defaults(func=_cmd_evaluate_classifier)

@@ -35,3 +35,22 @@ def make_dataset(root: Path, names: list[str], images: dict[str, list[str]], spl
     quoted = ", ".join(f'"{n}"' for n in names)
     yaml_path.write_text(f"{split}: {split}/images\nnc: {len(names)}\nnames: [{quoted}]\n")
     return yaml_path
+
+
+def tiny_llama(tokenizer):
+    """A 2-layer random Llama over SmolLM2's vocabulary: the adapter's LM, minus the cost."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_lm_factory():
+    """``() -> (tiny LM, SmolLM2 tokenizer)``, what ``nightly(..., lm_factory)`` expects."""
+    from core.lm import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    return lambda: (tiny_llama(tokenizer), tokenizer)

@@ -12,6 +12,8 @@ from core.lm import load_tokenizer
 from core.taxonomy import load_taxonomy
 from train.adapter import AdapterTrainConfig, train_adapter
 
+from conftest import tiny_llama
+
 TAX = load_taxonomy()
 
 
@@ -20,23 +22,14 @@ def tokenizer():
     return load_tokenizer()
 
 
-def tiny_lm(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    return LlamaForCausalLM(config).eval()
-
-
 def test_candidates_are_single_tokens(tokenizer):
-    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_lm(tokenizer), tokenizer))
+    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
     assert set(model.cand_ids) == set(TAX.class_names)
     assert len({model.cand_ids[c] for c in ("slope drain", "slope drain blocked", "slope drain damaged")}) == 3
 
 
 def test_train_moves_only_adapter_weights_and_round_trips(samples_yaml, tmp_path, tokenizer):
-    lm = tiny_lm(tokenizer)
+    lm = tiny_llama(tokenizer)
     base_before = {k: v.clone() for k, v in lm.state_dict().items()}
     model = AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=4), lm_and_tokenizer=(lm, tokenizer))
     lora_before = {k: v.clone() for k, v in model.trainable_state().items()}
@@ -53,7 +46,7 @@ def test_train_moves_only_adapter_weights_and_round_trips(samples_yaml, tmp_path
         key = next(n for n in base_after if n.replace("base_layer.", "") == k)
         assert torch.equal(v, base_after[key]), f"base weight {k} changed"
 
-    reloaded = AdapterVLM.load(out, TAX, lm_and_tokenizer=(tiny_lm(tokenizer), tokenizer))
+    reloaded = AdapterVLM.load(out, TAX, lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
     ds = load_dataset(samples_yaml)
     _, image, dets, _, key = next(ground_truth(ds, "valid"))
     ctx = photo_context(image, dets, key)
@@ -78,7 +71,7 @@ def test_loading_a_missing_adapter_is_a_named_error(tmp_path):
 def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml, tokenizer):
     from core.qwen2vl import BackendUnavailable
 
-    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_lm(tokenizer), tokenizer))
+    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
     ds = load_dataset(samples_yaml)
     _, image, dets, _, key = next(ground_truth(ds, "valid"))
     ctx = photo_context(image, dets, key)

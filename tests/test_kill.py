@@ -9,6 +9,8 @@ import pytest
 
 from train.registry import ModelRegistry
 
+from conftest import tiny_lm_factory
+
 from test_nightly import TAX, lm_factory, world  # noqa: F401  (fixtures)
 
 ctx = mp.get_context("fork")
@@ -40,21 +42,9 @@ def test_kill_during_swap_leaves_a_valid_pointer(tmp_path):
 
 
 def _run_nightly(cfg):
-    from core.lm import load_tokenizer
     from train.nightly import nightly
 
-    tok = load_tokenizer()
-
-    def make():
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        c = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-        return LlamaForCausalLM(c).eval(), tok
-
-    nightly(cfg, make)
+    nightly(cfg, tiny_lm_factory())
 
 
 def test_kill_during_training_keeps_the_current_model(world, lm_factory):  # noqa: F811

@@ -4,31 +4,20 @@ import pytest
 
 from core.adapter import AdapterConfig, AdapterVLM
 from core.data import file_sha256, load_dataset
-from core.lm import load_tokenizer
 from core.taxonomy import load_taxonomy
 from core.types import Detection, Finding
 from db.store import Store
 from train.nightly import LeakError, NightlyConfig, held_out, nightly
 from train.registry import ModelRegistry
 
+from conftest import tiny_lm_factory
+
 TAX = load_taxonomy()
 
 
 @pytest.fixture(scope="module")
 def lm_factory():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = load_tokenizer()
-
-    def make():
-        import torch
-
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-        return LlamaForCausalLM(cfg).eval(), tok
-
-    return make
+    return tiny_lm_factory()
 
 
 @pytest.fixture

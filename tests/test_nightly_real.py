@@ -1,0 +1,40 @@
+"""Nightly runs with the real shipped adapter (SmolLM2): minutes of CPU, so marked slow."""
+
+import random
+
+import pytest
+
+from core.data import file_sha256, load_dataset
+from core.paths import datasets_dir
+from core.taxonomy import load_taxonomy
+from core.types import Detection, Finding
+from db.store import Store
+from train.nightly import NightlyConfig, nightly
+from train.registry import ModelRegistry
+
+TAX = load_taxonomy()
+
+
+@pytest.mark.slow
+def test_poisoned_corrections_are_refused_and_the_current_model_stays(tmp_path, samples_yaml):
+    """Reviewers flip labels at random on real training photos; the gate must refuse."""
+    data = datasets_dir() / "drainage-conditions" / "data.yaml"
+    if not data.exists():
+        pytest.skip(f"real dataset not present at {data}")
+    rng = random.Random(0)
+    store = Store(tmp_path / "review.db")
+    store.ensure_user("vandal")
+    for s in load_dataset(data).samples("train")[:40]:
+        photo, _ = store.add_photo(file_sha256(s.image_path), str(s.image_path), s.width, s.height, s.image_path.name, "vandal")
+        findings = []
+        for o in s.objects:
+            cands = TAX.classes_for_type(o.type)
+            findings.append(Finding(Detection(o.box, o.type, 0.9), cands[0].name, {c.name: 1.0 / len(cands) for c in cands}, "r", "fake", "0"))
+        for fid, o in zip(store.add_run(photo.id, findings, "det", "fake:0", 0.1), s.objects):
+            if TAX.needs_condition(o.type):
+                store.correct(fid, 0, "vandal", "relabel", class_name=rng.choice(TAX.classes_for_type(o.type)).name)
+    registry = ModelRegistry(tmp_path / "registry")
+    result = nightly(NightlyConfig(db=tmp_path / "review.db", registry=tmp_path / "registry", frozen_yaml=str(samples_yaml),
+                                   holdout_percent=0, epochs=3))
+    assert result["decision"] == "refused", result["reasons"]
+    assert registry.current().startswith("shipped-")

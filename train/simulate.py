@@ -1,0 +1,87 @@
+"""``slopewatch train simulate-reviews``: the nightly loop on real data, with simulated reviewers.
+
+Valid photos are split in two halves by content hash. Reviewers see the current model's
+findings on half A (ground-truth boxes, so stage 2 is judged alone) and correct every mistake
+(accepting the rest); the nightly job then fine-tunes on those corrections (plus the dataset's
+train split as replay) and is judged on half B, which it never sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class SimulateConfig:
+    """Settings of ``slopewatch train simulate-reviews``.
+
+    Attributes:
+        data_yaml: condition-labelled dataset (its valid split is halved, its train split replayed).
+        work: folder for the review DB, the half-B dataset and the model registry.
+        epochs: nightly fine-tuning epochs.
+        replay: also replay the dataset's train split during the nightly fine-tune.
+    """
+
+    data_yaml: Path
+    work: Path
+    epochs: int = 2
+    replay: bool = True
+
+
+def half(key: str) -> str:
+    return "A" if int(hashlib.sha256(("half:" + key).encode()).hexdigest()[:8], 16) % 2 == 0 else "B"
+
+
+def simulate(cfg: SimulateConfig) -> dict:
+    from core.classifier import ConditionClassifier
+    from core.data import load_dataset
+    from core.evaluate_classifier import current_adapter_dir, ground_truth
+    from core.adapter import AdapterVLM
+    from db.store import Store
+    from train.nightly import NightlyConfig, nightly
+
+    cfg.work = Path(cfg.work)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg.data_yaml)
+    tax = ds.taxonomy
+    store = Store(cfg.work / "review.db", tax)
+    store.ensure_user("simulated-reviewer")
+    model = AdapterVLM.load(current_adapter_dir(), tax)
+    model.config.rationale_tokens = 0  # reviewers judge labels here; rationales would only cost time
+    classifier = ConditionClassifier(model, tax)
+    b_dir = cfg.work / "half-b"
+    (b_dir / "valid" / "images").mkdir(parents=True, exist_ok=True)
+    (b_dir / "valid" / "labels").mkdir(parents=True, exist_ok=True)
+    corrected = accepted = 0
+    for sample, image, dets, classes, key in ground_truth(ds, "valid"):
+        if half(key) == "B":
+            link = b_dir / "valid" / "images" / sample.image_path.name
+            if not link.exists():
+                os.symlink(sample.image_path.resolve(), link)
+            label = sample.image_path.parent.parent / "labels" / f"{sample.stem}.txt"
+            (b_dir / "valid" / "labels" / label.name).write_text(label.read_text())
+            continue
+        photo, _ = store.add_photo(key, str(sample.image_path), image.width, image.height, sample.image_path.name, "simulated-reviewer")
+        t0 = time.perf_counter()
+        findings = classifier.classify(image, dets, key)
+        ids = store.add_run(photo.id, findings, "ground-truth-boxes", f"{model.name}:{model.version}", time.perf_counter() - t0)
+        for fid, f, truth in zip(ids, findings, classes):
+            if f.class_name == truth:
+                store.correct(fid, 0, "simulated-reviewer", "accept")
+                accepted += 1
+            else:
+                store.correct(fid, 0, "simulated-reviewer", "relabel", class_name=truth)
+                corrected += 1
+    (b_dir / "data.yaml").write_text(yaml.safe_dump({"valid": "valid/images", "names": tax.class_names}, sort_keys=False))
+    started = time.time()
+    result = nightly(NightlyConfig(db=cfg.work / "review.db", train_yaml=str(cfg.data_yaml) if cfg.replay else "",
+                                   frozen_yaml=str(b_dir / "data.yaml"), holdout_percent=0, registry=cfg.work / "registry",
+                                   epochs=cfg.epochs))
+    result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
+    return result

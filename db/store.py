@@ -272,6 +272,48 @@ class Store:
             )
             return state
 
+    def queue(self, object_type: str | None = None, class_name: str | None = None, condition: str | None = None,
+              model_version: str | None = None, reviewer: str | None = None, limit: int = 200) -> list[dict]:
+        """The review queue across photos: unreviewed first, then lowest margin (top-1 minus top-2) first."""
+        where, params = ["s.status != 'deleted'"], []
+        if object_type:
+            where.append("s.object_type = ?")
+            params.append(object_type)
+        if class_name:
+            where.append("s.class_name = ?")
+            params.append(class_name)
+        if condition:
+            names = [c.name for c in self.taxonomy.classes if (c.condition or "none") == condition]
+            where.append(f"s.class_name IN ({','.join('?' * len(names)) or 'NULL'})")
+            params += names
+        if model_version:
+            where.append("f.model_version = ?")
+            params.append(model_version)
+        if reviewer:
+            where.append("s.updated_by = ?")
+            params.append(reviewer)
+        return self.query(
+            "SELECT s.*, f.photo_id, f.margin, f.confidence, f.model_version, f.class_name AS model_class FROM finding_state s "
+            f"JOIN findings f ON f.id = s.finding_id WHERE {' AND '.join(where)} "
+            "ORDER BY (s.status = 'reviewed'), COALESCE(f.margin, 1.0), s.finding_id LIMIT ?",
+            (*params, limit),
+        )
+
+    def dashboard(self) -> dict:
+        """Counts for the dashboard: by class and condition, reviewed vs pending, per reviewer, nightly runs."""
+        by_class = {r["class_name"]: r["n"] for r in self.query(
+            "SELECT class_name, count(*) AS n FROM finding_state WHERE status != 'deleted' GROUP BY class_name")}
+        by_condition: dict[str, int] = {}
+        for name, n in by_class.items():
+            cond = (self.taxonomy.get_class(name).condition or "none") if name else "unlabelled"
+            by_condition[cond] = by_condition.get(cond, 0) + n
+        status = {r["status"]: r["n"] for r in self.query("SELECT status, count(*) AS n FROM finding_state GROUP BY status")}
+        reviewers = {r["reviewer"]: r["n"] for r in self.query("SELECT reviewer, count(*) AS n FROM corrections GROUP BY reviewer")}
+        runs = self.query("SELECT started_at, decision, candidate_version, duration_s, candidate_metrics_json, current_metrics_json "
+                          "FROM training_runs ORDER BY started_at DESC LIMIT 20")
+        return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,
+                "training_runs": runs}
+
     def history(self, finding_id: int) -> list[dict]:
         return self.query("SELECT * FROM corrections WHERE finding_id = ? ORDER BY revision", (finding_id,))
 

@@ -139,6 +139,8 @@ COMMANDS = [
      "core.bench:DetectorBenchConfig", "core.bench:bench_detector", (), None),
     ("bench", "pipeline", "seconds per photo/object, photos/s, peak RSS, shared vs naive",
      "core.bench:PipelineBenchConfig", "core.bench:bench_pipeline", (), None),
+    (None, "serve", "start the web app (inspect, review, queue, dashboard, export)",
+     "app.web:ServeConfig", "app.web:serve_forever", (), None),
     (None, "export", "write reviewed photos as a YOLO or COCO dataset (9-class labels)",
      "db.export:ExportConfig", "db.export:run_export", ("out",), None),
 ]

@@ -1,0 +1,75 @@
+"""The web app through gradio_client against a launched server, with real photos."""
+
+import socket
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from core.classifier import ConditionClassifier  # noqa: E402
+from core.detector import Detector, DetectorConfig  # noqa: E402
+from core.evaluate_classifier import make_stage2_backend  # noqa: E402
+from core.paths import samples_dir  # noqa: E402
+from core.pipeline import Pipeline  # noqa: E402
+from db.store import Store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    detector = Detector(DetectorConfig(device="cpu"))
+    return Pipeline(detector, ConditionClassifier(make_stage2_backend("probe", detector.taxonomy), detector.taxonomy))
+
+
+@pytest.fixture(scope="module")
+def server(pipeline, tmp_path_factory):
+    from app.web import SHORTCUTS_JS, ServeConfig, build_app
+
+    db = tmp_path_factory.mktemp("web") / "review.db"
+    store = Store(db)
+    cfg = ServeConfig(no_auth=True, port=free_port())
+    demo = build_app(pipeline, store, cfg)
+    demo.launch(server_name="127.0.0.1", server_port=cfg.port, prevent_thread_lock=True, max_file_size="5mb",
+                allowed_paths=[], head=SHORTCUTS_JS, quiet=True, show_error=True)
+    yield f"http://127.0.0.1:{cfg.port}/", store
+    demo.close()
+
+
+def test_upload_review_and_bad_files(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, store = server
+    client = Client(url, verbose=False)
+    photo = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))[0]
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    gallery, rows, message = client.predict([handle_file(str(photo)), handle_file(str(empty)), handle_file(str(text))],
+                                                      api_name="/inspect")
+    assert "empty.jpg" in message and "notes.jpg" in message and "✗" in message
+    assert len(gallery) == 1
+    data = rows["data"] if isinstance(rows, dict) else rows
+    photo_id = store.query("SELECT id FROM photos")[0]["id"]
+    assert data and all(r[1] == photo_id for r in data)
+    # The same upload twice is one photo, not two.
+    client.predict([handle_file(str(photo))], api_name="/inspect")
+    assert store.query("SELECT count(*) AS n FROM photos")[0]["n"] == 1
+    # Only the good photo was stored; the server is still serving.
+    finding = next(r for r in data if r[2] != "vegetation")
+    out = client.predict(finding[0], api_name="/load_finding")
+    revision = out[4]
+    cands = [c.name for c in store.taxonomy.classes_for_type(finding[2]) if c.name != finding[3]]
+    status = client.predict(finding[0], revision, cands[0], api_name="/do_relabel")
+    assert "Saved" in status
+    assert store.state(finding[0])["class_name"] == cands[0]
+    hist = store.history(finding[0])
+    assert hist[-1]["reviewer"] == "anonymous" and hist[-1]["action"] == "relabel"
+    # A second reviewer acting on the old revision is told it changed, and nothing is lost.
+    stale = client.predict(finding[0], revision, cands[-1], api_name="/do_relabel")
+    assert "changed" in stale and store.state(finding[0])["class_name"] == cands[0]

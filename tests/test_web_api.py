@@ -61,10 +61,12 @@ def test_upload_review_and_bad_files(server, tmp_path):
     client.predict([handle_file(str(photo))], api_name="/inspect")
     assert store.query("SELECT count(*) AS n FROM photos")[0]["n"] == 1
     # Only the good photo was stored; the server is still serving.
-    finding = next(r for r in data if r[2] != "vegetation")
+    assert [r[2] for r in data] == list(range(len(data)))  # per-photo indices, as rationales cite them
+    finding = next(r for r in data if r[3] != "vegetation")
     out = client.predict(finding[0], api_name="/load_finding")
     revision = out[4]
-    cands = [c.name for c in store.taxonomy.classes_for_type(finding[2]) if c.name != finding[3]]
+    assert list(out[6:]) == [round(v, 1) for v in (store.state(finding[0])[k] for k in ("x1", "y1", "x2", "y2"))]
+    cands = [c.name for c in store.taxonomy.classes_for_type(finding[3]) if c.name != finding[4]]
     status = client.predict(finding[0], revision, cands[0], api_name="/do_relabel")
     assert "Saved" in status
     assert store.state(finding[0])["class_name"] == cands[0]
@@ -73,3 +75,17 @@ def test_upload_review_and_bad_files(server, tmp_path):
     # A second reviewer acting on the old revision is told it changed, and nothing is lost.
     stale = client.predict(finding[0], revision, cands[-1], api_name="/do_relabel")
     assert "changed" in stale and store.state(finding[0])["class_name"] == cands[0]
+
+
+def test_serve_config_rules(tmp_path):
+    from app.web import ServeConfig
+
+    with pytest.raises(ValueError, match="only on localhost"):
+        ServeConfig(no_auth=True, host="0.0.0.0")
+    with pytest.raises(ValueError, match="expected reviewers"):
+        ServeConfig()
+    with pytest.raises(ValueError, match="user:password"):
+        ServeConfig(auth="ana")
+    users = tmp_path / "users.txt"
+    users.write_text("# reviewers\nana:one\nbo:two\n")
+    assert ServeConfig(auth_file=users, auth="cy:three").users() == [("cy", "three"), ("ana", "one"), ("bo", "two")]

@@ -131,7 +131,7 @@ class _OneAtATime:
         if writer is None:
             return [None] * len(findings)
         out = []
-        for k, f in enumerate(findings):
+        for k in range(len(findings)):
             alone = [g if j == k else _Skipped(g) for j, g in enumerate(findings)]
             out.append(writer(ctx, alone)[k])
         return out

@@ -81,7 +81,7 @@ def test_unfaithful_claims_table(rationale, problems):
 
 
 def test_template_rationale_is_faithful_for_every_object():
-    for i, d in enumerate(DETS):
+    for i in range(len(DETS)):
         text = template_rationale({"a": 0.55, "b": 0.45}, i, DETS, FACTS, 300)
         assert "a at 55%, close to b at 45%" in text
         assert f"#{i}" in text and not unfaithful_claims(text, i, DETS, FACTS, TAX)

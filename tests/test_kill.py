@@ -5,7 +5,6 @@ import os
 import signal
 import time
 
-import pytest
 
 from train.registry import ModelRegistry
 

@@ -187,7 +187,7 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
             length = logits.shape[1]
             label_logits = torch.stack([logits[k, length - len(t) - 1] for k, t in enumerate(tails)])
             loss = 0.0
-            for k, (e, z) in enumerate(zip(batch, model.candidate_logits(label_logits, [e.ctx.detections[e.index].type for e in batch]))):
+            for e, z in zip(batch, model.candidate_logits(label_logits, [e.ctx.detections[e.index].type for e in batch])):
                 cands = [c.name for c in taxonomy.classes_for_type(e.ctx.detections[e.index].type)]
                 target = torch.tensor(cands.index(e.class_name))
                 loss = loss + loss_w[e.class_name] * torch.nn.functional.cross_entropy(z[None], target[None])

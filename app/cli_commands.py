@@ -87,6 +87,12 @@ def _print_comparison(cfg, result: dict) -> int:
     return 0
 
 
+def _print_mcq(cfg, result: dict) -> int:
+    from core.mcq import print_table
+
+    return print_table(cfg, result)
+
+
 def _print_nightly(cfg, result: dict) -> int:
     print(result.get("message") or f"nightly: {result['decision']} ({'; '.join(result['reasons'])})")
     _write_json({k: v for k, v in result.items() if k != "config"}, None)
@@ -135,6 +141,12 @@ COMMANDS = [
      "core.evaluate_classifier:ClassifierEvalConfig", "core.evaluate_classifier:evaluate_classifier", ("data_yaml",), _print_comparison),
     ("evaluate", "pipeline", "both stages end to end: detection, conditions, relations",
      "core.evaluate_pipeline:PipelineEvalConfig", "core.evaluate_pipeline:evaluate_pipeline", ("data_yaml",), None),
+    ("evaluate", "mcq", "each labelled object as a multiple-choice question, across backends",
+     "core.mcq:McqEvalConfig", "core.mcq:evaluate_mcq", ("data_yaml",), _print_mcq),
+    (None, "embed", "embed new photos, objects and finding texts in the review DB (for map and search)",
+     "core.embeddings:EmbedConfig", "core.embeddings:run_embed", (), None),
+    (None, "map", "the library's object embeddings as a 2-D map (PNG)",
+     "core.embedding_map:MapConfig", "core.embedding_map:make_map", (), None),
     ("bench", "detector", "stage-1 latency per photo and photos/s",
      "core.bench:DetectorBenchConfig", "core.bench:bench_detector", (), None),
     ("bench", "pipeline", "seconds per photo/object, photos/s, peak RSS, shared vs naive",

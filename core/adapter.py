@@ -178,14 +178,15 @@ class AdapterVLM:
         self.version += "+int8"
 
     # --- model inputs ------------------------------------------------------------------------
-    def embed(self, prompts: Sequence[str], crop_f: np.ndarray, ctx_f: np.ndarray, tails: Sequence[list[int]] | None = None):
+    def embed(self, prompts: Sequence[str], crop_f: np.ndarray, ctx_f: np.ndarray, tails: Sequence[list[int]] | None = None,
+              lead: str = " Condition:"):
         """Left-padded ``(inputs_embeds, attention_mask, position_ids)`` of
-        ``prompt + " Look:" [crop][context] " Condition:" + tail``."""
+        ``prompt + " Look:" [crop][context] + lead + tail``."""
         import torch
 
         emb = self.lm.get_input_embeddings()
         vis = self.projector(torch.from_numpy(np.stack([crop_f, ctx_f], axis=1)).float()) + self.roles  # (n, 2, h)
-        cond = self.tokenizer.encode(" Condition:", add_special_tokens=False)
+        cond = self.tokenizer.encode(lead, add_special_tokens=False)
         seqs = []
         for k, prompt in enumerate(prompts):
             head = torch.tensor(self.tokenizer.encode(prompt + " Look:", add_special_tokens=False))
@@ -239,3 +240,23 @@ class AdapterVLM:
             text = self.tokenizer.decode(out[k], skip_special_tokens=True).strip().split("\n")[0]
             texts[i] = text or None
         return texts
+
+    def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy: Taxonomy, max_tokens: int = 4) -> list:
+        """Multiple-choice answers generated greedily after `` Answer:``, with the letters'
+        next-token logits at the answer position as scores (see :mod:`core.mcq`)."""
+        import torch
+
+        from core.mcq import LETTERS, Answer, option_texts, question_text
+
+        crop_f, ctx_f = self.store.object_features(ctx.image, [ctx.detections[i].box for i in targets], ctx.image_key)
+        x, mask, _ = self.embed([question_text(ctx, i, taxonomy, self.hints) for i in targets], crop_f, ctx_f, lead=" Answer:")
+        with torch.inference_mode():
+            out = self.lm.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                                   output_scores=True, return_dict_in_generate=True, pad_token_id=self.tokenizer.eos_token_id)
+        answers = []
+        for k, i in enumerate(targets):
+            n = len(option_texts(taxonomy, ctx.detections[i].type))
+            letter_ids = [self.tokenizer.encode(" " + L, add_special_tokens=False)[0] for L in LETTERS[:n]]
+            text = self.tokenizer.decode(out.sequences[k], skip_special_tokens=True).strip()
+            answers.append(Answer(text, out.scores[0][k, letter_ids].float().numpy()))
+        return answers

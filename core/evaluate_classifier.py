@@ -17,7 +17,7 @@ from core.rationale import unfaithful_claims
 from core.taxonomy import Taxonomy, load_taxonomy
 from core.types import Detection
 
-BACKENDS = ("type-majority", "probe", "adapter", "adapter-zeroshot", "qwen2vl")
+BACKENDS = ("type-majority", "probe", "adapter", "adapter-zeroshot", "qwen2vl", "clip")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ClassifierEvalConfig:
         adapter_dir: adapter VLM folder; default is the shipped one.
         qwen_model: Qwen2-VL hub id or folder, for the qwen2vl backend.
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
+        clip_model: CLIP checkpoint folder, for the clip backend (default: $SLOPEWATCH_CLIP_MODEL).
         ablate_context: also score VLM backends with the spatial context removed from the prompt.
         quant: also score a quantised copy of the main backend (int8 or int4) and report retention.
         json: where to write the metrics JSON.
@@ -48,6 +49,7 @@ class ClassifierEvalConfig:
     adapter_dir: Path | None = None
     qwen_model: str | None = None
     qwen_precision: str = "auto"
+    clip_model: Path | None = None
     ablate_context: bool = False
     quant: str = ""
     json: Path | None = None
@@ -111,7 +113,7 @@ def current_adapter_dir() -> Path:
 
 
 def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None, adapter_dir: Path | None = None,
-                        qwen=None):
+                        qwen=None, clip_model: Path | None = None):
     """A stage-2 backend for live photos (baselines that need a dataset are not offered).
 
     ``adapter-zeroshot`` is the adapter VLM before any training: base LM, fresh LoRA and an
@@ -137,11 +139,19 @@ def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | Non
         if qwen is None:
             raise SlopewatchError("backend qwen2vl needs a model: pass --qwen-model HUB_ID_OR_FOLDER")
         return Qwen2VLBackend(qwen, taxonomy)
+    if name == "clip":
+        from core.clip import ClipModel, ClipZeroShot
+        from core.paths import clip_model_dir
+
+        folder = clip_model or clip_model_dir()
+        if folder is None:
+            raise SlopewatchError("backend clip needs a checkpoint: pass --clip-model FOLDER or set SLOPEWATCH_CLIP_MODEL")
+        return ClipZeroShot(ClipModel(folder), taxonomy)
     raise SlopewatchError(f"unknown stage-2 backend {name!r}; expected one of {[b for b in BACKENDS if b != 'type-majority']}")
 
 
 def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None, adapter_dir: Path | None = None,
-                 qwen=None):
+                 qwen=None, clip_model: Path | None = None):
     """A backend for evaluation; ``type-majority`` counts the dataset's train split."""
     if name == "type-majority":
         if "train" not in ds.splits:
@@ -151,7 +161,7 @@ def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: 
             for o in s.objects:
                 counts[o.class_name] = counts.get(o.class_name, 0) + 1
         return TypeMajority(taxonomy, counts)
-    return make_stage2_backend(name, taxonomy, probe_weights, adapter_dir, qwen)
+    return make_stage2_backend(name, taxonomy, probe_weights, adapter_dir, qwen, clip_model)
 
 
 class WithoutContext:
@@ -216,7 +226,7 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
     ds = load_dataset(cfg.data_yaml, taxonomy)
     results = {}
     for name in cfg.backend_names:
-        backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir, cfg.qwen_config())
+        backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir, cfg.qwen_config(), cfg.clip_model)
         results[name] = score_backend(ConditionClassifier(backend, taxonomy), ds, cfg.split)
         if cfg.ablate_context and name in ("adapter", "adapter-zeroshot", "qwen2vl"):
             ablated = WithoutContext(backend)

@@ -8,6 +8,8 @@ Environment variables override the defaults:
   Default: ``assets/`` of the source checkout this package was installed from (editable install).
 * ``SLOPEWATCH_DATASETS``: where the real inspection datasets live. Default: ``shared/data``
   beside the checkout, which is where the project's CI places them.
+* ``SLOPEWATCH_CLIP_MODEL``: an optional CLIP checkpoint folder (transformers ``CLIPModel``).
+  No CLIP weights ship; without it the CLIP features stay hidden.
 """
 
 from __future__ import annotations
@@ -57,3 +59,9 @@ def ultralytics_config_dir() -> Path:
     path = data_dir() / "ultralytics"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def clip_model_dir() -> Path | None:
+    """The configured CLIP checkpoint folder, or None when CLIP is not set up."""
+    env = os.environ.get("SLOPEWATCH_CLIP_MODEL")
+    return Path(env).expanduser() if env else None

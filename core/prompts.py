@@ -19,17 +19,20 @@ def band_hints(rows: list[tuple[str, str]]) -> Hints:
     return out
 
 
-def object_prompt(ctx: PhotoContext, index: int, hints: Hints | None = None, with_context: bool = True) -> str:
+def object_prompt(ctx: PhotoContext, index: int, hints: Hints | None = None, with_context: bool = True,
+                  domain: str = "drainage") -> str:
     """What the model reads about ``ctx.detections[index]``.
 
     With context: the object's band and salient relations, the other detections, and the
     data-driven band prior for its type. Without (the ablation): only its type and band.
+    ``domain`` is the taxonomy's name; the shipped adapter was trained on "Drainage inspection."
     """
+    title = f"{domain.capitalize()} inspection."
     d = ctx.detections[index]
     height = ctx.image.height
     if not with_context:
-        return f"Drainage inspection. Object: {human(d.type)} #{index} in the {band(d.box, height)} band."
-    text = f"Drainage inspection. Object: {describe(index, ctx.detections, ctx.facts, height)}."
+        return f"{title} Object: {human(d.type)} #{index} in the {band(d.box, height)} band."
+    text = f"{title} Object: {describe(index, ctx.detections, ctx.facts, height)}."
     others = [f"{human(o.type)} #{k}" for k, o in enumerate(ctx.detections) if k != index][:6]
     if others:
         text += " Also seen: " + ", ".join(others) + "."

@@ -30,6 +30,12 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 SYSTEM = "You inspect drainage on earth embankments and judge each object's condition."
 
 
+def grounding(ctx: PhotoContext, index: int) -> str:
+    """The object's box in Qwen2-VL's grounding syntax (0-1000 scale)."""
+    box, w, h = ctx.detections[index].box, ctx.image.width, ctx.image.height
+    return f"<|box_start|>({round(1000 * box.x1 / w)},{round(1000 * box.y1 / h)}),({round(1000 * box.x2 / w)},{round(1000 * box.y2 / h)})<|box_end|>"
+
+
 class BackendUnavailable(SlopewatchError):
     """A stage-2 backend cannot run with the requested settings on this machine."""
 
@@ -126,9 +132,7 @@ class Qwen2VLBackend:
                 f"Detected: {', '.join(items)}.")
 
     def object_text(self, ctx: PhotoContext, index: int, with_context: bool = True) -> str:
-        box = ctx.detections[index].box
-        w, h = ctx.image.width, ctx.image.height
-        ground = f"<|box_start|>({round(1000 * box.x1 / w)},{round(1000 * box.y1 / h)}),({round(1000 * box.x2 / w)},{round(1000 * box.y2 / h)})<|box_end|>"
+        ground = grounding(ctx, index)
         cands = ", ".join(c.name for c in self.taxonomy.classes_for_type(ctx.detections[index].type))
         return (f"\n{object_prompt(ctx, index, self.hints, with_context)} It is at {ground}. "
                 f"Which condition: {cands}?<|im_end|>\n<|im_start|>assistant\n")
@@ -199,30 +203,28 @@ class Qwen2VLBackend:
             cursor += m
         return out
 
-    def rationales(self, ctx: PhotoContext, findings) -> list[str | None]:
+    def _greedy(self, ctx: PhotoContext, rows: Sequence[list[int]], max_tokens: int):
+        """Greedy continuations of token rows after the photo's shared prefill, batched;
+        returns ``(generated ids per row, first-step logits)``."""
         import torch
 
-        targets = [i for i, f in enumerate(findings) if f.backend == self.name]
-        texts: list[str | None] = [None] * len(findings)
-        if not targets or self.cfg.rationale_tokens == 0:
-            return texts
         cache, plen, delta = self.prefill(ctx)
-        rows = [self.tok.encode(self.object_text(ctx, i) + findings[i].class_name + ". Reason:", add_special_tokens=False) for i in targets]
         logits, cache, mask, lengths = self._branch(cache, plen, delta, rows, left_pad=True)
+        first = logits[:, -1].cpu()
         width = max(lengths)
-        generated = [[] for _ in targets]
-        done = torch.zeros(len(targets), dtype=torch.bool)
-        for step in range(self.cfg.rationale_tokens):
+        generated: list[list[int]] = [[] for _ in rows]
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        for step in range(max_tokens):
             nxt = logits[:, -1].argmax(-1).cpu()
-            for k in range(len(targets)):
+            for k in range(len(rows)):
                 if not done[k]:
                     if int(nxt[k]) in (self.end_id, self.tok.eos_token_id):
                         done[k] = True
                     else:
                         generated[k].append(int(nxt[k]))
-            if bool(done.all()):
+            if bool(done.all()) or step == max_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones(len(targets), 1, dtype=torch.long)], 1)
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], 1)
             pos = torch.tensor([plen + n + step for n in lengths])[:, None]
             position_ids = (pos + delta.cpu().reshape(-1, 1)[:1]).unsqueeze(0).expand(3, -1, -1)
             with torch.inference_mode():
@@ -230,6 +232,30 @@ class Qwen2VLBackend:
                                  position_ids=position_ids.to(self.device), use_cache=True,
                                  cache_position=torch.tensor([plen + width + step], device=self.device))
             logits, cache = out.logits.float(), out.past_key_values
+        return generated, first
+
+    def rationales(self, ctx: PhotoContext, findings) -> list[str | None]:
+        targets = [i for i, f in enumerate(findings) if f.backend == self.name]
+        texts: list[str | None] = [None] * len(findings)
+        if not targets or self.cfg.rationale_tokens == 0:
+            return texts
+        rows = [self.tok.encode(self.object_text(ctx, i) + findings[i].class_name + ". Reason:", add_special_tokens=False) for i in targets]
+        generated, _ = self._greedy(ctx, rows, self.cfg.rationale_tokens)
         for k, i in enumerate(targets):
             texts[i] = self.tok.decode(generated[k], skip_special_tokens=True).strip() or None
         return texts
+
+    def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy: Taxonomy, max_tokens: int = 4) -> list:
+        """Multiple-choice answers (see :mod:`core.mcq`), generated greedily from the shared prefill."""
+        from core.mcq import LETTERS, Answer, option_texts, question_text
+
+        rows = []
+        for i in targets:
+            text = f"\nThe object at {grounding(ctx, i)}. {question_text(ctx, i, taxonomy, self.hints)}<|im_end|>\n<|im_start|>assistant\n"
+            rows.append(self.tok.encode(text, add_special_tokens=False))
+        generated, first = self._greedy(ctx, rows, max_tokens)
+        answers = []
+        for k, i in enumerate(targets):
+            letter_ids = [self.tok.encode(L, add_special_tokens=False)[0] for L in LETTERS[:len(option_texts(taxonomy, ctx.detections[i].type))]]
+            answers.append(Answer(self.tok.decode(generated[k], skip_special_tokens=True).strip(), first[k, letter_ids].numpy()))
+        return answers

@@ -97,6 +97,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         duration_s REAL
     );
     """),
+    (2, "library embeddings", """
+    -- One vector per (what, id, model). source_hash says what was embedded (photo bytes, box,
+    -- finding text): a moved box or an edited rationale no longer matches and is re-embedded.
+    CREATE TABLE embeddings (
+        kind TEXT NOT NULL CHECK (kind IN ('photo', 'finding', 'finding_text')),
+        ref_id INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        source_hash TEXT NOT NULL,
+        dim INTEGER NOT NULL,
+        vector BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, model, ref_id)
+    );
+    """),
 ]
 
 

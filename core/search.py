@@ -1,0 +1,124 @@
+"""Search over the library's stored embeddings: similar objects, text search, bulk relabel.
+
+All ranking is cosine similarity over the vectors :mod:`core.embeddings` stored; nothing here
+encodes images, so a search costs one matrix product.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from core.embeddings import IMAGE_MODEL, TEXT_MODEL, load_vectors
+from core.errors import SlopewatchError
+
+
+class NotEmbedded(SlopewatchError):
+    """The object or library has no stored embedding yet (run ``slopewatch embed``)."""
+
+
+def cosine_top_k(matrix: np.ndarray, query: np.ndarray, k: int, exclude: set[int] | None = None) -> list[tuple[int, float]]:
+    """Row indices of ``matrix`` most similar to ``query``, best first, as ``(index, cosine)``."""
+    if matrix.size == 0:
+        return []
+    m = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    q = np.asarray(query, np.float32) / max(float(np.linalg.norm(query)), 1e-12)
+    scores = m @ q
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if not exclude or int(i) not in exclude]
+    return [(i, float(scores[i])) for i in order[:k]]
+
+
+def _finding_rows(store, ids: list[int]) -> dict[int, dict]:
+    if not ids:
+        return {}
+    rows = store.query(
+        "SELECT s.*, f.photo_id, f.class_name AS model_class FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+        f"WHERE s.finding_id IN ({','.join('?' * len(ids))})", tuple(ids))
+    return {r["finding_id"]: r for r in rows}
+
+
+def similar_findings(store, finding_id: int, k: int = 8) -> list[dict]:
+    """The ``k`` live objects whose crops look most like ``finding_id``'s, each row with ``score``."""
+    ids, matrix = load_vectors(store, "finding", IMAGE_MODEL)
+    if finding_id not in ids:
+        raise NotEmbedded(f"expected an embedding for object #{finding_id}, found none; run `slopewatch embed` (or Embed in the app)")
+    rows = _finding_rows(store, ids)
+    dead = {i for i, fid in enumerate(ids) if fid not in rows or rows[fid]["status"] == "deleted"}
+    hits = cosine_top_k(matrix, matrix[ids.index(finding_id)], k, dead | {ids.index(finding_id)})
+    return [{**rows[ids[i]], "score": s} for i, s in hits]
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Filters combined with text search.
+
+    Attributes:
+        class_name: only findings currently of this class.
+        status: only ``pending`` or ``reviewed`` findings.
+        since: only findings updated at or after this Unix time.
+        until: only findings updated before this Unix time.
+    """
+
+    class_name: str | None = None
+    status: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in (None, "pending", "reviewed"):
+            raise ValueError(f"status: expected pending or reviewed, found {self.status!r}")
+
+    def keep(self, row: dict) -> bool:
+        return (row["status"] != "deleted"
+                and (self.class_name is None or row["class_name"] == self.class_name)
+                and (self.status is None or row["status"] == self.status)
+                and (self.since is None or row["updated_at"] >= self.since)
+                and (self.until is None or row["updated_at"] < self.until))
+
+
+def text_search(store, encoder, query: str, k: int = 20, filters: SearchFilters | None = None) -> list[dict]:
+    """Findings whose class, rationale and note read most like ``query``, best first."""
+    if not query.strip():
+        raise ValueError("expected a search text, found an empty one")
+    ids, matrix = load_vectors(store, "finding_text", TEXT_MODEL)
+    if not ids:
+        raise NotEmbedded("expected text embeddings of findings, found none; run `slopewatch embed` (or Embed in the app)")
+    rows = _finding_rows(store, ids)
+    filters = filters or SearchFilters()
+    drop = {i for i, fid in enumerate(ids) if fid not in rows or not filters.keep(rows[fid])}
+    hits = cosine_top_k(matrix, encoder.embed([query])[0], k, drop)
+    return [{**rows[ids[i]], "score": s} for i, s in hits]
+
+
+def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -> list[dict]:
+    """Give every listed finding ``class_name``: one correction row each, at its current revision.
+
+    Objects of another type are retyped, since a class fixes its type.
+    """
+    target_type = store.taxonomy.get_class(class_name).type
+    store.ensure_user(reviewer)
+    out = []
+    for fid in finding_ids:
+        state = store.state(int(fid))
+        action = "relabel" if state["object_type"] == target_type else "retype"
+        out.append(store.correct(int(fid), state["revision"], reviewer, action, object_type=target_type, class_name=class_name))
+    return out
+
+
+def thumbnail(store, row: dict, size: int = 96) -> Image.Image:
+    """The object's crop (with a little margin) from its stored photo, at most ``size`` px."""
+    from core.features import crop
+    from core.types import Box
+
+    photo = store.photo(row["photo_id"])
+    image = Image.open(photo.path).convert("RGB")
+    out = crop(image, Box(row["x1"], row["y1"], row["x2"], row["y2"]), 1.3)
+    out.thumbnail((size, size))
+    return out
+
+
+def since_days(days: float | None) -> float | None:
+    return None if not days else time.time() - days * 86400

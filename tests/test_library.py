@@ -8,7 +8,7 @@ from PIL import Image
 
 from core.data import load_dataset
 from core.embedding_map import MapConfig, layout, make_map, map_points, map_svg
-from core.embeddings import IMAGE_MODEL, TEXT_MODEL, TextEncoder, embed_library, load_vectors, save_vectors
+from core.embeddings import IMAGE_MODEL, TextEncoder, embed_library, load_vectors, save_vectors
 from core.photos import ingest
 from core.search import NotEmbedded, SearchFilters, apply_class, cosine_top_k, similar_findings, text_search
 from core.taxonomy import load_taxonomy

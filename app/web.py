@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.draw import draw_boxes
 from core.errors import ImageError, SlopewatchError
+from core.paths import clip_model_dir
 from core.photos import MAX_UPLOAD_BYTES, ingest, photos_dir
 from core.pipeline import Pipeline
 from core.types import Box
@@ -51,6 +52,7 @@ class ServeConfig:
         no_auth: allow anonymous use (only on localhost).
         max_upload_mb: largest accepted upload.
         queue_size: most requests waiting at once; more are refused, not queued forever.
+        clip_model: CLIP checkpoint folder for photo search (default: $SLOPEWATCH_CLIP_MODEL; none hides it).
     """
 
     host: str = "127.0.0.1"
@@ -62,6 +64,7 @@ class ServeConfig:
     no_auth: bool = False
     max_upload_mb: int = MAX_UPLOAD_BYTES // 2**20
     queue_size: int = 16
+    clip_model: Path | None = None
 
     def __post_init__(self) -> None:
         if self.no_auth and self.host not in LOCALHOST:
@@ -136,6 +139,8 @@ def table(rows: list[dict]) -> list[list]:
 def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = None):
     """The Gradio Blocks app over a pipeline and a store."""
     import gradio as gr
+
+    from app.library_tab import build_library_tab  # imported here: it uses this module's helpers
 
     tax = store.taxonomy
     config = config or ServeConfig(no_auth=True)
@@ -224,64 +229,67 @@ def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = Non
     with gr.Blocks(title="slopewatch") as demo:
         gr.Markdown("# slopewatch — embankment drainage inspection")
         photo_state = gr.State(None)
-        with gr.Tab("Inspect"):
-            files = gr.File(label="Inspection photos (JPEG, PNG, HEIC)", file_count="multiple", file_types=["image"], elem_id="sw-upload")
-            run = gr.Button("Inspect", variant="primary", elem_id="sw-inspect")
-            message = gr.Markdown(elem_id="sw-message")
-            gallery = gr.Gallery(label="Findings", columns=2, height="auto", elem_id="sw-gallery")
-            objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects")
-        with gr.Tab("Review", id="review"):
-            with gr.Row():
-                finding = gr.Number(label="Object id", precision=0, elem_id="sw-finding")
-                load = gr.Button("Load", elem_id="sw-load")
-                nxt = gr.Button("Next in queue (n)", elem_id="sw-next")
-            # A (hidden) component, not gr.State: API clients must send the revision they saw.
-            revision = gr.Number(visible=False, precision=0, elem_id="sw-revision")
-            with gr.Row():
-                review_image = gr.Image(label="Photo", type="pil", interactive=False)
-                with gr.Column():
-                    summary = gr.Markdown()
-                    accept_next = gr.Button("Accept and next (a)", variant="primary", elem_id="sw-accept-next")
-                    new_class = gr.Dropdown(label="Class", choices=tax.class_names, elem_id="sw-class")
-                    relabel = gr.Button("Change class", elem_id="sw-relabel")
-                    with gr.Row():
-                        new_type = gr.Dropdown(label="Type", choices=tax.type_names)
-                        new_type_class = gr.Dropdown(label="Class for that type", choices=tax.class_names)
-                    retype = gr.Button("Change type and class")
-                    rationale = gr.Textbox(label="Rationale", lines=2)
-                    save_rationale = gr.Button("Save rationale")
-                    note = gr.Textbox(label="Note", lines=1)
-                    save_note = gr.Button("Add note")
-                    with gr.Row():
-                        bx = [gr.Number(label=n) for n in ("x1", "y1", "x2", "y2")]
-                    save_box = gr.Button("Move box")
-                    delete = gr.Button("Delete false box (d)", variant="stop", elem_id="sw-delete")
-                    with gr.Accordion("Add a missed object", open=False):
-                        missed_class = gr.Dropdown(label="Class", choices=tax.class_names)
-                        add_box = gr.Button("Add box (uses x1..y2 above, on the loaded photo)")
-                    status = gr.Markdown(elem_id="sw-status")
-            history = gr.Dataframe(headers=["revision", "reviewer", "action", "when", "model"], interactive=False, label="History")
-        with gr.Tab("Queue"):
-            with gr.Row():
-                f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
-                f_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
-                f_cond = gr.Dropdown(label="Condition", choices=["", *tax.conditions, "none"], value="")
-                f_model = gr.Textbox(label="Model version")
-                f_reviewer = gr.Textbox(label="Reviewer")
-            refresh = gr.Button("Refresh queue")
-            queue_table = gr.Dataframe(headers=["id", "photo", "type", "class", "model class", "margin", "status", "model", "reviewer"],
-                                       interactive=False)
-        with gr.Tab("Dashboard"):
-            dash = gr.Markdown()
-            gr.Button("Refresh").click(dashboard, None, dash)
-        with gr.Tab("Export"):
-            fmt = gr.Radio(["yolo", "coco"], value="yolo", label="Format")
-            export_btn = gr.Button("Export reviewed photos")
-            export_file = gr.File(label="Dataset")
-            export_msg = gr.Markdown()
-            export_btn.click(do_export, fmt, [export_file, export_msg])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Inspect"):
+                files = gr.File(label="Inspection photos (JPEG, PNG, HEIC)", file_count="multiple", file_types=["image"], elem_id="sw-upload")
+                run = gr.Button("Inspect", variant="primary", elem_id="sw-inspect")
+                message = gr.Markdown(elem_id="sw-message")
+                gallery = gr.Gallery(label="Findings", columns=2, height="auto", elem_id="sw-gallery")
+                objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects")
+            with gr.Tab("Review", id="review"):
+                with gr.Row():
+                    finding = gr.Number(label="Object id", precision=0, elem_id="sw-finding")
+                    load = gr.Button("Load", elem_id="sw-load")
+                    nxt = gr.Button("Next in queue (n)", elem_id="sw-next")
+                # A (hidden) component, not gr.State: API clients must send the revision they saw.
+                revision = gr.Number(visible=False, precision=0, elem_id="sw-revision")
+                with gr.Row():
+                    review_image = gr.Image(label="Photo", type="pil", interactive=False)
+                    with gr.Column():
+                        summary = gr.Markdown()
+                        accept_next = gr.Button("Accept and next (a)", variant="primary", elem_id="sw-accept-next")
+                        new_class = gr.Dropdown(label="Class", choices=tax.class_names, elem_id="sw-class")
+                        relabel = gr.Button("Change class", elem_id="sw-relabel")
+                        with gr.Row():
+                            new_type = gr.Dropdown(label="Type", choices=tax.type_names)
+                            new_type_class = gr.Dropdown(label="Class for that type", choices=tax.class_names)
+                        retype = gr.Button("Change type and class")
+                        rationale = gr.Textbox(label="Rationale", lines=2)
+                        save_rationale = gr.Button("Save rationale")
+                        note = gr.Textbox(label="Note", lines=1)
+                        save_note = gr.Button("Add note")
+                        with gr.Row():
+                            bx = [gr.Number(label=n) for n in ("x1", "y1", "x2", "y2")]
+                        save_box = gr.Button("Move box")
+                        delete = gr.Button("Delete false box (d)", variant="stop", elem_id="sw-delete")
+                        with gr.Accordion("Add a missed object", open=False):
+                            missed_class = gr.Dropdown(label="Class", choices=tax.class_names)
+                            add_box = gr.Button("Add box (uses x1..y2 above, on the loaded photo)")
+                        status = gr.Markdown(elem_id="sw-status")
+                history = gr.Dataframe(headers=["revision", "reviewer", "action", "when", "model"], interactive=False, label="History")
+            with gr.Tab("Queue"):
+                with gr.Row():
+                    f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
+                    f_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
+                    f_cond = gr.Dropdown(label="Condition", choices=["", *tax.conditions, "none"], value="")
+                    f_model = gr.Textbox(label="Model version")
+                    f_reviewer = gr.Textbox(label="Reviewer")
+                refresh = gr.Button("Refresh queue")
+                queue_table = gr.Dataframe(headers=["id", "photo", "type", "class", "model class", "margin", "status", "model", "reviewer"],
+                                           interactive=False)
+            with gr.Tab("Dashboard"):
+                dash = gr.Markdown()
+                gr.Button("Refresh").click(dashboard, None, dash)
+            with gr.Tab("Export"):
+                fmt = gr.Radio(["yolo", "coco"], value="yolo", label="Format")
+                export_btn = gr.Button("Export reviewed photos")
+                export_file = gr.File(label="Dataset")
+                export_msg = gr.Markdown()
+                export_btn.click(do_export, fmt, [export_file, export_msg])
 
-        load_outputs = [review_image, summary, new_class, rationale, revision, history, *bx]
+            load_outputs = [review_image, summary, new_class, rationale, revision, history, *bx]
+            build_library_tab(store, finding, tabs, load_finding, load_outputs, config.clip_model or clip_model_dir())
+
         run.click(inspect, files, [gallery, objects, message, photo_state], concurrency_limit=1)
         def pick(evt: gr.SelectData):
             return evt.row_value[0] if evt.row_value else None

@@ -77,6 +77,38 @@ def test_upload_review_and_bad_files(server, tmp_path):
     assert "changed" in stale and store.state(finding[0])["class_name"] == cands[0]
 
 
+def test_library_over_the_api(server):
+    from gradio_client import Client, handle_file
+
+    url, store = server
+    client = Client(url, verbose=False)
+    photo = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))[1]
+    client.predict([handle_file(str(photo))], api_name="/inspect")
+    assert "Embedded" in client.predict(api_name="/embed")
+    assert client.predict(api_name="/embed") == "Nothing new to embed."
+    svg, note = client.predict("condition", api_name="/draw")
+    live = store.query("SELECT finding_id, object_type FROM finding_state WHERE status != 'deleted' ORDER BY finding_id")
+    assert svg.count('class="sw-pt"') == len(live) and ("pca" in note or "umap" in note)
+
+    first = next(r for r in live if r["object_type"] != "vegetation")
+    gallery, choices, message = client.predict(first["finding_id"], 3, api_name="/similar")
+    assert len(gallery) == 3 and "similar" in message
+    picked = [c[1] if isinstance(c, (list, tuple)) else c for c in choices["choices"]][:2]
+    before = store.query("SELECT count(*) AS n FROM corrections")[0]["n"]
+    status = client.predict(picked, "rock toe damaged", api_name="/bulk")
+    assert "2 object(s)" in status
+    assert store.query("SELECT count(*) AS n FROM corrections")[0]["n"] == before + 2
+    assert all(store.state(int(f))["class_name"] == "rock toe damaged" for f in picked)
+
+    client.predict(api_name="/embed")  # the relabel changed two texts
+    gallery, table, message = client.predict("damaged rock toe", "rock toe damaged", "reviewed", 0, api_name="/search")
+    rows = table["data"] if isinstance(table, dict) else table
+    assert sorted(r[0] for r in rows) == sorted(int(f) for f in picked)
+    _, _, message = client.predict("", "", "any", 0, api_name="/search")
+    assert "⚠" in message  # an empty query is refused, and the server keeps serving
+    assert client.predict(api_name="/embed") == "Nothing new to embed."
+
+
 def test_serve_config_rules(tmp_path):
     from app.web import ServeConfig
 

@@ -1,5 +1,5 @@
 """End to end in a real browser: log in, upload a real photo, see the boxes, correct one
-object's class, and find that correction in the SQLite file. Uses Debian's chromium; no
+object's class, find that correction in the SQLite file, and open an object from the map. Uses Debian's chromium; no
 browser is ever downloaded."""
 
 import shutil
@@ -64,6 +64,7 @@ def test_login_upload_correct_and_find_it_in_sqlite(app_url, samples_yaml, tmp_p
             fid, cls, typ = con.execute(
                 "SELECT finding_id, class_name, object_type FROM finding_state WHERE object_type != 'vegetation' ORDER BY finding_id LIMIT 1"
             ).fetchone()
+            other = con.execute("SELECT max(finding_id) FROM finding_state").fetchone()[0]
             con.close()
             page.get_by_role("tab", name="Review").click()
             page.locator("#sw-finding input").fill(str(fid))
@@ -78,6 +79,19 @@ def test_login_upload_correct_and_find_it_in_sqlite(app_url, samples_yaml, tmp_p
             page.locator("#sw-relabel").click()
             page.wait_for_selector("#sw-status :text('Saved')", timeout=30_000)
             page.screenshot(path=str(tmp_path / "review.png"))
+
+            # Library: embed, draw the map, hover a point (thumbnail), click it (opens Review on it).
+            page.get_by_role("tab", name="Library").click()
+            page.locator("#sw-embed").click()
+            page.wait_for_selector("#sw-embed-msg :text('Embedded 1 new photo')", timeout=120_000)
+            page.locator("#sw-draw-map").click()
+            point = page.locator(f"#sw-map circle[data-fid='{other}']")
+            point.wait_for(timeout=60_000)
+            point.hover()
+            page.wait_for_selector("#sw-map .sw-tip img", state="visible", timeout=10_000)
+            point.click()
+            page.wait_for_function(f"document.querySelector('#sw-finding input').value == '{other}'", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "library.png"))
         finally:
             browser.close()
 

@@ -1,0 +1,180 @@
+"""The app's Library tab: embedding map, similar objects with bulk relabel, text search, and
+(only when a CLIP checkpoint is configured) text-to-image photo search. Wiring only: the
+work is in ``core.embeddings``, ``core.embedding_map``, ``core.search`` and ``core.clip``.
+"""
+
+# No `from __future__ import annotations`: Gradio reads gr.Request / gr.EventData annotations.
+import threading
+import time
+
+from core.embedding_map import COLOR_BY, data_uri, map_points, map_svg
+from core.embeddings import TextEncoder, embed_library
+from core.errors import SlopewatchError
+from core.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
+from app.web import _user
+
+# Hover shows the point's thumbnail and label; a click sends its finding id to the server.
+MAP_JS = """
+element.addEventListener('mousemove', (e) => {
+  const p = e.target.closest('.sw-pt');
+  const t = element.querySelector('.sw-tip');
+  if (!t) return;
+  if (!p) { t.style.display = 'none'; return; }
+  t.replaceChildren();
+  if (p.dataset.thumb) { const img = document.createElement('img'); img.src = p.dataset.thumb; img.width = 96; t.appendChild(img); }
+  const label = document.createElement('div'); label.textContent = p.dataset.label; t.appendChild(label);
+  Object.assign(t.style, {display: 'block', position: 'fixed', left: (e.clientX + 14) + 'px', top: (e.clientY + 14) + 'px',
+                          background: 'white', border: '1px solid #999', padding: '4px', zIndex: 1000, pointerEvents: 'none'});
+});
+element.addEventListener('click', (e) => {
+  const p = e.target.closest('.sw-pt');
+  if (p) trigger('click', {finding_id: p.dataset.fid});
+});
+"""
+
+
+class _Lazy:
+    """Builds an expensive object once, on first use, from any handler thread."""
+
+    def __init__(self, factory):
+        self.factory, self.value, self.lock = factory, None, threading.Lock()
+
+    def get(self):
+        with self.lock:
+            if self.value is None:
+                self.value = self.factory()
+            return self.value
+
+
+def _caption(row: dict) -> str:
+    return f"#{row['finding_id']} {row['class_name'] or row['object_type']} ({row['score']:.2f})"
+
+
+def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_folder=None):
+    """Add the Library tab's components and handlers inside the open ``gr.Tabs``.
+
+    Args:
+        store: the review store.
+        finding: the Review tab's object-id component; a map click fills it in.
+        tabs: the ``gr.Tabs`` to switch to the Review tab.
+        load_finding: the Review tab's loader, and ``load_outputs`` its outputs.
+        clip_folder: CLIP checkpoint folder; None hides photo search.
+    """
+    import gradio as gr
+
+    tax = store.taxonomy
+    text = _Lazy(TextEncoder)
+    clip = None
+    if clip_folder:
+        from core.clip import ClipModel
+
+        clip = _Lazy(lambda: ClipModel(clip_folder))
+
+    def embed(progress=gr.Progress()):
+        counts = embed_library(store, text=text.get(), progress=progress.tqdm)
+        return (f"Embedded {counts.photos} new photo(s), {counts.findings} object(s), {counts.texts} text(s)."
+                if counts != type(counts)(0, 0, 0) else "Nothing new to embed.")
+
+    def draw(color_by):
+        points, method = map_points(store, color_by)
+        if not points:
+            return "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
+        thumbs = {}
+        rows = {r["finding_id"]: r for r in store.query(
+            "SELECT s.*, f.photo_id FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE s.status != 'deleted'")}
+        for p in points:
+            thumbs[p.finding_id] = data_uri(thumbnail(store, rows[p.finding_id], 64))
+        return map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
+
+    def pick(evt: gr.EventData):
+        fid = getattr(evt, "finding_id", None) if evt is not None and isinstance(evt._data, dict) else None
+        return int(fid) if fid not in (None, "") else gr.update()
+
+    def similar(finding_id, k):
+        if finding_id is None:
+            return [], gr.update(choices=[], value=[]), "Enter an object id."
+        try:
+            hits = similar_findings(store, int(finding_id), int(k))
+        except SlopewatchError as exc:
+            return [], gr.update(choices=[], value=[]), f"⚠ {exc}"
+        gallery = [(thumbnail(store, h), _caption(h)) for h in hits]
+        choices = [(_caption(h), h["finding_id"]) for h in hits]
+        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to #{int(finding_id)}."
+
+    def bulk(selected, class_name, request: gr.Request):
+        if not selected or not class_name:
+            return "Select objects and a class first."
+        try:
+            done = apply_class(store, _user(request), [int(s) for s in selected], class_name)
+        except SlopewatchError as exc:
+            return f"⚠ Not saved: {exc}"
+        return f"Saved: {class_name} on {len(done)} object(s), one correction each."
+
+    def search(query, class_name, status, days):
+        filters = SearchFilters(class_name or None, None if status == "any" else status,
+                                time.time() - float(days) * 86400 if days else None)
+        try:
+            hits = text_search(store, text.get(), query or "", 20, filters)
+        except (SlopewatchError, ValueError) as exc:
+            return [], [], f"⚠ {exc}"
+        table = [[h["finding_id"], h["photo_id"], h["class_name"], h["status"], round(h["score"], 3), h["rationale"] or "", h["note"] or ""]
+                 for h in hits]
+        return [(thumbnail(store, h), _caption(h)) for h in hits], table, f"{len(hits)} finding(s)."
+
+    def photo_search(query):
+        from core.clip import search_photos
+        from PIL import Image
+
+        try:
+            hits = search_photos(store, clip.get(), query or "")
+        except (SlopewatchError, ValueError) as exc:
+            return [], f"⚠ {exc}"
+        return [(Image.open(h["path"]).convert("RGB"), f"photo {h['photo_id']} ({h['score']:.2f})") for h in hits], f"{len(hits)} photo(s)."
+
+    with gr.Tab("Library", id="library"):
+        with gr.Row():
+            embed_btn = gr.Button("Embed new photos", elem_id="sw-embed")
+            embed_msg = gr.Markdown(elem_id="sw-embed-msg")
+        with gr.Accordion("Map", open=True):
+            with gr.Row():
+                color_by = gr.Radio(list(COLOR_BY), value="class", label="Colour by")
+                draw_btn = gr.Button("Draw map", elem_id="sw-draw-map")
+            map_msg = gr.Markdown(elem_id="sw-map-msg")
+            map_view = gr.HTML(elem_id="sw-map", js_on_load=MAP_JS)
+        with gr.Accordion("Similar objects", open=False):
+            with gr.Row():
+                sim_id = gr.Number(label="Object id", precision=0, elem_id="sw-sim-id")
+                sim_k = gr.Slider(1, 50, value=8, step=1, label="How many")
+                sim_btn = gr.Button("Find similar", elem_id="sw-sim")
+            sim_msg = gr.Markdown()
+            sim_gallery = gr.Gallery(label="Similar objects", columns=8, height="auto")
+            sim_pick = gr.CheckboxGroup(label="Apply a class to these", choices=[])
+            with gr.Row():
+                sim_class = gr.Dropdown(label="Class", choices=tax.class_names)
+                sim_apply = gr.Button("Apply class to selected", variant="primary")
+            sim_status = gr.Markdown()
+        with gr.Accordion("Search findings", open=False):
+            with gr.Row():
+                query = gr.Textbox(label="Search text", placeholder="blocked toe drain near vegetation", elem_id="sw-query")
+                q_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
+                q_status = gr.Radio(["any", "pending", "reviewed"], value="any", label="Status")
+                q_days = gr.Number(label="Updated in the last N days (0: any)", value=0, precision=0)
+            q_btn = gr.Button("Search", elem_id="sw-search")
+            q_msg = gr.Markdown()
+            q_gallery = gr.Gallery(label="Matches", columns=8, height="auto")
+            q_table = gr.Dataframe(headers=["id", "photo", "class", "status", "score", "rationale", "note"], interactive=False)
+        with gr.Accordion("Photo search (CLIP)", open=False, visible=clip is not None):
+            p_query = gr.Textbox(label="Describe the photo")
+            p_btn = gr.Button("Search photos")
+            p_msg = gr.Markdown()
+            p_gallery = gr.Gallery(label="Photos", columns=4, height="auto")
+
+    embed_btn.click(embed, None, embed_msg, concurrency_limit=1)
+    draw_btn.click(draw, color_by, [map_view, map_msg])
+    map_view.click(pick, None, finding).then(load_finding, finding, load_outputs).then(
+        lambda: gr.Tabs(selected="review"), None, tabs)
+    sim_btn.click(similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg])
+    sim_apply.click(bulk, [sim_pick, sim_class], sim_status)
+    q_btn.click(search, [query, q_class, q_status, q_days], [q_gallery, q_table, q_msg])
+    if clip is not None:
+        p_btn.click(photo_search, p_query, [p_gallery, p_msg])

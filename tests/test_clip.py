@@ -85,3 +85,18 @@ def test_clip_unconfigured_or_missing_is_a_named_error(tmp_path, monkeypatch):
         make_stage2_backend("clip", TAX)
     with pytest.raises(WeightsError, match="config.json"):
         ClipModel(tmp_path)
+
+
+def test_app_offers_photo_search_only_when_clip_is_configured(clip_dir, tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from app.web import ServeConfig, build_app
+
+    monkeypatch.delenv("SLOPEWATCH_CLIP_MODEL", raising=False)
+    store = Store(tmp_path / "app.db", TAX)
+
+    def api_names(cfg):
+        demo = build_app(None, store, cfg)  # building wires handlers only; no model is called
+        return {getattr(fn, "api_name", None) for fn in demo.fns.values()}
+
+    assert "photo_search" not in api_names(ServeConfig(no_auth=True))
+    assert "photo_search" in api_names(ServeConfig(no_auth=True, clip_model=clip_dir))

@@ -72,10 +72,14 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     return 1 if failed and not results else 0
 
 
-def _print_comparison(cfg, result: dict) -> int:
+def _save_json(cfg, result: dict) -> None:
     if cfg.json:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
         cfg.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _print_comparison(cfg, result: dict) -> int:
+    _save_json(cfg, result)
     print(f"{'backend':<26} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'unfaithful':>10} {'s/photo':>8}")
     for name, r in result["comparison"].items():
         print(f"{name:<26} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
@@ -88,9 +92,12 @@ def _print_comparison(cfg, result: dict) -> int:
 
 
 def _print_mcq(cfg, result: dict) -> int:
-    from core.mcq import print_table
-
-    return print_table(cfg, result)
+    _save_json(cfg, result)
+    print(f"{'backend':<20} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'top-2':>7} {'unparseable':>11} {'s/photo':>8}")
+    for name, r in result["mcq"].items():
+        print(f"{name:<20} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} {r['top2_accuracy']:>7.3f} "
+              f"{r['unparseable_rate']:>11.3f} {r['seconds_per_photo']:>8.3f}")
+    return 0
 
 
 def _print_nightly(cfg, result: dict) -> int:

@@ -196,15 +196,3 @@ def evaluate_mcq(cfg: McqEvalConfig, backends: dict | None = None) -> dict:
         results[name] = score_mcq(backend, photos, taxonomy)
     return {"split": cfg.split, "taxonomy": taxonomy.name, "mcq": results}
 
-
-def print_table(cfg: McqEvalConfig, result: dict) -> int:
-    import json
-
-    if cfg.json:
-        cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'backend':<20} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'top-2':>7} {'unparseable':>11} {'s/photo':>8}")
-    for name, r in result["mcq"].items():
-        print(f"{name:<20} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} {r['top2_accuracy']:>7.3f} "
-              f"{r['unparseable_rate']:>11.3f} {r['seconds_per_photo']:>8.3f}")
-    return 0

@@ -91,6 +91,8 @@ def test_login_upload_correct_and_find_it_in_sqlite(app_url, samples_yaml, tmp_p
             page.wait_for_selector("#sw-map .sw-tip img", state="visible", timeout=10_000)
             point.click()
             page.wait_for_function(f"document.querySelector('#sw-finding input').value == '{other}'", timeout=30_000)
+            page.wait_for_selector("[role=tab][aria-selected=true]:has-text('Review')", timeout=30_000)
+            page.wait_for_selector(f"text=#{other}", timeout=30_000)  # the Review summary shows the clicked object
             page.screenshot(path=str(tmp_path / "library.png"))
         finally:
             browser.close()

@@ -26,6 +26,7 @@ from core.features import FEATURE_DIM, FeatureStore
 from core.lm import BASE_ID, load_base_lm
 from core.paths import assets_dir
 from core.prompts import Hints, object_prompt
+from core.rationale import trim_unfinished
 from core.taxonomy import Taxonomy
 
 
@@ -237,8 +238,7 @@ class AdapterVLM:
                                    do_sample=False, pad_token_id=self.tokenizer.eos_token_id)
         texts: list[str | None] = [None] * len(findings)
         for k, i in enumerate(targets):
-            text = self.tokenizer.decode(out[k], skip_special_tokens=True).strip().split("\n")[0]
-            texts[i] = text or None
+            texts[i] = trim_unfinished(self.tokenizer.decode(out[k], skip_special_tokens=True).strip().split("\n")[0])
         return texts
 
     def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy: Taxonomy, max_tokens: int = 4) -> list:

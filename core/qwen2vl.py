@@ -22,7 +22,7 @@ import numpy as np
 from core.classifier import PhotoContext
 from core.errors import SlopewatchError, WeightsError
 from core.prompts import Hints, object_prompt
-from core.rationale import human
+from core.rationale import human, trim_unfinished
 from core.spatial import band
 from core.taxonomy import Taxonomy
 
@@ -242,7 +242,7 @@ class Qwen2VLBackend:
         rows = [self.tok.encode(self.object_text(ctx, i) + findings[i].class_name + ". Reason:", add_special_tokens=False) for i in targets]
         generated, _ = self._greedy(ctx, rows, self.cfg.rationale_tokens)
         for k, i in enumerate(targets):
-            texts[i] = self.tok.decode(generated[k], skip_special_tokens=True).strip() or None
+            texts[i] = trim_unfinished(self.tok.decode(generated[k], skip_special_tokens=True))
         return texts
 
     def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy: Taxonomy, max_tokens: int = 4) -> list:

@@ -43,6 +43,18 @@ def describe(index: int, detections: Sequence[Detection], facts: Sequence[Fact],
     return ", ".join(parts)
 
 
+def trim_unfinished(text: str | None) -> str | None:
+    """Drop the clause a length-capped generation broke off (``"..., next to slope drain #"``),
+    so a cut-off citation such as ``#1`` of ``#10`` never reads as a claim. Pure; never raises."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if not text or text[-1] in ".!?":
+        return text or None
+    cut = max(text.rfind(","), text.rfind(";"), text.rfind(". "))
+    return (text[:cut].rstrip() + ".") if cut > 0 else text + "…"
+
+
 def template_rationale(probabilities: dict[str, float], index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int) -> str:
     """A short, faithful-by-construction rationale: where the object is, what it touches, and
     how sure the verdict is (naming the runner-up when it is close)."""

@@ -6,7 +6,7 @@ from PIL import Image
 
 from core.classifier import ConditionClassifier, TypeMajority, photo_context
 from core.probe import fit_probe
-from core.rationale import template_rationale, unfaithful_claims
+from core.rationale import template_rationale, trim_unfinished, unfaithful_claims
 from core.spatial import spatial_facts
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection, Finding
@@ -117,3 +117,18 @@ def test_probe_learns_a_planted_signal():
 def test_photo_context_facts_match_spatial_module():
     ctx = photo_context(IMAGE, DETS)
     assert list(ctx.facts) == FACTS and len(ctx.image_key) == 64
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("slope drain #0 in the top band.", "slope drain #0 in the top band."),
+    ("slope drain #0 in the top band, next to toe drain #1", "slope drain #0 in the top band."),
+    ("rock toe #3 in the bottom band, at the lower end of rock toe #2, next to slope drain #", "rock toe #3 in the bottom band, at the lower end of rock toe #2."),
+    ("toe drain #2 in the bottom band; blocked by silt", "toe drain #2 in the bottom band."),
+    ("blocked", "blocked…"),
+    ("", None),
+    ("   ", None),
+    (None, None),
+    ("Is it blocked?", "Is it blocked?"),
+])
+def test_trim_unfinished(text, expected):
+    assert trim_unfinished(text) == expected

@@ -51,7 +51,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else None
         if base is bool and default is False:
-            # Off-by-default switches are plain flags: --no-auth, --oversample, --ablate-context.
+            # Off-by-default switches are plain flags: --no-auth, --ablate-context, --embed.
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", help=help_text)
             continue
         parser.add_argument(

@@ -59,12 +59,12 @@ class AdapterTrainConfig:
     split: str = "train"
     val_split: str = "valid"
     out: Path = field(default_factory=default_adapter_dir)
-    epochs: int = 4
+    epochs: int = 6
     batch: int = 8
     lr: float = 1e-3
     lora_lr: float = 3e-4
     class_weights: bool = True
-    oversample: bool = False
+    oversample: bool = True
     blocked_weight: float = 1.5
     rationale_weight: float = 0.3
     context_dropout: float = 0.2

@@ -42,7 +42,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
             from core.qwen2vl import Qwen2VLConfig
 
             qwen = Qwen2VLConfig(model=ns.qwen_model, precision=ns.qwen_precision, device=ns.device)
-        backend = make_stage2_backend(ns.backend, detector.taxonomy, qwen=qwen)
+        backend = make_stage2_backend(ns.backend, detector.taxonomy, qwen=qwen, clip_model=ns.clip_model)
         classifier = ConditionClassifier(backend, detector.taxonomy)
     pipeline = Pipeline(detector, classifier)
     results, failed = [], []
@@ -198,9 +198,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--backend", default="probe", help="stage-2 backend: probe, adapter, qwen2vl, or none for stage 1 only (default: probe)")
+    p.add_argument("--backend", default="adapter", help="stage-2 backend: adapter, probe, qwen2vl, clip, or none for stage 1 only (default: adapter)")
     p.add_argument("--qwen-model", help="Qwen2-VL hub id or folder (backend qwen2vl)")
     p.add_argument("--qwen-precision", default="auto", help="qwen2vl precision: auto, fp32, fp16, bf16, int8, int4")
+    p.add_argument("--clip-model", type=Path, help="CLIP checkpoint folder (backend clip; default: $SLOPEWATCH_CLIP_MODEL)")
     p.set_defaults(func=_cmd_predict)
 
     model = sub.add_parser("model", help="stage-2 model versions").add_subparsers(dest="what", required=True)

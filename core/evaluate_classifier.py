@@ -43,7 +43,7 @@ class ClassifierEvalConfig:
 
     data_yaml: Path
     split: str = "valid"
-    backend: str = "probe"
+    backend: str = "adapter"
     compare: str = ""
     probe_weights: Path | None = None
     adapter_dir: Path | None = None

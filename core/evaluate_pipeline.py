@@ -33,7 +33,7 @@ class PipelineEvalConfig:
 
     data_yaml: Path
     split: str = "valid"
-    backend: str = "probe"
+    backend: str = "adapter"
     weights: Path | None = None
     conf: float = 0.25
     iou: float = 0.5

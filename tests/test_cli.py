@@ -29,7 +29,8 @@ def test_predict_cli_keeps_going_past_a_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
     out = tmp_path / "pred.json"
-    assert main(["predict", str(photo), str(bad), "--json", str(out), "--overlay", str(tmp_path / "ov"), "--device", "cpu"]) == 0
+    assert main(["predict", str(photo), str(bad), "--json", str(out), "--overlay", str(tmp_path / "ov"), "--device", "cpu",
+                 "--backend", "probe"]) == 0
     data = json.loads(out.read_text())
     assert len(data["photos"]) == 1 and data["photos"][0]["objects"]
     assert data["failed"][0]["photo"] == str(bad) and "empty" in data["failed"][0]["error"]

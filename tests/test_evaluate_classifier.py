@@ -8,7 +8,7 @@ from app.cli import main
 def test_evaluate_classifier_on_real_samples(samples_yaml, tmp_path, capsys):
     out = tmp_path / "cls.json"
     png = tmp_path / "cm.png"
-    assert main(["evaluate", "classifier", str(samples_yaml), "--json", str(out), "--confusion-png", str(png)]) == 0
+    assert main(["evaluate", "classifier", str(samples_yaml), "--json", str(out), "--confusion-png", str(png), "--backend", "probe"]) == 0
     data = json.loads(out.read_text())
     c = data["classifier"]
     assert c["n"] == 40 and c["backend"] == "probe"

@@ -31,7 +31,7 @@ def test_relation_scores_use_matched_identities():
 
 def test_evaluate_pipeline_cli_on_real_samples(samples_yaml, tmp_path):
     out = tmp_path / "p.json"
-    assert main(["evaluate", "pipeline", str(samples_yaml), "--json", str(out), "--device", "cpu"]) == 0
+    assert main(["evaluate", "pipeline", str(samples_yaml), "--json", str(out), "--device", "cpu", "--backend", "probe"]) == 0
     p = json.loads(out.read_text())["pipeline"]
     assert p["detection"]["ground_truth"] == 40
     assert 0 <= p["detection"]["matched"] <= min(p["detection"]["detections"], 40)

@@ -79,3 +79,12 @@ def test_holdout_is_stable():
     keys = [f"{i:064x}" for i in range(1000)]
     picked = [k for k in keys if held_out(k, 20)]
     assert 150 < len(picked) < 250 and picked == [k for k in keys if held_out(k, 20)]
+
+
+def test_bootstrapped_shipped_model_has_seen_no_corrections(tmp_path):
+    """Corrections made before the first nightly (the shipped model's bootstrap) are all new."""
+    from train.nightly import ensure_current
+
+    reg = ModelRegistry(tmp_path / "registry")
+    version = ensure_current(reg, TAX)
+    assert version.startswith("shipped-") and reg.promotions()[-1]["data_until"] == 0.0

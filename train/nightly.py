@@ -114,7 +114,7 @@ def ensure_current(registry, taxonomy) -> str:
     version = "shipped-" + file_sha256(shipped / "weights.safetensors")[:12]
     if version not in [v["version"] for v in registry.versions()]:
         registry.add(shipped, version)
-    registry.promote(version, "bootstrap from the shipped adapter")
+    registry.promote(version, "bootstrap from the shipped adapter", data_until=0.0)  # it has seen no corrections
     return version
 
 
@@ -154,7 +154,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
 
     current = ensure_current(registry, taxonomy)
     promotions = [p for p in registry.promotions() if p["version"] == current]
-    since = promotions[-1]["at"] if promotions else 0.0
+    since = promotions[-1].get("data_until", promotions[-1]["at"]) if promotions else 0.0
     new = live.query("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (since,))[0]["n"]
     if new == 0:
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
@@ -201,7 +201,8 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
         }
         if promote:
             registry.add(work / "candidate", version, result["candidate_metrics"])
-            registry.promote(version, "; ".join(reasons))
+            # Cut at the run's start, before the snapshot: a correction made meanwhile counts as new next time.
+            registry.promote(version, "; ".join(reasons), data_until=started)
         result["duration_s"] = round(time.time() - started, 1)
         with live.write() as conn:
             conn.execute(

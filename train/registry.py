@@ -73,11 +73,14 @@ class ModelRegistry:
         tmp.rename(final)
         return final
 
-    def promote(self, version: str, reason: str = "") -> None:
+    def promote(self, version: str, reason: str = "", data_until: float | None = None) -> None:
+        """Make ``version`` current. ``data_until``: the newest correction time its training data
+        could hold (0 for a model that saw none), so the next nightly knows what is new."""
         self.path(version)
         previous = self.current()
         self._point(version)
-        self._log({"at": time.time(), "action": "promote", "version": version, "previous": previous, "reason": reason})
+        self._log({"at": time.time(), "action": "promote", "version": version, "previous": previous, "reason": reason,
+                   "data_until": time.time() if data_until is None else data_until})
 
     def rollback(self) -> str:
         """Make the version that was current before the present one current again; returns it."""

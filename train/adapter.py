@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,7 +215,7 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
             model.config.rationale_tokens = rationale_tokens
             entry.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
         log.append(entry)
-        bar.write(json.dumps(entry))
+        bar.write(json.dumps(entry), file=sys.stderr)  # stdout carries the command's JSON result
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / "train_log.json").write_text(json.dumps(log, indent=2))
     bar.close()

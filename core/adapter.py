@@ -205,7 +205,7 @@ class AdapterVLM:
 
     def prompts(self, ctx: PhotoContext, targets: Sequence[int], with_context: bool | None = None) -> list[str]:
         wc = self.config.with_context if with_context is None else with_context
-        return [object_prompt(ctx, i, self.hints, wc) for i in targets]
+        return [object_prompt(ctx, i, self.hints, wc, domain=self.taxonomy.name) for i in targets]
 
     def candidate_logits(self, logits, types: Sequence[str]) -> list:
         """Logits of each row's candidate words, in the taxonomy's class order."""

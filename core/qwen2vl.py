@@ -134,7 +134,7 @@ class Qwen2VLBackend:
     def object_text(self, ctx: PhotoContext, index: int, with_context: bool = True) -> str:
         ground = grounding(ctx, index)
         cands = ", ".join(c.name for c in self.taxonomy.classes_for_type(ctx.detections[index].type))
-        return (f"\n{object_prompt(ctx, index, self.hints, with_context)} It is at {ground}. "
+        return (f"\n{object_prompt(ctx, index, self.hints, with_context, domain=self.taxonomy.name)} It is at {ground}. "
                 f"Which condition: {cands}?<|im_end|>\n<|im_start|>assistant\n")
 
     # --- model calls ---------------------------------------------------------------------

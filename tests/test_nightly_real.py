@@ -24,7 +24,7 @@ def test_poisoned_corrections_are_refused_and_the_current_model_stays(tmp_path, 
     rng = random.Random(0)
     store = Store(tmp_path / "review.db")
     store.ensure_user("vandal")
-    for s in load_dataset(data).samples("train")[:40]:
+    for s in load_dataset(data).samples("train")[:15]:
         photo, _ = store.add_photo(file_sha256(s.image_path), str(s.image_path), s.width, s.height, s.image_path.name, "vandal")
         findings = []
         for o in s.objects:
@@ -35,6 +35,6 @@ def test_poisoned_corrections_are_refused_and_the_current_model_stays(tmp_path, 
                 store.correct(fid, 0, "vandal", "relabel", class_name=rng.choice(TAX.classes_for_type(o.type)).name)
     registry = ModelRegistry(tmp_path / "registry")
     result = nightly(NightlyConfig(db=tmp_path / "review.db", registry=tmp_path / "registry", frozen_yaml=str(samples_yaml),
-                                   holdout_percent=0, epochs=3))
+                                   holdout_percent=0, epochs=2))
     assert result["decision"] == "refused", result["reasons"]
     assert registry.current().startswith("shipped-")

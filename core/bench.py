@@ -93,6 +93,7 @@ class PipelineBenchConfig:
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
         repeats: timed passes over all photos.
         naive: also time the naive path: every object scored and explained in its own call.
+        quant: time the adapter quantised on CPU (int8); for qwen2vl use qwen_precision int8/int4.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: where to write the results JSON.
     """
@@ -103,12 +104,15 @@ class PipelineBenchConfig:
     qwen_precision: str = "auto"
     repeats: int = 1
     naive: bool = True
+    quant: str = ""
     device: str = "auto"
     json: Path | None = None
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
             raise ValueError(f"repeats: expected >= 1, found {self.repeats}")
+        if self.quant not in ("", "int8"):
+            raise ValueError(f"quant: expected int8 (adapter on CPU) or nothing, found {self.quant!r}")
 
 
 def _peak_rss_mb() -> float:
@@ -161,6 +165,10 @@ def bench_pipeline(cfg: PipelineBenchConfig) -> dict:
         qwen = Qwen2VLConfig(model=cfg.qwen_model, precision=cfg.qwen_precision, device=cfg.device)
     detector = Detector(DetectorConfig(device=cfg.device))
     backend = make_stage2_backend(cfg.backend, detector.taxonomy, qwen=qwen)
+    if cfg.quant:
+        if not hasattr(backend, "quantize"):
+            raise ValueError(f"quant: backend {cfg.backend!r} has no CPU quantisation; expected adapter")
+        backend.quantize(cfg.quant)
     if hasattr(backend, "store"):
         from core.features import FeatureStore
 

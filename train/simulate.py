@@ -26,12 +26,14 @@ class SimulateConfig:
         work: folder for the review DB, the half-B dataset and the model registry.
         epochs: nightly fine-tuning epochs.
         replay: also replay the dataset's train split during the nightly fine-tune.
+        max_recall_drop: largest per-class recall drop the nightly gate tolerates.
     """
 
     data_yaml: Path
     work: Path
     epochs: int = 2
     replay: bool = True
+    max_recall_drop: float = 0.10
 
 
 def half(key: str) -> str:
@@ -82,6 +84,6 @@ def simulate(cfg: SimulateConfig) -> dict:
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", train_yaml=str(cfg.data_yaml) if cfg.replay else "",
                                    frozen_yaml=str(b_dir / "data.yaml"), holdout_percent=0, registry=cfg.work / "registry",
-                                   epochs=cfg.epochs))
+                                   epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop))
     result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
     return result

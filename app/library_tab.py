@@ -7,6 +7,8 @@ work is in ``core.embeddings``, ``core.embedding_map``, ``core.search`` and ``co
 import threading
 import time
 
+from PIL import Image
+
 from core.embedding_map import COLOR_BY, data_uri, map_points, map_svg
 from core.embeddings import TextEncoder, embed_library
 from core.errors import SlopewatchError
@@ -71,7 +73,10 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
         clip = _Lazy(lambda: ClipModel(clip_folder))
 
     def embed(progress=gr.Progress()):
-        counts = embed_library(store, text=text.get(), progress=progress.tqdm)
+        try:
+            counts = embed_library(store, text=text.get(), progress=progress.tqdm)
+        except SlopewatchError as exc:  # e.g. a stored photo gone from disk: say which; what was embedded stays
+            return f"⚠ {exc}"
         return (f"Embedded {counts.photos} new photo(s), {counts.findings} object(s), {counts.texts} text(s)."
                 if counts != type(counts)(0, 0, 0) else "Nothing new to embed.")
 
@@ -82,8 +87,11 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
         thumbs = {}
         rows = {r["finding_id"]: r for r in store.query(
             "SELECT s.*, f.photo_id FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE s.status != 'deleted'")}
-        for p in points:
-            thumbs[p.finding_id] = data_uri(thumbnail(store, rows[p.finding_id], 64))
+        opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
+        for p in sorted(points, key=lambda p: p.photo_id):
+            if p.photo_id not in opened:
+                opened = {p.photo_id: Image.open(store.photo(p.photo_id).path).convert("RGB")}
+            thumbs[p.finding_id] = data_uri(thumbnail(store, rows[p.finding_id], 64, opened[p.photo_id]))
         return map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
 
     def pick(evt: gr.EventData):
@@ -123,7 +131,6 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
 
     def photo_search(query):
         from core.clip import search_photos
-        from PIL import Image
 
         try:
             hits = search_photos(store, clip.get(), query or "")

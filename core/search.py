@@ -108,13 +108,13 @@ def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -
     return out
 
 
-def thumbnail(store, row: dict, size: int = 96) -> Image.Image:
-    """The object's crop (with a little margin) from its stored photo, at most ``size`` px."""
+def thumbnail(store, row: dict, size: int = 96, image: Image.Image | None = None) -> Image.Image:
+    """The object's crop (with a little margin) from its stored photo (or ``image``, when the
+    caller already opened it), at most ``size`` px."""
     from core.features import crop
     from core.types import Box
 
-    photo = store.photo(row["photo_id"])
-    image = Image.open(photo.path).convert("RGB")
+    image = image or Image.open(store.photo(row["photo_id"]).path).convert("RGB")
     out = crop(image, Box(row["x1"], row["y1"], row["x2"], row["y2"]), 1.3)
     out.thumbnail((size, size))
     return out

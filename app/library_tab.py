@@ -11,7 +11,8 @@ from PIL import Image
 
 from core.embedding_map import COLOR_BY, data_uri, map_points, map_svg
 from core.embeddings import TextEncoder, embed_library
-from core.errors import SlopewatchError
+from core.errors import ImageError, SlopewatchError
+from core.images import load_image
 from core.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
 from app.web import _user
 
@@ -90,8 +91,12 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
         opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
         for p in sorted(points, key=lambda p: p.photo_id):
             if p.photo_id not in opened:
-                opened = {p.photo_id: Image.open(store.photo(p.photo_id).path).convert("RGB")}
-            thumbs[p.finding_id] = data_uri(thumbnail(store, rows[p.finding_id], 64, opened[p.photo_id]))
+                try:
+                    opened = {p.photo_id: load_image(store.photo(p.photo_id).path)}
+                except ImageError:  # a photo gone from disk: its points stay, without thumbnails
+                    opened = {p.photo_id: None}
+            if opened[p.photo_id] is not None:
+                thumbs[p.finding_id] = data_uri(thumbnail(store, rows[p.finding_id], 64, opened[p.photo_id]))
         return map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
 
     def pick(evt: gr.EventData):

@@ -10,7 +10,7 @@ import time
 from PIL import Image
 
 from core.embedding_map import COLOR_BY, data_uri, map_points, map_svg
-from core.embeddings import TextEncoder, embed_library
+from core.embeddings import TextEncoder, embed_library, live_findings
 from core.errors import ImageError, SlopewatchError
 from core.images import load_image
 from core.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
@@ -86,8 +86,7 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
         if not points:
             return "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
         thumbs = {}
-        rows = {r["finding_id"]: r for r in store.query(
-            "SELECT s.*, f.photo_id FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE s.status != 'deleted'")}
+        rows = live_findings(store)
         opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
         for p in sorted(points, key=lambda p: p.photo_id):
             if p.photo_id not in opened:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.embeddings import IMAGE_MODEL, load_vectors
+from core.embeddings import IMAGE_MODEL, live_findings, load_vectors
 
 COLOR_BY = ("class", "condition", "status", "disagreement")
 MIN_UMAP_POINTS = 15  # below this UMAP's neighbour graph is degenerate; PCA is honest there
@@ -90,9 +90,7 @@ class MapPoint:
 def map_points(store, color_by: str = "class", seed: int = 0) -> tuple[list[MapPoint], str]:
     """One point per live, embedded object, and the layout method."""
     ids, matrix = load_vectors(store, "finding", IMAGE_MODEL)
-    rows = {r["finding_id"]: r for r in store.query(
-        "SELECT s.*, f.photo_id, f.class_name AS model_class FROM finding_state s JOIN findings f ON f.id = s.finding_id "
-        "WHERE s.status != 'deleted'")}
+    rows = live_findings(store)
     keep = [i for i, fid in enumerate(ids) if fid in rows]
     xy, method = layout(matrix[keep] if keep else np.zeros((0, 1)), seed)
     points = []

@@ -78,6 +78,14 @@ def box_key(row: dict) -> str:
     return f"{row['x1']:.1f},{row['y1']:.1f},{row['x2']:.1f},{row['y2']:.1f}"
 
 
+def live_findings(store) -> dict[int, dict]:
+    """Every finding not deleted, by id in id order: its current state plus ``photo_id`` and the
+    model's own label as ``model_class``. What embedding, the map and search all read."""
+    rows = store.query("SELECT s.*, f.photo_id, f.class_name AS model_class FROM finding_state s JOIN findings f "
+                       "ON f.id = s.finding_id WHERE s.status != 'deleted' ORDER BY s.finding_id")
+    return {r["finding_id"]: r for r in rows}
+
+
 def save_vectors(store, kind: str, model: str, rows: Iterable[tuple[int, str, np.ndarray]]) -> int:
     """Upsert ``(ref_id, source_hash, vector)`` rows; returns how many were written."""
     now, n = time.time(), 0
@@ -125,8 +133,7 @@ def embed_library(store, features: FeatureStore | None = None, text: TextEncoder
     features = features or FeatureStore()
     done_photos = stored_hashes(store, "photo", IMAGE_MODEL)
     done_findings = stored_hashes(store, "finding", IMAGE_MODEL)
-    rows = store.query("SELECT s.*, f.photo_id FROM finding_state s JOIN findings f ON f.id = s.finding_id "
-                       "WHERE s.status != 'deleted' ORDER BY s.finding_id")
+    rows = list(live_findings(store).values())
     by_photo: dict[int, list[dict]] = {}
     for r in rows:
         if done_findings.get(r["finding_id"]) != box_key(r):

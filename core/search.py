@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from core.embeddings import IMAGE_MODEL, TEXT_MODEL, load_vectors
+from core.embeddings import IMAGE_MODEL, TEXT_MODEL, live_findings, load_vectors
 from core.errors import SlopewatchError
 
 
@@ -31,22 +31,13 @@ def cosine_top_k(matrix: np.ndarray, query: np.ndarray, k: int, exclude: set[int
     return [(i, float(scores[i])) for i in order[:k]]
 
 
-def _finding_rows(store, ids: list[int]) -> dict[int, dict]:
-    if not ids:
-        return {}
-    rows = store.query(
-        "SELECT s.*, f.photo_id, f.class_name AS model_class FROM finding_state s JOIN findings f ON f.id = s.finding_id "
-        f"WHERE s.finding_id IN ({','.join('?' * len(ids))})", tuple(ids))
-    return {r["finding_id"]: r for r in rows}
-
-
 def similar_findings(store, finding_id: int, k: int = 8) -> list[dict]:
     """The ``k`` live objects whose crops look most like ``finding_id``'s, each row with ``score``."""
     ids, matrix = load_vectors(store, "finding", IMAGE_MODEL)
     if finding_id not in ids:
         raise NotEmbedded(f"expected an embedding for object #{finding_id}, found none; run `slopewatch embed` (or Embed in the app)")
-    rows = _finding_rows(store, ids)
-    dead = {i for i, fid in enumerate(ids) if fid not in rows or rows[fid]["status"] == "deleted"}
+    rows = live_findings(store)
+    dead = {i for i, fid in enumerate(ids) if fid not in rows}
     hits = cosine_top_k(matrix, matrix[ids.index(finding_id)], k, dead | {ids.index(finding_id)})
     return [{**rows[ids[i]], "score": s} for i, s in hits]
 
@@ -86,7 +77,7 @@ def text_search(store, encoder, query: str, k: int = 20, filters: SearchFilters 
     ids, matrix = load_vectors(store, "finding_text", TEXT_MODEL)
     if not ids:
         raise NotEmbedded("expected text embeddings of findings, found none; run `slopewatch embed` (or Embed in the app)")
-    rows = _finding_rows(store, ids)
+    rows = live_findings(store)
     filters = filters or SearchFilters()
     drop = {i for i, fid in enumerate(ids) if fid not in rows or not filters.keep(rows[fid])}
     hits = cosine_top_k(matrix, encoder.embed([query])[0], k, drop)

@@ -153,9 +153,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
     from train.gate import GateConfig, decide
 
     current = ensure_current(registry, taxonomy)
-    promotions = [p for p in registry.promotions() if p["version"] == current]
-    since = promotions[-1].get("data_until", promotions[-1]["at"]) if promotions else 0.0
-    new = live.query("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (since,))[0]["n"]
+    new = live.query("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (registry.data_until(current),))[0]["n"]
     if new == 0:
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
 

@@ -59,6 +59,12 @@ class ModelRegistry:
         log = self.root / "promotions.jsonl"
         return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
+    def data_until(self, version: str) -> float:
+        """Corrections after this time are new to ``version``: its latest promotion's data
+        cut-off, or the time it was made current again by a rollback; 0 if never current."""
+        entries = [p for p in self.promotions() if p["version"] == version]
+        return entries[-1].get("data_until", entries[-1]["at"]) if entries else 0.0
+
     # --- writing ---------------------------------------------------------------------------
     def add(self, source: Path, version: str, metrics: dict | None = None) -> Path:
         """Copy a trained model folder in as ``version`` (complete or not at all)."""

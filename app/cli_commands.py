@@ -78,12 +78,18 @@ def _save_json(cfg, result: dict) -> None:
         cfg.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _print_table(rows: dict[str, dict], name_width: int, columns: list[tuple[str, str]]) -> None:
+    """One line per backend; ``columns`` are (header, metric key), each at least 8 wide."""
+    widths = [max(len(header), 8) for header, _ in columns]
+    print(f"{'backend':<{name_width}} " + " ".join(f"{h:>{w}}" for (h, _), w in zip(columns, widths)))
+    for name, r in rows.items():
+        print(f"{name:<{name_width}} " + " ".join(f"{r[k]:>{w}.3f}" for (_, k), w in zip(columns, widths)))
+
+
 def _print_comparison(cfg, result: dict) -> int:
     _save_json(cfg, result)
-    print(f"{'backend':<26} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'unfaithful':>10} {'s/photo':>8}")
-    for name, r in result["comparison"].items():
-        print(f"{name:<26} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
-              f"{r['unfaithful_rationale_rate']:>10.3f} {r['seconds_per_photo']:>8.3f}")
+    _print_table(result["comparison"], 26, [("accuracy", "accuracy"), ("balanced", "balanced_accuracy"), ("macro-F1", "macro_f1"),
+                                             ("unfaithful", "unfaithful_rationale_rate"), ("s/photo", "seconds_per_photo")])
     quant = result["classifier"].get("quantization")
     if quant:
         print(f"{quant['mode']}: accuracy retention {quant['accuracy_retention']:.3f}, balanced retention "
@@ -93,10 +99,8 @@ def _print_comparison(cfg, result: dict) -> int:
 
 def _print_mcq(cfg, result: dict) -> int:
     _save_json(cfg, result)
-    print(f"{'backend':<20} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'top-2':>7} {'unparseable':>11} {'s/photo':>8}")
-    for name, r in result["mcq"].items():
-        print(f"{name:<20} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f} {r['macro_f1']:>9.3f} {r['top2_accuracy']:>7.3f} "
-              f"{r['unparseable_rate']:>11.3f} {r['seconds_per_photo']:>8.3f}")
+    _print_table(result["mcq"], 20, [("accuracy", "accuracy"), ("balanced", "balanced_accuracy"), ("macro-F1", "macro_f1"),
+                                     ("top-2", "top2_accuracy"), ("unparseable", "unparseable_rate"), ("s/photo", "seconds_per_photo")])
     return 0
 
 

@@ -7,12 +7,13 @@ import importlib
 import json
 from pathlib import Path
 
-from app.cli import _write_json, add_config_args, build_config
+from app.cli_args import add_config_args, build_config, write_json
 
 
 def _cmd_analyze(cfg) -> int:
-    from core.analysis import analyze, fmt
     from core.data import load_dataset
+    from core.evaluation.analysis import analyze
+    from core.evaluation.report import fmt
     from core.taxonomy import load_taxonomy
 
     ds = load_dataset(cfg.data_yaml, load_taxonomy(cfg.taxonomy))
@@ -27,23 +28,19 @@ def _cmd_analyze(cfg) -> int:
 def _cmd_predict(ns: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from core.detector import Detector, DetectorConfig
     from core.errors import ImageError
     from core.pipeline import Pipeline
+    from core.stage1.detector import Detector, DetectorConfig
 
     detector = Detector(DetectorConfig(weights=ns.weights, conf=ns.conf, device=ns.device))
     classifier = None
     if ns.backend != "none":
-        from core.classifier import ConditionClassifier
-        from core.evaluate_classifier import make_stage2_backend
+        from core.stage2 import registry
+        from core.stage2.classifier import ConditionClassifier
 
-        qwen = None
-        if ns.qwen_model:
-            from core.qwen2vl import Qwen2VLConfig
-
-            qwen = Qwen2VLConfig(model=ns.qwen_model, precision=ns.qwen_precision, device=ns.device)
-        backend = make_stage2_backend(ns.backend, detector.taxonomy, qwen=qwen, clip_model=ns.clip_model)
-        classifier = ConditionClassifier(backend, detector.taxonomy)
+        options = registry.BackendOptions(detector.taxonomy, qwen_model=ns.qwen_model, qwen_precision=ns.qwen_precision,
+                                          clip_model=ns.clip_model, device=ns.device)
+        classifier = ConditionClassifier(registry.create(ns.backend, options), detector.taxonomy)
     pipeline = Pipeline(detector, classifier)
     results, failed = [], []
     if ns.overlay:
@@ -106,12 +103,12 @@ def _print_mcq(cfg, result: dict) -> int:
 
 def _print_nightly(cfg, result: dict) -> int:
     print(result.get("message") or f"nightly: {result['decision']} ({'; '.join(result['reasons'])})")
-    _write_json({k: v for k, v in result.items() if k != "config"}, None)
+    write_json({k: v for k, v in result.items() if k != "config"}, None)
     return 0
 
 
 def _cmd_model_list(ns: argparse.Namespace) -> int:
-    from train.registry import ModelRegistry
+    from core.model_registry import ModelRegistry
 
     reg = ModelRegistry(ns.registry)
     versions = reg.versions()
@@ -125,7 +122,7 @@ def _cmd_model_list(ns: argparse.Namespace) -> int:
 
 
 def _cmd_model_rollback(ns: argparse.Namespace) -> int:
-    from train.registry import ModelRegistry
+    from core.model_registry import ModelRegistry
 
     print(f"current model is now {ModelRegistry(ns.registry).rollback()}")
     return 0
@@ -135,7 +132,7 @@ def _cmd_model_rollback(ns: argparse.Namespace) -> int:
 # prints the runner's JSON (and writes it to the config's ``json`` path when it has one).
 COMMANDS = [
     (None, "analyze", "analyse a YOLO dataset export (counts, boxes, relations, plots)",
-     "core.analysis:AnalyzeConfig", None, ("data_yaml",), _cmd_analyze),
+     "core.evaluation.analysis:AnalyzeConfig", None, ("data_yaml",), _cmd_analyze),
     ("train", "detector", "train the stage-1 YOLO detector on a YOLO export",
      "train.detector:DetectorTrainConfig", "train.detector:train_detector", ("data_yaml",), None),
     ("train", "probe", "fit the frozen-feature probe (stage-2 baseline)",
@@ -147,21 +144,21 @@ COMMANDS = [
     ("train", "simulate-reviews", "reviewers correct half of valid, nightly is judged on the other half",
      "train.simulate:SimulateConfig", "train.simulate:simulate", ("data_yaml",), None),
     ("evaluate", "detector", "mAP of the stage-1 detector",
-     "core.evaluate:DetectorEvalConfig", "core.evaluate:evaluate_detector", ("data_yaml",), None),
+     "core.evaluation.detector:DetectorEvalConfig", "core.evaluation.detector:evaluate_detector", ("data_yaml",), None),
     ("evaluate", "classifier", "stage-2 metrics on ground-truth boxes, with a backend comparison",
-     "core.evaluate_classifier:ClassifierEvalConfig", "core.evaluate_classifier:evaluate_classifier", ("data_yaml",), _print_comparison),
+     "core.evaluation.classifier:ClassifierEvalConfig", "core.evaluation.classifier:evaluate_classifier", ("data_yaml",), _print_comparison),
     ("evaluate", "pipeline", "both stages end to end: detection, conditions, relations",
-     "core.evaluate_pipeline:PipelineEvalConfig", "core.evaluate_pipeline:evaluate_pipeline", ("data_yaml",), None),
+     "core.evaluation.pipeline:PipelineEvalConfig", "core.evaluation.pipeline:evaluate_pipeline", ("data_yaml",), None),
     ("evaluate", "mcq", "each labelled object as a multiple-choice question, across backends",
-     "core.mcq:McqEvalConfig", "core.mcq:evaluate_mcq", ("data_yaml",), _print_mcq),
+     "core.evaluation.mcq:McqEvalConfig", "core.evaluation.mcq:evaluate_mcq", ("data_yaml",), _print_mcq),
     (None, "embed", "embed new photos, objects and finding texts in the review DB (for map and search)",
-     "core.embeddings:EmbedConfig", "core.embeddings:run_embed", (), None),
+     "app.usecases.library:EmbedConfig", "app.usecases.library:run_embed", (), None),
     (None, "map", "the library's object embeddings as a 2-D map (PNG)",
-     "core.embedding_map:MapConfig", "core.embedding_map:make_map", (), None),
+     "app.usecases.library:MapConfig", "app.usecases.library:make_map", (), None),
     ("bench", "detector", "stage-1 latency per photo and photos/s",
-     "core.bench:DetectorBenchConfig", "core.bench:bench_detector", (), None),
+     "core.evaluation.bench:DetectorBenchConfig", "core.evaluation.bench:bench_detector", (), None),
     ("bench", "pipeline", "seconds per photo/object, photos/s, peak RSS, shared vs naive",
-     "core.bench:PipelineBenchConfig", "core.bench:bench_pipeline", (), None),
+     "core.evaluation.bench:PipelineBenchConfig", "core.evaluation.bench:bench_pipeline", (), None),
     (None, "serve", "start the web app (inspect, review, queue, dashboard, export)",
      "app.web:ServeConfig", "app.web:serve_forever", (), None),
     (None, "export", "write reviewed photos as a YOLO or COCO dataset (9-class labels)",
@@ -182,7 +179,7 @@ def _generic(config_ref: str, runner_ref: str | None, printer):
         result = _load(runner_ref)(cfg)
         if printer is not None:
             return printer(cfg, result)
-        _write_json({k: v for k, v in result.items() if k not in ("config", "train_config")}, getattr(cfg, "json", None))
+        write_json({k: v for k, v in result.items() if k not in ("config", "train_config")}, getattr(cfg, "json", None))
         return 0
 
     return run
@@ -190,6 +187,8 @@ def _generic(config_ref: str, runner_ref: str | None, printer):
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add every command to the top-level parser and its train/evaluate/bench groups."""
+    from core.stage2 import registry
+
     for group, name, text, config_ref, runner_ref, positional, printer in COMMANDS:
         p = (groups[group] if group else sub).add_parser(name, help=text)
         add_config_args(p, _load(config_ref), positional=positional)
@@ -202,7 +201,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--backend", default="adapter", help="stage-2 backend: adapter, probe, qwen2vl, clip, or none for stage 1 only (default: adapter)")
+    p.add_argument("--backend", default="adapter", choices=[*registry.names(live_only=True), "none"],
+                   help=f"stage-2 backend, or none for stage 1 only (default: adapter): {registry.describe(live_only=True)}")
     p.add_argument("--qwen-model", help="Qwen2-VL hub id or folder (backend qwen2vl)")
     p.add_argument("--qwen-precision", default="auto", help="qwen2vl precision: auto, fp32, fp16, bf16, int8, int4")
     p.add_argument("--clip-model", type=Path, help="CLIP checkpoint folder (backend clip; default: $SLOPEWATCH_CLIP_MODEL)")

@@ -1,20 +1,22 @@
 """The app's Library tab: embedding map, similar objects with bulk relabel, text search, and
-(only when a CLIP checkpoint is configured) text-to-image photo search. Wiring only: the
-work is in ``core.embeddings``, ``core.embedding_map``, ``core.search`` and ``core.clip``.
+(only when a CLIP checkpoint is configured) text-to-image photo search. Named handlers
+(:class:`LibraryHandlers`) and wiring only: the work is in ``core.library``.
 """
 
 # No `from __future__ import annotations`: Gradio reads gr.Request / gr.EventData annotations.
 import threading
 import time
 
+import gradio as gr
 from PIL import Image
 
-from core.embedding_map import COLOR_BY, data_uri, map_points, map_svg
-from core.embeddings import TextEncoder, embed_library, live_findings
+from app.handlers import reviewer
 from core.errors import ImageError, SlopewatchError
 from core.images import load_image
-from core.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
-from app.web import _user
+from core.library.embeddings import TextEncoder, embed_library
+from core.library.map import COLOR_BY, data_uri, map_points, map_svg
+from core.library.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
+from core.types import Status
 
 # Hover shows the point's thumbnail and label; a click sends its finding id to the server.
 MAP_JS = """
@@ -49,12 +51,96 @@ class _Lazy:
             return self.value
 
 
-def _caption(row: dict) -> str:
-    return f"#{row['finding_id']} {row['class_name'] or row['object_type']} ({row['score']:.2f})"
+def _caption(hit) -> str:
+    state = hit.finding.state
+    return f"#{state.finding_id} {state.class_name or state.object_type} ({hit.score:.2f})"
+
+
+class LibraryHandlers:
+    """The Library tab's handlers, as named methods over one store (and an optional CLIP folder)."""
+
+    def __init__(self, store, clip_folder=None):
+        self.store = store
+        self.text = _Lazy(TextEncoder)
+        self.clip = None
+        if clip_folder:
+            from core.stage2.backends.clip import ClipModel
+
+            self.clip = _Lazy(lambda: ClipModel(clip_folder))
+
+    def embed(self, progress=gr.Progress()):
+        try:
+            counts = embed_library(self.store, text=self.text.get(), progress=progress.tqdm)
+        except SlopewatchError as exc:  # e.g. a stored photo gone from disk: say which; what was embedded stays
+            return f"⚠ {exc}"
+        return (f"Embedded {counts.photos} new photo(s), {counts.findings} object(s), {counts.texts} text(s)."
+                if counts != type(counts)(0, 0, 0) else "Nothing new to embed.")
+
+    def draw(self, color_by):
+        points, method = map_points(self.store, color_by)
+        if not points:
+            return "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
+        thumbs = {}
+        rows = self.store.live_findings()
+        opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
+        for p in sorted(points, key=lambda p: p.photo_id):
+            if p.photo_id not in opened:
+                try:
+                    opened = {p.photo_id: load_image(self.store.photo(p.photo_id).path)}
+                except ImageError:  # a photo gone from disk: its points stay, without thumbnails
+                    opened = {p.photo_id: None}
+            if opened[p.photo_id] is not None:
+                thumbs[p.finding_id] = data_uri(thumbnail(self.store, rows[p.finding_id], 64, opened[p.photo_id]))
+        return map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
+
+    @staticmethod
+    def pick(evt: gr.EventData):
+        fid = getattr(evt, "finding_id", None) if evt is not None and isinstance(evt._data, dict) else None
+        return int(fid) if fid not in (None, "") else gr.update()
+
+    def similar(self, finding_id, k):
+        if finding_id is None:
+            return [], gr.update(choices=[], value=[]), "Enter an object id."
+        try:
+            hits = similar_findings(self.store, int(finding_id), int(k))
+        except SlopewatchError as exc:
+            return [], gr.update(choices=[], value=[]), f"⚠ {exc}"
+        gallery = [(thumbnail(self.store, h.finding), _caption(h)) for h in hits]
+        choices = [(_caption(h), h.finding.finding_id) for h in hits]
+        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to #{int(finding_id)}."
+
+    def bulk(self, selected, class_name, request: gr.Request):
+        if not selected or not class_name:
+            return "Select objects and a class first."
+        try:
+            done = apply_class(self.store, reviewer(request), [int(s) for s in selected], class_name)
+        except SlopewatchError as exc:
+            return f"⚠ Not saved: {exc}"
+        return f"Saved: {class_name} on {len(done)} object(s), one correction each."
+
+    def search(self, query, class_name, status, days):
+        filters = SearchFilters(class_name or None, None if status == "any" else status,
+                                time.time() - float(days) * 86400 if days else None)
+        try:
+            hits = text_search(self.store, self.text.get(), query or "", 20, filters)
+        except (SlopewatchError, ValueError) as exc:
+            return [], [], f"⚠ {exc}"
+        table = [[h.finding.finding_id, h.finding.photo_id, h.finding.state.class_name, str(h.finding.state.status), round(h.score, 3),
+                  h.finding.state.rationale or "", h.finding.state.note or ""] for h in hits]
+        return [(thumbnail(self.store, h.finding), _caption(h)) for h in hits], table, f"{len(hits)} finding(s)."
+
+    def photo_search(self, query):
+        from core.library.photo_search import search_photos
+
+        try:
+            hits = search_photos(self.store, self.clip.get(), query or "")
+        except (SlopewatchError, ValueError) as exc:
+            return [], f"⚠ {exc}"
+        return [(Image.open(h["path"]).convert("RGB"), f"photo {h['photo_id']} ({h['score']:.2f})") for h in hits], f"{len(hits)} photo(s)."
 
 
 def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_folder=None):
-    """Add the Library tab's components and handlers inside the open ``gr.Tabs``.
+    """Add the Library tab's components and wire its handlers inside the open ``gr.Tabs``.
 
     Args:
         store: the review store.
@@ -63,84 +149,8 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
         load_finding: the Review tab's loader, and ``load_outputs`` its outputs.
         clip_folder: CLIP checkpoint folder; None hides photo search.
     """
-    import gradio as gr
-
     tax = store.taxonomy
-    text = _Lazy(TextEncoder)
-    clip = None
-    if clip_folder:
-        from core.clip import ClipModel
-
-        clip = _Lazy(lambda: ClipModel(clip_folder))
-
-    def embed(progress=gr.Progress()):
-        try:
-            counts = embed_library(store, text=text.get(), progress=progress.tqdm)
-        except SlopewatchError as exc:  # e.g. a stored photo gone from disk: say which; what was embedded stays
-            return f"⚠ {exc}"
-        return (f"Embedded {counts.photos} new photo(s), {counts.findings} object(s), {counts.texts} text(s)."
-                if counts != type(counts)(0, 0, 0) else "Nothing new to embed.")
-
-    def draw(color_by):
-        points, method = map_points(store, color_by)
-        if not points:
-            return "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
-        thumbs = {}
-        rows = live_findings(store)
-        opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
-        for p in sorted(points, key=lambda p: p.photo_id):
-            if p.photo_id not in opened:
-                try:
-                    opened = {p.photo_id: load_image(store.photo(p.photo_id).path)}
-                except ImageError:  # a photo gone from disk: its points stay, without thumbnails
-                    opened = {p.photo_id: None}
-            if opened[p.photo_id] is not None:
-                thumbs[p.finding_id] = data_uri(thumbnail(store, rows[p.finding_id], 64, opened[p.photo_id]))
-        return map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
-
-    def pick(evt: gr.EventData):
-        fid = getattr(evt, "finding_id", None) if evt is not None and isinstance(evt._data, dict) else None
-        return int(fid) if fid not in (None, "") else gr.update()
-
-    def similar(finding_id, k):
-        if finding_id is None:
-            return [], gr.update(choices=[], value=[]), "Enter an object id."
-        try:
-            hits = similar_findings(store, int(finding_id), int(k))
-        except SlopewatchError as exc:
-            return [], gr.update(choices=[], value=[]), f"⚠ {exc}"
-        gallery = [(thumbnail(store, h), _caption(h)) for h in hits]
-        choices = [(_caption(h), h["finding_id"]) for h in hits]
-        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to #{int(finding_id)}."
-
-    def bulk(selected, class_name, request: gr.Request):
-        if not selected or not class_name:
-            return "Select objects and a class first."
-        try:
-            done = apply_class(store, _user(request), [int(s) for s in selected], class_name)
-        except SlopewatchError as exc:
-            return f"⚠ Not saved: {exc}"
-        return f"Saved: {class_name} on {len(done)} object(s), one correction each."
-
-    def search(query, class_name, status, days):
-        filters = SearchFilters(class_name or None, None if status == "any" else status,
-                                time.time() - float(days) * 86400 if days else None)
-        try:
-            hits = text_search(store, text.get(), query or "", 20, filters)
-        except (SlopewatchError, ValueError) as exc:
-            return [], [], f"⚠ {exc}"
-        table = [[h["finding_id"], h["photo_id"], h["class_name"], h["status"], round(h["score"], 3), h["rationale"] or "", h["note"] or ""]
-                 for h in hits]
-        return [(thumbnail(store, h), _caption(h)) for h in hits], table, f"{len(hits)} finding(s)."
-
-    def photo_search(query):
-        from core.clip import search_photos
-
-        try:
-            hits = search_photos(store, clip.get(), query or "")
-        except (SlopewatchError, ValueError) as exc:
-            return [], f"⚠ {exc}"
-        return [(Image.open(h["path"]).convert("RGB"), f"photo {h['photo_id']} ({h['score']:.2f})") for h in hits], f"{len(hits)} photo(s)."
+    h = LibraryHandlers(store, clip_folder)
 
     with gr.Tab("Library", id="library"):
         with gr.Row():
@@ -168,24 +178,24 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
             with gr.Row():
                 query = gr.Textbox(label="Search text", placeholder="blocked toe drain near vegetation", elem_id="sw-query")
                 q_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
-                q_status = gr.Radio(["any", "pending", "reviewed"], value="any", label="Status")
+                q_status = gr.Radio(["any", Status.PENDING.value, Status.REVIEWED.value], value="any", label="Status")
                 q_days = gr.Number(label="Updated in the last N days (0: any)", value=0, precision=0)
             q_btn = gr.Button("Search", elem_id="sw-search")
             q_msg = gr.Markdown()
             q_gallery = gr.Gallery(label="Matches", columns=8, height="auto")
             q_table = gr.Dataframe(headers=["id", "photo", "class", "status", "score", "rationale", "note"], interactive=False)
-        with gr.Accordion("Photo search (CLIP)", open=False, visible=clip is not None):
+        with gr.Accordion("Photo search (CLIP)", open=False, visible=h.clip is not None):
             p_query = gr.Textbox(label="Describe the photo")
             p_btn = gr.Button("Search photos")
             p_msg = gr.Markdown()
             p_gallery = gr.Gallery(label="Photos", columns=4, height="auto")
 
-    embed_btn.click(embed, None, embed_msg, concurrency_limit=1)
-    draw_btn.click(draw, color_by, [map_view, map_msg])
-    map_view.click(pick, None, finding).then(load_finding, finding, load_outputs).then(
-        lambda: gr.Tabs(selected="review"), None, tabs)
-    sim_btn.click(similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg])
-    sim_apply.click(bulk, [sim_pick, sim_class], sim_status)
-    q_btn.click(search, [query, q_class, q_status, q_days], [q_gallery, q_table, q_msg])
-    if clip is not None:
-        p_btn.click(photo_search, p_query, [p_gallery, p_msg])
+    embed_btn.click(h.embed, None, embed_msg, concurrency_limit=1, api_name="embed")
+    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw")
+    map_view.click(h.pick, None, finding, api_name="pick").then(load_finding, finding, load_outputs, api_name=False).then(
+        lambda: gr.Tabs(selected="review"), None, tabs, api_name=False)
+    sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")
+    sim_apply.click(h.bulk, [sim_pick, sim_class], sim_status, api_name="bulk")
+    q_btn.click(h.search, [query, q_class, q_status, q_days], [q_gallery, q_table, q_msg], api_name="search")
+    if h.clip is not None:
+        p_btn.click(h.photo_search, p_query, [p_gallery, p_msg], api_name="photo_search")

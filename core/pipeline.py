@@ -7,12 +7,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.classifier import ConditionClassifier, photo_context
-from core.detector import Detector
-from core.draw import draw_boxes
 from core.images import load_image
-from core.spatial import Fact, band
-from core.types import Box, Detection, Finding
+from core.overlay import OverlayItem, render_overlay
+from core.stage1.detector import Detector
+from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.spatial import Fact, band
+from core.types import Detection, Finding
 
 
 @dataclass(frozen=True)
@@ -65,23 +65,15 @@ class Pipeline:
         image = photo if isinstance(photo, Image.Image) else load_image(photo)
         dets = self.detector.predict(image)
         ctx = photo_context(image, dets)
-        findings = tuple(self.classifier.classify(image, dets, ctx.image_key)) if self.classifier else ()
+        findings = tuple(self.classifier.classify_context(ctx)) if self.classifier else ()
         return image, PhotoResult(name or str(photo), image.width, image.height, tuple(dets), findings, ctx.facts)
 
     def overlay(self, image: Image.Image, result: PhotoResult, rationales: bool = True) -> Image.Image:
         """Boxes coloured by condition (or by type before stage 2), labelled, rationale wrapped below."""
-        boxes = [d.box for d in result.detections]
         if result.findings:
-            keys = [self.taxonomy.get_class(f.class_name).condition or "none" for f in result.findings]
-            labels = [
-                f"#{i} {f.class_name} {f.confidence:.0%}" + (f"\n{f.rationale}" if rationales and f.backend != "passthrough" else "")
-                for i, f in enumerate(result.findings)
-            ]
+            items = [OverlayItem(i, f.detection.box, f.class_name, self.taxonomy.get_class(f.class_name).condition_key, f.confidence,
+                                 rationale=f.rationale if rationales and f.backend != "passthrough" else "")
+                     for i, f in enumerate(result.findings)]
         else:
-            keys = [d.type for d in result.detections]
-            labels = [f"#{i} {d.type} {d.confidence:.2f}" for i, d in enumerate(result.detections)]
-        # Small drone photos leave no room for text; draw on a 2x upscale so labels stay legible.
-        scale = 2 if max(image.size) < 800 else 1
-        big = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
-        boxes = [Box(b.x1 * scale, b.y1 * scale, b.x2 * scale, b.y2 * scale) for b in boxes]
-        return draw_boxes(big, boxes, labels, keys, wrap=48)
+            items = [OverlayItem(i, d.box, d.type, d.type, d.confidence) for i, d in enumerate(result.detections)]
+        return render_overlay(image, items)

@@ -14,6 +14,10 @@ from pathlib import Path
 from core.errors import TaxonomyError
 from core.paths import default_taxonomy_file
 
+# Condition keys of classes without a condition, and of objects without a class.
+NO_CONDITION = "none"
+UNLABELLED = "unlabelled"
+
 
 @dataclass(frozen=True)
 class ObjectType:
@@ -33,6 +37,11 @@ class ConditionClass:
     name: str
     type: str
     condition: str | None
+
+    @property
+    def condition_key(self) -> str:
+        """The condition as a colour/grouping key: ``"none"`` for types without conditions."""
+        return self.condition or NO_CONDITION
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class Taxonomy:
             return self._by_class[class_name]
         except KeyError:
             raise TaxonomyError(f"unknown class {class_name!r}; expected one of {self.class_names}") from None
+
+    def condition_key(self, class_name: str | None) -> str:
+        """A class's condition key (``"none"`` without a condition, ``"unlabelled"`` for no class)."""
+        return self.get_class(class_name).condition_key if class_name else UNLABELLED
 
     def classes_for_type(self, type_name: str) -> list[ConditionClass]:
         """Candidate stage-2 classes of one object type, in label-id order."""

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from core.taxonomy import Taxonomy
+
+
+class Status(StrEnum):
+    """A finding's review status: the model's output awaiting a reviewer, decided by one, or removed."""
+
+    PENDING = "pending"
+    REVIEWED = "reviewed"
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True)

@@ -1,116 +1,142 @@
-"""The SQLite schema, built by numbered migrations. Append new ones; never edit an applied one."""
+"""The SQLite schema, built by numbered migrations. Append new ones; never edit an applied one.
+
+Each migration is a tuple of single statements, run in one transaction (``executescript``
+would commit the transaction it runs in, and splitting a script on ``;`` breaks on literals).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "initial schema", """
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY,
-        display_name TEXT,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE photos (
-        id INTEGER PRIMARY KEY,
-        sha256 TEXT NOT NULL UNIQUE,
-        path TEXT NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        original_name TEXT,
-        uploaded_by TEXT REFERENCES users(name),
-        uploaded_at REAL NOT NULL
-    );
-    CREATE TABLE model_versions (
-        id TEXT PRIMARY KEY,
-        stage TEXT NOT NULL CHECK (stage IN ('detector', 'classifier')),
-        backend TEXT NOT NULL,
-        path TEXT,
-        metrics_json TEXT,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE inference_runs (
-        id INTEGER PRIMARY KEY,
-        photo_id INTEGER NOT NULL REFERENCES photos(id),
-        detector_version TEXT NOT NULL,
-        classifier_version TEXT,
-        seconds REAL,
-        created_at REAL NOT NULL
-    );
-    -- Model output, never changed after insert. Reviewer edits live in corrections.
-    CREATE TABLE findings (
-        id INTEGER PRIMARY KEY,
-        photo_id INTEGER NOT NULL REFERENCES photos(id),
-        run_id INTEGER REFERENCES inference_runs(id),
-        object_type TEXT NOT NULL,
-        class_name TEXT,
-        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
-        detector_confidence REAL,
-        confidence REAL,
-        margin REAL,
-        probabilities_json TEXT,
-        rationale TEXT,
-        model_version TEXT,
-        source TEXT NOT NULL CHECK (source IN ('model', 'reviewer')),
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX findings_photo ON findings(photo_id);
-    -- Append-only history: who changed what, when, from what, to what, on whose model output.
-    CREATE TABLE corrections (
-        id INTEGER PRIMARY KEY,
-        finding_id INTEGER NOT NULL REFERENCES findings(id),
-        reviewer TEXT NOT NULL REFERENCES users(name),
-        action TEXT NOT NULL,
-        before_json TEXT NOT NULL,
-        after_json TEXT NOT NULL,
-        model_version TEXT,
-        revision INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        UNIQUE (finding_id, revision)
-    );
-    CREATE INDEX corrections_finding ON corrections(finding_id);
-    -- Current state of each finding: a projection of findings + corrections, kept in the same
-    -- transaction as each correction, with a revision number for optimistic concurrency.
-    CREATE TABLE finding_state (
-        finding_id INTEGER PRIMARY KEY REFERENCES findings(id),
-        object_type TEXT NOT NULL,
-        class_name TEXT,
-        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
-        rationale TEXT,
-        note TEXT,
-        status TEXT NOT NULL CHECK (status IN ('pending', 'reviewed', 'deleted')),
-        revision INTEGER NOT NULL,
-        updated_at REAL NOT NULL,
-        updated_by TEXT
-    );
-    CREATE TABLE training_runs (
-        id INTEGER PRIMARY KEY,
-        started_at REAL NOT NULL,
-        finished_at REAL,
-        data_hash TEXT,
-        counts_json TEXT,
-        candidate_metrics_json TEXT,
-        current_metrics_json TEXT,
-        decision TEXT,
-        candidate_version TEXT,
-        duration_s REAL
-    );
-    """),
-    (2, "library embeddings", """
-    -- One vector per (what, id, model). source_hash says what was embedded (photo bytes, box,
-    -- finding text): a moved box or an edited rationale no longer matches and is re-embedded.
-    CREATE TABLE embeddings (
-        kind TEXT NOT NULL CHECK (kind IN ('photo', 'finding', 'finding_text')),
-        ref_id INTEGER NOT NULL,
-        model TEXT NOT NULL,
-        source_hash TEXT NOT NULL,
-        dim INTEGER NOT NULL,
-        vector BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (kind, model, ref_id)
-    );
-    """),
+MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
+    (1, "initial schema", (
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            display_name TEXT,
+            created_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE photos (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            original_name TEXT,
+            uploaded_by TEXT REFERENCES users(name),
+            uploaded_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE model_versions (
+            id TEXT PRIMARY KEY,
+            stage TEXT NOT NULL CHECK (stage IN ('detector', 'classifier')),
+            backend TEXT NOT NULL,
+            path TEXT,
+            metrics_json TEXT,
+            created_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE inference_runs (
+            id INTEGER PRIMARY KEY,
+            photo_id INTEGER NOT NULL REFERENCES photos(id),
+            detector_version TEXT NOT NULL,
+            classifier_version TEXT,
+            seconds REAL,
+            created_at REAL NOT NULL
+        )
+        """,
+        """
+        -- Model output, never changed after insert. Reviewer edits live in corrections.
+        CREATE TABLE findings (
+            id INTEGER PRIMARY KEY,
+            photo_id INTEGER NOT NULL REFERENCES photos(id),
+            run_id INTEGER REFERENCES inference_runs(id),
+            object_type TEXT NOT NULL,
+            class_name TEXT,
+            x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+            detector_confidence REAL,
+            confidence REAL,
+            margin REAL,
+            probabilities_json TEXT,
+            rationale TEXT,
+            model_version TEXT,
+            source TEXT NOT NULL CHECK (source IN ('model', 'reviewer')),
+            created_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE INDEX findings_photo ON findings(photo_id)
+        """,
+        """
+        -- Append-only history: who changed what, when, from what, to what, on whose model output.
+        CREATE TABLE corrections (
+            id INTEGER PRIMARY KEY,
+            finding_id INTEGER NOT NULL REFERENCES findings(id),
+            reviewer TEXT NOT NULL REFERENCES users(name),
+            action TEXT NOT NULL,
+            before_json TEXT NOT NULL,
+            after_json TEXT NOT NULL,
+            model_version TEXT,
+            revision INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (finding_id, revision)
+        )
+        """,
+        """
+        CREATE INDEX corrections_finding ON corrections(finding_id)
+        """,
+        """
+        -- Current state of each finding: a projection of findings + corrections, kept in the same
+        -- transaction as each correction, with a revision number for optimistic concurrency.
+        CREATE TABLE finding_state (
+            finding_id INTEGER PRIMARY KEY REFERENCES findings(id),
+            object_type TEXT NOT NULL,
+            class_name TEXT,
+            x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+            rationale TEXT,
+            note TEXT,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'reviewed', 'deleted')),
+            revision INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            updated_by TEXT
+        )
+        """,
+        """
+        CREATE TABLE training_runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            data_hash TEXT,
+            counts_json TEXT,
+            candidate_metrics_json TEXT,
+            current_metrics_json TEXT,
+            decision TEXT,
+            candidate_version TEXT,
+            duration_s REAL
+        )
+        """,
+    )),
+    (2, "library embeddings", (
+        """
+        -- One vector per (what, id, model). source_hash says what was embedded (photo bytes, box,
+        -- finding text): a moved box or an edited rationale no longer matches and is re-embedded.
+        CREATE TABLE embeddings (
+            kind TEXT NOT NULL CHECK (kind IN ('photo', 'finding', 'finding_text')),
+            ref_id INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            source_hash TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (kind, model, ref_id)
+        )
+        """,
+    )),
 ]
 
 
@@ -123,14 +149,13 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply every pending migration, each in its own transaction. Returns the versions applied."""
     done = set(applied_versions(conn))
     applied = []
-    for version, name, sql in MIGRATIONS:
+    for version, name, statements in MIGRATIONS:
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in (s.strip() for s in sql.split(";")):
-                if statement and not all(line.strip().startswith("--") for line in statement.splitlines() if line.strip()):
-                    conn.execute(statement)
+            for statement in statements:
+                conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
             conn.execute("COMMIT")
         except BaseException:

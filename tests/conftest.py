@@ -50,7 +50,7 @@ def tiny_llama(tokenizer):
 
 def tiny_lm_factory():
     """``() -> (tiny LM, SmolLM2 tokenizer)``, what ``nightly(..., lm_factory)`` expects."""
-    from core.lm import load_tokenizer
+    from core.stage2.lm import load_tokenizer
 
     tokenizer = load_tokenizer()
     return lambda: (tiny_llama(tokenizer), tokenizer)

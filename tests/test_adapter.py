@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama
 
-from core.adapter import AdapterConfig, AdapterVLM
-from core.classifier import ConditionClassifier, photo_context
 from core.data import load_dataset
-from core.evaluate_classifier import ground_truth
-from core.lm import load_tokenizer
+from core.stage2.backends.adapter import AdapterConfig, AdapterVLM
+from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.labeled import ground_truth
+from core.stage2.lm import load_tokenizer
 from core.taxonomy import load_taxonomy
 from train.adapter import AdapterTrainConfig, train_adapter
-
-from conftest import tiny_llama
 
 TAX = load_taxonomy()
 
@@ -69,7 +68,7 @@ def test_loading_a_missing_adapter_is_a_named_error(tmp_path):
 
 
 def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml, tokenizer):
-    from core.qwen2vl import BackendUnavailable
+    from core.stage2.backends.qwen2vl import BackendUnavailable
 
     model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
     ds = load_dataset(samples_yaml)
@@ -88,8 +87,8 @@ def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml
 
 
 def test_mcq_answers_are_generated_after_the_visual_tokens(samples_yaml, tokenizer):
-    from core.mcq import score_mcq
-    from core.evaluate_classifier import labeled_photos
+    from core.evaluation.mcq import score_mcq
+    from core.stage2.labeled import labeled_photos
 
     model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
     photo = labeled_photos(load_dataset(samples_yaml), "valid")[0]

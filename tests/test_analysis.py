@@ -1,12 +1,11 @@
 import json
 
 import pytest
-
-from core.analysis import AnalyzeConfig, analyze, imbalance_ratio, inverse_frequency_weights
-from core.data import load_dataset
-from core.taxonomy import load_taxonomy
-
 from conftest import make_dataset
+
+from core.data import load_dataset
+from core.evaluation.analysis import AnalyzeConfig, analyze, imbalance_ratio, inverse_frequency_weights
+from core.taxonomy import load_taxonomy
 
 
 def test_inverse_frequency_weights_and_imbalance():

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.classifier import ConditionClassifier, TypeMajority, photo_context
-from core.probe import fit_probe
-from core.rationale import template_rationale, trim_unfinished, unfaithful_claims
-from core.spatial import spatial_facts
+from core.stage2.backends.probe import fit_probe
+from core.stage2.backends.type_majority import TypeMajority
+from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.rationale import template_rationale, trim_unfinished, unfaithful_claims
+from core.stage2.spatial import spatial_facts
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection, Finding
 

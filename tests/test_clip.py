@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from core.classifier import ConditionClassifier
-from core.clip import ClipModel, ClipZeroShot, embed_photos, search_photos
 from core.data import load_dataset
 from core.errors import SlopewatchError, WeightsError
-from core.evaluate_classifier import ClassifierEvalConfig, evaluate_classifier, labeled_photos, make_stage2_backend
-from core.mcq import score_mcq
+from core.evaluation.classifier import ClassifierEvalConfig, evaluate_classifier
+from core.evaluation.mcq import score_mcq
+from core.library.photo_search import embed_photos, search_photos
 from core.photos import ingest
+from core.stage2 import registry
+from core.stage2.backends.clip import ClipModel, ClipZeroShot
+from core.stage2.classifier import ConditionClassifier
+from core.stage2.labeled import labeled_photos
 from core.taxonomy import load_taxonomy
 from db.store import Store
 
@@ -45,7 +48,7 @@ def clip_dir(tmp_path_factory):
 
 
 def test_zero_shot_backend_scores_each_type_s_classes(clip_dir, samples_yaml):
-    backend = make_stage2_backend("clip", TAX, clip_model=clip_dir)
+    backend = registry.create("clip", registry.BackendOptions(TAX, clip_model=clip_dir))
     assert isinstance(backend, ClipZeroShot) and backend.version.startswith("clip:")
     assert backend.class_prompt("Toe drain- Blocked") == "a photo of a blocked toe drain"
     assert backend.class_prompt("vegetation") == "a photo of a vegetation"
@@ -60,7 +63,7 @@ def test_evaluate_and_mcq_score_the_clip_backend(clip_dir, samples_yaml):
     result = evaluate_classifier(ClassifierEvalConfig(data_yaml=samples_yaml, backend="clip", clip_model=clip_dir))
     n_objects = sum(len(s.objects) for s in load_dataset(samples_yaml).samples("valid"))
     assert result["classifier"]["backend"] == "clip" and result["classifier"]["n"] == n_objects
-    mcq = score_mcq(make_stage2_backend("clip", TAX, clip_model=clip_dir), labeled_photos(load_dataset(samples_yaml), "valid"), TAX)
+    mcq = score_mcq(registry.create("clip", registry.BackendOptions(TAX, clip_model=clip_dir)), labeled_photos(load_dataset(samples_yaml), "valid"), TAX)
     assert mcq["unparseable_rate"] == 0.0 and mcq["n"] > 0  # a scoring backend always names a letter
 
 
@@ -82,7 +85,7 @@ def test_text_to_image_search_embeds_photos_once(clip_dir, samples_yaml, tmp_pat
 def test_clip_unconfigured_or_missing_is_a_named_error(tmp_path, monkeypatch):
     monkeypatch.delenv("SLOPEWATCH_CLIP_MODEL", raising=False)
     with pytest.raises(SlopewatchError, match="--clip-model"):
-        make_stage2_backend("clip", TAX)
+        registry.create("clip", registry.BackendOptions(TAX))
     with pytest.raises(WeightsError, match="config.json"):
         ClipModel(tmp_path)
 

@@ -1,11 +1,10 @@
 import pytest
 import yaml
+from conftest import make_dataset
 
 from core.data import load_dataset, parse_label_line
 from core.errors import DatasetError, DatasetErrors
 from core.taxonomy import load_taxonomy
-
-from conftest import make_dataset
 
 TYPES = ["rock_toe", "slope_drain", "toe_drain", "vegetation"]
 

@@ -4,12 +4,12 @@ import shutil
 
 import pytest
 
-from core.detector import Detector, DetectorConfig, default_detector_path, manifest
 from core.errors import WeightsError
-from core.evaluate import DetectorEvalConfig, evaluate_detector
+from core.evaluation.detector import DetectorEvalConfig, evaluate_detector
 from core.paths import samples_dir
 from core.pipeline import Pipeline
-from core.spatial import PREDICATES
+from core.stage1.detector import Detector, DetectorConfig, default_detector_path, manifest
+from core.stage2.spatial import PREDICATES
 from core.taxonomy import load_taxonomy
 
 

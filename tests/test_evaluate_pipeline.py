@@ -1,8 +1,8 @@
 import json
 
 from app.cli import main
-from core.evaluate_pipeline import match, relation_scores
-from core.spatial import spatial_facts
+from core.evaluation.pipeline import match, relation_scores
+from core.stage2.spatial import spatial_facts
 from core.types import Box, Detection, LabeledObject
 
 GT = [LabeledObject(Box(0, 0, 10, 10), "rock_toe"), LabeledObject(Box(20, 0, 30, 10), "rock_toe"), LabeledObject(Box(0, 50, 100, 60), "toe_drain")]

@@ -60,12 +60,12 @@ def store(tmp_path):
 
 def test_queue_orders_unreviewed_and_uncertain_first_and_filters(store):
     store, rec, (slope, rock, veg) = store
-    assert [r["finding_id"] for r in store.queue()][:2] == [slope, rock]  # margin 0.05 before 0.8
+    assert [r.finding_id for r in store.queue()][:2] == [slope, rock]  # margin 0.05 before 0.8
     store.correct(slope, 0, "ana", "accept")
-    assert store.queue()[-1]["finding_id"] == slope  # reviewed goes last
-    assert [r["finding_id"] for r in store.queue(condition="damaged")] == [rock]
-    assert [r["finding_id"] for r in store.queue(reviewer="ana")] == [slope]
-    assert [r["finding_id"] for r in store.queue(object_type="vegetation")] == [veg]
+    assert store.queue()[-1].finding_id == slope  # reviewed goes last
+    assert [r.finding_id for r in store.queue(condition="damaged")] == [rock]
+    assert [r.finding_id for r in store.queue(reviewer="ana")] == [slope]
+    assert [r.finding_id for r in store.queue(object_type="vegetation")] == [veg]
 
 
 def test_dashboard_counts(store):

@@ -5,12 +5,10 @@ import os
 import signal
 import time
 
-
-from train.registry import ModelRegistry
-
 from conftest import tiny_lm_factory
-
 from test_nightly import TAX, lm_factory, world  # noqa: F401  (fixtures)
+
+from core.model_registry import ModelRegistry
 
 ctx = mp.get_context("fork")
 
@@ -47,8 +45,8 @@ def _run_nightly(cfg):
 
 
 def test_kill_during_training_keeps_the_current_model(world, lm_factory):  # noqa: F811
-    from core.adapter import AdapterVLM
     from core.paths import data_dir
+    from core.stage2.backends.adapter import AdapterVLM
     from train.nightly import NightlyConfig
 
     reg, tmp = world

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.usecases.library import MapConfig, make_map
 from core.data import load_dataset
-from core.embedding_map import MapConfig, layout, make_map, map_points, map_svg
-from core.embeddings import IMAGE_MODEL, TextEncoder, embed_library, load_vectors, save_vectors
+from core.library.embeddings import IMAGE_MODEL, TextEncoder, embed_library
+from core.library.map import layout, map_points, map_svg
+from core.library.search import NotEmbedded, SearchFilters, apply_class, cosine_top_k, similar_findings, text_search
 from core.photos import ingest
-from core.search import NotEmbedded, SearchFilters, apply_class, cosine_top_k, similar_findings, text_search
 from core.taxonomy import load_taxonomy
 from core.types import Detection, Finding
 from db.store import Store
@@ -64,7 +65,7 @@ def test_embedding_is_incremental(tmp_path, samples_yaml):
     store.correct(state["finding_id"], state["revision"], "ana", "edit_box",
                   box=Box(state["x1"], state["y1"], state["x2"] - 5, state["y2"] - 5))
     assert embed_library(store).findings == 1
-    ids_, matrix = load_vectors(store, "finding", IMAGE_MODEL)
+    ids_, matrix = store.load_vectors("finding", IMAGE_MODEL)
     assert matrix.shape == (n_objects + new_objects, 1280) and np.isfinite(matrix).all()
 
 
@@ -75,15 +76,15 @@ def test_similar_objects_rank_the_planted_neighbour_first(tmp_path, samples_yaml
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(len(fids), 16)).astype(np.float32)
     vectors[-1] = vectors[0] + 0.01 * rng.normal(size=16)  # the planted near-duplicate of the first object
-    save_vectors(store, "finding", IMAGE_MODEL, [(f, "x", v) for f, v in zip(fids, vectors)])
+    store.save_vectors("finding", IMAGE_MODEL, [(f, "x", v) for f, v in zip(fids, vectors)])
     hits = similar_findings(store, fids[0], k=3)
-    assert hits[0]["finding_id"] == fids[-1] and hits[0]["score"] > 0.99
-    assert fids[0] not in [h["finding_id"] for h in hits] and len(hits) == 3
+    assert hits[0].finding.finding_id == fids[-1] and hits[0].score > 0.99
+    assert fids[0] not in [h.finding.finding_id for h in hits] and len(hits) == 3
 
     # Deleted objects are never offered.
     s = store.state(fids[-1])
-    store.correct(fids[-1], s["revision"], "ana", "delete")
-    assert fids[-1] not in [h["finding_id"] for h in similar_findings(store, fids[0], k=len(fids))]
+    store.correct(fids[-1], s.revision, "ana", "delete")
+    assert fids[-1] not in [h.finding.finding_id for h in similar_findings(store, fids[0], k=len(fids))]
     with pytest.raises(NotEmbedded):
         similar_findings(store, 10_000)
 
@@ -102,8 +103,8 @@ def test_apply_class_to_similar_objects_writes_one_correction_each(tmp_path, sam
     veg = store.query("SELECT finding_id FROM finding_state WHERE object_type != 'slope_drain' LIMIT 1")[0]["finding_id"]
     before = store.query("SELECT count(*) AS n FROM corrections")[0]["n"]
     out = apply_class(store, "bo", drains + [veg], "slope drain blocked")
-    assert [o["class_name"] for o in out] == ["slope drain blocked"] * 3
-    assert store.state(veg)["object_type"] == "slope_drain"  # another type is retyped with the class
+    assert [o.class_name for o in out] == ["slope drain blocked"] * 3
+    assert store.state(veg).object_type == "slope_drain"  # another type is retyped with the class
     rows = store.query("SELECT * FROM corrections ORDER BY id")[before:]
     assert [r["reviewer"] for r in rows] == ["bo"] * 3 and [r["action"] for r in rows] == ["relabel"] * len(drains) + ["retype"]
 
@@ -116,15 +117,15 @@ def test_text_search_with_filters(tmp_path, samples_yaml, text_encoder):
     counts = embed_library(store, text=text_encoder)
     assert counts.texts == store.query("SELECT count(*) AS n FROM finding_state")[0]["n"]
     hits = text_search(store, text_encoder, "drain choked with silt", k=5)
-    assert hits[0]["finding_id"] == target["finding_id"]
+    assert hits[0].finding.finding_id == target["finding_id"]
     only_reviewed = text_search(store, text_encoder, "slope drain", k=50, filters=SearchFilters(status="reviewed"))
-    assert [h["finding_id"] for h in only_reviewed] == [target["finding_id"]]
+    assert [h.finding.finding_id for h in only_reviewed] == [target["finding_id"]]
     by_class = text_search(store, text_encoder, "drain", k=50, filters=SearchFilters(class_name="vegetation"))
-    assert by_class and all(h["class_name"] == "vegetation" for h in by_class)
+    assert by_class and all(h.finding.state.class_name == "vegetation" for h in by_class)
     assert text_search(store, text_encoder, "drain", k=5, filters=SearchFilters(since=target["updated_at"] + 3600)) == []
     # Editing the note re-embeds only that finding's text.
     s = store.state(target["finding_id"])
-    store.correct(target["finding_id"], s["revision"], "ana", "note", note="clear")
+    store.correct(target["finding_id"], s.revision, "ana", "note", note="clear")
     assert embed_library(store, text=text_encoder).texts == 1
     with pytest.raises(ValueError, match="empty"):
         text_search(store, text_encoder, "  ")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_dataset
 
-from core.classifier import TypeMajority, photo_context
-from core.mcq import LETTERS, Answer, McqEvalConfig, evaluate_mcq, parse_letter, question_text
+from core.evaluation.mcq import McqEvalConfig, evaluate_mcq
+from core.stage2.backends.type_majority import TypeMajority
+from core.stage2.classifier import photo_context
+from core.stage2.mcq import LETTERS, Answer, parse_letter, question_text
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection
-
-from conftest import make_dataset
 
 OPTIONS = ["normal", "blocked", "damaged"]
 
@@ -154,8 +155,9 @@ def test_unknown_backend_is_refused(tmp_path):
 
 
 def test_scoring_backends_answer_with_their_best_letter():
-    from core.mcq import ScoredChoice
     from PIL import Image
+
+    from core.stage2.mcq import ScoredChoice
 
     tax = load_taxonomy()
     majority = TypeMajority(tax, {"slope drain blocked": 5, "slope drain": 1})

@@ -1,6 +1,6 @@
 import pytest
 
-from core.metrics import classification_metrics
+from core.evaluation.metrics import classification_metrics
 
 
 def test_known_values():

@@ -1,16 +1,15 @@
 """The nightly job on real sample photos with a tiny LM behind the adapter."""
 
 import pytest
+from conftest import tiny_lm_factory
 
-from core.adapter import AdapterConfig, AdapterVLM
 from core.data import file_sha256, load_dataset
+from core.model_registry import ModelRegistry
+from core.stage2.backends.adapter import AdapterConfig, AdapterVLM
 from core.taxonomy import load_taxonomy
 from core.types import Detection, Finding
 from db.store import Store
 from train.nightly import LeakError, NightlyConfig, held_out, nightly
-from train.registry import ModelRegistry
-
-from conftest import tiny_lm_factory
 
 TAX = load_taxonomy()
 

@@ -5,12 +5,12 @@ import random
 import pytest
 
 from core.data import file_sha256, load_dataset
+from core.model_registry import ModelRegistry
 from core.paths import datasets_dir
 from core.taxonomy import load_taxonomy
 from core.types import Detection, Finding
 from db.store import Store
 from train.nightly import NightlyConfig, nightly
-from train.registry import ModelRegistry
 
 TAX = load_taxonomy()
 
@@ -44,8 +44,8 @@ def test_poisoned_corrections_are_refused_and_the_current_model_stays(tmp_path, 
 def test_corrections_teach_the_promoted_model(tmp_path):
     """Reviewers correct the shipped model's mistakes on real photos (half A of valid); the
     nightly model, promoted past the gate on half B, gets many of those objects right."""
-    from core.adapter import AdapterVLM
-    from core.classifier import ConditionClassifier
+    from core.stage2.backends.adapter import AdapterVLM
+    from core.stage2.classifier import ConditionClassifier
     from train.nightly import reviewed_photos
     from train.simulate import SimulateConfig, simulate
 

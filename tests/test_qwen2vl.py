@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.classifier import ConditionClassifier, photo_context
-from core.qwen2vl import BackendUnavailable, Qwen2VLBackend, Qwen2VLConfig, load_qwen2vl
+from core.stage2.backends.qwen2vl import BackendUnavailable, Qwen2VLBackend, Qwen2VLConfig, load_qwen2vl
+from core.stage2.classifier import ConditionClassifier, photo_context
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection
 
@@ -20,8 +20,14 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig as HFConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    from transformers import Qwen2VLConfig as HFConfig
 
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
@@ -131,7 +137,7 @@ def test_config_validation():
 def test_lora_moves_adapter_not_base_and_reloads_identically(tiny_dir, tmp_path):
     """LoRA on the tiny Qwen2-VL: adapter weights move, base weights do not, and the saved
     adapter loads back (through Qwen2VLConfig.adapter) to identical predictions."""
-    from core.evaluate_classifier import LabeledPhoto
+    from core.stage2.labeled import LabeledPhoto
     from train.qwen2vl import QwenTrainConfig, prepare_model, train_qwen2vl
 
     model_cfg = Qwen2VLConfig(model=str(tiny_dir), device="cpu", max_pixels=112 * 112, rationale_tokens=0)
@@ -169,8 +175,8 @@ def test_qlora_needs_cuda(tiny_dir, tmp_path):
 
 def test_mcq_answers_are_generated_and_counted(backend):
     """The random tiny model babbles: its answers must be read without raising, and counted."""
-    from core.evaluate_classifier import LabeledPhoto
-    from core.mcq import score_mcq
+    from core.evaluation.mcq import score_mcq
+    from core.stage2.labeled import LabeledPhoto
 
     ctx = photo_context(IMAGE, DETS)
     answers = backend.answer_mcq(ctx, [0, 1], TAX, max_tokens=3)

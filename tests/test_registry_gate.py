@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from core.metrics import classification_metrics
+from core.evaluation.metrics import classification_metrics
+from core.model_registry import ModelRegistry, RegistryError
 from db.store import Store, snapshot
 from train.gate import GateConfig, decide
-from train.registry import ModelRegistry, RegistryError
 
 
 def _model(tmp_path, name):

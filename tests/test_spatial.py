@@ -1,6 +1,6 @@
 import pytest
 
-from core.spatial import Fact, SpatialConfig, at_lower_end_of, band, direction, overlaps, spatial_facts
+from core.stage2.spatial import Fact, SpatialConfig, at_lower_end_of, band, direction, overlaps, spatial_facts
 from core.types import Box
 
 W = H = 300

@@ -49,14 +49,14 @@ def test_corrections_are_appended_with_who_when_before_after():
     _, (fid, _) = _seed(store)
     s1 = store.correct(fid, 0, "ana", "relabel", class_name="slope drain blocked")
     s2 = store.correct(fid, 1, "bo", "note", note="silt at the outlet")
-    assert (s1["revision"], s2["revision"]) == (1, 2)
+    assert (s1.revision, s2.revision) == (1, 2)
     hist = store.history(fid)
-    assert [(h["reviewer"], h["action"], h["revision"]) for h in hist] == [("ana", "relabel", 1), ("bo", "note", 2)]
-    assert '"class_name": "slope drain"' in hist[0]["before_json"] and '"slope drain blocked"' in hist[0]["after_json"]
-    assert hist[0]["model_version"] == "probe:abc" and hist[0]["created_at"] > 0
+    assert [(h.reviewer, h.action, h.revision) for h in hist] == [("ana", "relabel", 1), ("bo", "note", 2)]
+    assert hist[0].before["class_name"] == "slope drain" and hist[0].after["class_name"] == "slope drain blocked"
+    assert hist[0].model_version == "probe:abc" and hist[0].created_at > 0
     # The model's own output is never overwritten.
     assert store.query("SELECT class_name FROM findings WHERE id = ?", (fid,))[0]["class_name"] == "slope drain"
-    assert store.state(fid)["class_name"] == "slope drain blocked" and store.state(fid)["note"] == "silt at the outlet"
+    assert store.state(fid).class_name == "slope drain blocked" and store.state(fid).note == "silt at the outlet"
 
 
 def test_stale_edit_is_refused_with_the_current_state():
@@ -65,7 +65,7 @@ def test_stale_edit_is_refused_with_the_current_state():
     store.correct(fid, 0, "ana", "relabel", class_name="slope drain damaged")
     with pytest.raises(StaleEdit) as info:
         store.correct(fid, 0, "bo", "relabel", class_name="slope drain blocked")
-    assert info.value.current["class_name"] == "slope drain damaged" and info.value.current["updated_by"] == "ana"
+    assert info.value.current.class_name == "slope drain damaged" and info.value.current.updated_by == "ana"
     assert len(store.history(fid)) == 1
 
 
@@ -89,11 +89,11 @@ def test_invalid_edits(action, changes, message):
 def test_retype_delete_box_and_missed_box():
     store = Store(":memory:")
     photo, (f1, f2) = _seed(store)
-    assert store.correct(f1, 0, "ana", "retype", object_type="vegetation")["class_name"] == "vegetation"
-    assert store.correct(f2, 0, "ana", "delete")["status"] == "deleted"
-    assert store.correct(f1, 1, "ana", "edit_box", box=Box(0, 0, 5, 5))["x2"] == 5
+    assert store.correct(f1, 0, "ana", "retype", object_type="vegetation").class_name == "vegetation"
+    assert store.correct(f2, 0, "ana", "delete").status == "deleted"
+    assert store.correct(f1, 1, "ana", "edit_box", box=Box(0, 0, 5, 5)).x2 == 5
     added = store.add_missed(photo.id, "bo", Box(0, 250, 312, 280), "Toe drain- Blocked")
-    assert added["object_type"] == "toe_drain" and store.history(added["finding_id"])[0]["action"] == "add"
+    assert added.object_type == "toe_drain" and store.history(added.finding_id)[0].action == "add"
 
 
 def test_eight_reviewers_at_once_lose_nothing(tmp_path):
@@ -110,7 +110,7 @@ def test_eight_reviewers_at_once_lose_nothing(tmp_path):
             targets = [shared] * 5 + [own[k % 4]] * 5
             for fid in targets:
                 while True:  # a reviewer told "it changed" reloads and tries again
-                    rev = store.state(fid)["revision"]
+                    rev = store.state(fid).revision
                     try:
                         store.correct(fid, rev, name, "note", note=f"{name}-{rev}")
                         done[k] += 1
@@ -129,9 +129,9 @@ def test_eight_reviewers_at_once_lose_nothing(tmp_path):
     total = store.query("SELECT count(*) AS n FROM corrections")[0]["n"]
     assert total == sum(done) == 80
     for fid in ids:
-        revs = [h["revision"] for h in store.history(fid)]
+        revs = [h.revision for h in store.history(fid)]
         assert revs == list(range(1, len(revs) + 1)), "revisions must be contiguous: no lost or duplicated edit"
-        assert store.state(fid)["revision"] == len(revs)
+        assert store.state(fid).revision == len(revs)
     assert len(store.history(shared)) == 40
     assert store.integrity_ok()
     assert store.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"

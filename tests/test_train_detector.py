@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.detector import Detector, DetectorConfig
+from core.stage1.detector import Detector, DetectorConfig
 from core.taxonomy import load_taxonomy
 from train.detector import DetectorTrainConfig, initial_weights, train_detector
 

@@ -6,11 +6,11 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from core.classifier import ConditionClassifier  # noqa: E402
-from core.detector import Detector, DetectorConfig  # noqa: E402
-from core.evaluate_classifier import make_stage2_backend  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
+from core.stage1.detector import Detector, DetectorConfig  # noqa: E402
+from core.stage2 import registry  # noqa: E402
+from core.stage2.classifier import ConditionClassifier  # noqa: E402
 from db.store import Store  # noqa: E402
 
 
@@ -23,7 +23,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def pipeline():
     detector = Detector(DetectorConfig(device="cpu"))
-    return Pipeline(detector, ConditionClassifier(make_stage2_backend("probe", detector.taxonomy), detector.taxonomy))
+    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,16 @@ def test_upload_review_and_bad_files(server, tmp_path):
     finding = next(r for r in data if r[3] != "vegetation")
     out = client.predict(finding[0], api_name="/load_finding")
     revision = out[4]
-    assert list(out[6:]) == [round(v, 1) for v in (store.state(finding[0])[k] for k in ("x1", "y1", "x2", "y2"))]
+    assert list(out[6:]) == [round(v, 1) for v in store.state(finding[0]).box.xyxy]
     cands = [c.name for c in store.taxonomy.classes_for_type(finding[3]) if c.name != finding[4]]
     status = client.predict(finding[0], revision, cands[0], api_name="/do_relabel")
     assert "Saved" in status
-    assert store.state(finding[0])["class_name"] == cands[0]
+    assert store.state(finding[0]).class_name == cands[0]
     hist = store.history(finding[0])
-    assert hist[-1]["reviewer"] == "anonymous" and hist[-1]["action"] == "relabel"
+    assert hist[-1].reviewer == "anonymous" and hist[-1].action == "relabel"
     # A second reviewer acting on the old revision is told it changed, and nothing is lost.
     stale = client.predict(finding[0], revision, cands[-1], api_name="/do_relabel")
-    assert "changed" in stale and store.state(finding[0])["class_name"] == cands[0]
+    assert "changed" in stale and store.state(finding[0]).class_name == cands[0]
 
 
 def test_library_over_the_api(server):
@@ -98,7 +98,7 @@ def test_library_over_the_api(server):
     status = client.predict(picked, "rock toe damaged", api_name="/bulk")
     assert "2 object(s)" in status
     assert store.query("SELECT count(*) AS n FROM corrections")[0]["n"] == before + 2
-    assert all(store.state(int(f))["class_name"] == "rock toe damaged" for f in picked)
+    assert all(store.state(int(f)).class_name == "rock toe damaged" for f in picked)
 
     client.predict(api_name="/embed")  # the relabel changed two texts
     gallery, table, message = client.predict("damaged rock toe", "rock toe damaged", "reviewed", 0, api_name="/search")

@@ -19,10 +19,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from app.web import SHORTCUTS_JS, ServeConfig, build_app
-    from core.classifier import ConditionClassifier
-    from core.detector import Detector, DetectorConfig
-    from core.evaluate_classifier import make_stage2_backend
     from core.pipeline import Pipeline
+    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage2 import registry
+    from core.stage2.classifier import ConditionClassifier
     from db.store import Store
 
     with socket.socket() as s:
@@ -30,7 +30,7 @@ def app_url(tmp_path_factory):
         port = s.getsockname()[1]
     db = tmp_path_factory.mktemp("browser") / "review.db"
     detector = Detector(DetectorConfig(device="cpu"))
-    pipeline = Pipeline(detector, ConditionClassifier(make_stage2_backend("probe", detector.taxonomy), detector.taxonomy))
+    pipeline = Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
     cfg = ServeConfig(auth="ana:field-secret", port=port)
     demo = build_app(pipeline, Store(db), cfg)
     demo.launch(server_name="127.0.0.1", server_port=port, auth=cfg.users(), prevent_thread_lock=True, allowed_paths=[],

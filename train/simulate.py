@@ -41,10 +41,10 @@ def half(key: str) -> str:
 
 
 def simulate(cfg: SimulateConfig) -> dict:
-    from core.classifier import ConditionClassifier
     from core.data import load_dataset
-    from core.evaluate_classifier import current_adapter_dir, ground_truth
-    from core.adapter import AdapterVLM
+    from core.stage2 import registry as backends
+    from core.stage2.classifier import ConditionClassifier
+    from core.stage2.labeled import ground_truth
     from db.store import Store
     from train.nightly import NightlyConfig, nightly
 
@@ -54,7 +54,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     tax = ds.taxonomy
     store = Store(cfg.work / "review.db", tax)
     store.ensure_user("simulated-reviewer")
-    model = AdapterVLM.load(current_adapter_dir(), tax)
+    model = backends.create("adapter", backends.BackendOptions(tax))
     model.config.rationale_tokens = 0  # reviewers judge labels here; rationales would only cost time
     classifier = ConditionClassifier(model, tax)
     b_dir = cfg.work / "half-b"

@@ -1,4 +1,5 @@
-"""Optional CLIP features: a zero-shot stage-2 backend and text-to-image search over photos.
+"""Optional CLIP: the checkpoint loader and the zero-shot stage-2 backend (photo search over it is
+``core.library.photo_search``).
 
 CLIP is used only when a checkpoint folder is configured (``--clip-model`` or
 ``SLOPEWATCH_CLIP_MODEL``); no CLIP weights ship with slopewatch and none are downloaded. The
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from core.classifier import PhotoContext
-from core.errors import WeightsError
-from core.features import crop
-from core.rationale import human
+from core.errors import SlopewatchError, WeightsError
+from core.paths import clip_model_dir
+from core.stage2.classifier import PhotoContext
+from core.stage2.features import crop
+from core.stage2.rationale import human
+from core.stage2.registry import BackendOptions
 
 PROMPT = "a photo of a {condition} {type}"
 
@@ -101,27 +104,8 @@ class ClipZeroShot:
         return out
 
 
-def embed_photos(store, clip: ClipModel, progress: Callable | None = None) -> int:
-    """CLIP vectors for photos not embedded yet under this checkpoint; returns how many."""
-    from core.embeddings import save_vectors, stored_hashes
-    from core.images import load_image
-
-    done = stored_hashes(store, "photo", clip.model_id)
-    todo = [p for p in store.query("SELECT id, sha256, path FROM photos ORDER BY id") if done.get(p["id"]) != p["sha256"]]
-    n = 0
-    for p in (progress or (lambda x, **_: x))(todo, desc="CLIP-embedding photos"):
-        n += save_vectors(store, "photo", clip.model_id, [(p["id"], p["sha256"], clip.embed_images([load_image(p["path"])])[0])])
-    return n
-
-
-def search_photos(store, clip: ClipModel, query: str, k: int = 12) -> list[dict]:
-    """Photos ranked by CLIP similarity to ``query`` (after embedding any new ones)."""
-    from core.embeddings import load_vectors
-    from core.search import cosine_top_k
-
-    if not query.strip():
-        raise ValueError("expected a search text, found an empty one")
-    embed_photos(store, clip)
-    ids, matrix = load_vectors(store, "photo", clip.model_id)
-    hits = cosine_top_k(matrix, clip.embed_texts([query])[0], k)
-    return [{"photo_id": ids[i], "score": s, "path": store.photo(ids[i]).path} for i, s in hits]
+def from_options(options: BackendOptions) -> ClipZeroShot:
+    folder = options.clip_model or clip_model_dir()
+    if folder is None:
+        raise SlopewatchError("backend clip needs a checkpoint: pass --clip-model FOLDER or set SLOPEWATCH_CLIP_MODEL")
+    return ClipZeroShot(ClipModel(folder), options.taxonomy)

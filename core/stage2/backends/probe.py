@@ -12,9 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from core.classifier import PhotoContext
 from core.errors import WeightsError
-from core.features import FeatureStore, position_features
+from core.paths import assets_dir
+from core.stage2.classifier import PhotoContext
+from core.stage2.features import FeatureStore, position_features
+from core.stage2.registry import BackendOptions
 from core.taxonomy import Taxonomy
 
 
@@ -117,3 +119,11 @@ def fit_probe(x: np.ndarray, types: Sequence[str], labels: Sequence[str], taxono
             intercept[model.classes_] = model.intercept_
         params.update({f"{t}/mean": mean, f"{t}/scale": scale, f"{t}/coef": coef, f"{t}/intercept": intercept})
     return Probe(params, taxonomy, store)
+
+
+def default_probe_path() -> Path:
+    return assets_dir() / "models" / "probe" / "drainage-probe.npz"
+
+
+def from_options(options: BackendOptions) -> Probe:
+    return Probe.load(options.probe_weights or default_probe_path(), options.taxonomy)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import load_dataset
-from core.detector import Detector, DetectorConfig
 from core.paths import data_dir
+from core.stage1.detector import Detector, DetectorConfig
 from core.taxonomy import load_taxonomy
 
 

@@ -1,6 +1,6 @@
 """A 2-D map of the library's object embeddings: UMAP, or PCA for very small libraries.
 
-The same points feed the static plot (``slopewatch map``) and the app's interactive map (an
+The same points feed the static plot (``slopewatch map``, ``app.usecases.library``) and the app's interactive map (an
 SVG whose points carry their finding id and a thumbnail for hovering).
 """
 
@@ -14,32 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.embeddings import IMAGE_MODEL, live_findings, load_vectors
+from core.library.embeddings import IMAGE_MODEL
+from core.types import Status
 
 COLOR_BY = ("class", "condition", "status", "disagreement")
 MIN_UMAP_POINTS = 15  # below this UMAP's neighbour graph is degenerate; PCA is honest there
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-
-
-@dataclass
-class MapConfig:
-    """Settings of ``slopewatch map``.
-
-    Attributes:
-        db: review database (default: in the data dir).
-        out: PNG to write.
-        color_by: colour points by class, condition, status or disagreement (model vs reviewer).
-        embed: first embed anything new in the store.
-    """
-
-    out: Path
-    db: Path | None = None
-    color_by: str = "class"
-    embed: bool = False
-
-    def __post_init__(self) -> None:
-        if self.color_by not in COLOR_BY:
-            raise ValueError(f"color_by: expected one of {COLOR_BY}, found {self.color_by!r}")
 
 
 def layout(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -65,16 +45,18 @@ def layout(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     return (xy - xy.min(0)) / np.where(span > 0, span, 1.0), method
 
 
-def color_key(row: dict, color_by: str, taxonomy) -> str:
+def color_key(finding, color_by: str, taxonomy) -> str:
+    """The key a ``StoredFinding``'s point is coloured by."""
+    state = finding.state
     if color_by == "class":
-        return row["class_name"] or row["object_type"]
+        return state.class_name or state.object_type
     if color_by == "condition":
-        return (taxonomy.get_class(row["class_name"]).condition or "none") if row["class_name"] else "unlabelled"
+        return taxonomy.condition_key(state.class_name)
     if color_by == "status":
-        return row["status"]
-    if row["status"] != "reviewed":
+        return str(state.status)
+    if state.status is not Status.REVIEWED:
         return "not reviewed"
-    return "model agrees" if row["model_class"] == row["class_name"] else "model disagrees"
+    return "model agrees" if finding.model_class == state.class_name else "model disagrees"
 
 
 @dataclass(frozen=True)
@@ -89,15 +71,15 @@ class MapPoint:
 
 def map_points(store, color_by: str = "class", seed: int = 0) -> tuple[list[MapPoint], str]:
     """One point per live, embedded object, and the layout method."""
-    ids, matrix = load_vectors(store, "finding", IMAGE_MODEL)
-    rows = live_findings(store)
+    ids, matrix = store.load_vectors("finding", IMAGE_MODEL)
+    rows = store.live_findings()
     keep = [i for i, fid in enumerate(ids) if fid in rows]
     xy, method = layout(matrix[keep] if keep else np.zeros((0, 1)), seed)
     points = []
     for (x, y), i in zip(xy, keep):
         r = rows[ids[i]]
-        points.append(MapPoint(r["finding_id"], r["photo_id"], float(x), float(y), color_key(r, color_by, store.taxonomy),
-                               r["class_name"] or r["object_type"]))
+        points.append(MapPoint(r.finding_id, r.photo_id, float(x), float(y), color_key(r, color_by, store.taxonomy),
+                               r.state.class_name or r.state.object_type))
     return points, method
 
 
@@ -146,22 +128,3 @@ def map_svg(points: list[MapPoint], thumbnails: dict[int, str], size: int = 560)
         for p in points)
     return (f'<div class="sw-map"><div>{legend}</div><svg width="{size}" height="{size}" style="background:#fafafa;border:1px solid #ddd">'
             f'{dots}</svg><div class="sw-tip" style="display:none"></div></div>')
-
-
-def make_map(cfg: MapConfig) -> dict:
-    """``slopewatch map``: the library map as a PNG."""
-    from core.search import NotEmbedded
-    from db.store import Store
-
-    store = Store(cfg.db)
-    if cfg.embed:
-        from tqdm.auto import tqdm
-
-        from core.embeddings import embed_library
-
-        embed_library(store, progress=tqdm)
-    points, method = map_points(store, cfg.color_by)
-    if not points:
-        raise NotEmbedded(f"expected embedded objects in {store.path}, found none; run `slopewatch embed --db {store.path}` or pass --embed")
-    plot_map(points, cfg.out, f"{len(points)} objects ({method}), coloured by {cfg.color_by}")
-    return {"out": str(cfg.out), "points": len(points), "method": method}

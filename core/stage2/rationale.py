@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from core.spatial import Fact, band
+from core.stage2.spatial import Fact, band
 from core.taxonomy import Taxonomy
 from core.types import Detection
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from core.data import IMAGE_SUFFIXES
-from core.detector import Detector, DetectorConfig
 from core.images import load_image
 from core.paths import samples_dir
+from core.stage1.detector import Detector, DetectorConfig
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class PipelineBenchConfig:
 
     Attributes:
         photos: folder of photos to time (searched recursively); default: the shipped samples.
-        backend: stage-2 backend (probe, adapter, or qwen2vl with --qwen-model).
+        backend: stage-2 backend (a live one of ``core.stage2.registry``; qwen2vl needs --qwen-model).
         qwen_model: Qwen2-VL hub id or folder, for the qwen2vl backend.
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
         repeats: timed passes over all photos.
@@ -109,6 +109,9 @@ class PipelineBenchConfig:
     json: Path | None = None
 
     def __post_init__(self) -> None:
+        from core.stage2 import registry
+
+        registry.check(self.backend, live_only=True)
         if self.repeats < 1:
             raise ValueError(f"repeats: expected >= 1, found {self.repeats}")
         if self.quant not in ("", "int8"):
@@ -154,23 +157,19 @@ def bench_pipeline(cfg: PipelineBenchConfig) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from core.classifier import ConditionClassifier
-    from core.evaluate_classifier import make_stage2_backend
     from core.pipeline import Pipeline
+    from core.stage2 import registry
+    from core.stage2.classifier import ConditionClassifier
 
-    qwen = None
-    if cfg.qwen_model:
-        from core.qwen2vl import Qwen2VLConfig
-
-        qwen = Qwen2VLConfig(model=cfg.qwen_model, precision=cfg.qwen_precision, device=cfg.device)
     detector = Detector(DetectorConfig(device=cfg.device))
-    backend = make_stage2_backend(cfg.backend, detector.taxonomy, qwen=qwen)
+    backend = registry.create(cfg.backend, registry.BackendOptions(detector.taxonomy, qwen_model=cfg.qwen_model,
+                                                                   qwen_precision=cfg.qwen_precision, device=cfg.device))
     if cfg.quant:
         if not hasattr(backend, "quantize"):
             raise ValueError(f"quant: backend {cfg.backend!r} has no CPU quantisation; expected adapter")
         backend.quantize(cfg.quant)
     if hasattr(backend, "store"):
-        from core.features import FeatureStore
+        from core.stage2.features import FeatureStore
 
         backend.store = FeatureStore(backend.store.encoder, persist=False)
     images = [load_image(p) for p in find_photos(cfg.photos or samples_dir())]

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from core.classifier import ConditionClassifier, TypeMajority, photo_context
-from core.data import Sample, YoloDataset, file_sha256, load_dataset
-from core.errors import DatasetError, SlopewatchError
-from core.images import load_image
-from core.metrics import classification_metrics
-from core.paths import assets_dir
-from core.rationale import unfaithful_claims
+from core.data import YoloDataset, load_dataset
+from core.errors import SlopewatchError
+from core.evaluation.metrics import classification_metrics
+from core.stage2 import registry
+from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.labeled import LabeledPhoto, ground_truth
+from core.stage2.rationale import unfaithful_claims
 from core.taxonomy import Taxonomy, load_taxonomy
-from core.types import Detection
-
-BACKENDS = ("type-majority", "probe", "adapter", "adapter-zeroshot", "qwen2vl", "clip")
 
 
 @dataclass(frozen=True)
@@ -27,7 +24,7 @@ class ClassifierEvalConfig:
     Attributes:
         data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's condition classes.
         split: split to score (report figures on ``valid``).
-        backend: stage-2 backend whose metrics go under "classifier".
+        backend: stage-2 backend whose metrics go under "classifier" (names: ``core.stage2.registry``).
         compare: comma-separated further backends for the comparison table.
         probe_weights: probe ``.npz``; default is the shipped one.
         adapter_dir: adapter VLM folder; default is the shipped one.
@@ -60,108 +57,17 @@ class ClassifierEvalConfig:
         if self.quant not in ("", "int8", "int4"):
             raise ValueError(f"quant: expected int8 or int4, found {self.quant!r}")
         for name in self.backend_names:
-            if name not in BACKENDS:
-                raise ValueError(f"backend: expected one of {BACKENDS}, found {name!r}")
+            registry.check(name, "backend" if name == self.backend else "compare")
 
-    def qwen_config(self, precision: str | None = None):
-        if not self.qwen_model:
-            return None
-        from core.qwen2vl import Qwen2VLConfig
-
-        return Qwen2VLConfig(model=self.qwen_model, precision=precision or self.qwen_precision)
+    def backend_options(self, taxonomy: Taxonomy, ds: YoloDataset) -> registry.BackendOptions:
+        return registry.BackendOptions(taxonomy, probe_weights=self.probe_weights, adapter_dir=self.adapter_dir,
+                                       qwen_model=self.qwen_model, qwen_precision=self.qwen_precision,
+                                       clip_model=self.clip_model, dataset=ds)
 
     @property
     def backend_names(self) -> list[str]:
         extra = [b.strip() for b in self.compare.split(",") if b.strip()]
         return [self.backend] + [b for b in extra if b != self.backend]
-
-
-@dataclass(frozen=True)
-class LabeledPhoto:
-    """A photo with its objects and their true classes (``None``: not verified, skipped in
-    training and scoring), keyed by content hash. Datasets and reviewed DB photos both give these."""
-
-    image: object
-    detections: tuple[Detection, ...]
-    classes: tuple[str | None, ...]
-    key: str
-
-
-def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, list[Detection], list[str], str]]:
-    """Per photo: the sample, the upright image, GT boxes as detections, GT classes, content hash."""
-    if ds.label_space != "classes":
-        raise DatasetError(f"expected condition classes {ds.taxonomy.class_names}, found types {ds.names}", str(ds.yaml_path))
-    for s in ds.samples(split):
-        dets = [Detection(o.box, o.type, 1.0) for o in s.objects]
-        yield s, load_image(s.image_path), dets, [o.class_name for o in s.objects], file_sha256(s.image_path)
-
-
-def labeled_photos(ds: YoloDataset, split: str) -> list[LabeledPhoto]:
-    return [LabeledPhoto(image, tuple(dets), tuple(classes), key) for _, image, dets, classes, key in ground_truth(ds, split)]
-
-
-def default_probe_path() -> Path:
-    return assets_dir() / "models" / "probe" / "drainage-probe.npz"
-
-
-def current_adapter_dir() -> Path:
-    """The promoted adapter from the model registry, else the shipped one."""
-    from core.adapter import default_adapter_dir
-    from train.registry import ModelRegistry
-
-    return ModelRegistry().current_path() or default_adapter_dir()
-
-
-def make_stage2_backend(name: str, taxonomy: Taxonomy, probe_weights: Path | None = None, adapter_dir: Path | None = None,
-                        qwen=None, clip_model: Path | None = None):
-    """A stage-2 backend for live photos (baselines that need a dataset are not offered).
-
-    ``adapter-zeroshot`` is the adapter VLM before any training: base LM, fresh LoRA and an
-    untrained projector, i.e. prompting alone.
-    """
-    if name == "probe":
-        from core.probe import Probe
-
-        return Probe.load(probe_weights or default_probe_path(), taxonomy)
-    if name == "adapter":
-        from core.adapter import AdapterVLM
-
-        return AdapterVLM.load(adapter_dir or current_adapter_dir(), taxonomy)
-    if name == "adapter-zeroshot":
-        from core.adapter import AdapterVLM
-
-        model = AdapterVLM(taxonomy)
-        model.name, model.version = "adapter-zeroshot", "base"
-        return model
-    if name == "qwen2vl":
-        from core.qwen2vl import Qwen2VLBackend
-
-        if qwen is None:
-            raise SlopewatchError("backend qwen2vl needs a model: pass --qwen-model HUB_ID_OR_FOLDER")
-        return Qwen2VLBackend(qwen, taxonomy)
-    if name == "clip":
-        from core.clip import ClipModel, ClipZeroShot
-        from core.paths import clip_model_dir
-
-        folder = clip_model or clip_model_dir()
-        if folder is None:
-            raise SlopewatchError("backend clip needs a checkpoint: pass --clip-model FOLDER or set SLOPEWATCH_CLIP_MODEL")
-        return ClipZeroShot(ClipModel(folder), taxonomy)
-    raise SlopewatchError(f"unknown stage-2 backend {name!r}; expected one of {[b for b in BACKENDS if b != 'type-majority']}")
-
-
-def make_backend(name: str, taxonomy: Taxonomy, ds: YoloDataset, probe_weights: Path | None = None, adapter_dir: Path | None = None,
-                 qwen=None, clip_model: Path | None = None):
-    """A backend for evaluation; ``type-majority`` counts the dataset's train split."""
-    if name == "type-majority":
-        if "train" not in ds.splits:
-            raise DatasetError("type-majority needs a train split to count classes", str(ds.yaml_path))
-        counts: dict[str, int] = {}
-        for s in ds.samples("train"):
-            for o in s.objects:
-                counts[o.class_name] = counts.get(o.class_name, 0) + 1
-        return TypeMajority(taxonomy, counts)
-    return make_stage2_backend(name, taxonomy, probe_weights, adapter_dir, qwen, clip_model)
 
 
 class WithoutContext:
@@ -205,7 +111,7 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
         m = classification_metrics([key(tax.get_class(c)) for c in y_true], [key(tax.get_class(c)) for c in y_pred], labels)
         return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class")}
 
-    result["per_condition"] = grouped(lambda c: c.condition or "none")
+    result["per_condition"] = grouped(lambda c: c.condition_key)
     per_type = {}
     for t in tax.type_names:
         idx = [k for k, c in enumerate(y_true) if tax.get_class(c).type == t]
@@ -225,10 +131,11 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
     taxonomy = load_taxonomy(cfg.taxonomy)
     ds = load_dataset(cfg.data_yaml, taxonomy)
     results = {}
+    options = cfg.backend_options(taxonomy, ds)
     for name in cfg.backend_names:
-        backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir, cfg.qwen_config(), cfg.clip_model)
+        backend = registry.create(name, options)
         results[name] = score_backend(ConditionClassifier(backend, taxonomy), ds, cfg.split)
-        if cfg.ablate_context and name in ("adapter", "adapter-zeroshot", "qwen2vl"):
+        if cfg.ablate_context and registry.spec(name).prompted:
             ablated = WithoutContext(backend)
             results[ablated.name] = score_backend(ConditionClassifier(ablated, taxonomy), ds, cfg.split)
     main = results[cfg.backend]
@@ -246,15 +153,14 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
 
 def quantized_retention(cfg: ClassifierEvalConfig, taxonomy: Taxonomy, ds: YoloDataset, full: dict) -> dict:
     """Accuracy retention (quantised / full) and weight size of the main backend quantised."""
+    options = cfg.backend_options(taxonomy, ds)
     if cfg.backend == "qwen2vl":
-        from core.qwen2vl import Qwen2VLBackend
-
-        quant = Qwen2VLBackend(cfg.qwen_config(cfg.quant), taxonomy)
+        quant = registry.create("qwen2vl", replace(options, qwen_precision=cfg.quant))
         size_full = size_quant = None
         if hasattr(quant.model, "get_memory_footprint"):
             size_quant = quant.model.get_memory_footprint()
     elif cfg.backend in ("adapter", "adapter-zeroshot"):
-        quant = make_backend(cfg.backend, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir)
+        quant = registry.create(cfg.backend, options)
         size_full = quant.lm_size_bytes()
         quant.quantize(cfg.quant)
         size_quant = quant.lm_size_bytes()

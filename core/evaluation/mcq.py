@@ -1,7 +1,8 @@
-"""``slopewatch evaluate mcq``: each labelled object as a lettered multiple-choice question.
+"""``slopewatch evaluate mcq``: each labelled object as a lettered multiple-choice question
+(``core.stage2.mcq`` asks it).
 
 The options are the classes of the object's type in the taxonomy (any taxonomy file). The VLM
-backends answer by *generating* text, which :func:`parse_letter` reads; answers it cannot read
+backends answer by *generating* text, which ``parse_letter`` reads; answers it cannot read
 are counted apart (and as wrong). Backends that only score classes (type-majority, probe, CLIP)
 answer with the letter of their best class. Top-2 accuracy uses each backend's scores over the
 letters (the VLMs' next-token logits of the letters at the answer position).
@@ -9,93 +10,18 @@ letters (the VLMs' next-token logits of the letters at the answer position).
 
 from __future__ import annotations
 
-import re
-import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from core.classifier import PhotoContext, photo_context
-from core.metrics import classification_metrics
-from core.prompts import object_prompt
+from core.evaluation.metrics import classification_metrics
+from core.stage2 import registry
+from core.stage2.classifier import photo_context
+from core.stage2.mcq import LETTERS, answerer, option_texts, parse_letter
 
-LETTERS = string.ascii_uppercase
 UNPARSEABLE = "(unparseable)"
-
-
-def option_texts(taxonomy, object_type: str) -> list[str]:
-    """The options for one type, in the taxonomy's class order: conditions, or class names."""
-    return [c.condition or c.name for c in taxonomy.classes_for_type(object_type)]
-
-
-def question_text(ctx: PhotoContext, index: int, taxonomy, hints=None) -> str:
-    """The object's spatial prompt, then the lettered options and the instruction."""
-    opts = option_texts(taxonomy, ctx.detections[index].type)
-    lettered = " ".join(f"{LETTERS[k]}) {o}" for k, o in enumerate(opts))
-    return (f"{object_prompt(ctx, index, hints, domain=taxonomy.name)} Which is its condition? {lettered}. "
-            f"Answer with one letter.")
-
-
-def parse_letter(text: str | None, n_options: int, options: Sequence[str] = ()) -> str | None:
-    """The option letter an answer names, or ``None`` when it names none or several.
-
-    Pure and total: any string (or None) gives a letter among the first ``n_options`` or None.
-    Accepted, in order: a bare letter (any case, optionally bracketed), ``Answer: (B)`` /
-    ``the answer is b``, a leading ``B)`` / ``(B)`` / ``B.``, exactly one distinct capital
-    letter standing alone, or exactly one option's text.
-    """
-    if not isinstance(text, str) or n_options < 1:
-        return None
-    valid = LETTERS[:min(n_options, len(LETTERS))]
-    t = text.strip()
-
-    def ok(letter: str) -> str | None:
-        return letter.upper() if letter.upper() in valid else None
-
-    m = re.fullmatch(r"[(\[]?([A-Za-z])[)\].:]?", t)
-    if m:
-        return ok(m.group(1))
-    m = re.search(r"answer\s*(?:is\s*)?[:\-]?\s*[(\[]?([A-Za-z])(?![A-Za-z])", t, re.IGNORECASE)
-    if m:
-        return ok(m.group(1))
-    m = re.match(r"[(\[]?([A-Z])[)\].:](?:\s|$)", t)
-    if m:
-        return ok(m.group(1))
-    standalone = {c for c in re.findall(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])", t) if c in valid}
-    if len(standalone) == 1:
-        return standalone.pop()
-    if standalone:
-        return None
-    named = [LETTERS[k] for k, o in enumerate(options[:len(valid)]) if re.search(rf"\b{re.escape(o.lower())}\b", t.lower())]
-    return named[0] if len(named) == 1 else None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One backend's answer to one question: its raw text and scores per option letter."""
-
-    text: str
-    scores: np.ndarray
-
-
-class ScoredChoice:
-    """Adapts a class-scoring backend: it answers the letter of its most probable class."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.name = backend.name
-
-    def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy) -> list[Answer]:
-        probs = self.backend.score(ctx, targets)
-        return [Answer(LETTERS[int(np.argmax(p))], np.asarray(p, float)) for p in probs]
-
-
-def answerer(backend):
-    """The backend itself when it generates answers (``answer_mcq``), else a :class:`ScoredChoice`."""
-    return backend if hasattr(backend, "answer_mcq") else ScoredChoice(backend)
 
 
 def score_mcq(backend, photos, taxonomy) -> dict:
@@ -160,11 +86,8 @@ class McqEvalConfig:
     json: Path | None = None
 
     def __post_init__(self) -> None:
-        from core.evaluate_classifier import BACKENDS
-
         for name in self.names:
-            if name not in BACKENDS:
-                raise ValueError(f"backends: expected names among {BACKENDS}, found {name!r}")
+            registry.check(name, "backends")
 
     @property
     def names(self) -> list[str]:
@@ -176,23 +99,17 @@ class McqEvalConfig:
 def evaluate_mcq(cfg: McqEvalConfig, backends: dict | None = None) -> dict:
     """One comparison table over the configured backends (``backends`` injects ready ones)."""
     from core.data import load_dataset
-    from core.evaluate_classifier import labeled_photos, make_backend
+    from core.stage2.labeled import labeled_photos
     from core.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy(cfg.taxonomy)
     ds = load_dataset(cfg.data_yaml, taxonomy)
     photos = labeled_photos(ds, cfg.split)
+    options = registry.BackendOptions(taxonomy, probe_weights=cfg.probe_weights, adapter_dir=cfg.adapter_dir,
+                                      qwen_model=cfg.qwen_model, clip_model=cfg.clip_model, dataset=ds)
     results = {}
     for name in cfg.names:
-        if backends and name in backends:
-            backend = backends[name]
-        else:
-            qwen = None
-            if name == "qwen2vl":
-                from core.qwen2vl import Qwen2VLConfig
-
-                qwen = Qwen2VLConfig(model=cfg.qwen_model)
-            backend = make_backend(name, taxonomy, ds, cfg.probe_weights, cfg.adapter_dir, qwen, cfg.clip_model)
+        backend = backends[name] if backends and name in backends else registry.create(name, options)
         results[name] = score_mcq(backend, photos, taxonomy)
     return {"split": cfg.split, "taxonomy": taxonomy.name, "mcq": results}
 

@@ -20,13 +20,15 @@ from typing import Sequence
 
 import numpy as np
 
-from core.classifier import PhotoContext
 from core.errors import WeightsError
-from core.features import FEATURE_DIM, FeatureStore
-from core.lm import BASE_ID, load_base_lm
+from core.model_registry import ModelRegistry
 from core.paths import assets_dir
-from core.prompts import Hints, object_prompt
-from core.rationale import trim_unfinished
+from core.stage2.classifier import PhotoContext
+from core.stage2.features import FEATURE_DIM, FeatureStore
+from core.stage2.lm import BASE_ID, load_base_lm
+from core.stage2.prompts import Hints, object_prompt
+from core.stage2.rationale import trim_unfinished
+from core.stage2.registry import BackendOptions
 from core.taxonomy import Taxonomy
 
 
@@ -166,7 +168,7 @@ class AdapterVLM:
         of every linear layer of the LM. int4 has no CPU kernel here: that is a bitsandbytes/CUDA path."""
         import torch
 
-        from core.qwen2vl import BackendUnavailable
+        from core.stage2.backends.qwen2vl import BackendUnavailable
 
         if mode != "int8":
             raise BackendUnavailable(f"adapter quantisation on CPU supports int8 (dynamic); found {mode!r} (int4 needs bitsandbytes on CUDA)")
@@ -247,10 +249,10 @@ class AdapterVLM:
 
     def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy: Taxonomy, max_tokens: int = 4) -> list:
         """Multiple-choice answers generated greedily after `` Answer:``, with the letters'
-        next-token logits at the answer position as scores (see :mod:`core.mcq`)."""
+        next-token logits at the answer position as scores (see :mod:`core.stage2.mcq`)."""
         import torch
 
-        from core.mcq import LETTERS, Answer, option_texts, question_text
+        from core.stage2.mcq import LETTERS, Answer, option_texts, question_text
 
         crop_f, ctx_f = self.store.object_features(ctx.image, [ctx.detections[i].box for i in targets], ctx.image_key)
         x, mask, _ = self.embed([question_text(ctx, i, taxonomy, self.hints) for i in targets], crop_f, ctx_f, lead=" Answer:")
@@ -264,3 +266,20 @@ class AdapterVLM:
             text = self.tokenizer.decode(out.sequences[k], skip_special_tokens=True).strip()
             answers.append(Answer(text, out.scores[0][k, letter_ids].float().numpy()))
         return answers
+
+
+def current_adapter_dir() -> Path:
+    """The promoted adapter from the model registry, else the shipped one."""
+    return ModelRegistry().current_path() or default_adapter_dir()
+
+
+def from_options(options: BackendOptions) -> AdapterVLM:
+    return AdapterVLM.load(options.adapter_dir or current_adapter_dir(), options.taxonomy, lm_and_tokenizer=options.base_lm)
+
+
+def zeroshot_from_options(options: BackendOptions) -> AdapterVLM:
+    """The adapter VLM before any training: base LM, fresh LoRA and an untrained projector,
+    i.e. prompting alone."""
+    model = AdapterVLM(options.taxonomy, lm_and_tokenizer=options.base_lm)
+    model.name, model.version = "adapter-zeroshot", "base"
+    return model

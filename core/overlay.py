@@ -1,8 +1,12 @@
-"""Overlays drawn with supervision: boxes, labels and (optionally) wrapped rationale text."""
+"""The one overlay renderer: boxes coloured by condition, labelled ``#k class``, drawn with supervision.
+
+``predict --overlay``, the Inspect tab and the Review tab all call :func:`render_overlay`.
+"""
 
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -62,6 +66,42 @@ def draw_boxes(
         text_position=sv.Position.TOP_LEFT, smart_position=True,
     ).annotate(canvas, dets, labels=text)
     return canvas
+
+
+@dataclass(frozen=True)
+class OverlayItem:
+    """One object on an overlay.
+
+    Attributes:
+        index: the object's ``#k`` on its photo (the number rationales and tables use).
+        box: pixel box in the photo's coordinates.
+        label: class name (or type name before stage 2).
+        color_key: condition key (or type name) choosing the colour.
+        confidence: shown as a percentage when given.
+        reviewed: a reviewer decided this object (drawn with a check mark).
+        rationale: wrapped under the label when not empty.
+    """
+
+    index: int
+    box: Box
+    label: str
+    color_key: str
+    confidence: float | None = None
+    reviewed: bool = False
+    rationale: str = ""
+
+    def text(self) -> str:
+        head = f"#{self.index} {self.label}" + (f" {self.confidence:.0%}" if self.confidence is not None else "")
+        return head + (" ✓" if self.reviewed else "") + (f"\n{self.rationale}" if self.rationale else "")
+
+
+def render_overlay(image: Image.Image, items: Sequence[OverlayItem]) -> Image.Image:
+    """The photo with its objects drawn. Small drone photos leave no room for text, so photos
+    under 800 px are drawn at 2x to keep labels legible."""
+    scale = 2 if max(image.size) < 800 else 1
+    big = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.BICUBIC)
+    boxes = [Box(it.box.x1 * scale, it.box.y1 * scale, it.box.x2 * scale, it.box.y2 * scale) for it in items]
+    return draw_boxes(big, boxes, [it.text() for it in items], [it.color_key for it in items], wrap=48)
 
 
 def type_colors(type_names: Sequence[str]) -> dict[str, str]:

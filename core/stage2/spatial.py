@@ -25,6 +25,8 @@ from core.types import Box
 
 BANDS = ("top", "middle", "bottom")
 PREDICATES = ("above", "below", "left_of", "right_of", "overlaps", "adjacent_to", "at_lower_end_of")
+# The symmetric geometry between any two boxes, which dataset analysis counts per pair of labels.
+PAIRWISE = PREDICATES[:5]
 
 
 @dataclass(frozen=True)

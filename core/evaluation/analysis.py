@@ -5,7 +5,6 @@ suspicious labels; written as ``analysis.json``, ``report.md``, PNG plots and a 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data import Sample, YoloDataset
-from core.spatial import BANDS, band, direction, overlaps
-
-RELATIONS = ("above", "below", "left_of", "right_of", "overlaps")
+from core.stage2.spatial import BANDS, PAIRWISE, band, direction, overlaps
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def _label(o, ds: YoloDataset) -> str:
 def _condition(o, ds: YoloDataset) -> str:
     if ds.label_space != "classes":
         return "unknown"
-    return ds.taxonomy.get_class(o.class_name).condition or "none"
+    return ds.taxonomy.get_class(o.class_name).condition_key
 
 
 def inverse_frequency_weights(counts: dict[str, int]) -> dict[str, float]:
@@ -137,7 +134,7 @@ def analyze_split(ds: YoloDataset, samples: list[Sample], cfg: AnalyzeConfig) ->
     rel_out = {}
     for (a, b), counter in sorted(relations.items()):
         total = sum(counter.values())
-        rel_out[f"{a}|{b}"] = {r: {"count": counter[r], "pct": 100.0 * counter[r] / total} for r in RELATIONS}
+        rel_out[f"{a}|{b}"] = {r: {"count": counter[r], "pct": 100.0 * counter[r] / total} for r in PAIRWISE}
     return {
         "images": len(samples),
         "objects": int(sum(per_image)),
@@ -173,7 +170,7 @@ def analyze(ds: YoloDataset, cfg: AnalyzeConfig, progress=None) -> dict:
     for split in tqdm(ds.splits, desc="analyse splits", disable=progress is False):
         result["splits"][split] = analyze_split(ds, ds.samples(split), cfg)
     (out / "analysis.json").write_text(json.dumps(result, indent=2))
-    from core import report
+    from core.evaluation import report  # matplotlib: imported only when a report is written
 
     report.write_plots(ds, result, out)
     if cfg.samples:
@@ -186,11 +183,3 @@ def band_share(result: dict, split: str, type_name: str, band_name: str) -> floa
     """Share of one type's boxes in one band (the data-driven hint stage 2 cites)."""
     stats = result["splits"][split]["box_stats"].get(f"type:{type_name}")
     return None if stats is None else stats["bands"][band_name]
-
-
-def fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.3g}"
-    return str(value)

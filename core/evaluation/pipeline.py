@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.classifier import ConditionClassifier, photo_context
 from core.data import load_dataset
-from core.detector import Detector, DetectorConfig
-from core.evaluate_classifier import ground_truth, make_stage2_backend
-from core.metrics import classification_metrics
-from core.spatial import spatial_facts
+from core.evaluation.metrics import classification_metrics
+from core.stage1.detector import Detector, DetectorConfig
+from core.stage2 import registry
+from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.labeled import ground_truth
+from core.stage2.spatial import spatial_facts
 from core.taxonomy import load_taxonomy
 from core.types import Detection, LabeledObject
 
@@ -22,7 +23,7 @@ class PipelineEvalConfig:
     Attributes:
         data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's condition classes.
         split: split to score (report figures on ``valid``).
-        backend: stage-2 backend (probe or adapter).
+        backend: stage-2 backend (a live one of ``core.stage2.registry``).
         weights: detector checkpoint; default is the shipped, hash-pinned one.
         conf: detector confidence threshold.
         iou: IoU at or above which a detection matches a ground-truth object of its type.
@@ -42,6 +43,7 @@ class PipelineEvalConfig:
     taxonomy: Path | None = None
 
     def __post_init__(self) -> None:
+        registry.check(self.backend, live_only=True)
         if not 0.0 < self.iou <= 1.0:
             raise ValueError(f"iou: expected a value in (0, 1], found {self.iou}")
 
@@ -78,7 +80,7 @@ def evaluate_pipeline(cfg: PipelineEvalConfig) -> dict:
     taxonomy = load_taxonomy(cfg.taxonomy)
     ds = load_dataset(cfg.data_yaml, taxonomy)
     detector = Detector(DetectorConfig(weights=cfg.weights, conf=cfg.conf, device=cfg.device), taxonomy)
-    classifier = ConditionClassifier(make_stage2_backend(cfg.backend, taxonomy), taxonomy)
+    classifier = ConditionClassifier(registry.create(cfg.backend, registry.BackendOptions(taxonomy, device=cfg.device)), taxonomy)
     n_det = n_gt = n_match = 0
     y_true, y_pred = [], []
     rel = [0, 0, 0]

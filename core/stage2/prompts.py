@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from core.classifier import PhotoContext
-from core.rationale import describe, human
-from core.spatial import band
+from core.stage2.classifier import PhotoContext
+from core.stage2.rationale import describe, human
+from core.stage2.spatial import band
 
 # Hints are data-driven: share of each type's boxes per vertical band in the training labels.
 Hints = dict[str, dict[str, float]]

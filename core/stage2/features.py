@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.errors import WeightsError
 from core.paths import data_dir
-from core.spatial import BANDS, band
+from core.stage2.spatial import BANDS, band
 from core.types import Box
 
 ENCODER_ID = "tf_efficientnet_lite0-57934424"

@@ -1,6 +1,6 @@
 """Search over the library's stored embeddings: similar objects, text search, bulk relabel.
 
-All ranking is cosine similarity over the vectors :mod:`core.embeddings` stored; nothing here
+All ranking is cosine similarity over the vectors :mod:`core.library.embeddings` stored; nothing here
 encodes images, so a search costs one matrix product.
 """
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from core.embeddings import IMAGE_MODEL, TEXT_MODEL, live_findings, load_vectors
 from core.errors import SlopewatchError
+from core.library.embeddings import IMAGE_MODEL, TEXT_MODEL
+from core.types import Status
 
 
 class NotEmbedded(SlopewatchError):
@@ -31,15 +32,23 @@ def cosine_top_k(matrix: np.ndarray, query: np.ndarray, k: int, exclude: set[int
     return [(i, float(scores[i])) for i in order[:k]]
 
 
-def similar_findings(store, finding_id: int, k: int = 8) -> list[dict]:
-    """The ``k`` live objects whose crops look most like ``finding_id``'s, each row with ``score``."""
-    ids, matrix = load_vectors(store, "finding", IMAGE_MODEL)
+@dataclass(frozen=True)
+class Hit:
+    """A search result: the finding (a ``db.rows.StoredFinding``) and its cosine similarity."""
+
+    finding: object
+    score: float
+
+
+def similar_findings(store, finding_id: int, k: int = 8) -> list[Hit]:
+    """The ``k`` live objects whose crops look most like ``finding_id``'s, best first."""
+    ids, matrix = store.load_vectors("finding", IMAGE_MODEL)
     if finding_id not in ids:
         raise NotEmbedded(f"expected an embedding for object #{finding_id}, found none; run `slopewatch embed` (or Embed in the app)")
-    rows = live_findings(store)
+    rows = store.live_findings()
     dead = {i for i, fid in enumerate(ids) if fid not in rows}
     hits = cosine_top_k(matrix, matrix[ids.index(finding_id)], k, dead | {ids.index(finding_id)})
-    return [{**rows[ids[i]], "score": s} for i, s in hits]
+    return [Hit(rows[ids[i]], s) for i, s in hits]
 
 
 @dataclass(frozen=True)
@@ -59,32 +68,33 @@ class SearchFilters:
     until: float | None = None
 
     def __post_init__(self) -> None:
-        if self.status not in (None, "pending", "reviewed"):
+        if self.status not in (None, Status.PENDING, Status.REVIEWED):
             raise ValueError(f"status: expected pending or reviewed, found {self.status!r}")
 
-    def keep(self, row: dict) -> bool:
-        return (row["status"] != "deleted"
-                and (self.class_name is None or row["class_name"] == self.class_name)
-                and (self.status is None or row["status"] == self.status)
-                and (self.since is None or row["updated_at"] >= self.since)
-                and (self.until is None or row["updated_at"] < self.until))
+    def keep(self, state) -> bool:
+        """Whether a ``FindingState`` passes every filter."""
+        return (state.status is not Status.DELETED
+                and (self.class_name is None or state.class_name == self.class_name)
+                and (self.status is None or state.status == self.status)
+                and (self.since is None or state.updated_at >= self.since)
+                and (self.until is None or state.updated_at < self.until))
 
 
-def text_search(store, encoder, query: str, k: int = 20, filters: SearchFilters | None = None) -> list[dict]:
+def text_search(store, encoder, query: str, k: int = 20, filters: SearchFilters | None = None) -> list[Hit]:
     """Findings whose class, rationale and note read most like ``query``, best first."""
     if not query.strip():
         raise ValueError("expected a search text, found an empty one")
-    ids, matrix = load_vectors(store, "finding_text", TEXT_MODEL)
+    ids, matrix = store.load_vectors("finding_text", TEXT_MODEL)
     if not ids:
         raise NotEmbedded("expected text embeddings of findings, found none; run `slopewatch embed` (or Embed in the app)")
-    rows = live_findings(store)
+    rows = store.live_findings()
     filters = filters or SearchFilters()
-    drop = {i for i, fid in enumerate(ids) if fid not in rows or not filters.keep(rows[fid])}
+    drop = {i for i, fid in enumerate(ids) if fid not in rows or not filters.keep(rows[fid].state)}
     hits = cosine_top_k(matrix, encoder.embed([query])[0], k, drop)
-    return [{**rows[ids[i]], "score": s} for i, s in hits]
+    return [Hit(rows[ids[i]], s) for i, s in hits]
 
 
-def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -> list[dict]:
+def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -> list:
     """Give every listed finding ``class_name``: one correction row each, at its current revision.
 
     Objects of another type are retyped, since a class fixes its type.
@@ -94,19 +104,18 @@ def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -
     out = []
     for fid in finding_ids:
         state = store.state(int(fid))
-        action = "relabel" if state["object_type"] == target_type else "retype"
-        out.append(store.correct(int(fid), state["revision"], reviewer, action, object_type=target_type, class_name=class_name))
+        action = "relabel" if state.object_type == target_type else "retype"
+        out.append(store.correct(int(fid), state.revision, reviewer, action, object_type=target_type, class_name=class_name))
     return out
 
 
-def thumbnail(store, row: dict, size: int = 96, image: Image.Image | None = None) -> Image.Image:
-    """The object's crop (with a little margin) from its stored photo (or ``image``, when the
-    caller already opened it), at most ``size`` px."""
-    from core.features import crop
-    from core.types import Box
+def thumbnail(store, finding, size: int = 96, image: Image.Image | None = None) -> Image.Image:
+    """A ``StoredFinding``'s crop (with a little margin) from its stored photo (or ``image``, when
+    the caller already opened it), at most ``size`` px."""
+    from core.stage2.features import crop
 
-    image = image or Image.open(store.photo(row["photo_id"]).path).convert("RGB")
-    out = crop(image, Box(row["x1"], row["y1"], row["x2"], row["y2"]), 1.3)
+    image = image or Image.open(store.photo(finding.photo_id).path).convert("RGB")
+    out = crop(image, finding.state.box, 1.3)
     out.thumbnail((size, size))
     return out
 

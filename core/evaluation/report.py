@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -11,10 +12,10 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.analysis import RELATIONS, fmt  # noqa: E402
 from core.data import YoloDataset  # noqa: E402
-from core.draw import draw_boxes, tile, type_colors  # noqa: E402
 from core.images import load_image  # noqa: E402
+from core.overlay import draw_boxes, tile, type_colors  # noqa: E402
+from core.stage2.spatial import PAIRWISE  # noqa: E402
 
 
 def write_plots(ds: YoloDataset, result: dict, out: Path) -> None:
@@ -114,12 +115,20 @@ def markdown(result: dict) -> str:
         ]
         parts.append("### Box statistics (fractions of the image)\n\n"
                      + _table(["label", "n", "area", "width", "height", "mean y", "top", "middle", "bottom"], rows))
-        rows = [[pair.replace("|", " → "), *(f"{r[x]['count']} ({r[x]['pct']:.0f}%)" for x in RELATIONS)] for pair, r in d["relations"].items()]
+        rows = [[pair.replace("|", " → "), *(f"{r[x]['count']} ({r[x]['pct']:.0f}%)" for x in PAIRWISE)] for pair, r in d["relations"].items()]
         parts.append("### Spatial relations between types (row object relative to column object)\n\n"
-                     + _table(["A → B", *RELATIONS], rows))
+                     + _table(["A → B", *PAIRWISE], rows))
         types = d["cooccurrence"]["types"]
         m = d["cooccurrence"]["images_with_both"]
         parts.append("### Co-occurrence (images containing both)\n\n" + _table(["", *types], [[t, *m[i]] for i, t in enumerate(types)]))
         sus = d["suspicious"]
         parts.append(f"### Suspicious labels: {len(sus)}\n\n" + (_table(["image", "issue", "detail"], [[s["image"], s["issue"], s["detail"]] for s in sus]) if sus else "None found."))
     return "\n\n".join(parts) + "\n"
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.3g}"
+    return str(value)

@@ -19,11 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
-from core.classifier import PhotoContext
 from core.errors import SlopewatchError, WeightsError
-from core.prompts import Hints, object_prompt
-from core.rationale import human, trim_unfinished
-from core.spatial import band
+from core.stage2.classifier import PhotoContext
+from core.stage2.prompts import Hints, object_prompt
+from core.stage2.rationale import human, trim_unfinished
+from core.stage2.registry import BackendOptions
+from core.stage2.spatial import band
 from core.taxonomy import Taxonomy
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
@@ -246,8 +247,8 @@ class Qwen2VLBackend:
         return texts
 
     def answer_mcq(self, ctx: PhotoContext, targets: Sequence[int], taxonomy: Taxonomy, max_tokens: int = 4) -> list:
-        """Multiple-choice answers (see :mod:`core.mcq`), generated greedily from the shared prefill."""
-        from core.mcq import LETTERS, Answer, option_texts, question_text
+        """Multiple-choice answers (see :mod:`core.stage2.mcq`), generated greedily from the shared prefill."""
+        from core.stage2.mcq import LETTERS, Answer, option_texts, question_text
 
         rows = []
         for i in targets:
@@ -259,3 +260,10 @@ class Qwen2VLBackend:
             letter_ids = [self.tok.encode(L, add_special_tokens=False)[0] for L in LETTERS[:len(option_texts(taxonomy, ctx.detections[i].type))]]
             answers.append(Answer(self.tok.decode(generated[k], skip_special_tokens=True).strip(), first[k, letter_ids].numpy()))
         return answers
+
+
+def from_options(options: BackendOptions) -> Qwen2VLBackend:
+    if not options.qwen_model:
+        raise SlopewatchError("backend qwen2vl needs a model: pass --qwen-model HUB_ID_OR_FOLDER")
+    cfg = Qwen2VLConfig(model=options.qwen_model, adapter=options.qwen_adapter, precision=options.qwen_precision, device=options.device)
+    return Qwen2VLBackend(cfg, options.taxonomy)

@@ -14,8 +14,8 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from core.rationale import template_rationale
-from core.spatial import Fact, spatial_facts
+from core.stage2.rationale import template_rationale
+from core.stage2.spatial import Fact, spatial_facts
 from core.taxonomy import Taxonomy
 from core.types import Detection, Finding
 
@@ -56,7 +56,11 @@ class ConditionClassifier:
 
     def classify(self, image: Image.Image, detections: Sequence[Detection], image_key: str | None = None) -> list[Finding]:
         """One finding per detection, in the same order."""
-        ctx = photo_context(image, detections, image_key)
+        return self.classify_context(photo_context(image, detections, image_key))
+
+    def classify_context(self, ctx: PhotoContext) -> list[Finding]:
+        """One finding per detection of an already built context (its facts are computed once)."""
+        image, detections = ctx.image, ctx.detections
         targets = [i for i, d in enumerate(detections) if self.taxonomy.needs_condition(d.type)]
         scored = dict(zip(targets, self.backend.score(ctx, targets))) if targets else {}
         writer = getattr(self.backend, "rationales", None)
@@ -82,24 +86,3 @@ class ConditionClassifier:
                     f.backend, f.version)
             for i, (f, text) in enumerate(zip(findings, texts))
         ]
-
-
-class TypeMajority:
-    """Baseline: always the most frequent training class of the detection's type."""
-
-    name = "type-majority"
-
-    def __init__(self, taxonomy: Taxonomy, class_counts: dict[str, int]):
-        self.taxonomy = taxonomy
-        self.counts = class_counts
-        self.version = hashlib.sha256(repr(sorted(class_counts.items())).encode()).hexdigest()[:12]
-
-    def score(self, ctx: PhotoContext, targets: Sequence[int]) -> list[np.ndarray]:
-        out = []
-        for i in targets:
-            cands = self.taxonomy.classes_for_type(ctx.detections[i].type)
-            counts = np.array([self.counts.get(c.name, 0) for c in cands], dtype=float)
-            p = np.full(len(cands), 1e-6)
-            p[int(np.argmax(counts))] = 1.0
-            out.append(p)
-        return out

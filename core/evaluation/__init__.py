@@ -1,0 +1,1 @@
+"""Evaluation and measurement: metrics, detector/classifier/pipeline scores, MCQ, bench, dataset analysis."""

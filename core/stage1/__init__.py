@@ -1,0 +1,1 @@
+"""Stage 1: the YOLO object detector (rock toe, slope drain, toe drain, vegetation)."""

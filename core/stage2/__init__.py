@@ -1,0 +1,1 @@
+"""Stage 2: each detected object's condition, with probabilities and a rationale; backends in ``backends/``."""

@@ -1,0 +1,41 @@
+"""Photos with known classes: what stage-2 training and scoring read, from a dataset or from
+reviewed photos in the store (``db.store.Store.reviewed_photos`` builds the same type)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from core.data import Sample, YoloDataset, file_sha256
+from core.errors import DatasetError
+from core.images import load_image
+from core.types import Detection
+
+
+@dataclass(frozen=True)
+class LabeledPhoto:
+    """A photo with its objects and their true classes (``None``: not verified, skipped in
+    training and scoring), keyed by content hash. Datasets and reviewed DB photos both give these."""
+
+    image: object
+    detections: tuple[Detection, ...]
+    classes: tuple[str | None, ...]
+    key: str
+
+    def __post_init__(self) -> None:
+        if len(self.detections) != len(self.classes):
+            raise ValueError(f"LabeledPhoto {self.key[:12]}: expected one class per detection, "
+                             f"found {len(self.classes)} classes for {len(self.detections)} detections")
+
+
+def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, list[Detection], list[str], str]]:
+    """Per photo: the sample, the upright image, GT boxes as detections, GT classes, content hash."""
+    if ds.label_space != "classes":
+        raise DatasetError(f"expected condition classes {ds.taxonomy.class_names}, found types {ds.names}", str(ds.yaml_path))
+    for s in ds.samples(split):
+        dets = [Detection(o.box, o.type, 1.0) for o in s.objects]
+        yield s, load_image(s.image_path), dets, [o.class_name for o in s.objects], file_sha256(s.image_path)
+
+
+def labeled_photos(ds: YoloDataset, split: str) -> list[LabeledPhoto]:
+    return [LabeledPhoto(image, tuple(dets), tuple(classes), key) for _, image, dets, classes, key in ground_truth(ds, split)]

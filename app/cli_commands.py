@@ -159,6 +159,8 @@ COMMANDS = [
      "core.evaluation.bench:DetectorBenchConfig", "core.evaluation.bench:bench_detector", (), None),
     ("bench", "pipeline", "seconds per photo/object, photos/s, peak RSS, shared vs naive",
      "core.evaluation.bench:PipelineBenchConfig", "core.evaluation.bench:bench_pipeline", (), None),
+    ("bench", "review", "a scripted reviewer in the Review workspace: server ms per action, inputs per photo",
+     "app.bench_review:ReviewBenchConfig", "app.bench_review:bench_review", (), None),
     (None, "serve", "start the web app (inspect, review, queue, dashboard, export)",
      "app.web:ServeConfig", "app.web:serve_forever", (), None),
     (None, "export", "write reviewed photos as a YOLO or COCO dataset (9-class labels)",

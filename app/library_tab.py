@@ -139,14 +139,13 @@ class LibraryHandlers:
         return [(Image.open(h["path"]).convert("RGB"), f"photo {h['photo_id']} ({h['score']:.2f})") for h in hits], f"{len(hits)} photo(s)."
 
 
-def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_folder=None):
+def build_library_tab(store, tabs, open_finding, review_view, clip_folder=None):
     """Add the Library tab's components and wire its handlers inside the open ``gr.Tabs``.
 
     Args:
         store: the review store.
-        finding: the Review tab's object-id component; a map click fills it in.
         tabs: the ``gr.Tabs`` to switch to the Review tab.
-        load_finding: the Review tab's loader, and ``load_outputs`` its outputs.
+        open_finding: the Review tab's handler opening an object's photo, and ``review_view`` its outputs.
         clip_folder: CLIP checkpoint folder; None hides photo search.
     """
     tax = store.taxonomy
@@ -162,6 +161,7 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
                 draw_btn = gr.Button("Draw map", elem_id="sw-draw-map")
             map_msg = gr.Markdown(elem_id="sw-map-msg")
             map_view = gr.HTML(elem_id="sw-map", js_on_load=MAP_JS)
+            map_pick = gr.Number(visible=False, elem_id="sw-map-pick")
         with gr.Accordion("Similar objects", open=False):
             with gr.Row():
                 sim_id = gr.Number(label="Object id", precision=0, elem_id="sw-sim-id")
@@ -192,7 +192,7 @@ def build_library_tab(store, finding, tabs, load_finding, load_outputs, clip_fol
 
     embed_btn.click(h.embed, None, embed_msg, concurrency_limit=1, api_name="embed")
     draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw")
-    map_view.click(h.pick, None, finding, api_name="pick").then(load_finding, finding, load_outputs, api_name=False).then(
+    map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
         lambda: gr.Tabs(selected="review"), None, tabs, api_name=False)
     sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")
     sim_apply.click(h.bulk, [sim_pick, sim_class], sim_status, api_name="bulk")

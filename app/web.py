@@ -1,10 +1,8 @@
 """The browser app (Gradio Blocks): page layout and wiring only.
 
-Handlers are the named methods of ``app.handlers.Handlers`` (wired with explicit ``api_name``s);
-they call the use cases in ``app.usecases``; the rules live there and in ``db``.
-
-Keyboard shortcuts on the Review tab (when no text field has focus): ``a`` accept and go to the
-next queued object, ``n`` next without changing, ``d`` delete the selected box.
+Handlers are the named methods of ``app.handlers.Handlers``, ``app.review_tab.ReviewHandlers``
+and ``app.library_tab.LibraryHandlers``, wired with explicit ``api_name``s; they call the use
+cases in ``app.usecases``; the rules live there and in ``db``. Review keys: ``app.review_tab``.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.models import ModelHost
 from core.paths import clip_model_dir
 from core.photos import MAX_UPLOAD_BYTES
 from core.pipeline import Pipeline
@@ -19,19 +18,6 @@ from core.stage2 import registry
 from db.store import Store
 
 LOCALHOST = ("127.0.0.1", "localhost", "::1")
-
-SHORTCUTS_JS = """
-<script>
-document.addEventListener('keydown', (e) => {
-  const t = e.target.tagName;
-  if (t === 'INPUT' || t === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;
-  const id = {a: 'sw-accept-next', n: 'sw-next', d: 'sw-delete'}[e.key];
-  const el = id && document.getElementById(id);
-  if (el) { e.preventDefault(); el.click(); }
-});
-</script>
-"""
-
 
 @dataclass
 class ServeConfig:
@@ -83,113 +69,114 @@ class ServeConfig:
         return out
 
 
-def build_app(pipeline: Pipeline, store: Store, config: ServeConfig | None = None):
-    """The Gradio Blocks app over a pipeline and a store."""
+def page_head() -> str:
+    """The page's extra ``<head>``: the Review tab's keyboard shortcuts."""
+    from app.review_tab import REVIEW_KEYS_JS
+
+    return f"<script>{REVIEW_KEYS_JS}</script>"
+
+
+def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None):
+    """The Gradio Blocks app over the served models and a store."""
     import gradio as gr
 
-    from app.handlers import HISTORY_HEADERS, QUEUE_HEADERS, TABLE_HEADERS, Handlers
+    from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers
     from app.library_tab import build_library_tab
+    from app.review_tab import ReviewHandlers, build_review_tab
 
     tax = store.taxonomy
     config = config or ServeConfig(no_auth=True)
-    h = Handlers(pipeline, store)
+    h, rh = Handlers(models, store), ReviewHandlers(store)
+    to_review = (lambda: gr.Tabs(selected="review"), None)
 
     with gr.Blocks(title="slopewatch") as demo:
         gr.Markdown("# slopewatch — embankment drainage inspection")
         with gr.Tabs() as tabs:
-            with gr.Tab("Inspect"):
+            with gr.Tab("Inspect", id="inspect"):
                 files = gr.File(label="Inspection photos (JPEG, PNG, HEIC)", file_count="multiple", file_types=["image"], elem_id="sw-upload")
                 run = gr.Button("Inspect", variant="primary", elem_id="sw-inspect")
                 message = gr.Markdown(elem_id="sw-message")
-                gallery = gr.Gallery(label="Findings", columns=2, height="auto", elem_id="sw-gallery")
-                objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects")
-            with gr.Tab("Review", id="review"):
+                gallery = gr.Gallery(label="Findings", columns=2, height="auto", object_fit="contain", elem_id="sw-gallery")
+                gr.HTML("Colours: " + "".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;'
+                                              for k, c in sorted(rh.colors.items())), elem_id="sw-inspect-legend")
                 with gr.Row():
-                    finding = gr.Number(label="Object id", precision=0, elem_id="sw-finding")
-                    load = gr.Button("Load", elem_id="sw-load")
-                    nxt = gr.Button("Next in queue (n)", elem_id="sw-next")
-                # A (hidden) component, not gr.State: API clients must send the revision they saw.
-                revision = gr.Number(visible=False, precision=0, elem_id="sw-revision")
-                with gr.Row():
-                    review_image = gr.Image(label="Photo", type="pil", interactive=False)
-                    with gr.Column():
-                        summary = gr.Markdown()
-                        accept_next = gr.Button("Accept and next (a)", variant="primary", elem_id="sw-accept-next")
-                        new_class = gr.Dropdown(label="Class", choices=tax.class_names, elem_id="sw-class")
-                        relabel = gr.Button("Change class", elem_id="sw-relabel")
-                        with gr.Row():
-                            new_type = gr.Dropdown(label="Type", choices=tax.type_names)
-                            new_type_class = gr.Dropdown(label="Class for that type", choices=tax.class_names)
-                        retype = gr.Button("Change type and class")
-                        rationale = gr.Textbox(label="Rationale", lines=2)
-                        save_rationale = gr.Button("Save rationale")
-                        note = gr.Textbox(label="Note", lines=1)
-                        save_note = gr.Button("Add note")
-                        with gr.Row():
-                            bx = [gr.Number(label=n) for n in ("x1", "y1", "x2", "y2")]
-                        save_box = gr.Button("Move box")
-                        delete = gr.Button("Delete false box (d)", variant="stop", elem_id="sw-delete")
-                        with gr.Accordion("Add a missed object", open=False):
-                            missed_class = gr.Dropdown(label="Class", choices=tax.class_names)
-                            add_box = gr.Button("Add box (uses x1..y2 above, on the loaded photo)")
-                        status = gr.Markdown(elem_id="sw-status")
-                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History")
-            with gr.Tab("Queue"):
+                    last_photo = gr.Number(label="Last inspected photo", precision=0, interactive=False, elem_id="sw-last-photo")
+                    review_this = gr.Button("Review this photo", elem_id="sw-review-this")
+                objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects",
+                                       label="Objects (click a row to review it)")
+            photo, view = build_review_tab(store, rh)
+            with gr.Tab("Queue", id="queue"):
                 with gr.Row():
                     f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
                     f_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
                     f_cond = gr.Dropdown(label="Condition", choices=["", *tax.conditions, "none"], value="")
                     f_model = gr.Textbox(label="Model version")
                     f_reviewer = gr.Textbox(label="Reviewer")
-                refresh = gr.Button("Refresh queue")
-                queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False)
-            with gr.Tab("Dashboard"):
+                refresh = gr.Button("Refresh queue", elem_id="sw-refresh-queue")
+                queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, elem_id="sw-queue",
+                                           label="Photos by need: unreviewed first, then least certain (click a row to review it)")
+            with gr.Tab("Dashboard", id="dashboard"):
                 dash = gr.Markdown()
                 dash_refresh = gr.Button("Refresh")
-            with gr.Tab("Export"):
+            with gr.Tab("Export", id="export"):
                 fmt = gr.Radio(["yolo", "coco"], value="yolo", label="Format")
+                include_unreviewed = gr.Checkbox(label="Also export photos not yet marked done (marked unreviewed in manifest.json)", value=False)
+                valid_percent = gr.Slider(0, 50, value=0, step=5, label="Photos held out as valid (%; by photo hash)")
                 export_btn = gr.Button("Export reviewed photos")
                 export_file = gr.File(label="Dataset")
                 export_msg = gr.Markdown()
+            build_library_tab(store, tabs, rh.open_finding, view, config.clip_model or clip_model_dir())
 
-            load_outputs = [review_image, summary, new_class, rationale, revision, history, *bx]
-            build_library_tab(store, finding, tabs, h.load_finding, load_outputs, config.clip_model or clip_model_dir())
-
-        run.click(h.inspect, files, [gallery, objects, message], concurrency_limit=1, api_name="inspect")
-        objects.select(h.pick_row, None, finding, api_name="pick_row").then(h.load_finding, finding, load_outputs, api_name=False)
-        load.click(h.load_finding, finding, load_outputs, api_name="load_finding")
-        nxt.click(h.next_in_queue, finding, finding, api_name="next_in_queue").then(h.load_finding, finding, load_outputs, api_name=False)
-        # Every edit: (object id, revision seen, inputs...) -> status line, then reload the object.
-        for button, handler, inputs in ((relabel, h.relabel, [new_class]), (retype, h.retype, [new_type, new_type_class]),
-                                        (save_rationale, h.edit_rationale, [rationale]), (save_note, h.add_note, [note]),
-                                        (delete, h.delete, []), (save_box, h.move_box, bx), (add_box, h.add_missed, [missed_class, *bx])):
-            button.click(handler, [finding, revision, *inputs], status, api_name=f"do_{handler.__name__}").then(
-                h.load_finding, finding, load_outputs, api_name=False)
-        accept_next.click(h.accept_and_next, [finding, revision], [status, finding], api_name="accept_and_next").then(
-            h.load_finding, finding, load_outputs, api_name=False)
+        picked = gr.Number(visible=False)
+        run.click(h.inspect, files, [gallery, objects, message, last_photo], concurrency_limit=1, concurrency_id="inspect", api_name="inspect")
+        review_this.click(rh.open_photo, last_photo, view, api_name="review_photo").then(*to_review, tabs, api_name=False)
+        objects.select(h.pick_object, None, picked, api_name=False).then(
+            rh.open_finding, picked, view, api_name=False).then(*to_review, tabs, api_name=False)
         refresh.click(h.queue_rows, [f_type, f_class, f_cond, f_model, f_reviewer], queue_table, api_name="queue_rows")
+        queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.open_photo, photo, view, api_name=False).then(
+            *to_review, tabs, api_name=False)
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")
-        export_btn.click(h.export, fmt, [export_file, export_msg], api_name="export")
+        export_btn.click(h.export, [fmt, include_unreviewed, valid_percent], [export_file, export_msg], api_name="export")
         demo.load(h.dashboard, None, dash, api_name=False)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=2)
     return demo
 
 
 def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
-    """Build the default pipeline and store, and launch the app."""
+    """Launch the app at once and load the models in the background; print the URL, then a
+    ready line when inspection can start."""
+    from core.model_registry import ModelRegistry
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2.classifier import ConditionClassifier
+    from core.taxonomy import load_taxonomy
 
-    detector = Detector(DetectorConfig())
-    backend = registry.create(cfg.backend, registry.BackendOptions(detector.taxonomy))
-    pipeline = Pipeline(detector, ConditionClassifier(backend, detector.taxonomy))
-    store = Store(cfg.db, detector.taxonomy)
-    demo = build_app(pipeline, store, cfg)
+    detector: list = []  # loaded once; a stage-2 swap reuses it
+
+    def build(version: str | None) -> Pipeline:
+        if not detector:
+            detector.append(Detector(DetectorConfig()))
+        backend = registry.create(cfg.backend, registry.BackendOptions(detector[0].taxonomy))
+        return Pipeline(detector[0], ConditionClassifier(backend, detector[0].taxonomy))
+
+    # Only the adapter follows the registry's promotions; other backends never swap.
+    models = ModelHost(build, ModelRegistry().current if cfg.backend == "adapter" else None)
+    models.start()
+    store = Store(cfg.db, load_taxonomy())
+    demo = build_app(models, store, cfg)
     demo.launch(
         server_name=cfg.host, server_port=cfg.port, share=False, auth=None if cfg.no_auth else cfg.users(),
-        max_file_size=f"{cfg.max_upload_mb}mb", allowed_paths=[], prevent_thread_lock=prevent_thread_lock,
-        head=SHORTCUTS_JS, show_error=True, quiet=True,
+        max_file_size=f"{cfg.max_upload_mb}mb", allowed_paths=[], prevent_thread_lock=True,
+        head=page_head(), show_error=True, quiet=True,
     )
+    url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}/"
+    print(f"slopewatch: serving {url} (database {store.path}); models loading…", flush=True)
+    if models.wait():
+        backend = models.pipeline().classifier.backend
+        print(f"slopewatch: ready — stage 2 {backend.name} {backend.version}", flush=True)
+    else:
+        print(f"slopewatch: models failed to load: {models.error}; the review tabs work, inspection does not", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
     return demo
 
 

@@ -28,13 +28,15 @@ pi_heif.register_heif_opener()
 Image.init()  # register every plugin, so the formats= allow-list can name TIFF and WebP
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open, fully decode, EXIF-rotate and convert an image to RGB.
+
+    ``name`` is what error messages call the image (default: its path; "uploaded bytes" for bytes).
 
     Raises:
         ImageError: empty, not an image, truncated, too large, or an unsupported format.
     """
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    name = name or ("uploaded bytes" if isinstance(source, bytes) else str(source))
     data = source if isinstance(source, bytes) else None
     if data is None:
         try:

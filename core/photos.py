@@ -29,23 +29,25 @@ def photos_dir() -> Path:
     return path
 
 
-def ingest(source: str | Path | bytes, folder: Path | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> StoredPhoto:
+def ingest(source: str | Path | bytes, folder: Path | None = None, max_bytes: int = MAX_UPLOAD_BYTES, name: str | None = None) -> StoredPhoto:
     """Validate and store one upload; the same bytes twice give the same file, written once.
 
     The stored copy is upright (EXIF applied) RGB, so boxes are always in upright coordinates and
-    the photo no longer depends on the uploader's temp file.
+    the photo no longer depends on the uploader's temp file. ``name`` (default: the file's name)
+    is what error messages call the upload.
 
     Raises:
         core.errors.ImageError: too large, empty, not an image, truncated, or a decompression bomb.
     """
     from core.errors import ImageError
 
+    name = name or ("uploaded bytes" if isinstance(source, bytes) else Path(source).name)
     data = source if isinstance(source, bytes) else Path(source).read_bytes() if Path(source).is_file() else None
     if data is None:
-        raise ImageError(f"{source}: expected an image file, found nothing")
+        raise ImageError(f"{name}: expected an image file, found nothing")
     if len(data) > max_bytes:
-        raise ImageError(f"expected an upload of at most {max_bytes // 2**20} MB, found {len(data) / 2**20:.1f} MB")
-    image = load_image(data)
+        raise ImageError(f"{name}: expected an upload of at most {max_bytes // 2**20} MB, found {len(data) / 2**20:.1f} MB")
+    image = load_image(data, name=name)
     sha = hashlib.sha256(data).hexdigest()
     folder = folder or photos_dir()
     path = folder / f"{sha}.png"

@@ -137,6 +137,31 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         )
         """,
     )),
+    (3, "undo and photo confirmations", (
+        """
+        -- An undo is itself an appended correction naming the one it reverses (NULL on every other
+        -- row), so history stays append-only and "already undone?" is one indexed lookup. The column
+        -- must default to NULL: SQLite only adds a REFERENCES column to a table that way.
+        ALTER TABLE corrections ADD COLUMN undoes INTEGER REFERENCES corrections(id)
+        """,
+        """
+        -- UNIQUE: a correction is undone at most once, even if two undo requests race (NULLs do not clash).
+        CREATE UNIQUE INDEX corrections_undoes ON corrections(undoes)
+        """,
+        """
+        -- A reviewer's "this photo is done", appended on each confirmation. A photo counts as done
+        -- only while its latest confirmation is no older than its latest correction.
+        CREATE TABLE photo_reviews (
+            id INTEGER PRIMARY KEY,
+            photo_id INTEGER NOT NULL REFERENCES photos(id),
+            reviewer TEXT NOT NULL REFERENCES users(name),
+            created_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE INDEX photo_reviews_photo ON photo_reviews(photo_id)
+        """,
+    )),
 ]
 
 

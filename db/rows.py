@@ -1,4 +1,5 @@
-"""Typed rows the store returns: what a finding looks like now, its history, a reviewed photo.
+"""Typed rows the store returns: what a finding looks like now, its history, a reviewed photo,
+a photo's review progress and its line in the photo queue.
 
 Rows are small frozen dataclasses built with ``from_row`` from ``sqlite3.Row``; nothing outside
 ``db/`` sees a raw row, a column name or a status string.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import asdict, dataclass, fields
+from pathlib import PurePath
 
 from core.types import Box, Status
 
@@ -88,11 +90,13 @@ class StoredFinding:
     margin: float | None
     detector_confidence: float | None
     model_version: str | None
+    probabilities: dict | None = None  # the model's probability per candidate class (None: drawn by a reviewer)
 
     @classmethod
     def from_row(cls, row) -> "StoredFinding":
+        probs = row["probabilities_json"]
         return cls(FindingState.from_row(row), row["photo_id"], row["idx"], row["model_class"], row["confidence"],
-                   row["margin"], row["detector_confidence"], row["model_version"])
+                   row["margin"], row["detector_confidence"], row["model_version"], json.loads(probs) if probs else None)
 
     @property
     def finding_id(self) -> int:
@@ -112,18 +116,20 @@ class Correction:
     model_version: str | None
     revision: int
     created_at: float
+    undoes: int | None = None  # on an "undo" row: the id of the correction it reverses
 
     @classmethod
     def from_row(cls, row) -> "Correction":
         return cls(row["id"], row["finding_id"], row["reviewer"], row["action"], json.loads(row["before_json"]),
-                   json.loads(row["after_json"]), row["model_version"], row["revision"], row["created_at"])
+                   json.loads(row["after_json"]), row["model_version"], row["revision"], row["created_at"], row["undoes"])
 
 
 @dataclass(frozen=True)
 class ReviewedPhoto:
-    """A photo with at least one reviewed finding, and all its live (not deleted) findings.
+    """A photo and all its live (not deleted) findings, in detection order.
 
-    The one definition of a photo's reviewed state: export writes it, the nightly job trains on it.
+    ``Store.reviewed_photos`` gives the photos with at least one reviewed finding (what the nightly
+    job trains on); ``Store.done_photos`` the confirmed ones (what export writes by default).
     """
 
     photo: PhotoRecord
@@ -133,3 +139,59 @@ class ReviewedPhoto:
     def complete(self) -> bool:
         """Every live finding decided by a reviewer (none pending)."""
         return all(f.status is Status.REVIEWED for f in self.findings)
+
+
+@dataclass(frozen=True)
+class PhotoProgress:
+    """How far a photo's review is: object counts by status, and whether a reviewer confirmed it.
+
+    ``done``: no live finding is pending and a confirmation is no older than the photo's latest
+    correction (an edit after confirming reopens the photo until it is confirmed again).
+    ``confirmed_by``: the latest confirmer while done, else None.
+    """
+
+    photo_id: int
+    n_objects: int
+    n_pending: int
+    n_reviewed: int
+    n_deleted: int
+    done: bool
+    confirmed_by: str | None = None
+
+    @classmethod
+    def from_row(cls, row) -> "PhotoProgress":
+        done = bool(row["done"])
+        return cls(row["photo_id"], row["n_objects"], row["n_pending"], row["n_reviewed"], row["n_deleted"], done,
+                   row["last_confirmer"] if done else None)
+
+
+@dataclass(frozen=True)
+class PhotoQueueRow:
+    """One photo in the photo-by-photo review queue.
+
+    Attributes:
+        photo_id: the photo.
+        name: its upload name (the stored file's name when there is none).
+        n_objects: live (not deleted) findings.
+        n_pending: live findings still awaiting a reviewer.
+        min_margin: lowest top-1 minus top-2 probability over pending findings (None without one).
+        min_detector_confidence: lowest detector confidence over pending findings (None without one).
+        expected_errors: sum of ``1 - confidence`` over pending model findings: how many wrong
+            labels the classifier itself expects on the photo (0 when nothing is pending).
+        done: as in ``PhotoProgress.done``.
+    """
+
+    photo_id: int
+    name: str
+    n_objects: int
+    n_pending: int
+    min_margin: float | None
+    min_detector_confidence: float | None
+    expected_errors: float
+    done: bool
+
+    @classmethod
+    def from_row(cls, row) -> "PhotoQueueRow":
+        name = row["original_name"] or PurePath(row["path"]).name
+        return cls(row["photo_id"], name, row["n_objects"], row["n_pending"], row["min_margin"],
+                   row["min_detector_confidence"], float(row["expected_errors"]), bool(row["done"]))

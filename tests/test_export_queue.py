@@ -83,8 +83,12 @@ def test_export_round_trip(store, tmp_path, fmt):
     store.correct(slope, 0, "ana", "relabel", class_name="slope drain blocked")
     store.correct(veg, 0, "ana", "delete")
     store.add_missed(rec.id, "ana", Box(0, 85, 100, 95), "Toe drain- Damaged")
+    assert export(store, tmp_path / "unconfirmed", fmt)["photos"] == 0  # reviewed objects, but not confirmed
+    store.correct(rock, 0, "ana", "accept")
+    store.confirm_photo(rec.id, "ana")
     counts = export(store, tmp_path / "out", fmt)
-    assert counts == {"photos": 1, "objects": 3, "format": fmt, "out": str(tmp_path / "out")}
+    assert counts == {"photos": 1, "reviewed_photos": 1, "unreviewed_photos": 0, "objects": 3,
+                      "splits": {"train": 1, "valid": 0}, "format": fmt, "out": str(tmp_path / "out")}
     if fmt == "coco":
         coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
         assert sorted(TAX.class_names[a["category_id"]] for a in coco["annotations"]) == ["Toe drain- Damaged", "rock toe damaged", "slope drain blocked"]
@@ -105,5 +109,6 @@ def test_export_cli(tmp_path):
     rec, _ = s.add_photo(photo.sha256, str(photo.path), 50, 50, "x.jpg", "ana")
     [fid] = s.add_run(rec.id, [_f("rock_toe", "rock toe", {"rock toe": 0.6, "rock toe damaged": 0.4})], "det", "p", 0.1)
     s.correct(fid, 0, "ana", "accept")
+    s.confirm_photo(rec.id, "ana")
     assert main(["export", str(tmp_path / "ds"), "--db", str(db)]) == 0
     assert len(load_dataset(tmp_path / "ds" / "data.yaml").samples("train")) == 1

@@ -1,6 +1,8 @@
-"""The web app's handlers called by name, without a server: inspect a real photo, load and
-correct an object, and the Queue tab's table (which crashed with KeyError 'index' before)."""
+"""The web app's handlers called by name, without a server, on real photos and a real SQLite
+file: inspect, the per-photo Review workspace (canvas save, class keys, accept, accept all,
+undo, photo done, next photo), and the photo queue. Each asserts the correction rows written."""
 
+import sqlite3
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +10,9 @@ import pytest
 pytest.importorskip("gradio")
 
 from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers  # noqa: E402
+from app.models import ModelHost  # noqa: E402
+from app.review_tab import ReviewHandlers  # noqa: E402
+from app.usecases.canvas import canvas_scale  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
 from core.stage1.detector import Detector, DetectorConfig  # noqa: E402
@@ -15,7 +20,9 @@ from core.stage2 import registry  # noqa: E402
 from core.stage2.classifier import ConditionClassifier  # noqa: E402
 from db.store import Store  # noqa: E402
 
-ANA = SimpleNamespace(username="ana")
+ANA, BO = SimpleNamespace(username="ana"), SimpleNamespace(username="bo")
+PHOTOS = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))
+VIEW = len(ReviewHandlers.VIEW) + len(ReviewHandlers.PANEL)
 
 
 class NoProgress:
@@ -23,34 +30,119 @@ class NoProgress:
         return items
 
 
+def view(out, offset=0) -> dict:
+    """A handler's view tuple by component name (``offset`` 1 skips a leading status line)."""
+    return dict(zip(ReviewHandlers.VIEW + ReviewHandlers.PANEL, out[offset:]))
+
+
+def rows(db, sql, *args):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
 @pytest.fixture(scope="module")
-def handlers(tmp_path_factory):
+def pipeline():
     detector = Detector(DetectorConfig(device="cpu"))
-    pipeline = Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
-    return Handlers(pipeline, Store(tmp_path_factory.mktemp("handlers") / "review.db"))
+    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
 
 
-def test_inspect_load_relabel_and_queue(handlers):
-    photo = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))[0]
-    gallery, rows, message = handlers.inspect([str(photo)], ANA, NoProgress())
-    assert message == "Inspected 1 photo(s)." and len(gallery) == 1 and rows
-    assert all(len(r) == len(TABLE_HEADERS) for r in rows) and [r[2] for r in rows] == list(range(len(rows)))
-    fid, _, _, object_type, class_name = next(r for r in rows if r[3] != "vegetation")[:5]
+@pytest.fixture
+def app(pipeline, tmp_path):
+    store = Store(tmp_path / "review.db")
+    return SimpleNamespace(h=Handlers(ModelHost.ready(pipeline), store), r=ReviewHandlers(store), store=store, db=str(tmp_path / "review.db"))
 
-    image, summary, _, _, revision, history, *box = handlers.load_finding(fid)
-    assert image is not None and f"#{fid}" in summary and revision == 0 and history == []
-    assert box == [round(v, 1) for v in handlers.store.state(fid).box.xyxy]
 
-    other = next(c.name for c in handlers.store.taxonomy.classes_for_type(object_type) if c.name != class_name)
-    assert handlers.relabel(fid, revision, other, ANA) == f"Saved: relabel on #{fid}."
-    assert "changed" in handlers.relabel(fid, revision, class_name, ANA)  # stale revision refused
-    state = handlers.store.state(fid)
-    assert (state.class_name, state.revision, state.updated_by) == (other, 1, "ana")
-    assert [(h.reviewer, h.action, h.before["class_name"], h.after["class_name"]) for h in handlers.store.history(fid)] == [
-        ("ana", "relabel", class_name, other)]
+def inspect(app, *photos):
+    gallery, table, message, last = app.h.inspect([str(p) for p in photos], ANA, NoProgress())
+    return gallery, table, message, last
 
-    queue = handlers.queue_rows("", "", "", "", "")
-    assert queue and all(len(r) == len(QUEUE_HEADERS) for r in queue)
-    assert queue[-1][0] == fid and queue[-1][7] == "reviewed"  # the reviewed object goes last
-    by_id = {r[0]: r for r in rows}
-    assert all(q[2] == by_id[q[0]][2] for q in queue)  # the queue's "#" is the photo's own numbering
+
+def test_inspect_lists_objects_with_their_photo_numbering_and_skips_bad_files(app, tmp_path):
+    bad = tmp_path / "not_a_photo.jpg"
+    bad.write_text("hello")
+    gallery, table, message, last = inspect(app, PHOTOS[0], bad, PHOTOS[0])
+    assert len(gallery) == 1 and table and all(len(r) == len(TABLE_HEADERS) for r in table)
+    assert [r[1] for r in table] == list(range(len(table)))  # "#k", as the overlay and canvas show it
+    assert "✗ not_a_photo.jpg: expected" in message and "<" not in message  # the file's name and its reason, no raw "<bytes>"
+    assert "Inspected 1 photo(s)" in message and last == table[0][0]
+    assert rows(app.db, "SELECT count(*) FROM photos") == [(1,)]
+
+
+def test_models_loading_is_said_not_crashed(app):
+    loading = Handlers(ModelHost(lambda version: None), app.store)
+    assert "loading" in loading.inspect([str(PHOTOS[0])], ANA, NoProgress())[2]
+
+
+def test_canvas_edits_each_write_one_correction(app):
+    *_, photo_id = inspect(app, PHOTOS[1])
+    v = view(app.r.open_photo(photo_id))
+    boxes = v["canvas"]["boxes"]
+    assert [b["label"].split(" ")[0] for b in boxes] == [f"#{k}" for k in range(len(boxes))]
+    ids = [fid for fid, _ in sorted(((int(k), r) for k, r in v["seen"].items()))]
+    assert len(boxes) >= 2
+    # Move #0, delete #1, draw a new rock toe: three corrections, one per change.
+    edited = [{**boxes[0], "xmin": boxes[0]["xmin"] + 6, "xmax": boxes[0]["xmax"] + 6}, *boxes[2:],
+              {"xmin": 5, "ymin": 5, "xmax": 60, "ymax": 50, "label": "rock toe damaged"}]
+    out = app.r.save_canvas(photo_id, {"boxes": edited}, v["seen"], ANA)
+    assert out[0].startswith("Saved") and "#0 moved" in out[0] and "#1 deleted" in out[0] and "added" in out[0]
+    got = rows(app.db, "SELECT finding_id, action, reviewer FROM corrections ORDER BY id")
+    assert got == [(ids[1], "delete", "ana"), (ids[0], "edit_box", "ana"), (max(ids) + 1, "add", "ana")]
+    x1 = rows(app.db, "SELECT x1 FROM finding_state WHERE finding_id = ?", ids[0])[0][0]
+    photo = app.store.photo(photo_id)
+    assert x1 == pytest.approx((boxes[0]["xmin"] + 6) / canvas_scale(photo.width, photo.height), abs=1)  # stored in photo pixels
+    # The canvas echoes what the server drew: nothing more is written, nothing redrawn.
+    again = view(out, 1)
+    assert not isinstance(app.r.save_canvas(photo_id, again["canvas"], again["seen"], ANA)[0], str)  # gr.skip(): nothing said
+    assert len(rows(app.db, "SELECT id FROM corrections")) == 3
+    # A second reviewer saving over the old view is refused, the photo reloads, nothing is written.
+    stale = app.r.save_canvas(photo_id, {"boxes": edited[:1]}, v["seen"], BO)
+    assert "changed" in stale[0] and len(rows(app.db, "SELECT id FROM corrections")) == 3
+
+
+def test_class_keys_accept_accept_all_undo_and_photo_done(app):
+    *_, photo_id = inspect(app, PHOTOS[2])
+    v = view(app.r.open_photo(photo_id))
+    first = v["select"]["value"]
+    state = app.store.state(first)
+    classes = [c.name for c in app.store.taxonomy.classes_for_type(state.object_type)]
+    if len(classes) > 1:
+        other = next(c for c in classes if c != state.class_name)
+        out = app.r.set_class(photo_id, first, v["revision"], other, ANA)
+        assert out[0].startswith("Saved") and app.store.state(first).class_name == other
+        # Choosing the class it already has writes nothing.
+        assert "already" in app.r.set_class(photo_id, first, app.store.state(first).revision, other, ANA)[0]
+    # A stale accept is refused and stays on the same object.
+    stale = app.r.accept(photo_id, first, -1, ANA)
+    assert stale[0].startswith("⚠ Not saved") and view(stale, 1)["select"]["value"] == first
+    n_before = len(rows(app.db, "SELECT id FROM corrections"))
+    done_early = app.r.photo_done(photo_id, ANA)
+    assert "pending" in done_early[0] and len(rows(app.db, "SELECT id FROM photo_reviews")) == 0
+    out = app.r.accept_all(photo_id, ANA)
+    pending = [f for f in app.store.photo_findings(photo_id) if f.state.status == "pending"]
+    assert out[0].startswith("Saved: accepted") and not pending
+    accepted = len(rows(app.db, "SELECT id FROM corrections")) - n_before
+    assert accepted == len(rows(app.db, "SELECT id FROM corrections WHERE action = 'accept'"))
+    # Undo is itself a correction row: the last accept is undone, nothing is deleted.
+    undone = app.r.undo(photo_id, ANA)
+    assert undone[0].startswith("Undone")
+    last = rows(app.db, "SELECT action, reviewer, undoes FROM corrections ORDER BY id DESC LIMIT 1")[0]
+    assert last[0] == "undo" and last[1] == "ana" and last[2] is not None
+    app.r.accept_all(photo_id, ANA)
+    done = view(app.r.photo_done(photo_id, ANA), 1)
+    assert "reviewed" in done["header"] and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("ana",)]
+
+
+def test_next_photo_and_queue_by_photo(app):
+    inspect(app, PHOTOS[0], PHOTOS[3])
+    ids = [r[0] for r in app.h.queue_rows("", "", "", "", "")]
+    assert len(ids) == 2 and all(len(r) == len(QUEUE_HEADERS) for r in app.h.queue_rows("", "", "", "", ""))
+    first = view(app.r.open_photo(ids[0]))
+    assert view(app.r.next_photo(ids[0]))["photo"] != first["photo"]
+    assert view(app.r.next_photo(view(app.r.next_photo(ids[0]))["photo"]))["photo"] == ids[0]  # wraps around
+    app.r.accept_all(ids[0], ANA)
+    app.r.photo_done(ids[0], ANA)
+    assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
+    assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]

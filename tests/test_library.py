@@ -102,11 +102,14 @@ def test_apply_class_to_similar_objects_writes_one_correction_each(tmp_path, sam
     drains = [r["finding_id"] for r in store.query("SELECT finding_id FROM finding_state WHERE object_type = 'slope_drain'")][:2]
     veg = store.query("SELECT finding_id FROM finding_state WHERE object_type != 'slope_drain' LIMIT 1")[0]["finding_id"]
     before = store.query("SELECT count(*) AS n FROM corrections")[0]["n"]
+    # A drain that already says "blocked" is accepted: a relabel to the class it has changes nothing.
+    expected = ["accept" if store.state(f).class_name == "slope drain blocked" else "relabel" for f in drains] + ["retype"]
     out = apply_class(store, "bo", drains + [veg], "slope drain blocked")
-    assert [o.class_name for o in out] == ["slope drain blocked"] * 3
+    assert [o.class_name for o in out] == ["slope drain blocked"] * 3 and all(o.status == "reviewed" for o in out)
     assert store.state(veg).object_type == "slope_drain"  # another type is retyped with the class
     rows = store.query("SELECT * FROM corrections ORDER BY id")[before:]
-    assert [r["reviewer"] for r in rows] == ["bo"] * 3 and [r["action"] for r in rows] == ["relabel"] * len(drains) + ["retype"]
+    assert [r["reviewer"] for r in rows] == ["bo"] * 3 and [r["action"] for r in rows] == expected
+    assert apply_class(store, "bo", drains, "slope drain blocked") == []  # all reviewed with the class: nothing to write
 
 
 def test_text_search_with_filters(tmp_path, samples_yaml, text_encoder):

@@ -36,8 +36,8 @@ def world(tmp_path, samples_yaml, lm_factory):
             findings.append(Finding(Detection(o.box, o.type, 0.9), first, {first: 1.0} if not TAX.needs_condition(o.type)
                                     else {c.name: (1.0 if c.name == first else 0.0) for c in TAX.classes_for_type(o.type)}, "r", "fake", "0"))
         ids = store.add_run(photo.id, findings, "det", "fake:0", 0.1)
-        for fid, o in zip(ids, s.objects):
-            if TAX.needs_condition(o.type):
+        for fid, f, o in zip(ids, findings, s.objects):
+            if o.class_name != f.class_name:  # a relabel to the class it already has is refused
                 store.correct(fid, 0, "ana", "relabel", class_name=o.class_name)
             else:
                 store.correct(fid, 0, "ana", "accept")

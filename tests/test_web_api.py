@@ -28,14 +28,15 @@ def pipeline():
 
 @pytest.fixture(scope="module")
 def server(pipeline, tmp_path_factory):
-    from app.web import SHORTCUTS_JS, ServeConfig, build_app
+    from app.models import ModelHost
+    from app.web import ServeConfig, build_app, page_head
 
     db = tmp_path_factory.mktemp("web") / "review.db"
     store = Store(db)
     cfg = ServeConfig(no_auth=True, port=free_port())
-    demo = build_app(pipeline, store, cfg)
+    demo = build_app(ModelHost.ready(pipeline), store, cfg)
     demo.launch(server_name="127.0.0.1", server_port=cfg.port, prevent_thread_lock=True, max_file_size="5mb",
-                allowed_paths=[], head=SHORTCUTS_JS, quiet=True, show_error=True)
+                allowed_paths=[], head=page_head(), quiet=True, show_error=True)
     yield f"http://127.0.0.1:{cfg.port}/", store
     demo.close()
 
@@ -50,31 +51,33 @@ def test_upload_review_and_bad_files(server, tmp_path):
     empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    gallery, rows, message = client.predict([handle_file(str(photo)), handle_file(str(empty)), handle_file(str(text))],
-                                                      api_name="/inspect")
-    assert "empty.jpg" in message and "notes.jpg" in message and "✗" in message
+    gallery, rows, message, last = client.predict([handle_file(str(photo)), handle_file(str(empty)), handle_file(str(text))],
+                                                  api_name="/inspect")
+    assert "✗ empty.jpg: expected" in message and "✗ notes.jpg: expected" in message  # each bad file named, with its reason
     assert len(gallery) == 1
     data = rows["data"] if isinstance(rows, dict) else rows
     photo_id = store.query("SELECT id FROM photos")[0]["id"]
-    assert data and all(r[1] == photo_id for r in data)
+    assert last == photo_id and data and all(r[0] == photo_id for r in data)
     # The same upload twice is one photo, not two.
     client.predict([handle_file(str(photo))], api_name="/inspect")
     assert store.query("SELECT count(*) AS n FROM photos")[0]["n"] == 1
     # Only the good photo was stored; the server is still serving.
-    assert [r[2] for r in data] == list(range(len(data)))  # per-photo indices, as rationales cite them
-    finding = next(r for r in data if r[3] != "vegetation")
-    out = client.predict(finding[0], api_name="/load_finding")
-    revision = out[4]
-    assert list(out[6:]) == [round(v, 1) for v in store.state(finding[0]).box.xyxy]
-    cands = [c.name for c in store.taxonomy.classes_for_type(finding[3]) if c.name != finding[4]]
-    status = client.predict(finding[0], revision, cands[0], api_name="/do_relabel")
+    assert [r[1] for r in data] == list(range(len(data)))  # per-photo indices, as rationales cite them
+    row = next(r for r in data if r[3] != "vegetation")
+    fid = row[2]
+    view = client.predict(photo_id, api_name="/open_photo")
+    canvas = view[0]
+    assert len(canvas["boxes"]) == len(data) and canvas["boxes"][row[1]]["label"] == f"#{row[1]} {row[4]}"
+    client.predict(photo_id, fid, api_name="/select_object")
+    cands = [c.name for c in store.taxonomy.classes_for_type(row[3]) if c.name != row[4]]
+    status = client.predict(photo_id, fid, store.state(fid).revision, cands[0], api_name="/set_class")[0]
     assert "Saved" in status
-    assert store.state(finding[0]).class_name == cands[0]
-    hist = store.history(finding[0])
+    assert store.state(fid).class_name == cands[0]
+    hist = store.history(fid)
     assert hist[-1].reviewer == "anonymous" and hist[-1].action == "relabel"
     # A second reviewer acting on the old revision is told it changed, and nothing is lost.
-    stale = client.predict(finding[0], revision, cands[-1], api_name="/do_relabel")
-    assert "changed" in stale and store.state(finding[0]).class_name == cands[0]
+    stale = client.predict(photo_id, fid, 0, cands[-1], api_name="/set_class")[0]
+    assert "changed" in stale and store.state(fid).class_name == cands[0]
 
 
 def test_library_over_the_api(server):

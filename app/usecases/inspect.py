@@ -31,7 +31,7 @@ class Inspected:
 
 def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str) -> Inspected:
     """Ingest one upload, run both stages (once per photo content), store the findings."""
-    stored = ingest(source, photos_dir())
+    stored = ingest(source, photos_dir(), name=name)
     store.ensure_user(user)
     record, created = store.add_photo(stored.sha256, str(stored.path), stored.image.width, stored.image.height, name, user)
     if not created and store.has_findings(record.id):

@@ -1,16 +1,24 @@
-"""Use case: apply a reviewer's action to a finding and return its new state.
+"""Use case: review. Apply a reviewer's action to a finding, or save the whole photo's canvas, and
+return the new state.
 
 One entry point for every edit the Review tab (and any script) makes, so the rules live in one
-place: the reviewer is registered, the revision the reviewer saw is checked by the store (a
-stale edit raises ``StaleEdit``), and each action appends exactly one correction row.
+place: the reviewer is registered, the revision the reviewer saw is checked (a stale edit raises
+``StaleEdit`` and writes nothing), and each change appends exactly one correction row.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 
+from PIL import Image
+
+from app.usecases.canvas import CanvasObject, canvas_scale, diff, waiting
+from core.errors import SlopewatchError
+from core.paths import data_dir
 from core.types import Box, Status
-from db.rows import FindingState
+from db.rows import FindingState, StoredFinding
 from db.store import ACTIONS, InvalidEdit, Store
 
 
@@ -55,3 +63,113 @@ def next_pending(store: Store, current: int | None) -> int | None:
         if f.state.status is Status.PENDING and f.finding_id != current:
             return f.finding_id
     return current
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What one save of the canvas wrote: a line per correction (``#k relabel → class``)."""
+
+    lines: tuple[str, ...]
+    waiting: int = 0  # drawn boxes still waiting for the reviewer to choose their class
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.lines)
+
+
+def canvas_objects(findings: list[StoredFinding]) -> list[CanvasObject]:
+    """The photo's live objects as the canvas shows them (in ``#k`` order)."""
+    return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type)
+            for f in findings if f.state.status is not Status.DELETED]
+
+
+class StalePhoto(SlopewatchError):
+    """The photo changed since the reviewer loaded it (another reviewer); nothing was written."""
+
+
+def photo_changes(findings: list[StoredFinding], seen: dict) -> list[str]:
+    """What changed on a photo since a reviewer saw ``seen`` (``{finding id: revision}``)."""
+    revisions = {int(k): int(v) for k, v in (seen or {}).items()}
+    out = []
+    for f in findings:
+        s = f.state
+        if f.finding_id not in revisions:
+            if s.status is not Status.DELETED:
+                out.append(f"#{f.index} added by {s.updated_by or 'the model'}")
+        elif s.revision != revisions[f.finding_id]:
+            what = "deleted" if s.status is Status.DELETED else f"now {s.class_name}, revision {s.revision}"
+            out.append(f"#{f.index} {what} by {s.updated_by}")
+    return out
+
+
+def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, reviewer: str) -> Saved:
+    """Diff the returned canvas against the stored photo and write one correction per change.
+
+    ``seen`` maps each finding id shown to the revision the reviewer saw. When anything on the
+    photo changed since (another reviewer), nothing is written and :class:`StalePhoto` says what
+    changed: the reviewer's canvas no longer shows the photo as it is.
+    """
+    photo = store.photo(photo_id)
+    findings = store.photo_findings(photo_id)
+    shown = canvas_objects(findings)
+    changes = diff(shown, boxes, store.taxonomy, photo.width, photo.height, canvas_scale(photo.width, photo.height))
+    if not changes:
+        return Saved((), waiting(boxes))
+    changed = photo_changes(findings, seen)
+    if changed:
+        raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(changed)}")
+    revisions = {f.finding_id: f.state.revision for f in findings}
+    index = {f.finding_id: f.index for f in findings}
+    store.ensure_user(reviewer)
+    lines = []
+    for c in changes:
+        if c.action == "add":
+            state = store.add_missed(photo_id, reviewer, c.box, c.class_name)
+            lines.append(f"added #{len(index)} {c.class_name}")
+            index[state.finding_id] = len(index)
+            continue
+        if c.action == "edit_box":
+            changes_kw = {"box": c.box}
+        elif c.class_name:
+            changes_kw = {"class_name": c.class_name, "object_type": store.taxonomy.get_class(c.class_name).type}
+        else:
+            changes_kw = {}
+        state = store.correct(c.finding_id, revisions[c.finding_id], reviewer, c.action, **changes_kw)
+        revisions[c.finding_id] = state.revision
+        what = {"edit_box": "moved", "delete": "deleted"}.get(c.action, f"{c.action} → {c.class_name}")
+        lines.append(f"#{index[c.finding_id]} {what}")
+    return Saved(tuple(lines), waiting(boxes))
+
+
+def canvas_image(photo, scale: int) -> str:
+    """The photo enlarged ``scale`` times for the canvas, written once per content and scale
+    (to a temporary name, then renamed, so a concurrent reader never sees half a file)."""
+    if scale == 1:
+        return photo.path
+    path = data_dir() / "canvas" / f"{photo.sha256}-{scale}x.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.open(photo.path).convert("RGB")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+        os.close(fd)
+        image.resize((image.width * scale, image.height * scale), Image.BICUBIC).save(tmp, "PNG")
+        os.replace(tmp, path)
+    return str(path)
+
+
+def accept_all(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:
+    """Accept every pending object of the photo: one ``accept`` correction each."""
+    store.ensure_user(reviewer)
+    return [store.correct(f.finding_id, f.state.revision, reviewer, "accept")
+            for f in store.photo_findings(photo_id) if f.state.status is Status.PENDING]
+
+
+def undo(store: Store, photo_id: int, reviewer: str) -> FindingState | None:
+    """Undo the reviewer's last action on this photo (itself a correction row); None: nothing to undo."""
+    return store.undo_last(photo_id, reviewer)
+
+
+def confirm(store: Store, photo_id: int, reviewer: str):
+    """Mark the photo reviewed: every object decided, confirmed by this reviewer."""
+    store.ensure_user(reviewer)
+    return store.confirm_photo(photo_id, reviewer)

@@ -95,15 +95,24 @@ def text_search(store, encoder, query: str, k: int = 20, filters: SearchFilters 
 
 
 def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -> list:
-    """Give every listed finding ``class_name``: one correction row each, at its current revision.
+    """Give every listed finding ``class_name``: one correction row each, at its current revision;
+    returns the new states of the findings written.
 
-    Objects of another type are retyped, since a class fixes its type.
+    Objects of another type are retyped, since a class fixes its type. One that already has the
+    class is accepted while pending (the reviewer agrees with the model) and left alone once
+    reviewed: the store refuses a relabel that changes nothing.
     """
+    from core.types import Status
+
     target_type = store.taxonomy.get_class(class_name).type
     store.ensure_user(reviewer)
     out = []
     for fid in finding_ids:
         state = store.state(int(fid))
+        if (state.object_type, state.class_name) == (target_type, class_name):
+            if state.status is Status.PENDING:
+                out.append(store.correct(int(fid), state.revision, reviewer, "accept"))
+            continue
         action = "relabel" if state.object_type == target_type else "retype"
         out.append(store.correct(int(fid), state.revision, reviewer, action, object_type=target_type, class_name=class_name))
     return out

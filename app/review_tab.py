@@ -1,0 +1,334 @@
+"""The Review tab: one photo at a time on a box-annotation canvas, with a side panel for the
+selected object. Named handlers (:class:`ReviewHandlers`) and the tab's layout; the rules are in
+``app.usecases.review`` (saving the canvas, accept, undo, photo done) and ``db``.
+
+Keys (outside text fields): 1–9 the selected object's classes, ``a`` accept it and select the
+next pending one, ``Shift+A`` accept every pending object of the photo, ``→``/``←`` next or
+previous photo, ``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
+draw, move or resize a box, ``Delete`` removes the selected box, ``Space`` resets the zoom.
+"""
+
+# No `from __future__ import annotations`: Gradio reads the gr.Request annotation.
+import time
+
+import gradio as gr
+from gradio_image_annotation import image_annotator
+
+from app.handlers import reviewer
+from app.usecases import review
+from app.usecases.canvas import CHOOSE, CanvasError, canvas_boxes, canvas_scale
+from core.errors import SlopewatchError
+from core.overlay import DEFAULT_COLORS
+from core.types import Status
+from db.store import InvalidEdit, StaleEdit, Store
+
+OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector"]
+HISTORY_HEADERS = ["revision", "reviewer", "action", "when", "before → after"]
+
+REVIEW_KEYS_JS = """
+document.addEventListener('keydown', (e) => {
+  const t = e.target;
+  if (t.closest && t.closest('input, textarea, select, [contenteditable=true]')) return;
+  if (!document.querySelector('#sw-canvas') || !document.querySelector('#sw-canvas').offsetParent) return;
+  const click = (id) => { const el = document.getElementById(id); if (el) { e.preventDefault(); el.click(); } };
+  if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'z') return click('sw-undo');
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
+  if (e.key === 'a') return click('sw-accept');
+  if (e.key === 'ArrowRight') return click('sw-next-photo');
+  if (e.key === 'ArrowLeft') return click('sw-prev-photo');
+  if (/^[1-9]$/.test(e.key)) {
+    const options = document.querySelectorAll('#sw-class input[type=radio]');
+    const option = options[Number(e.key) - 1];
+    if (option) { e.preventDefault(); option.click(); }
+  }
+});
+"""
+
+
+def _changes(before: dict, after: dict) -> str:
+    """``class: a → b; status: pending → reviewed`` for a history row."""
+    out = []
+    if before.get("class_name") != after.get("class_name"):
+        out.append(f"class: {before.get('class_name') or '—'} → {after.get('class_name')}")
+    box = [round(before.get(k, 0)) for k in ("x1", "y1", "x2", "y2")], [round(after.get(k, 0)) for k in ("x1", "y1", "x2", "y2")]
+    if before and box[0] != box[1]:
+        out.append(f"box: {tuple(box[0])} → {tuple(box[1])}")
+    for key in ("status", "rationale", "note"):
+        if before.get(key) != after.get(key) and (before or key == "status"):
+            out.append(f"{key}: {before.get(key) or '—'} → {after.get(key) or '—'}")
+    return "; ".join(out)
+
+
+class ReviewHandlers:
+    """Every handler of the Review tab over one store. A *view* is the tuple of the tab's photo
+    outputs (:data:`VIEW`) followed by the side panel's (:data:`PANEL`)."""
+
+    VIEW = ("canvas", "header", "select", "objects", "seen", "photo")
+    PANEL = ("detail", "classes", "rationale", "note", "history", "revision", "new_type", "type_class")
+
+    def __init__(self, store: Store):
+        self.store = store
+        tax = store.taxonomy
+        self.colors = {k: DEFAULT_COLORS.get(k, "#1f77b4") for k in {tax.condition_key(c) for c in tax.class_names}}
+
+    # --- views ------------------------------------------------------------------------------
+    def view(self, photo_id, selected=None) -> tuple:
+        """The photo's canvas, header, object list and table, then the panel of ``selected``
+        (default: the first pending object)."""
+        if photo_id is None:
+            return (None, "Open a photo: pick one in the Queue or the Inspect table, or enter its id.", gr.update(choices=[], value=None),
+                    [], {}, None, *self.panel(None, None))
+        photo = self.store.photo(int(photo_id))
+        findings = self.store.photo_findings(photo.id)
+        live = [f for f in findings if f.state.status is not Status.DELETED]
+        objects = review.canvas_objects(findings)
+        scale = canvas_scale(photo.width, photo.height)
+        canvas = {"image": review.canvas_image(photo, scale), "boxes": canvas_boxes(objects, self.colors, self.store.taxonomy, scale)}
+        progress = self.store.photo_progress(photo.id)
+        pending = [f for f in live if f.state.status is Status.PENDING]
+        if selected is None or int(selected) not in {f.finding_id for f in live}:
+            selected = (pending or live or [None])[0]
+            selected = selected.finding_id if selected is not None else None
+        state = "✓ reviewed" + (f" by {progress.confirmed_by}" if progress.confirmed_by else "") if progress.done else (
+            f"{progress.n_pending} pending" if progress.n_pending else "all decided — press **Photo done**")
+        header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
+                  f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
+        choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else ""),
+                    f.finding_id) for f in live]
+        table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),
+                  None if f.confidence is None else round(f.confidence, 3),
+                  None if f.detector_confidence is None else round(f.detector_confidence, 3)] for f in live]
+        seen = {str(f.finding_id): f.state.revision for f in live}
+        return (canvas, header, gr.update(choices=choices, value=selected), table, seen, photo.id, *self.panel(photo.id, selected))
+
+    def panel(self, photo_id, finding_id) -> tuple:
+        """The side panel of one object: top-3 probabilities, detector confidence, model, rationale, history."""
+        blank = ("", gr.update(choices=[], value=None), "", "", [], None, gr.update(value=None), gr.update(choices=[], value=None))
+        if finding_id is None or photo_id is None:
+            return blank
+        found = [f for f in self.store.photo_findings(int(photo_id)) if f.finding_id == int(finding_id)]
+        if not found:
+            return blank
+        f, s = found[0], found[0].state
+        tax = self.store.taxonomy
+        top = sorted((f.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
+        lines = [f"**#{f.index} {s.class_name}** ({s.object_type}) — {s.status}, revision {s.revision}"
+                 + (f", by {s.updated_by}" if s.updated_by else ""),
+                 "Model: " + (" · ".join(f"{k} {v:.2f}" for k, v in top) if top else "drawn by a reviewer")
+                 + (f" — detector {f.detector_confidence:.2f}" if f.detector_confidence is not None else "")
+                 + (f" — `{f.model_version}`" if f.model_version else "")]
+        if s.class_name != f.model_class and f.model_class:
+            lines.append(f"The model said **{f.model_class}**.")
+        history = [[h.revision, h.reviewer, h.action, time.strftime("%Y-%m-%d %H:%M", time.localtime(h.created_at)), _changes(h.before, h.after)]
+                   for h in self.store.history(f.finding_id)]
+        classes = [c.name for c in tax.classes_for_type(s.object_type)]
+        return ("\n\n".join(lines), gr.update(choices=[(f"{k + 1} {c}", c) for k, c in enumerate(classes)], value=s.class_name),
+                s.rationale or "", "", history, s.revision, gr.update(value=None), gr.update(choices=[], value=None))
+
+    def _after(self, photo_id, selected, message) -> tuple:
+        """The status line, then the refreshed view."""
+        return (message, *self.view(photo_id, selected))
+
+    # --- navigation ---------------------------------------------------------------------------
+    def open_photo(self, photo_id):
+        try:
+            return self.view(photo_id)
+        except SlopewatchError as exc:  # an unknown id: say so, keep the page
+            return (None, f"⚠ {exc}", *self.view(None)[2:])
+
+    def open_finding(self, finding_id):
+        """The photo of one object, with that object selected."""
+        if finding_id is None:
+            return self.view(None)
+        try:
+            return self.view(self.store.photo_of(int(finding_id)), int(finding_id))
+        except SlopewatchError as exc:
+            return (None, f"⚠ {exc}", *self.view(None)[2:])
+
+    @staticmethod
+    def pick_object(evt: gr.SelectData):
+        """The object id of a clicked row of the photo's object table."""
+        return evt.row_value[1] if evt.row_value else None
+
+    def select(self, photo_id, finding_id):
+        return self.panel(photo_id, finding_id)
+
+    def step(self, photo_id, delta: int):
+        ids = self.store.photo_ids()
+        if not ids:
+            return self.view(None)
+        k = ids.index(int(photo_id)) + delta if photo_id is not None and int(photo_id) in ids else 0
+        return self.view(ids[k % len(ids)])
+
+    def next_photo(self, photo_id):
+        return self.step(photo_id, +1)
+
+    def prev_photo(self, photo_id):
+        return self.step(photo_id, -1)
+
+    def next_in_queue(self, photo_id):
+        for row in self.store.photo_queue():
+            if not row.done and row.photo_id != photo_id:
+                return self.view(row.photo_id)
+        return self.view(photo_id)
+
+    # --- edits --------------------------------------------------------------------------------
+    def _edit(self, photo_id, selected, work, request):
+        if photo_id is None:
+            return self._after(None, None, "Open a photo first.")
+        try:
+            message = work(reviewer(request))
+        except (StaleEdit, review.StalePhoto) as exc:
+            return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and try again.")
+        except (InvalidEdit, CanvasError, ValueError) as exc:
+            return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
+        return self._after(photo_id, selected, message)
+
+    def save_canvas(self, photo_id, canvas, seen, request: gr.Request):
+        """Every canvas change (draw, move, resize, delete, relabel in the box dialog) is saved at once.
+        The canvas also reports the value the server just drew; that diff is empty and changes nothing."""
+        if photo_id is None or not canvas:
+            return (gr.skip(), *(gr.skip() for _ in self.VIEW + self.PANEL))
+        saved = []
+
+        def work(user):
+            saved.append(review.save_canvas(self.store, int(photo_id), canvas.get("boxes") or [], seen or {}, user))
+            return "Saved: " + "; ".join(saved[0].lines) + "." if saved[0].changed else ""
+
+        out = self._edit(photo_id, None, work, request)
+        if saved and not saved[0].changed:  # nothing new: keep the last status line and the view as they are
+            hint = "Choose the new box's class in its label list, then OK." if saved[0].waiting else gr.skip()
+            return (hint, *(gr.skip() for _ in self.VIEW + self.PANEL))
+        return out
+
+    def set_class(self, photo_id, finding_id, revision, class_name, request: gr.Request):
+        if finding_id is None or not class_name:
+            return self._after(photo_id, finding_id, "Select an object, then its class.")
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "relabel", class_name=class_name), request)
+
+    def retype(self, photo_id, finding_id, revision, object_type, class_name, request: gr.Request):
+        if finding_id is None or not object_type:
+            return self._after(photo_id, finding_id, "Select an object and the type it really is.")
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "retype", object_type=object_type,
+                                                                          class_name=class_name or None), request)
+
+    def accept(self, photo_id, finding_id, revision, request: gr.Request):
+        if finding_id is None:
+            return self._after(photo_id, None, "Select an object first.")
+        out = self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "accept"), request)
+        if not str(out[0]).startswith("Saved"):
+            return out  # refused: stay on the same object, so the reviewer sees nothing was saved
+        return self._after(photo_id, None, out[0])  # None selects the next pending object
+
+    def accept_all(self, photo_id, request: gr.Request):
+        return self._edit(photo_id, None, lambda user: f"Saved: accepted {len(review.accept_all(self.store, int(photo_id), user))} object(s).",
+                          request)
+
+    def delete(self, photo_id, finding_id, revision, request: gr.Request):
+        if finding_id is None:
+            return self._after(photo_id, None, "Select an object first.")
+        return self._edit(photo_id, None, lambda user: self._apply(finding_id, revision, user, "delete"), request)
+
+    def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text), request)
+
+    def add_note(self, photo_id, finding_id, revision, text, request: gr.Request):
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request)
+
+    def undo(self, photo_id, request: gr.Request):
+        def work(user):
+            state = review.undo(self.store, int(photo_id), user)
+            return f"Undone: your last action on #{state.finding_id}." if state else "Nothing of yours to undo on this photo."
+
+        return self._edit(photo_id, None, work, request)
+
+    def photo_done(self, photo_id, request: gr.Request):
+        return self._edit(photo_id, None, lambda user: (review.confirm(self.store, int(photo_id), user), "Saved: photo reviewed ✓.")[1],
+                          request)
+
+    def _apply(self, finding_id, revision, user, action, **changes) -> str:
+        if revision is None:
+            raise ValueError("expected the revision you saw; reload the photo")
+        state = review.apply(self.store, review.ReviewAction(int(finding_id), int(revision), user, action, changes))
+        return f"Saved: {action} on #{self._index(state.finding_id)}."
+
+    def _index(self, finding_id: int) -> int:
+        photo_id = self.store.photo_of(finding_id)
+        return next(f.index for f in self.store.photo_findings(photo_id) if f.finding_id == finding_id)
+
+
+def build_review_tab(store: Store, h: ReviewHandlers):
+    """The Review tab's components, wired; returns the photo-id input and the view outputs, for
+    other tabs that open a photo here."""
+    tax = store.taxonomy
+    with gr.Tab("Review", id="review"):
+        with gr.Row():
+            photo = gr.Number(label="Photo id (Enter opens it)", precision=0, elem_id="sw-photo", scale=1)
+            prev_btn = gr.Button("← Previous photo", elem_id="sw-prev-photo", scale=1)
+            next_btn = gr.Button("Next photo →", elem_id="sw-next-photo", scale=1)
+            queue_btn = gr.Button("Next photo to review", elem_id="sw-next-queue", scale=1)
+        # What the reviewer saw: each object's revision. A visible-to-the-API component, not
+        # gr.State, so API clients send it too and a stale save is refused.
+        seen = gr.JSON(visible=False, elem_id="sw-seen")
+        with gr.Row():
+            with gr.Column(scale=3):
+                canvas = image_annotator(label="Photo", show_label=False,  # a floating label would cover the photo's corner
+                                         label_list=[CHOOSE, *tax.class_names],
+                                         label_colors=["#7f7f7f", *(h.colors[tax.condition_key(c)] for c in tax.class_names)],
+                                         box_min_size=4, boxes_alpha=0.12, sources=[], show_clear_button=False, show_download_button=False,
+                                         image_type="filepath", height=620, elem_id="sw-canvas")
+                gr.HTML("".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;' for k, c in sorted(h.colors.items()))
+                        + "<br><small>Canvas: C draws a box (then pick its class), D drags/resizes, Delete removes the selected box, "
+                          "the wheel zooms, Space resets the view. Every change is saved at once.</small>", elem_id="sw-legend")
+            with gr.Column(scale=2):
+                # Messages live beside the canvas, never above it: a line appearing above the canvas
+                # would move the photo under the reviewer's mouse in the middle of a drag.
+                header = gr.Markdown(elem_id="sw-header")
+                status = gr.Markdown(elem_id="sw-status")
+                select = gr.Radio(label="Object", choices=[], elem_id="sw-select")
+                detail = gr.Markdown(elem_id="sw-detail")
+                classes = gr.Radio(label="Class (keys 1–9)", choices=[], elem_id="sw-class")
+                with gr.Row():
+                    accept = gr.Button("Accept (a)", variant="primary", elem_id="sw-accept")
+                    accept_all = gr.Button("Accept all pending (Shift+A)", elem_id="sw-accept-all")
+                with gr.Row():
+                    delete = gr.Button("Delete object", variant="stop", elem_id="sw-delete")
+                    undo = gr.Button("Undo (Ctrl+Z)", elem_id="sw-undo")
+                    done = gr.Button("Photo done ✓", elem_id="sw-done")
+                revision = gr.Number(visible=False, precision=0, elem_id="sw-revision")
+                with gr.Accordion("Change the type", open=False):
+                    with gr.Row():
+                        new_type = gr.Dropdown(label="Type", choices=tax.type_names, value=None, elem_id="sw-type")
+                        type_class = gr.Dropdown(label="Class for that type", choices=[], value=None, elem_id="sw-type-class")
+                    retype = gr.Button("Change type and class", elem_id="sw-retype")
+                rationale = gr.Textbox(label="Rationale (editable)", lines=3, elem_id="sw-rationale")
+                save_rationale = gr.Button("Save rationale", elem_id="sw-save-rationale")
+                note = gr.Textbox(label="Note", lines=1, elem_id="sw-note")
+                save_note = gr.Button("Add note", elem_id="sw-save-note")
+                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History", wrap=True)
+        objects = gr.Dataframe(headers=OBJECT_HEADERS, interactive=False, label="Objects on this photo", elem_id="sw-photo-objects")
+
+    view = [canvas, header, select, objects, seen, photo, detail, classes, rationale, note, history, revision, new_type, type_class]
+    panel = view[len(ReviewHandlers.VIEW):]
+    edit_out = [status, *view]
+    photo.submit(h.open_photo, photo, view, api_name="open_photo")
+    prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo")
+    next_btn.click(h.next_photo, photo, view, api_name="next_photo")
+    queue_btn.click(h.next_in_queue, photo, view, api_name="next_in_queue")
+    select.input(h.select, [photo, select], panel, api_name="select_object")
+    objects.select(h.pick_object, None, select, api_name=False).then(
+        h.select, [photo, select], panel, api_name=False)
+    canvas.change(h.save_canvas, [photo, canvas, seen], edit_out, api_name="save_canvas", concurrency_id="review")
+    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", concurrency_id="review")
+    new_type.input(lambda t: gr.update(choices=[c.name for c in tax.classes_for_type(t)] if t else [], value=None), new_type, type_class,
+                   api_name=False)
+    retype.click(h.retype, [photo, select, revision, new_type, type_class], edit_out, api_name="retype", concurrency_id="review")
+    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", concurrency_id="review")
+    accept_all.click(h.accept_all, photo, edit_out, api_name="accept_all", concurrency_id="review")
+    delete.click(h.delete, [photo, select, revision], edit_out, api_name="delete", concurrency_id="review")
+    save_rationale.click(h.edit_rationale, [photo, select, revision, rationale], edit_out, api_name="edit_rationale", concurrency_id="review")
+    save_note.click(h.add_note, [photo, select, revision, note], edit_out, api_name="add_note", concurrency_id="review")
+    undo.click(h.undo, photo, edit_out, api_name="undo", concurrency_id="review")
+    done.click(h.photo_done, photo, edit_out, api_name="photo_done", concurrency_id="review")
+    return photo, view

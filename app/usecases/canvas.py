@@ -1,0 +1,162 @@
+"""The review canvas as data: what the box-annotation component shows, and what a reviewer's edit
+on it means, as pure functions (tested table-driven in ``tests/test_canvas.py``).
+
+The canvas (``gradio_image_annotation``) returns its boxes as dicts with ``xmin..ymax`` in the
+photo's pixel coordinates and a ``label``; it keeps no ids. So every stored object is sent with
+the label ``"#k class"`` (``k``: its index on the photo, the same ``#k`` as everywhere else) and in
+index order, and a returned box is matched back by that ``#k``. A box whose label lost its ``#k``
+(relabelled in the canvas's own dialog) or never had one (newly drawn) is matched to the stored
+object it overlaps most (IoU >= 0.5), else it is new. Stored objects left unmatched were deleted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from core.taxonomy import Taxonomy
+from core.types import Box
+
+LABEL = re.compile(r"^#(\d+)\s+(.*)$")
+# First entry of the canvas's label list, so a drawn box never starts on a real class: a class
+# is saved only when the reviewer picked it.
+CHOOSE = "(choose a class)"
+# The canvas rounds coordinates to whole pixels, so a box is "moved" only past this many pixels.
+MOVE_TOLERANCE_PX = 1.0
+SAME_OBJECT_IOU = 0.5
+MIN_SIDE_PX = 2.0
+
+
+class CanvasError(ValueError):
+    """A canvas edit that cannot be saved (a box without a class, a class not in the taxonomy)."""
+
+
+@dataclass(frozen=True)
+class CanvasObject:
+    """A stored live object as the canvas shows it."""
+
+    finding_id: int
+    index: int
+    box: Box
+    class_name: str
+
+    @property
+    def label(self) -> str:
+        return f"#{self.index} {self.class_name}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One reviewer change found on the canvas.
+
+    Attributes:
+        action: ``edit_box``, ``relabel``, ``retype``, ``delete`` or ``add``.
+        finding_id: the changed object (None for ``add``).
+        box: the new box (``edit_box``, ``add``).
+        class_name: the new class (``relabel``, ``retype``, ``add``).
+    """
+
+    action: str
+    finding_id: int | None = None
+    box: Box | None = None
+    class_name: str | None = None
+
+
+def rgb(hex_color: str) -> str:
+    """``"#2ca02c"`` -> ``"rgb(44, 160, 44)"``: the only colour form the canvas both draws (a hex
+    string draws black) and parses back (an RGB list comes back unparseable)."""
+    return "rgb({}, {}, {})".format(*(int(hex_color[k:k + 2], 16) for k in (1, 3, 5)))
+
+
+def canvas_scale(width: int, height: int, target: int = 640) -> int:
+    """How many times a photo is enlarged on the canvas: drone photos of 224–312 px would show
+    as a thumbnail, so they are drawn at 2–3x (boxes are stored in the photo's own pixels)."""
+    return max(1, min(3, round(target / max(width, height))))
+
+
+def canvas_boxes(objects: list[CanvasObject], colors: dict[str, str], taxonomy: Taxonomy, scale: int = 1) -> list[dict]:
+    """The component's ``boxes`` (in canvas pixels: photo pixels x ``scale``): one per object,
+    labelled ``#k class``, coloured by condition."""
+    return [{"xmin": o.box.x1 * scale, "ymin": o.box.y1 * scale, "xmax": o.box.x2 * scale, "ymax": o.box.y2 * scale,
+             "label": o.label, "color": rgb(colors[taxonomy.condition_key(o.class_name)])} for o in objects]
+
+
+def clamp_box(raw: dict, width: int, height: int, scale: int = 1) -> Box:
+    """A canvas box (canvas pixels) in the photo's pixel coordinates, clamped to the photo, at least 2 px a side."""
+    try:
+        values = [float(raw[k]) / scale for k in ("xmin", "ymin", "xmax", "ymax")]
+    except (KeyError, TypeError, ValueError):
+        raise CanvasError(f"expected a box with numeric xmin, ymin, xmax, ymax, found {raw!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise CanvasError(f"expected finite box coordinates, found {values}")
+    x1, x2 = sorted((min(max(values[0], 0.0), width), min(max(values[2], 0.0), width)))
+    y1, y2 = sorted((min(max(values[1], 0.0), height), min(max(values[3], 0.0), height)))
+    if x2 - x1 < MIN_SIDE_PX or y2 - y1 < MIN_SIDE_PX:
+        raise CanvasError(f"expected a box at least {MIN_SIDE_PX:g} px a side inside the {width}x{height} photo, "
+                          f"found {x2 - x1:.1f}x{y2 - y1:.1f} px after clamping {values}")
+    return Box(x1, y1, x2, y2)
+
+
+def parse_label(label: str | None) -> tuple[int | None, str]:
+    """``"#3 Toe drain"`` -> ``(3, "Toe drain")``; a bare class name -> ``(None, name)``."""
+    text = (label or "").strip()
+    m = LABEL.match(text)
+    return (int(m.group(1)), m.group(2).strip()) if m else (None, text)
+
+
+def waiting(boxes: list[dict]) -> int:
+    """Drawn boxes whose class the reviewer has not chosen yet."""
+    return sum(parse_label(b.get("label") if isinstance(b, dict) else None) == (None, "") or
+               parse_label(b.get("label") if isinstance(b, dict) else None) == (None, CHOOSE) for b in boxes or [])
+
+
+def moved(a: Box, b: Box, tolerance: float = MOVE_TOLERANCE_PX) -> bool:
+    return max(abs(p - q) for p, q in zip(a.xyxy, b.xyxy)) > tolerance
+
+
+def diff(objects: list[CanvasObject], boxes: list[dict], taxonomy: Taxonomy, width: int, height: int, scale: int = 1) -> list[Change]:
+    """The changes that turn ``objects`` (what was shown) into ``boxes`` (what the canvas returned,
+    in canvas pixels: photo pixels x ``scale``).
+
+    Order: deletions, then edits of existing objects (box, then class), then additions, so a
+    reviewer who redraws a box sees the old one go before the new one comes.
+    """
+    by_index = {o.index: o for o in objects}
+    parsed = []
+    for raw in boxes or []:
+        index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
+        if index is None and class_name in ("", CHOOSE):
+            continue  # drawn, class not chosen yet: saved once the reviewer picks it (see waiting())
+        if class_name not in taxonomy.class_names:
+            raise CanvasError(f"expected a class among {taxonomy.class_names}, found {class_name!r}")
+        parsed.append((index, class_name, clamp_box(raw, width, height, scale)))
+
+    matched: dict[int, tuple[str, Box]] = {}  # finding_id -> (class, box)
+    loose = []
+    for index, class_name, box in parsed:
+        o = by_index.get(index) if index is not None else None
+        if o is not None and o.finding_id not in matched:
+            matched[o.finding_id] = (class_name, box)
+        else:
+            loose.append((class_name, box))
+    added = []
+    for class_name, box in loose:
+        free = [o for o in objects if o.finding_id not in matched]
+        best = max(free, key=lambda o: o.box.iou(box), default=None)
+        if best is not None and best.box.iou(box) >= SAME_OBJECT_IOU:
+            matched[best.finding_id] = (class_name, box)
+        else:
+            added.append(Change("add", box=box, class_name=class_name))
+
+    changes = [Change("delete", o.finding_id) for o in objects if o.finding_id not in matched]
+    for o in objects:
+        if o.finding_id not in matched:
+            continue
+        class_name, box = matched[o.finding_id]
+        if moved(o.box, box):
+            changes.append(Change("edit_box", o.finding_id, box=box))
+        if class_name != o.class_name:
+            same_type = taxonomy.get_class(class_name).type == taxonomy.get_class(o.class_name).type
+            changes.append(Change("relabel" if same_type else "retype", o.finding_id, class_name=class_name))
+    return changes + added

@@ -80,7 +80,8 @@ def _plan(findings, truth, taxonomy) -> list[tuple[str, object]]:
             actions.append(("relabel", (f, t)))
         elif best_iou >= 0.7:
             actions.append(("accept", f))
-    actions += [("add", t) for k, t in enumerate(truth) if k not in used and t.class_name]
+    # Sliver boxes (under 4 px a side) in the labels are not something a reviewer would draw.
+    actions += [("add", t) for k, t in enumerate(truth) if k not in used and t.class_name and min(t.box.width, t.box.height) >= 4]
     return actions
 
 
@@ -90,6 +91,7 @@ def bench_review(cfg: ReviewBenchConfig) -> dict:
     from app.handlers import Handlers
     from app.models import ModelHost
     from app.review_tab import ReviewHandlers
+    from app.usecases.canvas import canvas_scale
     from core.data import load_dataset
     from core.paths import samples_dir
     from core.pipeline import Pipeline
@@ -138,16 +140,20 @@ def bench_review(cfg: ReviewBenchConfig) -> dict:
                 f, t = what
                 out = timed(action, r.set_class, photo_id, f.finding_id, store.state(f.finding_id).revision, t.class_name, who)
             elif action in ("move", "delete", "add"):
-                boxes = [dict(b) for b in view["canvas"]["boxes"]]
+                boxes = [dict(b) for b in view["canvas"]["boxes"]]  # canvas pixels: photo pixels x scale
+                photo = store.photo(photo_id)
+                scale = canvas_scale(photo.width, photo.height)
                 if action == "add":
-                    boxes.append({"xmin": what.box.x1, "ymin": what.box.y1, "xmax": what.box.x2, "ymax": what.box.y2, "label": what.class_name})
+                    b = what.box
+                    boxes.append({"xmin": b.x1 * scale, "ymin": b.y1 * scale, "xmax": b.x2 * scale, "ymax": b.y2 * scale, "label": what.class_name})
                 else:
                     f = what[0] if action == "move" else what
                     k = next(i for i, b in enumerate(boxes) if b["label"].startswith(f"#{f.index} "))
                     if action == "delete":
                         boxes.pop(k)
                     else:
-                        boxes[k].update(xmin=what[1].box.x1, ymin=what[1].box.y1, xmax=what[1].box.x2, ymax=what[1].box.y2)
+                        b = what[1].box
+                        boxes[k].update(xmin=b.x1 * scale, ymin=b.y1 * scale, xmax=b.x2 * scale, ymax=b.y2 * scale)
                 out = timed(action, r.save_canvas, photo_id, {"boxes": boxes}, view["seen"], who)
             view = dict(zip(view_keys, out[1:]))
         left = sum(f.state.status == "pending" for f in store.photo_findings(photo_id))

@@ -171,7 +171,7 @@ def build_library_tab(store, tabs, open_finding, review_view, clip_folder=None):
             sim_gallery = gr.Gallery(label="Similar objects", columns=8, height="auto")
             sim_pick = gr.CheckboxGroup(label="Apply a class to these", choices=[])
             with gr.Row():
-                sim_class = gr.Dropdown(label="Class", choices=tax.class_names)
+                sim_class = gr.Dropdown(label="Class", choices=tax.class_names, value=None)  # never a class nobody picked
                 sim_apply = gr.Button("Apply class to selected", variant="primary")
             sim_status = gr.Markdown()
         with gr.Accordion("Search findings", open=False):

@@ -35,6 +35,7 @@ class ModelHost:
         self._pipeline: Pipeline | None = None
         self._version: str | None = None
         self._loading: threading.Thread | None = None
+        self._failed: str | None = None  # a version whose load failed is not retried on every request
         self._lock = threading.Lock()
         self.error: Exception | None = None
 
@@ -55,7 +56,7 @@ class ModelHost:
                 pipeline = self._build(version)
             except Exception as exc:  # kept for the UI and the log; the old model keeps serving
                 log.exception("loading models for version %s failed", version)
-                self.error = exc
+                self.error, self._failed = exc, version
             else:
                 with self._lock:
                     self._pipeline, self._version, self.error = pipeline, version, None
@@ -89,7 +90,7 @@ class ModelHost:
         """The pipeline to use for this request; starts a swap when the registry moved on."""
         if self._current_version is not None and self._pipeline is not None:
             latest = self._current_version()
-            if latest != self._version:
+            if latest != self._version and latest != self._failed:
                 self._load(latest)
         if self._pipeline is None:
             if self.error is not None:

@@ -146,3 +146,55 @@ def test_next_photo_and_queue_by_photo(app):
     app.r.photo_done(ids[0], ANA)
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
     assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]
+
+
+def test_no_label_control_starts_on_a_real_class(app):
+    """Gradio starts a dropdown on its first choice unless told otherwise; a class or type that
+    nobody picked must never be what a button saves."""
+    from app.web import ServeConfig, build_app
+
+    demo = build_app(ModelHost.ready(None), app.store, ServeConfig(no_auth=True))
+    tax = app.store.taxonomy
+    labels = set(tax.class_names) | set(tax.type_names)
+    controls = [c for c in demo.config["components"] if c["type"] in ("dropdown", "radio")]
+    assert len(controls) >= 8
+    assert [(c["props"].get("label"), c["props"].get("value")) for c in controls if c["props"].get("value") in labels] == []
+
+
+def test_a_promoted_model_is_served_without_a_restart(tmp_path):
+    """The app checks the registry's CURRENT pointer between requests and swaps in the new model."""
+    from core.model_registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "adapter.json").write_text("{}")
+        registry.add(tmp_path / version, version)
+    registry.promote("v1")
+    host = ModelHost(lambda version: SimpleNamespace(version=version), registry.current)
+    host.start()
+    assert host.wait(10) and host.pipeline().version == "v1"
+    registry.promote("v2", "nightly")
+    assert host.pipeline().version == "v1"  # the old model serves while the new one loads
+    assert host.wait(10) and host.pipeline().version == "v2" and host.version == "v2"
+
+
+def test_a_model_that_fails_to_load_keeps_the_old_one_serving(tmp_path):
+    current, builds = {"v": "good"}, []
+
+    def build(version):
+        builds.append(version)
+        if version == "broken":
+            raise OSError("weights missing")
+        return SimpleNamespace(version=version)
+
+    host = ModelHost(build, lambda: current["v"])
+    host.start()
+    assert host.wait(10)
+    current["v"] = "broken"
+    host.pipeline()
+    host.wait(10)
+    assert host.pipeline().version == "good" and "weights missing" in str(host.error)
+    host.pipeline()
+    host.wait(10)
+    assert builds == ["good", "broken"]  # not retried on every request

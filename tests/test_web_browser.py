@@ -96,7 +96,14 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.wait_for_selector("#sw-gallery img", timeout=30_000)
             page.screenshot(path=str(tmp_path / "inspect.png"))
 
+            # Clicking an object's row in the Inspect table opens its photo in Review, that object selected.
+            row_fid = sql(db, "SELECT min(finding_id) FROM finding_state")[0][0]  # the table's first row
+            page.locator("#sw-objects [data-testid=cell-0-3]").click()
+            page.wait_for_selector("[role=tab][aria-selected=true]:has-text('Review')", timeout=30_000)
+            page.wait_for_selector(f"#sw-select input[type=radio][value='{row_fid}']:checked", timeout=30_000)
+
             # "Review this photo" opens the last inspected photo on the canvas.
+            page.get_by_role("tab", name="Inspect").click()
             photo_id = int(page.locator("#sw-last-photo input").input_value())
             page.locator("#sw-review-this").click()
             page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)

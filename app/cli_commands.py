@@ -86,7 +86,15 @@ def _print_table(rows: dict[str, dict], name_width: int, columns: list[tuple[str
 def _print_comparison(cfg, result: dict) -> int:
     _save_json(cfg, result)
     _print_table(result["comparison"], 26, [("accuracy", "accuracy"), ("balanced", "balanced_accuracy"), ("macro-F1", "macro_f1"),
-                                             ("unfaithful", "unfaithful_rationale_rate"), ("s/photo", "seconds_per_photo")])
+                                             ("unfaithful", "unfaithful_rationale_rate"), ("s/photo", "seconds_per_photo"),
+                                             ("ECE raw", "ece_raw"), ("ECE", "ece")])
+    cal = result["classifier"]["calibration"]
+    band = cal.get("likely_right")
+    if band and band["threshold"] is not None:
+        print(f"likely right (calibrated confidence >= {band['threshold']:.3f}, chosen for {band['target']:.0%} on train folds): "
+              f"accuracy {band['accuracy'] if band['accuracy'] is not None else float('nan'):.3f}, coverage {band['coverage']:.3f}")
+    print("risk-coverage: " + ", ".join(f">={r['threshold']}: acc {r['accuracy'] if r['accuracy'] is not None else float('nan'):.3f} "
+                                        f"cov {r['coverage']:.2f}" for r in cal["risk_coverage"]))
     quant = result["classifier"].get("quantization")
     if quant:
         print(f"{quant['mode']}: accuracy retention {quant['accuracy_retention']:.3f}, balanced retention "
@@ -139,6 +147,8 @@ COMMANDS = [
      "train.probe:ProbeTrainConfig", "train.probe:train_probe", ("data_yaml",), None),
     ("train", "adapter", "train the adapter VLM (projector + LoRA) on condition labels",
      "train.adapter:AdapterTrainConfig", "train.adapter:train_adapter", ("data_yaml",), None),
+    ("train", "calibration", "fit the adapter's calibration on out-of-fold scores of the train split",
+     "train.calibrate:CalibrateConfig", "train.calibrate:calibrate", ("data_yaml",), None),
     ("train", "nightly", "fine-tune stage 2 on new corrections; promote only past the gate",
      "train.nightly:NightlyConfig", "train.nightly:nightly", (), _print_nightly),
     ("train", "simulate-reviews", "reviewers correct half of valid, nightly is judged on the other half",
@@ -165,6 +175,10 @@ COMMANDS = [
      "app.web:ServeConfig", "app.web:serve_forever", (), None),
     (None, "export", "write reviewed photos as a YOLO or COCO dataset (9-class labels)",
      "db.export:ExportConfig", "db.export:run_export", ("out",), None),
+    (None, "repair", "one-off: clamp stored boxes to their photos (delete those with nothing inside), cut over-long texts",
+     "db.repair:RepairConfig", "db.repair:run_repair", (), None),
+    ("user", "add", "add or replace a reviewer in an auth file (salted scrypt hash; password from a prompt or stdin)",
+     "app.auth:UserAddConfig", "app.auth:run_user_add", ("name",), None),
 ]
 
 
@@ -191,6 +205,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     """Add every command to the top-level parser and its train/evaluate/bench groups."""
     from core.stage2 import registry
 
+    groups = {**groups, "user": sub.add_parser("user", help="reviewer logins").add_subparsers(dest="what", required=True)}
     for group, name, text, config_ref, runner_ref, positional, printer in COMMANDS:
         p = (groups[group] if group else sub).add_parser(name, help=text)
         add_config_args(p, _load(config_ref), positional=positional)

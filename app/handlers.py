@@ -8,17 +8,25 @@ result back into component values; the rules live in the use cases and the store
 
 # No `from __future__ import annotations`: Gradio finds the request parameter by its evaluated
 # annotation (gr.Request), which a postponed string annotation would hide.
+import contextlib
+import hashlib
 import html
+import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from app.models import ModelHost, ModelsLoading
-from app.usecases.inspect import inspect_photo, render_photo
-from core.errors import ImageError
+from app.usecases.inspect import inspect_photo, overlay_items
+from core.errors import SlopewatchError
+from core.overlay import render_overlay
+from core.paths import data_dir
+from core.photos import WORKING_SIZE_PX
 from db.store import Store
 
 # "#" is the object's index within its photo: the number rationales, the overlay and the Review
@@ -46,11 +54,118 @@ def object_rows(findings) -> list[list]:
     return rows
 
 
-class Handlers:
-    """The Inspect, Queue, Dashboard and Export handlers over the served models and one store."""
+class LaneFull(SlopewatchError):
+    """The user already has as many inspections waiting or running as one user may."""
 
-    def __init__(self, models: ModelHost, store: Store):
+
+class InspectLane:
+    """Inspections: at most ``per_user`` of one user's waiting or running at once, one running.
+
+    The web app admits several inspection requests at a time (``ServeConfig.inspect_slots``), so
+    a request over a user's cap is answered at once instead of holding a place in Gradio's queue,
+    which is shared by every user and every event. Admitted requests take turns on the models.
+    """
+
+    def __init__(self, per_user: int = 2):
+        if per_user < 1:
+            raise ValueError(f"per_user: expected >= 1, found {per_user}")
+        self.per_user = per_user
+        self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self._run = threading.Lock()
+
+    def in_flight(self, user: str) -> int:
+        with self._counts_lock:
+            return self._counts.get(user, 0)
+
+    @contextlib.contextmanager
+    def admit(self, user: str, on_wait=None):
+        """Count the user in (``LaneFull`` past the cap), then wait for the models' turn
+        (calling ``on_wait()`` first when another inspection holds them)."""
+        with self._counts_lock:
+            n = self._counts.get(user, 0)
+            if n >= self.per_user:
+                raise LaneFull(f"you already have {n} inspection(s) waiting or running (at most {self.per_user} per reviewer); "
+                               "this one was not started: press Inspect again when one has finished")
+            self._counts[user] = n + 1
+        try:
+            if not self._run.acquire(blocking=False):
+                if on_wait is not None:
+                    on_wait()
+                self._run.acquire()
+            try:
+                yield
+            finally:
+                self._run.release()
+        finally:
+            with self._counts_lock:
+                self._counts[user] -= 1
+                if not self._counts[user]:
+                    del self._counts[user]
+
+
+def overlays_dir() -> Path:
+    """Where Inspect's overlays are written (in the data dir; the web app lets Gradio read it)."""
+    path = data_dir() / "overlays"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def overlay_file(store: Store, photo_id: int, max_age_s: float = 3600.0) -> str:
+    """The photo's overlay as a file named by the photo and what is drawn on it.
+
+    Gradio serves a returned image from its cache; one written in place under a shared name can be
+    read half-written by a concurrent request for the same photo. A name per content (the photo's
+    hash and every drawn box, label and colour), written under a temporary name and renamed,
+    never changes once it exists. Overlays older than ``max_age_s`` are removed as new ones are
+    written (Gradio has its own copy by then).
+    """
+    photo = store.photo(photo_id)
+    drawn = overlay_items(store, store.photo_findings(photo_id))
+    state = hashlib.sha256(repr(drawn).encode()).hexdigest()[:16]
+    folder = overlays_dir()
+    path = folder / f"{photo.sha256[:32]}-{state}.jpg"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".jpg.tmp")
+        os.close(fd)
+        try:
+            image = Image.open(photo.path).convert("RGB")
+            render_overlay(image, drawn).save(tmp, "JPEG", quality=90)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        now = time.time()
+        for old in folder.glob("*.jpg"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - old.stat().st_mtime > max_age_s:
+                    old.unlink()
+    return str(path)
+
+
+def _discard_upload(path: str) -> None:
+    """Delete a refused upload from Gradio's upload folder at once (files elsewhere are never touched)."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    if is_in_or_equal(path, get_upload_folder()):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+class Handlers:
+    """The Inspect, Queue, Dashboard and Export handlers over the served models and one store.
+
+    Args:
+        models: the served models.
+        store: the review store.
+        lane: the inspection lane (default: 2 inspections per reviewer).
+        working_size: photos larger than this on their long side are shrunk to it on ingest.
+    """
+
+    def __init__(self, models: ModelHost, store: Store, lane: InspectLane | None = None, working_size: int = WORKING_SIZE_PX):
         self.models, self.store = models, store
+        self.lane = lane or InspectLane()
+        self.working_size = working_size
 
     # --- Inspect ----------------------------------------------------------------------------
     def inspect(self, files, request: gr.Request, progress=gr.Progress()):
@@ -61,20 +176,33 @@ class Handlers:
             pipeline = self.models.pipeline()
         except ModelsLoading as exc:
             return [], [], f"⏳ {exc}", None
+        user = reviewer(request)
+        waiting = (lambda: progress(0, desc="Waiting for the inspection before yours")) if callable(progress) else None
+        try:
+            with self.lane.admit(user, waiting):
+                return self._inspect(pipeline, files, user, progress)
+        except LaneFull as exc:
+            return [], [], f"⚠ {html.escape(str(exc))}", None
+
+    def _inspect(self, pipeline, files, user, progress):
         gallery, rows, problems, last, reused = [], [], [], None, 0
+        names: dict[int, str] = {}  # photo id -> the name it was first uploaded under in this request
         for f in progress.tqdm(files, desc="Inspecting photos"):
             path = f if isinstance(f, str) else f.name
             name = Path(path).name
             try:
-                done = inspect_photo(pipeline, self.store, path, reviewer(request), name)
-            except ImageError as exc:  # one bad file is reported; the others still go through
+                done = inspect_photo(pipeline, self.store, path, user, name, working_size=self.working_size)
+            except SlopewatchError as exc:  # one bad file is reported; the others still go through
                 problems.append(f"✗ {html.escape(str(exc))}")
+                _discard_upload(path)
                 continue
+            if done.photo_id in names:  # the same photo twice in one upload is one photo
+                problems.append(f"= {html.escape(name)} is the same photo as {html.escape(names[done.photo_id])} (shown once)")
+                continue
+            names[done.photo_id] = name
             reused += not done.ran
-            if done.photo_id == last or any(r[0] == done.photo_id for r in rows):
-                continue  # the same photo twice in one upload is one photo
             last = done.photo_id
-            gallery.append((render_photo(self.store, done.photo_id), f"photo {done.photo_id}: {name}"))
+            gallery.append((overlay_file(self.store, done.photo_id), f"photo {done.photo_id}: {name}"))
             rows += object_rows(self.store.photo_findings(done.photo_id))
         summary = f"Inspected {len(gallery)} photo(s)." + (f" {reused} had been inspected before (same content)." if reused else "")
         return gallery, rows, "\n\n".join([*problems, summary] if gallery else problems), last

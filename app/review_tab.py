@@ -3,8 +3,10 @@ selected object. Named handlers (:class:`ReviewHandlers`) and the tab's layout; 
 ``app.usecases.review`` (saving the canvas, accept, undo, photo done) and ``db``.
 
 Keys (outside text fields): 1–9 the selected object's classes, ``a`` accept it and select the
-next pending one, ``Shift+A`` accept every pending object of the photo, ``→``/``←`` next or
-previous photo, ``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
+next pending one, ``Shift+A`` accept every pending object of the photo, ``L`` accept the
+objects in the "likely right" band (calibrated confidence at or above the threshold chosen on
+train folds for >= 95% accuracy; the rest "needs a look"), ``→``/``←`` next or previous photo,
+``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
 draw, move or resize a box, ``Delete`` removes the selected box, ``Space`` resets the zoom.
 """
 
@@ -22,10 +24,31 @@ from core.overlay import DEFAULT_COLORS
 from core.types import Status
 from db.store import InvalidEdit, StaleEdit, Store
 
-OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector"]
+OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector", "band"]
 HISTORY_HEADERS = ["revision", "reviewer", "action", "when", "before → after"]
 
 REVIEW_KEYS_JS = """
+// Rotation is a view aid the canvas offers, but boxes are stored on the upright photo: hidden.
+const swStyle = document.createElement('style');
+swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[aria-label^="Rotate"]{display:none !important}';
+document.head.appendChild(swStyle);
+// A click on a box in the canvas selects that object in the side panel too: the click's place on
+// the canvas goes to the server, which picks the box the canvas picks (see ReviewHandlers.pick_at).
+let swDown = null, swClicks = 0;
+document.addEventListener('pointerdown', (e) => {
+  swDown = e.target.closest && e.target.closest('#sw-canvas canvas') ? [e.clientX, e.clientY] : null;
+}, true);
+document.addEventListener('pointerup', (e) => {
+  const c = e.target.closest && e.target.closest('#sw-canvas canvas');
+  const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
+  if (!c || !swDown || !drag || !drag.classList.contains('selected')) return;
+  if (Math.abs(e.clientX - swDown[0]) + Math.abs(e.clientY - swDown[1]) > 4) return;
+  const r = c.getBoundingClientRect();
+  const box = document.querySelector('#sw-click textarea, #sw-click input');
+  if (!box) return;
+  box.value = [(e.clientX - r.left) / r.width, (e.clientY - r.top) / r.height, r.width, r.height, ++swClicks].join(',');
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+}, true);
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (t.closest && t.closest('input, textarea, select, [contenteditable=true]')) return;
@@ -35,6 +58,7 @@ document.addEventListener('keydown', (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
   if (e.key === 'a') return click('sw-accept');
+  if (e.key === 'l' || e.key === 'L') return click('sw-accept-likely');
   if (e.key === 'ArrowRight') return click('sw-next-photo');
   if (e.key === 'ArrowLeft') return click('sw-prev-photo');
   if (/^[1-9]$/.test(e.key)) {
@@ -60,6 +84,12 @@ def _changes(before: dict, after: dict) -> str:
     return "; ".join(out)
 
 
+def _handles(box) -> list[tuple[float, float]]:
+    """The canvas's resize handles of a box: corners and edge midpoints."""
+    xs, ys = (box.x1, box.cx, box.x2), (box.y1, box.cy, box.y2)
+    return [(x, y) for x in xs for y in ys if (x, y) != (box.cx, box.cy)]
+
+
 class ReviewHandlers:
     """Every handler of the Review tab over one store. A *view* is the tuple of the tab's photo
     outputs (:data:`VIEW`) followed by the side panel's (:data:`PANEL`)."""
@@ -67,10 +97,25 @@ class ReviewHandlers:
     VIEW = ("canvas", "header", "select", "objects", "seen", "photo")
     PANEL = ("detail", "classes", "rationale", "note", "history", "revision", "new_type", "type_class")
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, models=None):
+        self.store, self.models = store, models
         tax = store.taxonomy
         self.colors = {k: DEFAULT_COLORS.get(k, "#1f77b4") for k in {tax.condition_key(c) for c in tax.class_names}}
+
+    def likely_right_threshold(self) -> float | None:
+        """The served model's "likely right" confidence (chosen on train folds), None when uncalibrated or loading."""
+        if self.models is None or not self.models.is_ready:
+            return None
+        calibration = getattr(self.models.pipeline().classifier.backend, "calibration", None) if self.models.pipeline().classifier else None
+        return calibration.likely_right if calibration is not None else None
+
+    def likely_right(self, findings) -> set[int]:
+        """Pending objects still carrying the model's label with a calibrated confidence in the band."""
+        t = self.likely_right_threshold()
+        if t is None:
+            return set()
+        return {f.finding_id for f in findings if f.state.status is Status.PENDING and f.state.class_name == f.model_class
+                and f.confidence is not None and f.confidence >= t and len(f.probabilities or {}) > 1}
 
     # --- views ------------------------------------------------------------------------------
     def view(self, photo_id, selected=None) -> tuple:
@@ -94,11 +139,15 @@ class ReviewHandlers:
             f"{progress.n_pending} pending" if progress.n_pending else "all decided — press **Photo done**")
         header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
                   f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
-        choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else ""),
-                    f.finding_id) for f in live]
+        band = self.likely_right(live)
+        choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else "")
+                    + (" · likely right" if f.finding_id in band else ""), f.finding_id) for f in live]
         table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),
                   None if f.confidence is None else round(f.confidence, 3),
-                  None if f.detector_confidence is None else round(f.detector_confidence, 3)] for f in live]
+                  None if f.detector_confidence is None else round(f.detector_confidence, 3),
+                  "likely right" if f.finding_id in band else ("" if f.state.status is not Status.PENDING else "needs a look")] for f in live]
+        if band:
+            header += f" {len(band)} likely right (press L to accept them)."
         seen = {str(f.finding_id): f.state.revision for f in live}
         return (canvas, header, gr.update(choices=choices, value=selected), table, seen, photo.id, *self.panel(photo.id, selected))
 
@@ -124,7 +173,7 @@ class ReviewHandlers:
                    for h in self.store.history(f.finding_id)]
         classes = [c.name for c in tax.classes_for_type(s.object_type)]
         return ("\n\n".join(lines), gr.update(choices=[(f"{k + 1} {c}", c) for k, c in enumerate(classes)], value=s.class_name),
-                s.rationale or "", "", history, s.revision, gr.update(value=None), gr.update(choices=[], value=None))
+                s.rationale or "", s.note or "", history, s.revision, gr.update(value=None), gr.update(choices=[], value=None))
 
     def _after(self, photo_id, selected, message) -> tuple:
         """The status line, then the refreshed view."""
@@ -150,6 +199,28 @@ class ReviewHandlers:
     def pick_object(evt: gr.SelectData):
         """The object id of a clicked row of the photo's object table."""
         return evt.row_value[1] if evt.row_value else None
+
+    def pick_at(self, photo_id, click):
+        """The object a click on the canvas selected, chosen as the canvas chooses: a box whose
+        resize handle is under the click first, else the first box (in ``#k`` order) containing it.
+        ``click`` is ``"fx,fy,width,height,n"``: the click as fractions of the canvas element and
+        the element's size; the photo is drawn fitted and centred in it (at the default zoom)."""
+        try:
+            fx, fy, cw, ch = (float(v) for v in str(click).split(",")[:4])
+        except ValueError:
+            return gr.skip(), *(gr.skip() for _ in self.PANEL)
+        if photo_id is None or cw <= 0 or ch <= 0:
+            return gr.skip(), *(gr.skip() for _ in self.PANEL)
+        photo = self.store.photo(int(photo_id))
+        fit = min(cw / photo.width, ch / photo.height)
+        x, y = (fx * cw - (cw - photo.width * fit) / 2) / fit, (fy * ch - (ch - photo.height * fit) / 2) / fit
+        handle = 6 / fit  # the canvas's 8 px handles, in photo pixels, less a margin
+        live = [f for f in self.store.photo_findings(photo.id) if f.state.status is not Status.DELETED]
+        hit = next((f for f in live if any(abs(x - hx) <= handle and abs(y - hy) <= handle for hx, hy in _handles(f.state.box))), None)
+        hit = hit or next((f for f in live if f.state.box.x1 <= x <= f.state.box.x2 and f.state.box.y1 <= y <= f.state.box.y2), None)
+        if hit is None:
+            return gr.skip(), *(gr.skip() for _ in self.PANEL)
+        return gr.update(value=hit.finding_id), *self.panel(photo.id, hit.finding_id)
 
     def select(self, photo_id, finding_id):
         return self.panel(photo_id, finding_id)
@@ -179,9 +250,15 @@ class ReviewHandlers:
             return self._after(None, None, "Open a photo first.")
         try:
             message = work(reviewer(request))
-        except (StaleEdit, review.StalePhoto) as exc:
+        except StaleEdit as exc:
+            now = exc.current
+            return self._after(photo_id, selected, f"⚠ Not saved: #{self._index(now.finding_id)} changed since you loaded it (now "
+                                                   f"{now.class_name}, by {now.updated_by}). The photo has been reloaded; check it and try again.")
+        except review.StalePhoto as exc:
             return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and try again.")
-        except (InvalidEdit, CanvasError, ValueError) as exc:
+        except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
+            return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
+        except (InvalidEdit, ValueError) as exc:
             return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
         return self._after(photo_id, selected, message)
 
@@ -193,12 +270,15 @@ class ReviewHandlers:
         saved = []
 
         def work(user):
+            if canvas.get("orientation"):  # rotation is not a labelling operation: boxes would be stored rotated
+                raise CanvasError("the canvas was rotated; boxes are edited on the upright photo only")
             saved.append(review.save_canvas(self.store, int(photo_id), canvas.get("boxes") or [], seen or {}, user))
             return "Saved: " + "; ".join(saved[0].lines) + "." if saved[0].changed else ""
 
         out = self._edit(photo_id, None, work, request)
         if saved and not saved[0].changed:  # nothing new: keep the last status line and the view as they are
-            hint = "Choose the new box's class in its label list, then OK." if saved[0].waiting else gr.skip()
+            hint = ("A drawn box waits for its class: pick it in the box's dialog, or select the grey box and use the canvas's "
+                    "Edit label button (Delete removes it)." if saved[0].waiting else gr.skip())
             return (hint, *(gr.skip() for _ in self.VIEW + self.PANEL))
         return out
 
@@ -221,6 +301,13 @@ class ReviewHandlers:
             return out  # refused: stay on the same object, so the reviewer sees nothing was saved
         return self._after(photo_id, None, out[0])  # None selects the next pending object
 
+    def accept_likely_right(self, photo_id, request: gr.Request):
+        def work(user):
+            band = self.likely_right(self.store.photo_findings(int(photo_id)))
+            return f"Saved: accepted {len(review.accept_some(self.store, int(photo_id), user, band))} likely-right object(s)."
+
+        return self._edit(photo_id, None, work, request)
+
     def accept_all(self, photo_id, request: gr.Request):
         return self._edit(photo_id, None, lambda user: f"Saved: accepted {len(review.accept_all(self.store, int(photo_id), user))} object(s).",
                           request)
@@ -231,15 +318,19 @@ class ReviewHandlers:
         return self._edit(photo_id, None, lambda user: self._apply(finding_id, revision, user, "delete"), request)
 
     def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
+        if not (text or "").strip():
+            return self._after(photo_id, finding_id, "Write the rationale first (an empty one is not saved).")
         return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text), request)
 
     def add_note(self, photo_id, finding_id, revision, text, request: gr.Request):
+        if not (text or "").strip():
+            return self._after(photo_id, finding_id, "Write the note first (an empty one is not saved).")
         return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request)
 
     def undo(self, photo_id, request: gr.Request):
         def work(user):
             state = review.undo(self.store, int(photo_id), user)
-            return f"Undone: your last action on #{state.finding_id}." if state else "Nothing of yours to undo on this photo."
+            return f"Undone: your last action on #{self._index(state.finding_id)}." if state else "Nothing of yours to undo on this photo."
 
         return self._edit(photo_id, None, work, request)
 
@@ -292,6 +383,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                 with gr.Row():
                     accept = gr.Button("Accept (a)", variant="primary", elem_id="sw-accept")
                     accept_all = gr.Button("Accept all pending (Shift+A)", elem_id="sw-accept-all")
+                    accept_likely = gr.Button("Accept likely right (L)", elem_id="sw-accept-likely")
                 with gr.Row():
                     delete = gr.Button("Delete object", variant="stop", elem_id="sw-delete")
                     undo = gr.Button("Undo (Ctrl+Z)", elem_id="sw-undo")
@@ -304,31 +396,40 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                     retype = gr.Button("Change type and class", elem_id="sw-retype")
                 rationale = gr.Textbox(label="Rationale (editable)", lines=3, elem_id="sw-rationale")
                 save_rationale = gr.Button("Save rationale", elem_id="sw-save-rationale")
-                note = gr.Textbox(label="Note", lines=1, elem_id="sw-note")
-                save_note = gr.Button("Add note", elem_id="sw-save-note")
+                note = gr.Textbox(label="Note (replaces the object's note)", lines=1, elem_id="sw-note")
+                save_note = gr.Button("Save note", elem_id="sw-save-note")
                 history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History", wrap=True)
         objects = gr.Dataframe(headers=OBJECT_HEADERS, interactive=False, label="Objects on this photo", elem_id="sw-photo-objects")
+        click = gr.Textbox(elem_id="sw-click", elem_classes=["sw-hidden"], container=False, show_label=False)
 
+    # No progress overlay on review events: it would cover the canvas and swallow the reviewer's
+    # next click while a save is in flight; the status line says what happened instead.
     view = [canvas, header, select, objects, seen, photo, detail, classes, rationale, note, history, revision, new_type, type_class]
     panel = view[len(ReviewHandlers.VIEW):]
     edit_out = [status, *view]
-    photo.submit(h.open_photo, photo, view, api_name="open_photo")
-    prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo")
-    next_btn.click(h.next_photo, photo, view, api_name="next_photo")
-    queue_btn.click(h.next_in_queue, photo, view, api_name="next_in_queue")
-    select.input(h.select, [photo, select], panel, api_name="select_object")
-    objects.select(h.pick_object, None, select, api_name=False).then(
-        h.select, [photo, select], panel, api_name=False)
-    canvas.change(h.save_canvas, [photo, canvas, seen], edit_out, api_name="save_canvas", concurrency_id="review")
-    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", concurrency_id="review")
+    quiet = {"show_progress": "hidden"}
+    edit = {"concurrency_id": "review", **quiet}  # edits share one lane, apart from inspections
+    photo.submit(h.open_photo, photo, view, api_name="open_photo", **quiet)
+    prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
+    next_btn.click(h.next_photo, photo, view, api_name="next_photo", **quiet)
+    queue_btn.click(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet)
+    select.input(h.select, [photo, select], panel, api_name="select_object", **quiet)
+    click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
+    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click):  # a new photo: last photo's message goes
+        nav(lambda: "", None, status, api_name=False, **quiet)
+    objects.select(h.pick_object, None, select, api_name=False, **quiet).then(
+        h.select, [photo, select], panel, api_name=False, **quiet)
+    canvas.change(h.save_canvas, [photo, canvas, seen], edit_out, api_name="save_canvas", **edit)
+    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", **edit)
     new_type.input(lambda t: gr.update(choices=[c.name for c in tax.classes_for_type(t)] if t else [], value=None), new_type, type_class,
-                   api_name=False)
-    retype.click(h.retype, [photo, select, revision, new_type, type_class], edit_out, api_name="retype", concurrency_id="review")
-    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", concurrency_id="review")
-    accept_all.click(h.accept_all, photo, edit_out, api_name="accept_all", concurrency_id="review")
-    delete.click(h.delete, [photo, select, revision], edit_out, api_name="delete", concurrency_id="review")
-    save_rationale.click(h.edit_rationale, [photo, select, revision, rationale], edit_out, api_name="edit_rationale", concurrency_id="review")
-    save_note.click(h.add_note, [photo, select, revision, note], edit_out, api_name="add_note", concurrency_id="review")
-    undo.click(h.undo, photo, edit_out, api_name="undo", concurrency_id="review")
-    done.click(h.photo_done, photo, edit_out, api_name="photo_done", concurrency_id="review")
+                   api_name=False, **quiet)
+    retype.click(h.retype, [photo, select, revision, new_type, type_class], edit_out, api_name="retype", **edit)
+    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", **edit)
+    accept_all.click(h.accept_all, photo, edit_out, api_name="accept_all", **edit)
+    accept_likely.click(h.accept_likely_right, photo, edit_out, api_name="accept_likely_right", **edit)
+    delete.click(h.delete, [photo, select, revision], edit_out, api_name="delete", **edit)
+    save_rationale.click(h.edit_rationale, [photo, select, revision, rationale], edit_out, api_name="edit_rationale", **edit)
+    save_note.click(h.add_note, [photo, select, revision, note], edit_out, api_name="add_note", **edit)
+    undo.click(h.undo, photo, edit_out, api_name="undo", **edit)
+    done.click(h.photo_done, photo, edit_out, api_name="photo_done", **edit)
     return photo, view

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.auth import parse_users, read_auth_file
 from app.models import ModelHost
 from core.paths import clip_model_dir
-from core.photos import MAX_UPLOAD_BYTES
+from core.photos import MAX_UPLOAD_BYTES, WORKING_SIZE_PX
 from core.pipeline import Pipeline
 from core.stage2 import registry
 from db.store import Store
@@ -28,11 +29,21 @@ class ServeConfig:
         port: TCP port.
         db: review database (default: in the data dir).
         backend: stage-2 backend (a live one of ``core.stage2.registry``: adapter, probe, qwen2vl, clip).
-        auth: comma-separated user:password pairs.
-        auth_file: file with one user:password per line.
+        auth: comma-separated user:password pairs, for local trials only: the command line (and
+            so the passwords) shows in ps; give reviewers an auth_file.
+        auth_file: file with one user:secret per line, the secret a scrypt hash written by
+            `slopewatch user add` (or a plain password).
         no_auth: allow anonymous use (only on localhost).
         max_upload_mb: largest accepted upload.
-        queue_size: most requests waiting at once; more are refused, not queued forever.
+        queue_size: most requests waiting at once, all users and events together; more are refused,
+            not queued forever (one user's inspections are capped by inspect_per_user first).
+        inspect_per_user: most inspections one reviewer may have waiting or running at once; more
+            are answered at once with a message.
+        inspect_slots: inspection requests admitted at once across reviewers (one runs, the
+            others wait their turn outside Gradio's shared queue).
+        working_size: photos larger than this many pixels on their long side are stored shrunk to
+            it (the original's hash and size are kept).
+        cache_minutes: files Gradio caches (uploads, returned images) are deleted after this many minutes.
         clip_model: CLIP checkpoint folder for photo search (default: $SLOPEWATCH_CLIP_MODEL; none hides it).
     """
 
@@ -44,7 +55,11 @@ class ServeConfig:
     auth_file: Path | None = None
     no_auth: bool = False
     max_upload_mb: int = MAX_UPLOAD_BYTES // 2**20
-    queue_size: int = 16
+    queue_size: int = 128
+    inspect_per_user: int = 2
+    inspect_slots: int = 8
+    working_size: int = WORKING_SIZE_PX
+    cache_minutes: int = 60
     clip_model: Path | None = None
 
     def __post_init__(self) -> None:
@@ -53,19 +68,17 @@ class ServeConfig:
         if not self.no_auth and not self.users():
             raise ValueError("expected reviewers: pass --auth user:pass, --auth-file FILE, or --no-auth (localhost only)")
         registry.check(self.backend, live_only=True)
-        if self.max_upload_mb < 1 or self.queue_size < 1:
-            raise ValueError(f"max_upload_mb and queue_size: expected >= 1, found {self.max_upload_mb} and {self.queue_size}")
+        for name in ("max_upload_mb", "queue_size", "inspect_per_user", "inspect_slots", "cache_minutes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
+        if self.working_size < 320:
+            raise ValueError(f"working_size: expected >= 320 px (the detector's input), found {self.working_size}")
 
     def users(self) -> list[tuple[str, str]]:
-        pairs = [p for p in self.auth.split(",") if p.strip()]
+        """``(user, secret)`` pairs: ``auth`` first, then ``auth_file`` (a user's later line wins)."""
+        out = parse_users([p for p in self.auth.split(",")], "--auth")
         if self.auth_file:
-            pairs += [line for line in Path(self.auth_file).read_text().splitlines() if line.strip() and not line.startswith("#")]
-        out = []
-        for pair in pairs:
-            user, sep, password = pair.strip().partition(":")
-            if not sep or not user or not password:
-                raise ValueError(f"auth: expected user:password, found {pair.strip()!r}")
-            out.append((user, password))
+            out += read_auth_file(self.auth_file)
         return out
 
 
@@ -80,16 +93,18 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     """The Gradio Blocks app over the served models and a store."""
     import gradio as gr
 
-    from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers
+    from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers, InspectLane
     from app.library_tab import build_library_tab
     from app.review_tab import ReviewHandlers, build_review_tab
 
     tax = store.taxonomy
     config = config or ServeConfig(no_auth=True)
-    h, rh = Handlers(models, store), ReviewHandlers(store)
+    h, rh = Handlers(models, store, InspectLane(config.inspect_per_user), config.working_size), ReviewHandlers(store, models)
     to_review = (lambda: gr.Tabs(selected="review"), None)
 
-    with gr.Blocks(title="slopewatch") as demo:
+    # Uploads (refused ones included) and returned images live in Gradio's cache until deleted.
+    age = config.cache_minutes * 60
+    with gr.Blocks(title="slopewatch", delete_cache=(max(60, age // 4), age)) as demo:
         gr.Markdown("# slopewatch — embankment drainage inspection")
         with gr.Tabs() as tabs:
             with gr.Tab("Inspect", id="inspect"):
@@ -128,7 +143,11 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
             build_library_tab(store, tabs, rh.open_finding, view, config.clip_model or clip_model_dir())
 
         picked = gr.Number(visible=False)
-        run.click(h.inspect, files, [gallery, objects, message, last_photo], concurrency_limit=1, concurrency_id="inspect", api_name="inspect")
+        # Inspections have their own lane, several requests wide so that one over a reviewer's cap
+        # is answered at once; InspectLane runs one at a time. Review actions have theirs
+        # ("review", app/review_tab.py) and every other event its own: none waits on an inspection.
+        run.click(h.inspect, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
+                  concurrency_id="inspect", api_name="inspect")
         review_this.click(rh.open_photo, last_photo, view, api_name="review_photo").then(*to_review, tabs, api_name=False)
         objects.select(h.pick_object, None, picked, api_name=False).then(
             rh.open_finding, picked, view, api_name=False).then(*to_review, tabs, api_name=False)
@@ -140,6 +159,31 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         demo.load(h.dashboard, None, dash, api_name=False)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=2)
     return demo
+
+
+def launch_options(cfg: ServeConfig) -> dict:
+    """``demo.launch`` keyword arguments that carry the security settings: logins through the
+    throttled ``Authenticator`` (with the client address from ``ClientAddressMiddleware``), the
+    upload cap, no share link, and nothing served from disk beyond Gradio's cache and the
+    photo folders."""
+    from starlette.middleware import Middleware
+
+    from app.auth import Authenticator, ClientAddressMiddleware
+    from app.handlers import overlays_dir
+    from core.paths import data_dir
+    from core.photos import photos_dir
+
+    return {
+        "server_name": cfg.host, "server_port": cfg.port, "share": False,
+        "auth": None if cfg.no_auth else Authenticator(cfg.users()).check,
+        "app_kwargs": {"middleware": [Middleware(ClientAddressMiddleware)]},
+        "max_file_size": f"{cfg.max_upload_mb}mb",
+        # Gradio copies a returned file into its cache only from the working directory, the temp
+        # dir or these folders: the stored photos, the Review canvas's enlarged copies
+        # (app.usecases.review.canvas_image) and Inspect's overlays. Logged-in users may fetch
+        # files from them; the database and the models live elsewhere and are never served.
+        "allowed_paths": [str(photos_dir()), str(data_dir() / "canvas"), str(overlays_dir())],
+    }
 
 
 def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
@@ -163,13 +207,15 @@ def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
     models.start()
     store = Store(cfg.db, load_taxonomy())
     demo = build_app(models, store, cfg)
-    demo.launch(
-        server_name=cfg.host, server_port=cfg.port, share=False, auth=None if cfg.no_auth else cfg.users(),
-        max_file_size=f"{cfg.max_upload_mb}mb", allowed_paths=[], prevent_thread_lock=True,
-        head=page_head(), show_error=True, quiet=True,
-    )
+    demo.launch(**launch_options(cfg), prevent_thread_lock=True, head=page_head(), show_error=True, quiet=True)
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}/"
     print(f"slopewatch: serving {url} (database {store.path}); models loading…", flush=True)
+    if cfg.auth.strip():
+        print("slopewatch: --auth puts passwords on the command line (visible in ps): for local trials only; "
+              "give reviewers `slopewatch user add NAME --auth-file FILE` and --auth-file", flush=True)
+    if n := store.needs_repair():
+        print(f"slopewatch: {n} stored finding(s) have a box outside their photo or an over-long text; "
+              f"run `slopewatch repair --db {store.path}`", flush=True)
     if models.wait():
         backend = models.pipeline().classifier.backend
         print(f"slopewatch: ready — stage 2 {backend.name} {backend.version}", flush=True)

@@ -162,6 +162,21 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         CREATE INDEX photo_reviews_photo ON photo_reviews(photo_id)
         """,
     )),
+    (4, "original photo size", (
+        """
+        -- Large photos are downscaled to a working size on ingest: width/height stay the stored
+        -- image's (every box lives in its pixels), these are the upload's, upright. sha256 was
+        -- always the uploaded bytes' hash.
+        ALTER TABLE photos ADD COLUMN original_width INTEGER
+        """,
+        """
+        ALTER TABLE photos ADD COLUMN original_height INTEGER
+        """,
+        """
+        -- Photos stored before this migration were never downscaled.
+        UPDATE photos SET original_width = width, original_height = height
+        """,
+    )),
 ]
 
 

@@ -22,13 +22,20 @@ def _pick(cls, row: sqlite3.Row | dict, **extra) -> dict:
 
 @dataclass(frozen=True)
 class PhotoRecord:
-    """A stored photo (content-addressed by SHA-256)."""
+    """A stored photo (content-addressed by the SHA-256 of the uploaded bytes).
+
+    ``width``/``height`` are the stored (working) image's, the pixels every box lives in;
+    ``original_width``/``original_height`` are the upload's, upright. They differ only for a
+    photo downscaled on ingest.
+    """
 
     id: int
     sha256: str
     path: str
     width: int
     height: int
+    original_width: int
+    original_height: int
     original_name: str | None = None
 
     @classmethod
@@ -195,3 +202,24 @@ class PhotoQueueRow:
         name = row["original_name"] or PurePath(row["path"]).name
         return cls(row["photo_id"], name, row["n_objects"], row["n_pending"], row["min_margin"],
                    row["min_detector_confidence"], float(row["expected_errors"]), bool(row["done"]))
+
+
+@dataclass(frozen=True)
+class BoxRepair:
+    """One live finding the one-off repair changed (``Store.repair``).
+
+    Attributes:
+        finding_id: the finding.
+        photo_id: its photo.
+        before: the stored box ``(x1, y1, x2, y2)``, outside the photo, non-finite or thinner than
+            the minimum side (or the unchanged box when only a text was cut).
+        after: the box clamped to the photo, or None when nothing of it was left inside (the
+            finding was deleted by the repair correction).
+        texts_cut: the text fields (rationale, note) cut to the cap.
+    """
+
+    finding_id: int
+    photo_id: int
+    before: tuple[float, float, float, float]
+    after: tuple[float, float, float, float] | None
+    texts_cut: tuple[str, ...] = ()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
+import numbers
 import os
 import sqlite3
 import threading
@@ -28,11 +30,23 @@ from core.paths import data_dir
 from core.taxonomy import Taxonomy
 from core.types import Box, Finding, Status
 from db.migrations import migrate
-from db.rows import Correction, FindingState, PhotoProgress, PhotoQueueRow, PhotoRecord, ReviewedPhoto, StoredFinding
+from db.rows import BoxRepair, Correction, FindingState, PhotoProgress, PhotoQueueRow, PhotoRecord, ReviewedPhoto, StoredFinding
 
-ACTIONS = ("accept", "relabel", "retype", "delete", "add", "edit_box", "edit_rationale", "note", "undo")
-# Actions with their own entry point (add_missed, undo_last), not accepted by Store.correct.
-_OWN_ENTRY = ("add", "undo")
+ACTIONS = ("accept", "relabel", "retype", "delete", "add", "edit_box", "edit_rationale", "note", "undo", "repair")
+# Actions with their own entry point (add_missed, undo_last, repair), not accepted by Store.correct.
+_OWN_ENTRY = ("add", "undo", "repair")
+
+# A box must keep at least this many pixels a side inside its photo: thinner is a slip of the
+# mouse (or a typed number), not an object, and a zero-area box breaks export and training.
+MIN_BOX_SIDE_PX = 2.0
+# Notes and rationales are a sentence or a paragraph. Every correction copies the finding's
+# whole state (before and after), so an unbounded note would grow the history by its size on
+# every later edit of the object.
+MAX_TEXT_CHARS = 2000
+# SQLite integers are signed 64-bit; a larger Python int raises OverflowError inside sqlite3.
+_SQLITE_INT = (-(2**63), 2**63 - 1)
+# Who appends the one-off repair's corrections (``Store.repair``).
+REPAIR_REVIEWER = "slopewatch-repair"
 
 
 class StaleEdit(SlopewatchError):
@@ -46,6 +60,83 @@ class StaleEdit(SlopewatchError):
 
 class InvalidEdit(SlopewatchError):
     """An edit that does not fit the taxonomy or the finding."""
+
+
+class NotFound(InvalidEdit):
+    """No photo or finding with that id (an id outside SQLite's integer range included)."""
+
+
+class InvalidBox(InvalidEdit):
+    """A box that is not finite, or keeps less than ``MIN_BOX_SIDE_PX`` a side inside its photo."""
+
+
+class TextTooLong(InvalidEdit):
+    """A note or rationale over ``MAX_TEXT_CHARS``."""
+
+
+def _shown(value, limit: int = 60) -> str:
+    """``repr(value)``, cut: an error message must not echo a 5 MB string back to the page."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def check_id(value, what: str) -> int:
+    """An object id as SQLite can look it up.
+
+    Raises:
+        InvalidEdit: not an integer (a bool, a float, a string).
+        NotFound: outside SQLite's signed 64-bit range: no such object can exist.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidEdit(f"expected an integer {what} id, found {_shown(value)}")
+    value = int(value)
+    if not _SQLITE_INT[0] <= value <= _SQLITE_INT[1]:
+        raise NotFound(f"no {what} with id {_shown(value)} (ids are integers below 2**63)")
+    return value
+
+
+def check_text(value, what: str) -> str:
+    """A note or rationale as stored: a string of at most ``MAX_TEXT_CHARS`` characters.
+
+    Raises:
+        TextTooLong: longer than the cap.
+    """
+    text = "" if value is None else str(value)
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextTooLong(f"{what}: expected at most {MAX_TEXT_CHARS:,} characters, found {len(text):,}")
+    return text
+
+
+def check_box(box, width: int, height: int) -> Box:
+    """The one rule for every box stored (model output, a drawn box, a moved box).
+
+    Coordinates must be finite; the box is clamped to the ``width`` x ``height`` photo (a box
+    drawn a pixel past the edge is the reviewer's intent) and must keep at least
+    ``MIN_BOX_SIDE_PX`` a side inside it.
+
+    Args:
+        box: a ``Box`` or four numbers ``(x1, y1, x2, y2)`` in photo pixels.
+
+    Returns:
+        The clamped box.
+
+    Raises:
+        InvalidBox: not four finite numbers, or too thin (or wholly outside) after clamping.
+    """
+    values = box.xyxy if isinstance(box, Box) else box
+    try:
+        x1, y1, x2, y2 = (float(v) for v in values)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidBox(f"expected a box of four numbers (x1, y1, x2, y2), found {_shown(box)}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise InvalidBox(f"expected finite box coordinates, found ({x1:g}, {y1:g}, {x2:g}, {y2:g})")
+    x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
+    y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
+    if x2 - x1 < MIN_BOX_SIDE_PX or y2 - y1 < MIN_BOX_SIDE_PX:
+        raw = ", ".join(f"{float(v):g}" for v in values)
+        raise InvalidBox(f"expected a box at least {MIN_BOX_SIDE_PX:g} px a side inside the {width}x{height} photo, found "
+                         f"({raw}) -> ({x1:g}, {y1:g}, {x2:g}, {y2:g}) after clamping, {x2 - x1:g}x{y2 - y1:g} px")
+    return Box(x1, y1, x2, y2)
 
 
 def wal_reset_bug(version: str = sqlite3.sqlite_version) -> bool:
@@ -184,23 +275,36 @@ class Store:
     def ensure_user(self, name: str, display_name: str | None = None) -> None:
         if not name:
             raise InvalidEdit("expected a reviewer name, found an empty one")
+        if len(name) > 100:
+            raise InvalidEdit(f"expected a reviewer name of at most 100 characters, found {len(name):,}")
         with self.write() as conn:
             conn.execute("INSERT OR IGNORE INTO users(name, display_name, created_at) VALUES (?, ?, ?)", (name, display_name or name, time.time()))
 
-    def add_photo(self, sha256: str, path: str, width: int, height: int, original_name: str | None, uploaded_by: str | None) -> tuple[PhotoRecord, bool]:
-        """Insert a photo by content hash; returns ``(record, created)``: the same bytes twice give one photo."""
+    def add_photo(self, sha256: str, path: str, width: int, height: int, original_name: str | None, uploaded_by: str | None,
+                  original_size: tuple[int, int] | None = None) -> tuple[PhotoRecord, bool]:
+        """Insert a photo by content hash; returns ``(record, created)``: the same bytes twice give one photo.
+
+        ``width``/``height`` are the stored image's (boxes live in its pixels); ``original_size``
+        is the upload's when it was downscaled on ingest (default: the same).
+        """
+        ow, oh = original_size or (width, height)
+        for what, v in (("width", width), ("height", height), ("original width", ow), ("original height", oh)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise InvalidEdit(f"photo {what}: expected a positive integer, found {_shown(v)}")
         with self.write() as conn:
             row = conn.execute("SELECT * FROM photos WHERE sha256 = ?", (sha256,)).fetchone()
             if row:
                 return PhotoRecord.from_row(row), False
             pid = _insert(conn, "photos", {"sha256": sha256, "path": path, "width": width, "height": height,
-                                           "original_name": original_name, "uploaded_by": uploaded_by, "uploaded_at": time.time()})
-            return PhotoRecord(pid, sha256, path, width, height, original_name), True
+                                           "original_width": ow, "original_height": oh, "original_name": original_name,
+                                           "uploaded_by": uploaded_by, "uploaded_at": time.time()})
+            return PhotoRecord(pid, sha256, path, width, height, ow, oh, original_name), True
 
     def photo(self, photo_id: int) -> PhotoRecord:
+        photo_id = check_id(photo_id, "photo")
         rows = self._rows("SELECT * FROM photos WHERE id = ?", (photo_id,))
         if not rows:
-            raise SlopewatchError(f"no photo with id {photo_id}")
+            raise NotFound(f"no photo with id {photo_id}")
         return PhotoRecord.from_row(rows[0])
 
     def photos(self) -> list[PhotoRecord]:
@@ -214,25 +318,39 @@ class Store:
 
     def has_findings(self, photo_id: int) -> bool:
         """Whether the pipeline (or a reviewer) has stored any finding on the photo."""
-        return bool(self._rows("SELECT 1 FROM findings WHERE photo_id = ? LIMIT 1", (photo_id,)))
+        return bool(self._rows("SELECT 1 FROM findings WHERE photo_id = ? LIMIT 1", (check_id(photo_id, "photo"),)))
 
     def photo_of(self, finding_id: int) -> int:
         """The id of the photo a finding is on."""
+        finding_id = check_id(finding_id, "finding")
         rows = self._rows("SELECT photo_id FROM findings WHERE id = ?", (finding_id,))
         if not rows:
-            raise InvalidEdit(f"no finding with id {finding_id}")
+            raise NotFound(f"no finding with id {finding_id}")
         return rows[0]["photo_id"]
+
+    @staticmethod
+    def _photo_size(conn: sqlite3.Connection, photo_id: int) -> tuple[int, int]:
+        row = conn.execute("SELECT width, height FROM photos WHERE id = ?", (photo_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no photo with id {photo_id}")
+        return row["width"], row["height"]
 
     # --- model output --------------------------------------------------------------------
     def add_run(self, photo_id: int, findings: list[Finding], detector_version: str, classifier_version: str | None, seconds: float) -> list[int]:
         """Store one pipeline run's findings (immutable) and their initial state; returns finding ids."""
+        photo_id = check_id(photo_id, "photo")
         now = time.time()
         ids = []
         with self.write() as conn:
+            width, height = self._photo_size(conn, photo_id)
             run = _insert(conn, "inference_runs", {"photo_id": photo_id, "detector_version": detector_version,
                                                     "classifier_version": classifier_version, "seconds": seconds, "created_at": now})
-            for f in findings:
-                b = f.detection.box
+            for k, f in enumerate(findings):
+                try:
+                    b = check_box(f.detection.box, width, height)
+                    check_text(f.rationale, "rationale")
+                except InvalidEdit as exc:  # the whole run is refused: a partial one would renumber the #k
+                    raise type(exc)(f"photo {photo_id} detection {k} ({f.detection.type}): {exc}") from None
                 fid = _insert(conn, "findings", {
                     "photo_id": photo_id, "run_id": run, "object_type": f.detection.type, "class_name": f.class_name,
                     "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "detector_confidence": f.detection.confidence,
@@ -246,15 +364,16 @@ class Store:
 
     # --- review --------------------------------------------------------------------------
     def state(self, finding_id: int) -> FindingState:
+        finding_id = check_id(finding_id, "finding")
         rows = self._rows("SELECT * FROM finding_state WHERE finding_id = ?", (finding_id,))
         if not rows:
-            raise InvalidEdit(f"no finding with id {finding_id}")
+            raise NotFound(f"no finding with id {finding_id}")
         return FindingState.from_row(rows[0])
 
     def photo_findings(self, photo_id: int) -> list[StoredFinding]:
         """All findings of one photo (deleted ones too), in detection order."""
         return [StoredFinding.from_row(r) for r in self._rows(
-            f"SELECT * FROM ({_FINDINGS_SQL}) WHERE photo_id = ? ORDER BY finding_id", (photo_id,))]
+            f"SELECT * FROM ({_FINDINGS_SQL}) WHERE photo_id = ? ORDER BY finding_id", (check_id(photo_id, "photo"),))]
 
     def live_findings(self) -> dict[int, StoredFinding]:
         """Every finding not deleted, by id in id order (what embedding, the map and search read)."""
@@ -310,15 +429,19 @@ class Store:
                 the label the finding already has (nothing is written).
         """
         if action not in ACTIONS or action in _OWN_ENTRY:
-            raise InvalidEdit(f"expected an action among {[a for a in ACTIONS if a not in _OWN_ENTRY]}, found {action!r}")
+            raise InvalidEdit(f"expected an action among {[a for a in ACTIONS if a not in _OWN_ENTRY]}, found {_shown(action)}")
+        finding_id = check_id(finding_id, "finding")
+        if isinstance(expected_revision, bool) or not isinstance(expected_revision, numbers.Integral):
+            raise InvalidEdit(f"expected the integer revision you saw, found {_shown(expected_revision)}")
         with self.write() as conn:
-            row = conn.execute("SELECT * FROM finding_state WHERE finding_id = ?", (finding_id,)).fetchone()
+            row = conn.execute("SELECT s.*, f.photo_id FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                               "WHERE s.finding_id = ?", (finding_id,)).fetchone()
             if row is None:
-                raise InvalidEdit(f"no finding with id {finding_id}")
+                raise NotFound(f"no finding with id {finding_id}")
             before = FindingState.from_row(row)
             if before.revision != expected_revision:
                 raise StaleEdit(finding_id, expected_revision, before)
-            after = self._apply(before.to_json(), action, changes)
+            after = self._apply(before.to_json(), action, changes, self._photo_size(conn, row["photo_id"]))
             after.update(revision=before.revision + 1, updated_at=time.time(), updated_by=reviewer)
             return self._append(conn, reviewer, action, before.to_json(), after)
 
@@ -335,7 +458,7 @@ class Store:
         conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
         return FindingState.from_row(after)
 
-    def _apply(self, before: dict, action: str, changes: dict) -> dict:
+    def _apply(self, before: dict, action: str, changes: dict, photo_size: tuple[int, int]) -> dict:
         after = dict(before)
         tax = self.taxonomy
         if action == "delete":
@@ -344,6 +467,10 @@ class Store:
         if action in ("relabel", "retype"):
             new_type = changes.get("object_type", before["object_type"]) if action == "retype" else before["object_type"]
             new_class = changes.get("class_name")
+            if new_type not in tax.type_names:
+                raise InvalidEdit(f"expected a type among {tax.type_names}, found {_shown(new_type)}")
+            if new_class is not None and new_class not in tax.class_names:
+                raise InvalidEdit(f"expected a class among {tax.class_names}, found {_shown(new_class)}")
             if new_class is None:
                 candidates = tax.classes_for_type(new_type)
                 if len(candidates) != 1:
@@ -357,17 +484,15 @@ class Store:
                 raise InvalidEdit(f"#{before['finding_id']} is already {new_class}; nothing to change")
             if new_type != before["object_type"]:
                 # The rationale explained the old type's condition; kept, it would describe another object.
-                after["rationale"] = str(changes.get("rationale", ""))
+                after["rationale"] = check_text(changes.get("rationale", ""), "rationale")
             after.update(object_type=new_type, class_name=new_class)
         elif action == "edit_box":
-            box = changes.get("box")
-            if not isinstance(box, Box) or box.area <= 0:
-                raise InvalidEdit(f"expected a non-empty Box, found {box!r}")
+            box = check_box(changes.get("box"), *photo_size)
             after.update(x1=box.x1, y1=box.y1, x2=box.x2, y2=box.y2)
         elif action == "edit_rationale":
-            after["rationale"] = str(changes.get("rationale", ""))
+            after["rationale"] = check_text(changes.get("rationale", ""), "rationale")
         elif action == "note":
-            after["note"] = str(changes.get("note", ""))
+            after["note"] = check_text(changes.get("note", ""), "note")
         after["status"] = Status.REVIEWED.value
         return after
 
@@ -385,6 +510,7 @@ class Store:
             StaleEdit: the finding changed since that correction (a later correction on it that was
                 not itself undone), e.g. another reviewer relabelled it.
         """
+        photo_id = check_id(photo_id, "photo")
         with self.write() as conn:
             # Newest by id, not created_at: ids follow commit order, a wall clock can step back.
             row = conn.execute(
@@ -413,10 +539,21 @@ class Store:
             return self._append(conn, reviewer, "undo", current.to_json(), after, undoes=target.id)
 
     def add_missed(self, photo_id: int, reviewer: str, box: Box, class_name: str, rationale: str = "") -> FindingState:
-        """A box the detector missed, drawn by a reviewer: a reviewer-sourced finding plus its 'add' correction."""
+        """A box the detector missed, drawn by a reviewer: a reviewer-sourced finding plus its 'add' correction.
+
+        Raises:
+            NotFound: no such photo.
+            InvalidBox: the box breaks ``check_box`` on this photo (it is stored clamped otherwise).
+            InvalidEdit: a class outside the taxonomy; TextTooLong: a rationale over the cap.
+        """
+        photo_id = check_id(photo_id, "photo")
+        if class_name not in self.taxonomy.class_names:
+            raise InvalidEdit(f"expected a class among {self.taxonomy.class_names}, found {_shown(class_name)}")
         cls = self.taxonomy.get_class(class_name)
+        rationale = check_text(rationale, "rationale")
         now = time.time()
         with self.write() as conn:
+            box = check_box(box, *self._photo_size(conn, photo_id))
             fid = _insert(conn, "findings", {"photo_id": photo_id, "object_type": cls.type, "class_name": class_name,
                                              "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2, "rationale": rationale,
                                              "source": "reviewer", "created_at": now})
@@ -427,6 +564,58 @@ class Store:
                                           "created_at": now})
             return state
 
+    # --- one-off repair ----------------------------------------------------------------------
+    def _repairs(self, conn: sqlite3.Connection, reviewer: str) -> list[tuple[BoxRepair, dict, dict]]:
+        """What ``repair`` would change: ``(summary, before, after)`` per live finding."""
+        out = []
+        rows = conn.execute("SELECT s.*, f.photo_id, p.width, p.height FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                            "JOIN photos p ON p.id = f.photo_id WHERE s.status != ? ORDER BY s.finding_id", (Status.DELETED.value,))
+        for r in rows:
+            before = FindingState.from_row(r).to_json()
+            after = dict(before)
+            raw = (r["x1"], r["y1"], r["x2"], r["y2"])
+            try:
+                fixed = check_box(raw, r["width"], r["height"]).xyxy
+            except InvalidBox:
+                fixed = None  # nothing usable inside the photo
+            if fixed is None:
+                after["status"] = Status.DELETED.value
+            elif fixed != raw:
+                after.update(zip(("x1", "y1", "x2", "y2"), fixed))
+            cut = tuple(k for k in ("rationale", "note") if len(before[k] or "") > MAX_TEXT_CHARS)
+            for k in cut:
+                after[k] = before[k][:MAX_TEXT_CHARS]
+            if after != before:
+                after.update(revision=before["revision"] + 1, updated_at=time.time(), updated_by=reviewer)
+                out.append((BoxRepair(r["finding_id"], r["photo_id"], raw, fixed, cut), before, after))
+        return out
+
+    def needs_repair(self) -> int:
+        """How many live findings ``repair`` would change (stored before every box and text was checked)."""
+        with self._snapshot() as conn:
+            return len(self._repairs(conn, REPAIR_REVIEWER))
+
+    def repair(self, reviewer: str = REPAIR_REVIEWER) -> list[BoxRepair]:
+        """Bring rows stored before ``check_box``/``check_text`` existed inside the rules, once.
+
+        Each live finding whose box breaks ``check_box`` on its photo, or whose rationale or note
+        is over ``MAX_TEXT_CHARS``, gets one appended ``repair`` correction by ``reviewer``: the box
+        clamped to the photo, or the finding deleted when less than ``MIN_BOX_SIDE_PX`` a side of it
+        is inside (it marks nothing on the photo); texts cut to the cap. History keeps the old
+        values (the correction's before-state); a photo marked done reopens, as after any edit.
+        Running it again changes nothing.
+
+        Returns:
+            One ``BoxRepair`` per finding changed.
+        """
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO users(name, display_name, created_at) VALUES (?, ?, ?)",
+                         (reviewer, "one-off repair", time.time()))
+            repairs = self._repairs(conn, reviewer)
+            for _, before, after in repairs:
+                self._append(conn, reviewer, "repair", before, after)
+        return [summary for summary, _, _ in repairs]
+
     # --- photos as a unit of review ---------------------------------------------------------
     def confirm_photo(self, photo_id: int, reviewer: str) -> PhotoProgress:
         """Record that a reviewer checked the whole photo (appended; earlier confirmations stay).
@@ -434,9 +623,10 @@ class Store:
         Raises:
             InvalidEdit: no such photo, or a live finding is still pending (named by its ``#k``).
         """
+        photo_id = check_id(photo_id, "photo")
         with self.write() as conn:
             if conn.execute("SELECT 1 FROM photos WHERE id = ?", (photo_id,)).fetchone() is None:
-                raise InvalidEdit(f"expected a photo with id {photo_id}, found none")
+                raise NotFound(f"expected a photo with id {photo_id}, found none")
             pending = [r["idx"] for r in conn.execute(
                 f"SELECT idx FROM ({_FINDINGS_SQL}) WHERE photo_id = ? AND status = ? ORDER BY idx", (photo_id, Status.PENDING.value))]
             if pending:
@@ -452,9 +642,9 @@ class Store:
 
     def photo_progress(self, photo_id: int) -> PhotoProgress:
         """Counts by status and whether the photo is done (see ``PhotoProgress``)."""
-        rows = self._rows(_progress_sql("WHERE p.id = :photo_id"), {**_STATUS, "photo_id": photo_id})
+        rows = self._rows(_progress_sql("WHERE p.id = :photo_id"), {**_STATUS, "photo_id": check_id(photo_id, "photo")})
         if not rows:
-            raise SlopewatchError(f"expected a photo with id {photo_id}, found none")
+            raise NotFound(f"expected a photo with id {photo_id}, found none")
         return PhotoProgress.from_row(rows[0])
 
     def _finding_filters(self, object_type: str | None, class_name: str | None, condition: str | None,
@@ -522,7 +712,8 @@ class Store:
                 "training_runs": runs}
 
     def history(self, finding_id: int) -> list[Correction]:
-        return [Correction.from_row(r) for r in self._rows("SELECT * FROM corrections WHERE finding_id = ? ORDER BY revision", (finding_id,))]
+        return [Correction.from_row(r) for r in self._rows("SELECT * FROM corrections WHERE finding_id = ? ORDER BY revision",
+                                                           (check_id(finding_id, "finding"),))]
 
     def corrections_since(self, t: float) -> int:
         """How many corrections were made after time ``t`` (what is new to a model cut at ``t``)."""

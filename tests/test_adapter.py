@@ -67,21 +67,58 @@ def test_loading_a_missing_adapter_is_a_named_error(tmp_path):
         AdapterVLM.load(tmp_path, TAX)
 
 
+def test_lora_weights_that_fit_no_module_are_refused(tmp_path, tokenizer):
+    """peft loads LoRA keys that match no module without a word (the LoRA stays zero: the base
+    LM served as the adapter); ``load`` refuses them. Here the layers are renamed as a
+    transformers release could."""
+    from safetensors.torch import load_file, save_file
+
+    from core.errors import WeightsError
+
+    AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer)).save(tmp_path)
+    file = tmp_path / "weights.safetensors"
+    save_file({k.replace(".model.layers.", ".model.language_model.layers."): v for k, v in load_file(file).items()}, file)
+    with pytest.raises(WeightsError, match="LoRA weights do not fit"):
+        AdapterVLM.load(tmp_path, TAX, lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
+
+
 def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml, tokenizer):
+    """int8 keeps the adapter's scores, LoRA included: the LoRA here is not zero (as a trained
+    one is not), so a quantised model that lost it would score like the base LM. Compared on
+    log-probabilities against the fp32 model and against the same model without its LoRA."""
     from core.stage2.backends.qwen2vl import BackendUnavailable
 
     model = AdapterVLM(TAX, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
     ds = load_dataset(samples_yaml)
     _, image, dets, _, key = next(ground_truth(ds, "valid"))
     ctx = photo_context(image, dets, key)
     targets = [i for i, d in enumerate(dets) if TAX.needs_condition(d.type)]
+
+    def log_probs():
+        probs = model.score(ctx, targets)
+        assert all(abs(p.sum() - 1) < 1e-5 for p in probs)
+        probs = np.concatenate(probs)
+        assert probs.min() > 1e-6, "saturated probabilities cannot tell models apart"
+        return np.log(probs)
+
+    fp32 = log_probs()
+    with model.lm.disable_adapter():
+        lora_effect = float(np.abs(log_probs() - fp32).max())
     before = model.lm_size_bytes()
     model.quantize("int8")
     assert model.lm_size_bytes() < before
     linears = [m for m in model.lm.model.modules() if type(m) is torch.nn.Linear]
     assert not linears, "every decoder linear layer should be quantised"
     assert model.version.endswith("+int8")
-    assert all(abs(p.sum() - 1) < 1e-5 for p in model.score(ctx, targets))
+    error = float(np.abs(log_probs() - fp32).max())
+    # Here: the LoRA moves log-probabilities by 0.19, int8 by 0.007.
+    assert lora_effect > 0.05, f"the LoRA barely matters ({lora_effect}): the test could not see it dropped"
+    assert error < lora_effect / 5, f"int8 moved log-probabilities by {error}, dropping the LoRA moves them by {lora_effect}"
     with pytest.raises(BackendUnavailable, match="int4"):
         model.quantize("int4")
 

@@ -37,6 +37,11 @@ def test_evaluate_pipeline_cli_on_real_samples(samples_yaml, tmp_path):
     assert 0 <= p["detection"]["matched"] <= min(p["detection"]["detections"], 40)
     assert p["condition_on_matched"]["n"] == p["detection"]["matched"]
     assert 0.0 <= p["relations"]["f1"] <= 1.0
+    joint = p["box_and_class"]  # one entry per detection; "right" means matched and correctly labelled
+    assert joint["n"] == p["detection"]["detections"]
+    right = round(joint["share_right"] * joint["n"])
+    assert right == round(p["condition_on_matched"]["accuracy"] * p["detection"]["matched"])  # the same objects, counted two ways
+    assert 0.0 <= joint["ece"] <= 1.0 and len(joint["risk_coverage"]) == 7
 
 
 def test_bench_pipeline_reports_both_paths(tmp_path):

@@ -87,7 +87,7 @@ def test_canvas_edits_each_write_one_correction(app):
     edited = [{**boxes[0], "xmin": boxes[0]["xmin"] + 6, "xmax": boxes[0]["xmax"] + 6}, *boxes[2:],
               {"xmin": 5, "ymin": 5, "xmax": 60, "ymax": 50, "label": "rock toe damaged"}]
     out = app.r.save_canvas(photo_id, {"boxes": edited}, v["seen"], ANA)
-    assert out[0].startswith("Saved") and "#0 moved" in out[0] and "#1 deleted" in out[0] and "added" in out[0]
+    assert out[0].startswith("Saved") and "#0 moved/resized" in out[0] and "#1 deleted" in out[0] and "added" in out[0]
     got = rows(app.db, "SELECT finding_id, action, reviewer FROM corrections ORDER BY id")
     assert got == [(ids[1], "delete", "ana"), (ids[0], "edit_box", "ana"), (max(ids) + 1, "add", "ana")]
     x1 = rows(app.db, "SELECT x1 FROM finding_state WHERE finding_id = ?", ids[0])[0][0]
@@ -198,3 +198,46 @@ def test_a_model_that_fails_to_load_keeps_the_old_one_serving(tmp_path):
     host.pipeline()
     host.wait(10)
     assert builds == ["good", "broken"]  # not retried on every request
+
+
+def test_accept_likely_right_touches_only_the_band(app):
+    *_, photo_id = inspect(app, PHOTOS[1])
+    pending = [f for f in app.store.photo_findings(photo_id) if len(f.probabilities or {}) > 1]
+    confs = sorted(f.confidence for f in pending)
+    threshold = confs[len(confs) // 2]  # half the objects in the band
+    served = SimpleNamespace(classifier=SimpleNamespace(backend=SimpleNamespace(calibration=SimpleNamespace(likely_right=threshold))))
+    r = ReviewHandlers(app.store, ModelHost.ready(served))
+    band = {f.finding_id for f in pending if f.confidence >= threshold}
+    v = view(r.open_photo(photo_id))
+    assert sum("likely right" in label for label, _ in v["select"]["choices"]) == len(band) > 0
+    out = r.accept_likely_right(photo_id, ANA)
+    assert out[0] == f"Saved: accepted {len(band)} likely-right object(s)."
+    accepted = rows(app.db, "SELECT finding_id, reviewer FROM corrections WHERE action = 'accept'")
+    assert sorted(fid for fid, _ in accepted) == sorted(band) and {who for _, who in accepted} == {"ana"}
+    below = [f for f in app.store.photo_findings(photo_id) if f.finding_id not in band]
+    assert all(f.state.status == "pending" for f in below)  # nothing below the band was touched
+
+
+def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
+    *_, photo_id = inspect(app, PHOTOS[1])
+    photo = app.store.photo(photo_id)
+    live = [f for f in app.store.photo_findings(photo_id) if f.state.status != "deleted"]
+    cw, ch = 718.0, 624.0  # the canvas element; the photo is fitted and centred in it
+    fit = min(cw / photo.width, ch / photo.height)
+    left, top = (cw - photo.width * fit) / 2, (ch - photo.height * fit) / 2
+    checked = 0
+    for target in live:
+        b = target.state.box
+        x, y = b.cx, b.cy
+        # the canvas takes a box whose handle is under the point first, else the first box containing it
+        near = [f for f in live if min(abs(x - hx) + abs(y - hy) for hx in (f.state.box.x1, f.state.box.cx, f.state.box.x2)
+                                       for hy in (f.state.box.y1, f.state.box.cy, f.state.box.y2) if (hx, hy) != (f.state.box.cx, f.state.box.cy)) <= 6 / fit]
+        first = next(f for f in live if f.state.box.x1 <= x <= f.state.box.x2 and f.state.box.y1 <= y <= f.state.box.y2)
+        if near or first.finding_id != target.finding_id:
+            continue  # another box wins this point: not a clean probe
+        out = app.r.pick_at(photo_id, f"{(left + x * fit) / cw},{(top + y * fit) / ch},{cw},{ch},1")
+        assert out[0]["value"] == target.finding_id and f"#{target.index} " in out[1]
+        checked += 1
+    assert checked >= 2
+    miss = app.r.pick_at(photo_id, "0.001,0.001,718,624,2")  # the margin beside the photo: nothing selected
+    assert not isinstance(miss[0], dict) or miss[0].get("value") is None

@@ -28,9 +28,12 @@ def test_plain_jpeg_from_path_and_bytes(tmp_path):
     "payload, message",
     [
         (b"", "empty"),
-        (b"hello, this is a text file renamed .jpg", "unrecognised"),
-        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "unrecognised"),
-        (b"<html><body>hi</body></html>", "unrecognised"),
+        (b"hello, this is a text file renamed .jpg", "found text$"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "found an SVG drawing"),
+        (b"<html><body>hi</body></html>", "found an HTML page"),
+        (b"%PDF-1.7\n%\xe2\xe3", "found a PDF document"),
+        (b"\x00\x01\x02\xff" * 40, "found an unrecognised file"),
+        (b"GIF89a\x01\x00\x01\x00", "GIF is not supported for inspection photos"),
     ],
 )
 def test_non_images_are_refused(tmp_path, payload, message):
@@ -46,10 +49,14 @@ def test_truncated_jpeg_is_refused():
         load_image(data[: len(data) // 2])
 
 
-def test_huge_dimensions_are_refused_before_decoding():
+@pytest.mark.parametrize("size, found", [
+    ((60_000, 2_000), "found 120 MP"),  # over the cap: Pillow's warning, raised as an error
+    ((20_000, 20_000), "found 400 MP"),  # over twice the cap: Pillow's own bomb error
+])
+def test_huge_dimensions_are_refused_before_decoding(size, found):
     buf = io.BytesIO()
-    Image.new("1", (60_000, 1_000)).save(buf, "PNG")  # 60 MP, tiny on disk
-    with pytest.raises(ImageError, match="too large|at most"):
+    Image.new("1", size).save(buf, "PNG")  # tiny on disk
+    with pytest.raises(ImageError, match=f"expected a photo of at most 100 MP, {found}"):
         load_image(buf.getvalue())
 
 

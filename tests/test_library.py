@@ -63,7 +63,7 @@ def test_embedding_is_incremental(tmp_path, samples_yaml):
     from core.types import Box
 
     store.correct(state["finding_id"], state["revision"], "ana", "edit_box",
-                  box=Box(state["x1"], state["y1"], state["x2"] - 5, state["y2"] - 5))
+                  box=Box(state["x1"], state["y1"], state["x2"], state["y2"] - 5))  # this object is 7 px wide: keep its width
     assert embed_library(store).findings == 1
     ids_, matrix = store.load_vectors("finding", IMAGE_MODEL)
     assert matrix.shape == (n_objects + new_objects, 1280) and np.isfinite(matrix).all()

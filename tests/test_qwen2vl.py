@@ -81,29 +81,38 @@ def test_prompt_marks_the_object_with_grounding_and_facts(backend):
     assert "slope drain #0" not in backend.object_text(ctx, 1, with_context=False)
 
 
+def full_forward_log_likelihoods(backend, ctx, i):
+    """Each candidate's summed log-likelihood of ``<class name><|im_end|>`` from one full forward
+    of the (photo, question, answer) sequence, without any cache."""
+    tok, totals = backend.tok, []
+    for c in TAX.classes_for_type(ctx.detections[i].type):
+        q_text = backend.prefix_text(ctx) + backend.object_text(ctx, i)
+        inputs = backend.processor(text=[q_text + c.name + "<|im_end|>"], images=[ctx.image], return_tensors="pt")
+        n_answer = len(tok.encode(c.name, add_special_tokens=False)) + 1
+        with torch.inference_mode():
+            logits = backend.model(**inputs).logits.float()
+        logp = torch.log_softmax(logits[0], -1)
+        ids = inputs["input_ids"][0]
+        L = ids.shape[0]
+        totals.append(float(logp[L - n_answer - 1 : L - 1].gather(-1, ids[L - n_answer :, None]).sum()))
+    return np.array(totals)
+
+
 def test_shared_prefix_scores_equal_full_forward(backend):
     """Branching from the shared prefill must give the same likelihoods as encoding each
-    (photo, question, answer) sequence from scratch."""
+    (photo, question, answer) sequence from scratch. Compared as log-likelihoods: the random
+    tiny model's probabilities saturate (1.0 vs 1e-20), so they cannot tell a wrong branch from
+    a right one."""
     ctx = photo_context(IMAGE, DETS)
     probs = backend.score(ctx, [0, 1])
-    assert [p.shape for p in probs] == [(3,), (3,)]
+    totals = backend.log_likelihoods(ctx, [0, 1])
+    assert [p.shape for p in probs] == [(3,), (3,)] and [t.shape for t in totals] == [(3,), (3,)]
     assert all(abs(p.sum() - 1) < 1e-5 for p in probs)
-
-    tok = backend.tok
-    for p, i in zip(probs, [0, 1]):
-        totals = []
-        for c in TAX.classes_for_type(DETS[i].type):
-            q_text = backend.prefix_text(ctx) + backend.object_text(ctx, i)
-            inputs = backend.processor(text=[q_text + c.name + "<|im_end|>"], images=[IMAGE], return_tensors="pt")
-            n_answer = len(tok.encode(c.name, add_special_tokens=False)) + 1
-            with torch.inference_mode():
-                logits = backend.model(**inputs).logits.float()
-            logp = torch.log_softmax(logits[0], -1)
-            ids = inputs["input_ids"][0]
-            L = ids.shape[0]
-            totals.append(float(logp[L - n_answer - 1 : L - 1].gather(-1, ids[L - n_answer :, None]).sum()))
-        expected = torch.softmax(torch.tensor(totals), -1).numpy()
-        assert np.allclose(p, expected, atol=1e-4), (p, expected)
+    for p, t, i in zip(probs, totals, [0, 1]):
+        assert np.allclose(p, torch.softmax(torch.tensor(t), -1).numpy(), atol=1e-6)
+        expected = full_forward_log_likelihoods(backend, ctx, i)
+        # Exactly equal here; a position off by one in the branch moves them by 3e-4 on this model.
+        assert np.allclose(t, expected, atol=1e-4, rtol=0), (t, expected)
 
 
 def test_findings_and_bounded_rationales(backend):
@@ -134,34 +143,145 @@ def test_config_validation():
         Qwen2VLConfig(model="x", precision="int3")
 
 
-def test_lora_moves_adapter_not_base_and_reloads_identically(tiny_dir, tmp_path):
-    """LoRA on the tiny Qwen2-VL: adapter weights move, base weights do not, and the saved
-    adapter loads back (through Qwen2VLConfig.adapter) to identical predictions."""
+def lora_tensors(model) -> dict:
+    """The model's LoRA tensors as peft saves them (adapter name stripped), detached copies."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    """LoRA trained on the tiny Qwen2-VL (4 steps) and saved; with what is needed to compare
+    the base, the trained model and what reloads from the saved adapter."""
+    from types import SimpleNamespace
+
     from core.stage2.labeled import LabeledPhoto
     from train.qwen2vl import QwenTrainConfig, prepare_model, train_qwen2vl
 
     model_cfg = Qwen2VLConfig(model=str(tiny_dir), device="cpu", max_pixels=112 * 112, rationale_tokens=0)
-    cfg = QwenTrainConfig(out=tmp_path / "lora", epochs=2, lr=5e-3, lora_r=4, lora_alpha=8)
+    cfg = QwenTrainConfig(out=tmp_path_factory.mktemp("qwen-lora") / "lora", epochs=2, lr=5e-3, lora_r=4, lora_alpha=8)
+    ctx = photo_context(IMAGE, DETS)
     loaded = load_qwen2vl(model_cfg)
+    base_ll = Qwen2VLBackend(model_cfg, TAX, loaded=loaded).log_likelihoods(ctx, [0, 1])
     base_before = {k: v.clone() for k, v in loaded[0].state_dict().items()}
     peft_model, processor, device = prepare_model(model_cfg, cfg, loaded)
-    lora_before = {k: v.clone() for k, v in peft_model.named_parameters() if "lora_" in k}
-    assert lora_before and not any("visual" in k for k in lora_before)
+    lora_before = lora_tensors(peft_model)
     photo = LabeledPhoto(IMAGE, tuple(DETS), ("slope drain blocked", "Toe drain- Damaged", "vegetation"), "k" * 64)
     summary = train_qwen2vl(model_cfg, cfg, [photo], TAX, loaded=(peft_model, processor, device))
-    assert summary["steps"] == 4
-    after = dict(peft_model.named_parameters())
-    assert any(not torch.equal(v, after[k]) for k, v in lora_before.items()), "LoRA weights did not move"
-    base_after = peft_model.get_base_model().state_dict()
-    for k, v in base_before.items():
+    trained_ll = Qwen2VLBackend(model_cfg, TAX, loaded=(peft_model, processor, device)).log_likelihoods(ctx, [0, 1])
+    return SimpleNamespace(model_cfg=model_cfg, out=cfg.out, ctx=ctx, summary=summary, model=peft_model, base_before=base_before,
+                           lora_before=lora_before, lora_after=lora_tensors(peft_model), base_ll=base_ll, trained_ll=trained_ll)
+
+
+def max_gap(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def reload(trained, adapter):
+    """The backend users get from ``Qwen2VLConfig(adapter=...)``, with the warnings raised while loading."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = Qwen2VLBackend(Qwen2VLConfig(model=trained.model_cfg.model, adapter=adapter, device="cpu", max_pixels=112 * 112,
+                                               rationale_tokens=0), TAX)
+    return backend, [str(w.message) for w in caught]
+
+
+def assert_same_lora(model, expected: dict) -> None:
+    got = lora_tensors(model)
+    assert set(got) == set(expected), sorted(set(got) ^ set(expected))[:4]
+    assert sum(float(v.abs().sum()) for k, v in got.items() if "lora_B" in k) > 0, "every lora_B is zero: the adapter did not load"
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), f"{k} differs from the trained tensor"
+
+
+def test_lora_moves_adapter_not_base_and_reloads_identically(trained):
+    """LoRA on the tiny Qwen2-VL: adapter weights move, base weights do not, the trained model
+    scores differently from the base, and the saved adapter loads back (through
+    Qwen2VLConfig.adapter, onto a fresh base) as exactly the trained model. Compared on
+    log-likelihoods and on the LoRA tensors themselves: the tiny model's probabilities saturate,
+    so they cannot tell the trained model from the base."""
+    assert trained.summary["steps"] == 4
+    assert trained.lora_before and not any("visual" in k for k in trained.lora_before)
+    assert any("lora_B" in k and not torch.equal(v, trained.lora_after[k]) for k, v in trained.lora_before.items()), \
+        "LoRA weights did not move"
+    base_after = trained.model.get_base_model().state_dict()
+    for k, v in trained.base_before.items():
         key = next(n for n in base_after if n.replace("base_layer.", "") == k)
         assert torch.equal(v, base_after[key]), f"base weight {k} changed"
+    assert max_gap(trained.trained_ll, trained.base_ll) > 0.1, "training did not change the model's log-likelihoods"
 
-    ctx = photo_context(IMAGE, DETS)
-    trained = Qwen2VLBackend(model_cfg, TAX, loaded=(peft_model, processor, device)).score(ctx, [0, 1])
-    reloaded = Qwen2VLBackend(Qwen2VLConfig(model=str(tiny_dir), adapter=cfg.out, device="cpu", max_pixels=112 * 112), TAX)
+    reloaded, warned = reload(trained, trained.out)
+    assert not [w for w in warned if "adapter keys" in w or "peft_config" in w or "second time" in w], warned
+    assert list(reloaded.model.peft_config) == ["default"]
+    assert_same_lora(reloaded.model, trained.lora_after)
     assert "+" in reloaded.version  # the adapter hash is part of the version
-    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(trained, reloaded.score(ctx, [0, 1])))
+    ll = reloaded.log_likelihoods(trained.ctx, [0, 1])
+    assert max_gap(ll, trained.trained_ll) < 1e-4, (ll, trained.trained_ll)
+    assert max_gap(ll, trained.base_ll) > 0.1, "the reloaded model scores like the base model"
+
+
+def test_adapter_saved_with_pre_v5_key_names_loads(trained, tmp_path):
+    """Adapters saved before transformers moved the decoder under ``model.language_model``
+    (most published Qwen2-VL LoRAs) name it ``model.layers``; they must load, not become zeros."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(trained.out, tmp_path / "old")
+    file = tmp_path / "old" / "adapter_model.safetensors"
+    old = {k.replace("model.model.language_model.", "model.model."): v for k, v in load_file(file).items()}
+    assert all(".language_model." not in k for k in old)
+    save_file(old, file)
+    reloaded, _ = reload(trained, tmp_path / "old")
+    assert_same_lora(reloaded.model, trained.lora_after)
+    assert max_gap(reloaded.log_likelihoods(trained.ctx, [0, 1]), trained.trained_ll) < 1e-4
+
+
+def test_adapter_that_fits_no_module_is_refused(trained, tmp_path):
+    """peft only warns when an adapter's keys match nothing (and serves the base model); we refuse."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from core.errors import WeightsError
+
+    shutil.copytree(trained.out, tmp_path / "bad")
+    file = tmp_path / "bad" / "adapter_model.safetensors"
+    save_file({k.replace("base_model.model.", "base_model.model.base_model.model."): v for k, v in load_file(file).items()}, file)
+    with pytest.raises(WeightsError, match="does not fit"):
+        reload(trained, tmp_path / "bad")
+
+
+def test_a_model_that_already_carries_lora_is_refused(trained):
+    """A base gets LoRA injected in place; adding a second adapter to it (or reloading onto it)
+    nests adapters whose saved keys fit no fresh model: refused, a fresh base per adapter."""
+    from peft import PeftModel
+
+    from core.stage2.backends.qwen2vl import attach_adapter
+    from train.qwen2vl import QwenTrainConfig, prepare_model
+
+    used_base = trained.model.get_base_model()  # the base the fixture trained on: it has peft_config now
+    assert not isinstance(used_base, PeftModel) and hasattr(used_base, "peft_config")
+    with pytest.raises(ValueError, match="fresh base"):
+        prepare_model(trained.model_cfg, QwenTrainConfig(out=trained.out), loaded=(used_base, None, "cpu"))
+    with pytest.raises(ValueError, match="fresh base"):
+        attach_adapter(trained.model, trained.out)
+
+
+def test_training_resumes_from_a_saved_adapter(trained):
+    """``Qwen2VLConfig.adapter`` set when training: that adapter is trained further, as the one adapter."""
+    from dataclasses import replace
+
+    from train.qwen2vl import QwenTrainConfig, prepare_model
+
+    model, _, _ = prepare_model(replace(trained.model_cfg, adapter=trained.out), QwenTrainConfig(out=trained.out))
+    assert list(model.peft_config) == ["default"]
+    assert_same_lora(model, trained.lora_after)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
 
 
 def test_qlora_needs_cuda(tiny_dir, tmp_path):

@@ -74,7 +74,7 @@ def test_stale_edit_is_refused_with_the_current_state():
     [
         ("relabel", {"class_name": "Toe drain"}, "is not a 'slope_drain'"),
         ("retype", {"object_type": "toe_drain"}, "several classes"),
-        ("edit_box", {"box": "x"}, "non-empty Box"),
+        ("edit_box", {"box": "x"}, "expected a box of four numbers"),
         ("fly", {}, "expected an action"),
     ],
 )

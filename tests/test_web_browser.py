@@ -112,10 +112,10 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             frame = page.locator("#sw-canvas canvas").bounding_box()
             scale = frame["height"] / height  # screen px per photo px: the enlarged photo fills the canvas's height
             assert scale >= 1.5 and canvas_scale(width, height) >= 2  # small drone photos are shown enlarged
-            left = frame["x"] + (frame["width"] - width * scale) / 2  # and centred
 
-            def screen(x, y):
-                return left + x * scale, frame["y"] + y * scale
+            def screen(x, y):  # the canvas's place now: the page may have scrolled since
+                now = page.locator("#sw-canvas canvas").bounding_box()
+                return now["x"] + (now["width"] - width * scale) / 2 + x * scale, now["y"] + y * scale
 
             stored = sql(db, "SELECT s.x1, s.y1, s.x2, s.y2 FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE f.photo_id = ?",
                          photo_id)
@@ -143,7 +143,8 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
 
             # Resize it by its lower-right handle: one 'edit_box' row, the box grew.
             page.locator("#sw-canvas button[aria-label='Drag boxes']").click()
-            page.mouse.click(*screen(fx + 20, fy + 20))  # select it
+            page.mouse.click(*screen(fx + 20, fy + 20))  # select it: the side panel follows the canvas
+            page.wait_for_selector(f"#sw-select input[type=radio][value='{new_id}']:checked", timeout=20_000)
             page.wait_for_timeout(600)  # a second press within the double-click time would open the box's label dialog
             page.mouse.move(x2, y2)
             page.mouse.down()
@@ -154,11 +155,12 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             grown = sql(db, "SELECT x2, y2 FROM finding_state WHERE finding_id = ?", new_id)[0]
             assert moved and grown[0] > fx + 45 and grown[1] > fy + 45
 
-            page.wait_for_selector("#sw-status :text('moved')", timeout=20_000)
+            page.wait_for_selector("#sw-status :text('moved/resized')", timeout=20_000)
             page.wait_for_timeout(1500)
 
             # Delete it with the Delete key: one 'delete' row on that box and no other.
             page.mouse.click(*screen(fx + 20, fy + 20))
+            page.wait_for_selector(f"#sw-select input[type=radio][value='{new_id}']:checked", timeout=20_000)
             page.wait_for_timeout(600)
             page.keyboard.press("Delete")
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'delete' AND finding_id = ?", new_id)
@@ -177,6 +179,27 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.keyboard.press(str(key + 1))
             rel = wait_rows(db, "SELECT reviewer, after_json FROM corrections WHERE action = 'relabel' AND finding_id = ?", fid)[0]
             assert rel[0] == "ana" and f'"class_name": "{classes[key]}"' in rel[1]
+
+            # Clicking a box on the canvas selects that object in the panel, so `a` accepts that one.
+            live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2, s.status FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                           "WHERE f.photo_id = ? AND s.status != 'deleted' ORDER BY s.finding_id", photo_id)
+
+            def first_containing(x, y):  # what the canvas selects, unless a box's resize handle is under the point
+                return next(o[0] for o in live if o[1] <= x <= o[3] and o[2] <= y <= o[4])
+
+            def near_a_handle(x, y):
+                return any(abs(x - hx) <= 8 / scale and abs(y - hy) <= 8 / scale for o in live
+                           for k, hx in enumerate((o[1], (o[1] + o[3]) / 2, o[3])) for j, hy in enumerate((o[2], (o[2] + o[4]) / 2, o[4]))
+                           if (k, j) != (1, 1))  # corners and edge midpoints; the centre is no handle
+
+            probe = next(o for o in live if o[5] == "pending" and o[3] - o[1] > 16 and o[4] - o[2] > 16
+                         and first_containing((o[1] + o[3]) / 2, (o[2] + o[4]) / 2) == o[0]
+                         and not near_a_handle((o[1] + o[3]) / 2, (o[2] + o[4]) / 2))
+            page.mouse.click(*screen((probe[1] + probe[3]) / 2, (probe[2] + probe[4]) / 2))
+            page.wait_for_selector(f"#sw-select input[type=radio][value='{probe[0]}']:checked", timeout=20_000)
+            page.wait_for_timeout(700)
+            page.keyboard.press("a")
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'accept' AND finding_id = ?", probe[0])
 
             # Accept everything still pending with Shift+A: one 'accept' row each.
             pending = sql(db, "SELECT count(*) FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE f.photo_id = ? "

@@ -12,22 +12,34 @@ class GateConfig:
     Attributes:
         max_recall_drop: largest drop in any class's recall (absolute) that is tolerated.
         min_support: classes with fewer frozen-set objects than this are not checked for drops.
+        min_objects_lost: a class vetoes only when it also loses more than this many objects: with
+            8 rock toes, 2 of them are 25% of the recall but well inside sampling noise, and a
+            clearly better candidate was refused on exactly that; a large class still cannot lose
+            more than ``max_recall_drop``, and a class the candidate never gets right any more
+            always vetoes.
+        max_ece_increase: largest rise in expected calibration error (frozen set) tolerated, so a
+            candidate cannot buy accuracy with confidences a reviewer can no longer trust.
     """
 
     max_recall_drop: float = 0.10
     min_support: int = 3
+    min_objects_lost: int = 2
+    max_ece_increase: float = 0.03
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_recall_drop <= 1.0:
             raise ValueError(f"max_recall_drop: expected [0, 1], found {self.max_recall_drop}")
+        if self.min_objects_lost < 0 or self.max_ece_increase < 0:
+            raise ValueError(f"min_objects_lost and max_ece_increase: expected >= 0, found {self.min_objects_lost}, {self.max_ece_increase}")
 
 
 def decide(candidate: dict, current: dict | None, cfg: GateConfig = GateConfig()) -> tuple[bool, list[str]]:
     """``(promote, reasons)`` from two metric dicts of ``core.evaluation.metrics.classification_metrics``.
 
-    Promote when balanced accuracy improves, or stays equal while accuracy improves, and no
-    class with enough support loses more than ``max_recall_drop`` recall. With no current
-    model the candidate is promoted.
+    Promote when balanced accuracy improves, or stays equal while accuracy improves, no class
+    with enough support loses more than ``max_recall_drop`` recall *and* more than
+    ``min_objects_lost`` objects, and the expected calibration error does not rise by more than
+    ``max_ece_increase``. With no current model the candidate is promoted.
     """
     if current is None:
         return True, ["no current model"]
@@ -42,8 +54,15 @@ def decide(candidate: dict, current: dict | None, cfg: GateConfig = GateConfig()
         if stats["support"] < cfg.min_support:
             continue
         drop = stats["recall"] - candidate["per_class"][label]["recall"]
-        if drop > cfg.max_recall_drop + 1e-12:
-            drops.append(f"{label} recall {stats['recall']:.3f} -> {candidate['per_class'][label]['recall']:.3f}")
+        lost = round(drop * stats["support"])
+        collapsed = stats["recall"] > 0 and candidate["per_class"][label]["recall"] == 0  # never right any more: not noise
+        if drop > cfg.max_recall_drop + 1e-12 and (lost > cfg.min_objects_lost or collapsed):
+            drops.append(f"{label} recall {stats['recall']:.3f} -> {candidate['per_class'][label]['recall']:.3f} ({lost} of {stats['support']})")
     if drops:
         reasons.append("recall dropped beyond the margin: " + "; ".join(drops))
-    return better and not drops, reasons
+    worse_calibrated = False
+    if "calibration" in candidate and "calibration" in current:
+        ce, pe = candidate["calibration"]["ece"], current["calibration"]["ece"]
+        worse_calibrated = ce > pe + cfg.max_ece_increase + 1e-12
+        reasons.append(f"ECE {pe:.4f} -> {ce:.4f}" + (f": worse by more than {cfg.max_ece_increase}" if worse_calibrated else ""))
+    return better and not drops and not worse_calibrated, reasons

@@ -43,10 +43,13 @@ class NightlyConfig:
         frozen_yaml: dataset whose ``frozen_split`` is part of the frozen evaluation set; "" for none.
         frozen_split: split of ``frozen_yaml`` used for evaluation.
         holdout_percent: share of reviewed photos held out for evaluation (by content hash).
+        calibration_percent: share of the other reviewed photos held out, also by hash and forever,
+            to fit each candidate's calibration on photos no model trained on.
         registry: model registry folder (default: data dir).
         epochs: fine-tuning epochs.
         batch: objects per step.
         max_recall_drop: largest per-class recall drop the gate tolerates.
+        max_ece_increase: largest rise in expected calibration error on the frozen set the gate tolerates.
         class_weights: inverse-frequency class weights in the loss.
         oversample: oversample rare classes.
         blocked_weight: extra weight for "blocked".
@@ -58,10 +61,12 @@ class NightlyConfig:
     frozen_yaml: str = ""
     frozen_split: str = "valid"
     holdout_percent: int = 20
+    calibration_percent: int = 15
     registry: Path | None = None
     epochs: int = 2
     batch: int = 8
     max_recall_drop: float = 0.10
+    max_ece_increase: float = 0.03
     class_weights: bool = True
     oversample: bool = False
     blocked_weight: float = 1.5
@@ -69,15 +74,16 @@ class NightlyConfig:
 
     def __post_init__(self) -> None:
         self.db = Path(self.db)
-        if not 0 <= self.holdout_percent <= 100:
-            raise ValueError(f"holdout_percent: expected 0..100, found {self.holdout_percent}")
+        if not 0 <= self.holdout_percent <= 100 or not 0 <= self.calibration_percent <= 100:
+            raise ValueError(f"holdout_percent, calibration_percent: expected 0..100, found {self.holdout_percent}, {self.calibration_percent}")
         if self.epochs < 1:
             raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
 
 
-def held_out(photo_sha: str, percent: int) -> bool:
-    """Whether a reviewed photo belongs to the frozen set: fixed by its hash, so it never moves."""
-    return int(hashlib.sha256(("frozen:" + photo_sha).encode()).hexdigest()[:8], 16) % 100 < percent
+def held_out(photo_sha: str, percent: int, purpose: str = "frozen") -> bool:
+    """Whether a reviewed photo belongs to a held-out slice (``frozen`` evaluation, or
+    ``calibrate``): fixed by its hash, so it never moves."""
+    return int(hashlib.sha256(f"{purpose}:{photo_sha}".encode()).hexdigest()[:8], 16) % 100 < percent
 
 
 def labeled_reviewed_photos(store) -> list:
@@ -89,6 +95,29 @@ def labeled_reviewed_photos(store) -> list:
     return [LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings),
                          tuple(f.class_name if f.status is Status.REVIEWED else None for f in p.findings), p.photo.sha256)
             for p in store.reviewed_photos()]
+
+
+MIN_CALIBRATION_OBJECTS = 20
+
+
+def calibrate_candidate(model, photos, current, path: Path, taxonomy):
+    """The trained candidate wrapped with a calibration refitted on the calibration slice (photos
+    no model trained on), written to ``path`` so it is promoted with the weights. With too few
+    objects there, the current model's calibration is kept (or none). Returns ``(backend, note)``."""
+    from core.evaluation.classifier import scored_objects
+    from core.stage2.calibration import Calibrated, fit_calibration
+    from core.stage2.classifier import ConditionClassifier
+
+    scored = scored_objects(ConditionClassifier(model, taxonomy), photos) if photos else []
+    if len(scored) >= MIN_CALIBRATION_OBJECTS:
+        cal = fit_calibration(scored, f"nightly calibration slice: {len(photos)} reviewed photos held out by hash, {len(scored)} objects")
+        note = f"calibration refitted on {len(scored)} held-out objects: temperatures {cal.temperatures}"
+    elif current is not None:
+        cal, note = current, f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS})"
+    else:
+        return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before)"
+    cal.save(path)
+    return Calibrated(model, cal), note
 
 
 def ensure_current(registry, taxonomy) -> str:
@@ -151,16 +180,19 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
         snap = Store(snapshot(cfg.db, work / "snapshot.db"), taxonomy)
         reviewed = labeled_reviewed_photos(snap)
         frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
-        train = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
+        rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
+        calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
+        train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
         if cfg.frozen_yaml:
             frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
         if cfg.train_yaml:
             reviewed_keys = {p.key for p in train}
             # The same photo reviewed and in the dataset: the reviewed labels win.
-            train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if p.key not in reviewed_keys]
-        leak = {p.key for p in train} & {p.key for p in frozen}
+            train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train")
+                      if p.key not in reviewed_keys and p.key not in {c.key for c in calibrate}]
+        leak = {p.key for p in train} & ({p.key for p in frozen} | {p.key for p in calibrate})
         if leak:
-            raise LeakError(f"{len(leak)} frozen-evaluation photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")
+            raise LeakError(f"{len(leak)} frozen-evaluation or calibration photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")
         if not frozen:
             raise SlopewatchError("expected a frozen evaluation set, found none: pass --frozen-yaml or raise --holdout-percent")
         labels = sorted((p.key, i, c) for p in train for i, c in enumerate(p.classes) if c is not None)
@@ -173,19 +205,25 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
 
         current_model = current_adapter()
         cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
-        candidate = current_adapter()
+        served = current_adapter()
+        candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
         tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
                                   class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
                                   lr=3e-4, lora_lr=1e-4, val_split="")
         summary = train_adapter(tcfg, candidate, train_photos=train)
+        candidate, calibration_note = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
+                                                         work / "candidate" / "calibration.json", taxonomy)
         cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
-        promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop))
+        promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
+                                                                        max_ece_increase=cfg.max_ece_increase))
+        reasons.append(calibration_note)
         version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
-        keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class")
+        keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")
         result = {
             "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
             "current": current, "candidate": version if promote else None,
-            "counts": {"train_photos": len(train), "train_objects": summary["objects"], "frozen_photos": len(frozen),
+            "counts": {"train_photos": len(train), "train_objects": summary["objects"], "calibration_photos": len(calibrate),
+                       "frozen_photos": len(frozen),
                        "frozen_objects": cur_metrics["n"]},
             "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},
             "data_hash": data_hash, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from core.data import load_dataset
-from core.stage2.backends.probe import default_probe_path, fit_probe, probe_inputs
+from core.stage2.backends.probe import calibration_path, default_probe_path, fit_probe, probe_inputs
+from core.stage2.calibration import Scored, confidences, ece, fit_calibration
 from core.stage2.classifier import photo_context
 from core.stage2.features import FeatureStore
 from core.stage2.labeled import ground_truth
@@ -70,16 +71,43 @@ def train_probe(cfg: ProbeTrainConfig) -> dict:
         c = float(max(cv, key=lambda k: cv[k]))
     probe = fit_probe(x, types, labels, taxonomy, c=c, sample_weight=weights, store=store)
     probe.save(cfg.out)
-    return {"weights": str(cfg.out), "objects": len(labels), "c": c, "cv_balanced_accuracy": cv, "version": probe.version}
+    # Calibration from out-of-fold scores at the chosen C: every object scored by a probe that
+    # never saw its photo, so the temperatures correct the confidence the probe has on new photos.
+    scored = out_of_fold(x, types, labels, photo_ids, weights, taxonomy, c)
+    cal = fit_calibration(scored, f"{cfg.split} split of {cfg.data_yaml.parent.name}, 5-fold out-of-fold by photo, probe C={c}")
+    cal.save(calibration_path(cfg.out))
+    raw, after = confidences(scored), confidences(scored, cal)
+    return {"weights": str(cfg.out), "objects": len(labels), "c": c, "cv_balanced_accuracy": cv, "version": probe.version,
+            "calibration": {"file": str(calibration_path(cfg.out)), "temperatures": cal.temperatures, "likely_right": cal.likely_right,
+                            "oof_ece_raw": ece(*raw), "oof_ece": ece(*after)}}
+
+
+def folds_by_photo(groups, folds: int = 5) -> np.ndarray:
+    """A fold number per row; all rows of one photo share a fold."""
+    groups = np.asarray(groups)
+    fold_of = {g: k % folds for k, g in enumerate(np.random.default_rng(0).permutation(np.unique(groups)))}
+    return np.array([fold_of[g] for g in groups])
+
+
+def out_of_fold(x, types, labels, groups, weights, taxonomy, c: float, folds: int = 5) -> list[Scored]:
+    """Each row scored by a probe fitted on the other folds."""
+    fold = folds_by_photo(groups, folds)
+    types, labels, groups = np.asarray(types), np.asarray(labels), np.asarray(groups)
+    out = [None] * len(labels)
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        probe = fit_probe(x[tr], types[tr], labels[tr], taxonomy, c=c, sample_weight=weights[tr])
+        for j, p in zip(np.flatnonzero(te), probe.proba_rows(x[te], types[te])):
+            names = [cl.name for cl in taxonomy.classes_for_type(types[j])]
+            out[j] = Scored(str(types[j]), p, names.index(labels[j]), str(groups[j]))
+    return out
 
 
 def cross_validate_c(x, types, labels, groups, weights, taxonomy, grid=C_GRID, folds: int = 5) -> dict[float, float]:
     """Balanced accuracy of each C over photo-grouped folds of the training rows."""
     from core.evaluation.metrics import classification_metrics
 
-    groups = np.asarray(groups)
-    fold_of = {g: k % folds for k, g in enumerate(np.random.default_rng(0).permutation(np.unique(groups)))}
-    fold = np.array([fold_of[g] for g in groups])
+    fold = folds_by_photo(groups, folds)
     types, labels = np.asarray(types), np.asarray(labels)
     scores = {}
     for c in grid:

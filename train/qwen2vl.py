@@ -53,18 +53,27 @@ class QwenTrainConfig:
 
 
 def prepare_model(model_cfg: Qwen2VLConfig, cfg: QwenTrainConfig, loaded=None):
-    """``(peft_model, processor, device)``: the base (4-bit under QLoRA) with trainable LoRA."""
+    """``(peft_model, processor, device)``: a fresh base (4-bit under QLoRA) with exactly one
+    trainable LoRA adapter: a new one per ``cfg``, or ``model_cfg.adapter`` resumed (with its own
+    rank, alpha and targets).
+
+    ``loaded`` is a fresh base from :func:`load_base`; LoRA is injected into it in place, so it is
+    not usable as the base model afterwards, and a model that already carries LoRA is refused.
+    """
     from dataclasses import replace
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from core.stage2.backends.qwen2vl import load_qwen2vl
+    from core.stage2.backends.qwen2vl import attach_adapter, ensure_fresh, load_base
 
     if cfg.qlora:
         model_cfg = replace(model_cfg, precision="int4")  # raises BackendUnavailable without CUDA
-    model, processor, device = loaded or load_qwen2vl(model_cfg)
+    model, processor, device = loaded or load_base(model_cfg)
+    ensure_fresh(model)
     if cfg.qlora:
         model = prepare_model_for_kbit_training(model)
+    if model_cfg.adapter:
+        return attach_adapter(model, model_cfg.adapter, trainable=True), processor, device
     # Only the language model's attention gets LoRA; the vision tower stays frozen.
     targets = rf"^(?!.*visual).*\.({'|'.join(cfg.lora_targets.split(','))})$"
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none")
@@ -72,16 +81,27 @@ def prepare_model(model_cfg: Qwen2VLConfig, cfg: QwenTrainConfig, loaded=None):
 
 
 def train_qwen2vl(model_cfg: Qwen2VLConfig, cfg: QwenTrainConfig, photos, taxonomy, loaded=None, hints=None) -> dict:
-    """Fine-tune and save the adapter into ``cfg.out``; returns ``{"steps", "loss"}``."""
-    import torch
+    """Fine-tune and save the adapter into ``cfg.out``; returns ``{"steps", "loss"}``.
 
+    ``loaded``: a fresh base from :func:`load_base` (LoRA is added here, see :func:`prepare_model`)
+    or what :func:`prepare_model` returned (trained as it is).
+    """
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict, load_peft_weights
+
+    from core.errors import WeightsError
+    from core.stage2.backends.qwen2vl import single_adapter
     from train.adapter import AdapterTrainConfig, class_loss_weights
 
     if cfg.qlora and not torch.cuda.is_available():
         raise BackendUnavailable("QLoRA needs a CUDA GPU (4-bit bitsandbytes); this machine has none. Train without --qlora on CPU.")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, processor, device = prepare_model(model_cfg, cfg, loaded)
+    if loaded is not None and isinstance(loaded[0], PeftModel):
+        model, processor, device = loaded
+        single_adapter(model)  # wrapping it again would nest a second PeftModel: its saved keys fit no model
+    else:
+        model, processor, device = prepare_model(model_cfg, cfg, loaded)
     backend = Qwen2VLBackend(model_cfg, taxonomy, hints, loaded=(model, processor, device))
     items = [(p, i) for p in photos for i, c in enumerate(p.classes) if c is not None and taxonomy.needs_condition(p.detections[i].type)]
     labels = [p.classes[i] for p, i in items]
@@ -107,4 +127,7 @@ def train_qwen2vl(model_cfg: Qwen2VLConfig, cfg: QwenTrainConfig, photos, taxono
     model.eval()
     cfg.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(cfg.out, safe_serialization=True)
+    saved, expected = set(load_peft_weights(str(cfg.out), device="cpu")), set(get_peft_model_state_dict(model))
+    if saved != expected:
+        raise WeightsError(f"saved adapter {cfg.out} does not match the trained model's LoRA: {sorted(saved ^ expected)[:2]}")
     return {"steps": len(losses), "loss": sum(losses) / max(len(losses), 1)}

@@ -11,12 +11,12 @@ object it overlaps most (IoU >= 0.5), else it is new. Stored objects left unmatc
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from core.taxonomy import Taxonomy
 from core.types import Box
+from db.store import InvalidBox, check_box
 
 LABEL = re.compile(r"^#(\d+)\s+(.*)$")
 # First entry of the canvas's label list, so a drawn box never starts on a real class: a class
@@ -25,7 +25,6 @@ CHOOSE = "(choose a class)"
 # The canvas rounds coordinates to whole pixels, so a box is "moved" only past this many pixels.
 MOVE_TOLERANCE_PX = 1.0
 SAME_OBJECT_IOU = 0.5
-MIN_SIDE_PX = 2.0
 
 
 class CanvasError(ValueError):
@@ -87,15 +86,11 @@ def clamp_box(raw: dict, width: int, height: int, scale: int = 1) -> Box:
     try:
         values = [float(raw[k]) / scale for k in ("xmin", "ymin", "xmax", "ymax")]
     except (KeyError, TypeError, ValueError):
-        raise CanvasError(f"expected a box with numeric xmin, ymin, xmax, ymax, found {raw!r}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise CanvasError(f"expected finite box coordinates, found {values}")
-    x1, x2 = sorted((min(max(values[0], 0.0), width), min(max(values[2], 0.0), width)))
-    y1, y2 = sorted((min(max(values[1], 0.0), height), min(max(values[3], 0.0), height)))
-    if x2 - x1 < MIN_SIDE_PX or y2 - y1 < MIN_SIDE_PX:
-        raise CanvasError(f"expected a box at least {MIN_SIDE_PX:g} px a side inside the {width}x{height} photo, "
-                          f"found {x2 - x1:.1f}x{y2 - y1:.1f} px after clamping {values}")
-    return Box(x1, y1, x2, y2)
+        raise CanvasError(f"expected a box with numeric xmin, ymin, xmax, ymax, found {raw!r:.120}") from None
+    try:  # the store's one rule for every box (it checks again when saving)
+        return check_box(values, width, height)
+    except InvalidBox as exc:
+        raise CanvasError(str(exc)) from None
 
 
 def parse_label(label: str | None) -> tuple[int | None, str]:

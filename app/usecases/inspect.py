@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.overlay import OverlayItem, render_overlay
-from core.photos import ingest, photos_dir
+from core.photos import WORKING_SIZE_PX, ingest, photos_dir
 from core.pipeline import Pipeline
 from core.types import Status
 from db.rows import StoredFinding
@@ -29,11 +29,13 @@ class Inspected:
     ran: bool
 
 
-def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str) -> Inspected:
-    """Ingest one upload, run both stages (once per photo content), store the findings."""
-    stored = ingest(source, photos_dir(), name=name)
+def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str, working_size: int = WORKING_SIZE_PX) -> Inspected:
+    """Ingest one upload (shrunk to ``working_size`` on its long side when larger), run both
+    stages (once per photo content), store the findings."""
+    stored = ingest(source, photos_dir(), name=name, working_size=working_size)
     store.ensure_user(user)
-    record, created = store.add_photo(stored.sha256, str(stored.path), stored.image.width, stored.image.height, name, user)
+    record, created = store.add_photo(stored.sha256, str(stored.path), stored.image.width, stored.image.height, name, user,
+                                      original_size=stored.original_size)
     if not created and store.has_findings(record.id):
         return Inspected(record.id, False)
     t0 = time.perf_counter()

@@ -136,7 +136,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
             changes_kw = {}
         state = store.correct(c.finding_id, revisions[c.finding_id], reviewer, c.action, **changes_kw)
         revisions[c.finding_id] = state.revision
-        what = {"edit_box": "moved", "delete": "deleted"}.get(c.action, f"{c.action} → {c.class_name}")
+        what = {"edit_box": "moved/resized", "delete": "deleted"}.get(c.action, f"{c.action} → {c.class_name}")
         lines.append(f"#{index[c.finding_id]} {what}")
     return Saved(tuple(lines), waiting(boxes))
 
@@ -159,9 +159,14 @@ def canvas_image(photo, scale: int) -> str:
 
 def accept_all(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:
     """Accept every pending object of the photo: one ``accept`` correction each."""
+    return accept_some(store, photo_id, reviewer, None)
+
+
+def accept_some(store: Store, photo_id: int, reviewer: str, finding_ids: set[int] | None) -> list[FindingState]:
+    """Accept the photo's pending objects among ``finding_ids`` (None: all): one ``accept`` correction each."""
     store.ensure_user(reviewer)
-    return [store.correct(f.finding_id, f.state.revision, reviewer, "accept")
-            for f in store.photo_findings(photo_id) if f.state.status is Status.PENDING]
+    return [store.correct(f.finding_id, f.state.revision, reviewer, "accept") for f in store.photo_findings(photo_id)
+            if f.state.status is Status.PENDING and (finding_ids is None or f.finding_id in finding_ids)]
 
 
 def undo(store: Store, photo_id: int, reviewer: str) -> FindingState | None:

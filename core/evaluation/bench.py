@@ -168,10 +168,11 @@ def bench_pipeline(cfg: PipelineBenchConfig) -> dict:
         if not hasattr(backend, "quantize"):
             raise ValueError(f"quant: backend {cfg.backend!r} has no CPU quantisation; expected adapter")
         backend.quantize(cfg.quant)
-    if hasattr(backend, "store"):
+    model = getattr(backend, "inner", backend)  # a calibrated backend wraps the model that holds the feature store
+    if hasattr(model, "store"):
         from core.stage2.features import FeatureStore
 
-        backend.store = FeatureStore(backend.store.encoder, persist=False)
+        model.store = FeatureStore(model.store.encoder, persist=False)
     images = [load_image(p) for p in find_photos(cfg.photos or samples_dir())]
     result = {"bench": "pipeline", "backend": backend.name, "version": backend.version, "photos": len(images),
               "device": detector.device, "torch_threads": torch.get_num_threads()}

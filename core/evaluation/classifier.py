@@ -7,10 +7,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from core.data import YoloDataset, load_dataset
 from core.errors import SlopewatchError
 from core.evaluation.metrics import classification_metrics
 from core.stage2 import registry
+from core.stage2.calibration import Calibration, Scored, brier, confidences, ece, reliability, risk_coverage, temper
 from core.stage2.classifier import ConditionClassifier, photo_context
 from core.stage2.labeled import LabeledPhoto, ground_truth
 from core.stage2.rationale import unfaithful_claims
@@ -35,6 +38,7 @@ class ClassifierEvalConfig:
         quant: also score a quantised copy of the main backend (int8 or int4) and report retention.
         json: where to write the metrics JSON.
         confusion_png: where to draw the main backend's confusion matrix.
+        reliability_png: where to draw the main backend's reliability diagram (raw and calibrated).
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
     """
 
@@ -51,6 +55,7 @@ class ClassifierEvalConfig:
     quant: str = ""
     json: Path | None = None
     confusion_png: Path | None = None
+    reliability_png: Path | None = None
     taxonomy: Path | None = None
 
     def __post_init__(self) -> None:
@@ -85,10 +90,22 @@ def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) 
     return score_photos(classifier, (LabeledPhoto(image, tuple(d), tuple(c), key) for _, image, d, c, key in ground_truth(ds, split)))
 
 
+def scored_objects(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]) -> list[Scored]:
+    """Each labelled object with a choice of classes, as the classifier scores it (for calibration)."""
+    out = []
+    for photo in photos:
+        for f, truth in zip(classifier.classify(photo.image, list(photo.detections), photo.key), photo.classes):
+            names = list(f.probabilities)
+            if truth is not None and len(names) > 1 and truth in names:
+                out.append(Scored(f.detection.type, np.array([f.probabilities[n] for n in names]), names.index(truth), photo.key))
+    return out
+
+
 def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]) -> dict:
     """Metrics of a classifier over labelled photos (objects whose class is None are skipped)."""
     tax = classifier.taxonomy
     y_true, y_pred, unfaithful, rationales, seconds, n_photos = [], [], 0, 0, 0.0, 0
+    scored = []  # objects with a real choice between classes: what calibration is judged on
     for photo in photos:
         image, dets, key = photo.image, list(photo.detections), photo.key
         t0 = time.perf_counter()
@@ -101,6 +118,9 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
                 continue
             y_true.append(truth)
             y_pred.append(f.class_name)
+            names = list(f.probabilities)
+            if len(names) > 1 and truth in names:
+                scored.append(Scored(f.detection.type, np.array([f.probabilities[n] for n in names]), names.index(truth), key))
             if f.backend != "passthrough":
                 rationales += 1
                 unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax))
@@ -119,11 +139,54 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
             m = classification_metrics([y_true[k] for k in idx], [y_pred[k] for k in idx], [c.name for c in tax.classes_for_type(t)])
             per_type[t] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     result["per_type"] = per_type
+    result["calibration"] = calibration_report(scored, getattr(classifier.backend, "calibration", None))
     result["unfaithful_rationale_rate"] = unfaithful / rationales if rationales else 0.0
     result["seconds_per_photo"] = seconds / n_photos if n_photos else 0.0
     result["backend"] = classifier.backend.name
     result["version"] = classifier.backend.version
     return result
+
+
+def calibration_report(scored: list[Scored], cal: Calibration | None) -> dict:
+    """ECE, Brier, reliability bins and risk–coverage of the scores as served; with a calibrated
+    backend also of its raw scores (recovered exactly: ``raw ∝ calibrated ** T``) and the
+    likely-right band at the shipped threshold."""
+    conf, correct = confidences(scored)
+    out = {"n": len(scored), "ece": ece(conf, correct), "brier": brier([s.probs for s in scored], [s.truth for s in scored]),
+           "reliability": reliability(conf, correct), "risk_coverage": risk_coverage(conf, correct)}
+    if cal is not None:
+        raw = [Scored(s.object_type, temper(s.probs, 1 / cal.temperatures.get(s.object_type, 1.0)), s.truth, s.photo) for s in scored]
+        out.update(ece_raw=ece(*confidences(raw)), brier_raw=brier([r.probs for r in raw], [r.truth for r in raw]),
+                   reliability_raw=reliability(*confidences(raw)), temperatures=cal.temperatures, fitted_on=cal.fitted_on)
+        band = conf >= cal.likely_right if cal.likely_right is not None else np.zeros(len(conf), bool)
+        out["likely_right"] = {"threshold": cal.likely_right, "target": cal.target, "coverage": float(band.mean()) if len(band) else 0.0,
+                               "accuracy": float(correct[band].mean()) if band.any() else None}
+    return out
+
+
+def plot_reliability(report: dict, path: Path, title: str) -> None:
+    """The reliability diagram: accuracy against confidence per bin, raw and calibrated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, label="perfect")
+    for key, label in (("reliability_raw", f"raw (ECE {report.get('ece_raw', 0):.3f})"), ("reliability", f"served (ECE {report['ece']:.3f})")):
+        bins = [b for b in report.get(key, []) if b["n"]]
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=label)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
@@ -143,7 +206,12 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
         main["quantization"] = quantized_retention(cfg, taxonomy, ds, main)
     if cfg.confusion_png:
         plot_confusion(main, cfg.confusion_png)
+    if cfg.reliability_png:
+        plot_reliability(main["calibration"], cfg.reliability_png, f"{cfg.backend} on {cfg.split}")
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "unfaithful_rationale_rate", "seconds_per_photo")
+    for r in results.values():  # ECE in the comparison table: raw (before calibration) and as served
+        r["ece"], r["ece_raw"] = r["calibration"]["ece"], r["calibration"].get("ece_raw", r["calibration"]["ece"])
+    keys += ("ece_raw", "ece")
     return {
         "classifier": main,
         "comparison": {name: {k: r[k] for k in keys} for name, r in results.items()},

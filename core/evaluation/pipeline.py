@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from core.data import load_dataset
 from core.evaluation.metrics import classification_metrics
 from core.stage1.detector import Detector, DetectorConfig
 from core.stage2 import registry
+from core.stage2.calibration import ece, risk_coverage
 from core.stage2.classifier import ConditionClassifier, photo_context
 from core.stage2.labeled import ground_truth
 from core.stage2.spatial import spatial_facts
@@ -74,6 +77,14 @@ def relation_scores(pred_facts, gt_facts, pairs: dict[int, int]) -> tuple[int, i
     return correct, len(pred_facts), len(gt)
 
 
+def combined_calibration(conf: np.ndarray, correct: np.ndarray) -> dict:
+    """How far "detector confidence x class probability" can be read as the chance that a shown
+    object is real and rightly labelled: ECE, Brier and the risk-coverage table."""
+    return {"n": len(conf), "ece": ece(conf, correct), "brier": float(np.mean((conf - correct) ** 2)) if len(conf) else 0.0,
+            "mean_confidence": float(conf.mean()) if len(conf) else 0.0, "share_right": float(correct.mean()) if len(conf) else 0.0,
+            "risk_coverage": risk_coverage(conf, correct)}
+
+
 def evaluate_pipeline(cfg: PipelineEvalConfig) -> dict:
     from tqdm.auto import tqdm
 
@@ -84,6 +95,7 @@ def evaluate_pipeline(cfg: PipelineEvalConfig) -> dict:
     n_det = n_gt = n_match = 0
     y_true, y_pred = [], []
     rel = [0, 0, 0]
+    joint, right = [], []  # per detection: P(box real and class right) = detector confidence x class probability
     for sample, image, _, classes, key in tqdm(list(ground_truth(ds, cfg.split)), desc="evaluate pipeline"):
         gts = list(sample.objects)
         dets = detector.predict(image)
@@ -93,6 +105,9 @@ def evaluate_pipeline(cfg: PipelineEvalConfig) -> dict:
         for i, j in pairs.items():
             y_true.append(classes[j])
             y_pred.append(findings[i].class_name)
+        for i, (d, f) in enumerate(zip(dets, findings)):
+            joint.append(d.confidence * f.confidence)
+            right.append(i in pairs and f.class_name == classes[pairs[i]])
         pred_facts = photo_context(image, dets, key).facts
         gt_facts = spatial_facts([g.box for g in gts], image.width, image.height)
         rel = [a + b for a, b in zip(rel, relation_scores(pred_facts, gt_facts, pairs))]
@@ -104,6 +119,7 @@ def evaluate_pipeline(cfg: PipelineEvalConfig) -> dict:
             "detection": {"precision": n_match / n_det if n_det else 0.0, "recall": n_match / n_gt if n_gt else 0.0,
                           "detections": n_det, "ground_truth": n_gt, "matched": n_match, "iou": cfg.iou, "conf": cfg.conf},
             "condition_on_matched": {k: cond[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")},
+            "box_and_class": combined_calibration(np.array(joint), np.array(right)),
             "relations": {"precision": rp, "recall": rr, "f1": 2 * rp * rr / (rp + rr) if rp + rr else 0.0,
                           "correct": rel[0], "predicted": rel[1], "ground_truth": rel[2]},
             "backend": classifier.backend.name,

@@ -23,6 +23,7 @@ import numpy as np
 from core.errors import WeightsError
 from core.model_registry import ModelRegistry
 from core.paths import assets_dir
+from core.stage2.calibration import calibrated
 from core.stage2.classifier import PhotoContext
 from core.stage2.features import FEATURE_DIM, FeatureStore
 from core.stage2.lm import BASE_ID, load_base_lm
@@ -135,7 +136,13 @@ class AdapterVLM:
             raise WeightsError(f"{folder}: adapter was trained for taxonomy {meta.get('taxonomy')!r}, not {taxonomy.name!r}")
         model = cls(taxonomy, AdapterConfig(**meta["config"]), meta.get("hints"), store, lm_and_tokenizer)
         state = load_file(str(folder / "weights.safetensors"))
-        set_peft_model_state_dict(model.lm, {k[5:]: v for k, v in state.items() if k.startswith("lora.")})
+        result = set_peft_model_state_dict(model.lm, {k[5:]: v for k, v in state.items() if k.startswith("lora.")})
+        # peft neither raises nor warns when saved LoRA keys match no module (e.g. after a
+        # transformers release renames the layers): the LoRA would stay zero, i.e. the base LM.
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing or result.unexpected_keys:
+            raise WeightsError(f"{folder}: LoRA weights do not fit the base LM: {len(missing)} missing (e.g. {missing[:1]}), "
+                               f"{len(result.unexpected_keys)} matching no module (e.g. {result.unexpected_keys[:1]})")
         model.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
         model.roles.data.copy_(state["roles"])
         model.version = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()[:12]
@@ -273,8 +280,10 @@ def current_adapter_dir() -> Path:
     return ModelRegistry().current_path() or default_adapter_dir()
 
 
-def from_options(options: BackendOptions) -> AdapterVLM:
-    return AdapterVLM.load(options.adapter_dir or current_adapter_dir(), options.taxonomy, lm_and_tokenizer=options.base_lm)
+def from_options(options: BackendOptions):
+    """The adapter, calibrated when its folder holds a ``calibration.json``."""
+    folder = Path(options.adapter_dir or current_adapter_dir())
+    return calibrated(AdapterVLM.load(folder, options.taxonomy, lm_and_tokenizer=options.base_lm), folder / "calibration.json")
 
 
 def zeroshot_from_options(options: BackendOptions) -> AdapterVLM:

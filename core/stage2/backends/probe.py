@@ -14,6 +14,7 @@ import numpy as np
 
 from core.errors import WeightsError
 from core.paths import assets_dir
+from core.stage2.calibration import calibrated
 from core.stage2.classifier import PhotoContext
 from core.stage2.features import FeatureStore, position_features
 from core.stage2.registry import BackendOptions
@@ -125,5 +126,12 @@ def default_probe_path() -> Path:
     return assets_dir() / "models" / "probe" / "drainage-probe.npz"
 
 
-def from_options(options: BackendOptions) -> Probe:
-    return Probe.load(options.probe_weights or default_probe_path(), options.taxonomy)
+def calibration_path(weights: Path) -> Path:
+    """The probe's calibration file, beside its weights (``drainage-probe.calibration.json``)."""
+    return Path(weights).with_suffix(".calibration.json")
+
+
+def from_options(options: BackendOptions):
+    """The probe, calibrated when its calibration file exists (``slopewatch train probe`` writes both)."""
+    path = options.probe_weights or default_probe_path()
+    return calibrated(Probe.load(path, options.taxonomy), calibration_path(path))

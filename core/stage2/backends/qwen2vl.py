@@ -70,8 +70,9 @@ class Qwen2VLConfig:
             raise ValueError(f"rationale_tokens: expected >= 0, found {self.rationale_tokens}")
 
 
-def load_qwen2vl(cfg: Qwen2VLConfig):
-    """``(model, processor, device)`` per the config; quantisation needs CUDA and bitsandbytes."""
+def load_base(cfg: Qwen2VLConfig):
+    """``(model, processor, device)``: a freshly loaded base model, never with an adapter (``cfg.adapter``
+    is ignored); quantisation needs CUDA and bitsandbytes."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -103,11 +104,81 @@ def load_qwen2vl(cfg: Qwen2VLConfig):
         raise WeightsError(f"expected a Qwen2-VL checkpoint at {cfg.model!r} (hub id in the local cache, or a folder): {exc}") from exc
     if "quantization_config" not in kwargs:
         model = model.to(device)
-    if cfg.adapter:
-        from peft import PeftModel
+    return model, processor, device
 
-        model = PeftModel.from_pretrained(model, str(cfg.adapter))
+
+def load_qwen2vl(cfg: Qwen2VLConfig):
+    """``(model, processor, device)`` per the config: a fresh base, with ``cfg.adapter`` attached
+    (see :func:`attach_adapter`) when one is set."""
+    model, processor, device = load_base(cfg)
+    if cfg.adapter:
+        model = attach_adapter(model, cfg.adapter)
     return model.eval(), processor, device
+
+
+def ensure_fresh(model) -> None:
+    """Refuse a model that already carries LoRA: ``get_peft_model`` / ``PeftModel.from_pretrained``
+    inject adapters into the base model in place and leave ``peft_config`` on it, so a second
+    adapter on the same object nests or doubles up (its keys then match nothing on reload)."""
+    if hasattr(model, "peft_config"):
+        raise ValueError(f"expected a fresh base model, found one that already carries LoRA adapter(s) {sorted(model.peft_config)}: "
+                         "load a new base (load_base) for each adapter")
+
+
+def single_adapter(model) -> None:
+    """Check that a peft model holds exactly one adapter, ``default``, on a base that is not itself a peft model."""
+    from peft import PeftModel
+
+    names = sorted(getattr(model, "peft_config", {}))
+    if not isinstance(model, PeftModel) or names != ["default"] or isinstance(model.get_base_model(), PeftModel):
+        raise ValueError(f"expected a peft model with exactly one adapter 'default', found {type(model).__name__} with {names}")
+
+
+def legacy_key_mapping(model) -> dict[str, str] | None:
+    """transformers' own renaming of older Qwen2-VL checkpoint keys (``model.layers...`` ->
+    ``model.language_model.layers...``, ``visual...`` -> ``model.visual...``), applied to adapter keys.
+
+    An adapter saved with transformers < 4.52 (most published Qwen2-VL LoRAs) uses the old names.
+    peft 0.21 looks the conversion up by ``model_type`` ("qwen2_vl"), but transformers 5 registers
+    it under the class name, so without this mapping such an adapter matches no module and loads
+    as zeros with only a warning. Keys already in the new layout are left as they are.
+    """
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # transformers < 5: peft uses the model's _checkpoint_conversion_mapping itself
+        return None
+    mapping = {}
+    for rule in get_checkpoint_conversion_mapping(type(model).__name__) or []:
+        if type(rule) is WeightRenaming and len(rule.source_patterns) == len(rule.target_patterns) == 1:
+            mapping[rule.source_patterns[0]] = rule.target_patterns[0]
+    return mapping or None
+
+
+def attach_adapter(model, adapter: Path | str, trainable: bool = False):
+    """A fresh base with the peft LoRA adapter in ``adapter`` loaded as its one adapter, checked
+    tensor by tensor against the file: a key that matches no module (peft only warns) raises
+    :class:`WeightsError` instead of serving the base model under the adapter's name."""
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict, load_peft_weights
+
+    ensure_fresh(model)
+    key_mapping = legacy_key_mapping(model)
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable, key_mapping=key_mapping)
+        on_disk = load_peft_weights(str(adapter), device="cpu", key_mapping=key_mapping)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"expected a peft LoRA adapter (adapter_config.json + adapter_model.safetensors) at {adapter}: {exc}") from exc
+    single_adapter(model)
+    in_model = get_peft_model_state_dict(model)
+    missing, unexpected = sorted(set(in_model) - set(on_disk)), sorted(set(on_disk) - set(in_model))
+    differ = [k for k in sorted(set(in_model) & set(on_disk))
+              if not torch.equal(in_model[k].detach().to("cpu", on_disk[k].dtype), on_disk[k])]
+    if missing or unexpected or differ or not on_disk:
+        raise WeightsError(f"adapter {adapter} does not fit {type(model.get_base_model()).__name__}: {len(on_disk)} tensors in the file, "
+                           f"{len(missing)} adapter tensors of the model not in it (e.g. {missing[:1]}), {len(unexpected)} file tensors "
+                           f"matching no module (e.g. {unexpected[:1]}), {len(differ)} loaded with other values (e.g. {differ[:1]})")
+    return model
 
 
 class Qwen2VLBackend:
@@ -181,6 +252,14 @@ class Qwen2VLBackend:
     def score(self, ctx: PhotoContext, targets: Sequence[int], with_context: bool = True) -> list[np.ndarray]:
         import torch
 
+        return [torch.softmax(torch.tensor(t, dtype=torch.float32), -1).numpy() for t in self.log_likelihoods(ctx, targets, with_context)]
+
+    def log_likelihoods(self, ctx: PhotoContext, targets: Sequence[int], with_context: bool = True) -> list[np.ndarray]:
+        """Per target, the summed log-likelihood of each candidate's ``<class name><|im_end|>``
+        (taxonomy order); :meth:`score` is their softmax. Unlike the probabilities these do not
+        saturate, so tests compare models on them."""
+        import torch
+
         cache, plen, delta = self.prefill(ctx)
         rows, spans, owners = [], [], []
         for i in targets:
@@ -200,7 +279,7 @@ class Qwen2VLBackend:
         out, cursor = [], 0
         for i in targets:
             m = len(self.taxonomy.classes_for_type(ctx.detections[i].type))
-            out.append(torch.softmax(torch.tensor(totals[cursor : cursor + m]), -1).numpy())
+            out.append(np.array(totals[cursor : cursor + m], dtype=np.float64))
             cursor += m
         return out
 

@@ -1,0 +1,91 @@
+"""Use case: ingest a whole flight. Every photo of the given files, folders and zip archives is
+stored and inspected once, with a progress bar (photos/s, ETA); photos already stored (same
+content hash) are skipped, so an interrupted run resumes; a bad file is listed at the end with
+its reason and costs nothing else.
+
+Zip members are read into memory one at a time and never extracted, so a member named
+``../../x.jpg`` cannot write anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from app.usecases.inspect import inspect_photo
+from core.data import IMAGE_SUFFIXES
+from core.errors import ImageError
+from core.pipeline import Pipeline
+from db.store import Store
+
+SUFFIXES = (*IMAGE_SUFFIXES, ".heic", ".heif")
+
+
+@dataclass
+class FlightReport:
+    """What one ingest did: photos inspected now, skipped (stored before), failed (name, reason)."""
+
+    inspected: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    objects: int = 0
+    seconds: float = 0.0
+
+    @property
+    def photos_per_s(self) -> float:
+        done = self.inspected + self.skipped
+        return done / self.seconds if self.seconds else 0.0
+
+
+def photo_sources(paths: list[Path]) -> Iterator[tuple[str, object]]:
+    """``(name, path or bytes)`` for every photo under ``paths``: files, folders (recursive, sorted)
+    and ``.zip`` archives (members with an image suffix). A path that does not exist is yielded
+    as-is so that it is reported as a failure, not silently dropped."""
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            for p in sorted(q for q in path.rglob("*") if q.is_file() and q.suffix.lower() in SUFFIXES):
+                yield str(p.relative_to(path.parent)), p
+        elif path.suffix.lower() == ".zip" and path.is_file():
+            try:
+                archive = zipfile.ZipFile(path)
+            except zipfile.BadZipFile as exc:
+                yield path.name, ImageError(f"{path.name}: expected a zip archive, found {exc}")
+                continue
+            with archive:
+                for info in sorted(archive.infolist(), key=lambda i: i.filename):
+                    if not info.is_dir() and Path(info.filename).suffix.lower() in SUFFIXES:
+                        yield f"{path.name}:{info.filename}", archive.read(info)
+        else:
+            yield path.name, path
+
+
+def count_sources(paths: list[Path]) -> int:
+    return sum(1 for _ in photo_sources(paths))
+
+
+def ingest_flight(pipeline: Pipeline, store: Store, paths: list[Path], user: str, progress: Callable | None = None) -> FlightReport:
+    """Inspect every photo under ``paths`` into ``store``; ``progress`` wraps the iterable (tqdm)."""
+    report, started = FlightReport(), time.perf_counter()
+    sources = photo_sources(paths)
+    if progress is not None:
+        sources = progress(sources, total=count_sources(paths), unit="photo", desc="inspect")
+    for name, source in sources:
+        try:
+            if isinstance(source, Exception):
+                raise source
+            # The stored name is the file's own name: the archive or folder it came in is not part of it.
+            done = inspect_photo(pipeline, store, source, user, Path(name.split(":")[-1]).name)
+        except ImageError as exc:
+            report.failed.append((name, str(exc)))
+            continue
+        if done.ran:
+            report.inspected += 1
+            report.objects += len(store.photo_findings(done.photo_id))
+        else:
+            report.skipped += 1
+    report.seconds = time.perf_counter() - started
+    return report

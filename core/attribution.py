@@ -1,0 +1,74 @@
+"""Which model a reviewer's correction indicts: every correction gets a kind, derived from what it
+changed (never typed by hand), and each kind trains the stage it blames.
+
+* ``detector_miss`` — a box the detector did not find was drawn (stage 1);
+* ``detector_false_positive`` — a box that is not an object was deleted (stage 1);
+* ``localisation`` — a box was moved or resized beyond a small IoU change (stage 1);
+* ``type_error`` — the object's type was changed (stage 1: the detector names the type);
+* ``condition_error`` — the class changed within the type (stage 2);
+* ``rationale`` — the rationale was edited (stage 2's text);
+* ``accept`` — the model was right (both stages, for the record);
+* ``note`` and ``undo`` indict nothing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from core.types import Box
+
+# A move that keeps IoU at or above this is a nudge (the canvas rounds to whole pixels), not a
+# localisation error of the detector.
+NUDGE_IOU = 0.9
+
+
+class Kind(StrEnum):
+    DETECTOR_MISS = "detector_miss"
+    DETECTOR_FALSE_POSITIVE = "detector_false_positive"
+    LOCALISATION = "localisation"
+    TYPE_ERROR = "type_error"
+    CONDITION_ERROR = "condition_error"
+    RATIONALE = "rationale"
+    ACCEPT = "accept"
+    NOTE = "note"
+    UNDO = "undo"
+
+
+STAGE1 = frozenset({Kind.DETECTOR_MISS, Kind.DETECTOR_FALSE_POSITIVE, Kind.LOCALISATION, Kind.TYPE_ERROR})
+STAGE2 = frozenset({Kind.CONDITION_ERROR, Kind.RATIONALE})
+
+
+def _box(state: dict) -> Box | None:
+    try:
+        return Box(*(float(state[k]) for k in ("x1", "y1", "x2", "y2")))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def attribute(action: str, before: dict, after: dict) -> Kind:
+    """The kind of one correction from its action and its before/after states."""
+    if action == "add":
+        return Kind.DETECTOR_MISS
+    if action == "delete":
+        return Kind.DETECTOR_FALSE_POSITIVE
+    if action == "undo":
+        return Kind.UNDO
+    if action == "note":
+        return Kind.NOTE
+    if action == "edit_rationale":
+        return Kind.RATIONALE
+    if action == "accept":
+        return Kind.ACCEPT
+    if action in ("retype", "relabel"):
+        if before.get("object_type") != after.get("object_type"):
+            return Kind.TYPE_ERROR
+        return Kind.CONDITION_ERROR
+    if action == "edit_box":
+        a, b = _box(before), _box(after)
+        return Kind.LOCALISATION if a is None or b is None or a.iou(b) < NUDGE_IOU else Kind.ACCEPT
+    raise ValueError(f"expected a review action, found {action!r}")
+
+
+def indicted_stage(kind: Kind) -> str | None:
+    """``"detector"``, ``"classifier"`` or None: which model a kind of correction trains."""
+    return "detector" if kind in STAGE1 else "classifier" if kind in STAGE2 else None

@@ -1,0 +1,71 @@
+"""Ingesting a whole flight: folders and zips, resumable by content hash, bad files listed."""
+
+import zipfile
+
+import pytest
+
+from app.usecases.flight import ingest_flight, photo_sources
+from core.paths import samples_dir
+from core.types import Box, Detection
+from db.store import Store
+
+PHOTOS = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))
+
+
+class FakeDetector:
+    """Stage 1 stand-in: one rock toe per photo (the flight logic is under test, not the models;
+    stage 2 is the type-majority baseline)."""
+
+    weights = "fake.pt"
+
+    def predict(self, image):
+        return [Detection(Box(1, 1, 20, 20), "rock_toe", 0.9)]
+
+
+@pytest.fixture
+def pipeline():
+    from core.pipeline import Pipeline
+    from core.stage2.backends.type_majority import TypeMajority
+    from core.stage2.classifier import ConditionClassifier
+    from core.taxonomy import load_taxonomy
+
+    detector, tax = FakeDetector(), load_taxonomy()
+    detector.taxonomy = tax
+    return Pipeline(detector, ConditionClassifier(TypeMajority(tax, {"rock toe": 3}), tax))
+
+
+def test_folder_and_zip_resumable_with_bad_files_listed(pipeline, tmp_path):
+    folder = tmp_path / "flight"
+    folder.mkdir()
+    for p in PHOTOS[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "notes.jpg").write_text("not a photo")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in PHOTOS[3:5]:
+            z.write(p, f"sub/{p.name}")
+        z.writestr("../../escape.jpg", PHOTOS[0].read_bytes())  # a member that tries to leave: read, never extracted
+        z.writestr("readme.txt", "ignored")
+    store = Store(tmp_path / "review.db")
+    seen = []
+
+    def progress(items, total, **kw):
+        seen.append(total)
+        return items
+
+    report = ingest_flight(pipeline, store, [folder, archive, tmp_path / "missing.jpg"], "ana", progress)
+    assert seen == [8]  # 4 in the folder, 3 image members, 1 missing path
+    assert report.inspected == 5 and report.skipped == 1 and report.objects == 5  # escape.jpg has photo 0's bytes: stored once
+    assert sorted(n for n, _ in report.failed) == ["flight/notes.jpg", "missing.jpg"]
+    assert all("expected" in why for _, why in report.failed)
+    assert not (tmp_path.parent / "escape.jpg").exists()
+    assert [p.original_name for p in store.photos()] == [p.name for p in PHOTOS[:3]] + [p.name for p in PHOTOS[3:5]]
+    again = ingest_flight(pipeline, store, [folder, archive], "ana")  # a second run resumes: nothing new
+    assert again.inspected == 0 and again.skipped == 6 and len(store.photos()) == 5
+
+
+def test_sources_of_a_bad_zip_are_reported(tmp_path):
+    bad = tmp_path / "broken.zip"
+    bad.write_bytes(b"PK\x03\x04 nothing")
+    [(name, source)] = list(photo_sources([bad]))
+    assert name == "broken.zip" and "expected a zip archive" in str(source)

@@ -1,0 +1,86 @@
+"""``slopewatch train calibration``: fit a stage-2 backend's calibration on out-of-fold scores.
+
+Each photo of the train split is scored by a model trained without it (folds by photo): for the
+adapter, ``folds`` adapters are trained with the shipped recipe on the other folds (shorter, with
+``epochs``); the temperatures fitted on their scores are saved beside the shipped model and
+applied to it (cross-validated calibration, as scikit-learn's ``CalibratedClassifierCV`` with
+``ensemble=False`` does). The evaluation split is never read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.data import load_dataset
+from core.stage2.calibration import confidences, ece, fit_calibration
+from core.taxonomy import load_taxonomy
+
+BACKENDS = ("adapter",)  # the probe's calibration is fitted by `slopewatch train probe` itself
+
+
+@dataclass
+class CalibrateConfig:
+    """Settings of ``slopewatch train calibration``.
+
+    Attributes:
+        data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's condition classes.
+        split: split whose out-of-fold scores are used (never the one you report).
+        backend: backend to calibrate (adapter; the probe calibrates in ``train probe``).
+        folds: folds by photo; each trains one model on the others.
+        epochs: training epochs of each fold model.
+        out: calibration JSON to write (default: ``calibration.json`` in the shipped adapter folder).
+        taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+    """
+
+    data_yaml: Path
+    split: str = "train"
+    backend: str = "adapter"
+    folds: int = 2
+    epochs: int = 3
+    out: Path | None = None
+    taxonomy: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, found {self.backend!r}")
+        if self.folds < 2 or self.epochs < 1:
+            raise ValueError(f"folds and epochs: expected >= 2 and >= 1, found {self.folds} and {self.epochs}")
+
+
+def calibrate(cfg: CalibrateConfig) -> dict:
+    from core.evaluation.classifier import scored_objects
+    from core.stage2.backends.adapter import AdapterVLM, default_adapter_dir
+    from core.stage2.classifier import ConditionClassifier
+    from core.stage2.labeled import labeled_photos
+    from train.adapter import AdapterTrainConfig, train_adapter
+    from train.probe import folds_by_photo
+
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    photos = labeled_photos(load_dataset(cfg.data_yaml, taxonomy), cfg.split)
+    fold = folds_by_photo([p.key for p in photos], cfg.folds)
+    work = Path(tempfile.mkdtemp(prefix="calibrate-"))
+    scored, per_fold = [], []
+    try:
+        for k in range(cfg.folds):
+            train = [p for p, f in zip(photos, fold) if f != k]
+            held = [p for p, f in zip(photos, fold) if f == k]
+            tcfg = AdapterTrainConfig(data_yaml=Path(cfg.data_yaml), out=work / f"fold{k}", epochs=cfg.epochs, val_split="",
+                                      taxonomy=cfg.taxonomy)
+            train_adapter(tcfg, train_photos=train)
+            model = AdapterVLM.load(work / f"fold{k}", taxonomy)
+            model.config.rationale_tokens = 0  # only the scores matter here
+            rows = scored_objects(ConditionClassifier(model, taxonomy), held)
+            scored += rows
+            per_fold.append({"fold": k, "train_photos": len(train), "scored_photos": len(held), "objects": len(rows)})
+            del model
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cal = fit_calibration(scored, f"{cfg.split} split of {Path(cfg.data_yaml).parent.name}, {cfg.folds}-fold out-of-fold by photo, "
+                                  f"adapter recipe with {cfg.epochs} epochs per fold")
+    out = Path(cfg.out or default_adapter_dir() / "calibration.json")
+    cal.save(out)
+    return {"calibration": str(out), "temperatures": cal.temperatures, "likely_right": cal.likely_right, "folds": per_fold,
+            "oof_ece_raw": ece(*confidences(scored)), "oof_ece": ece(*confidences(scored, cal)), "objects": len(scored)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from pathlib import Path
 
 from app.cli_args import add_config_args, build_config, write_json
@@ -23,6 +24,30 @@ def _cmd_analyze(cfg) -> int:
               f"{len(d['suspicious'])} suspicious")
     print(f"wrote {cfg.out}/analysis.json, report.md and plots")
     return 0
+
+
+def _cmd_inspect(ns: argparse.Namespace) -> int:
+    """``slopewatch inspect``: a whole flight into the review database, resumable."""
+    from tqdm.auto import tqdm
+
+    from app.usecases.flight import ingest_flight
+    from core.pipeline import Pipeline
+    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage2 import registry
+    from core.stage2.classifier import ConditionClassifier
+    from db.store import Store
+
+    detector = Detector(DetectorConfig(device=ns.device))
+    backend = registry.create(ns.backend, registry.BackendOptions(detector.taxonomy, device=ns.device))
+    store = Store(ns.db, detector.taxonomy)
+    report = ingest_flight(Pipeline(detector, ConditionClassifier(backend, detector.taxonomy)), store, ns.photos, ns.user,
+                           lambda items, **kw: tqdm(items, **kw))
+    write_json({"db": str(store.path), "inspected": report.inspected, "skipped_already_stored": report.skipped,
+                "objects": report.objects, "failed": [{"photo": n, "error": e} for n, e in report.failed],
+                "seconds": round(report.seconds, 1), "photos_per_s": round(report.photos_per_s, 3)}, None)
+    for name, why in report.failed:
+        print(f"FAILED {name}: {why}", file=sys.stderr)
+    return 1 if report.failed and not (report.inspected or report.skipped) else 0
 
 
 def _cmd_predict(ns: argparse.Namespace) -> int:
@@ -210,6 +235,15 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         p = (groups[group] if group else sub).add_parser(name, help=text)
         add_config_args(p, _load(config_ref), positional=positional)
         p.set_defaults(func=_generic(config_ref, runner_ref, printer))
+
+    p = sub.add_parser("inspect", help="store and inspect a whole flight (files, folders, zips) in the review DB; resumable")
+    p.add_argument("photos", nargs="+", type=Path, help="photo files, folders (searched recursively) or .zip archives")
+    p.add_argument("--db", type=Path, help="review database (default: in the data dir)")
+    p.add_argument("--backend", default="adapter", choices=registry.names(live_only=True),
+                   help=f"stage-2 backend (default: adapter): {registry.describe(live_only=True)}")
+    p.add_argument("--user", default="field", help="who uploaded the photos (default: field)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("predict", help="run both stages on photos; JSON per photo and overlay PNGs")
     p.add_argument("photos", nargs="+", type=Path, help="photo files")

@@ -229,6 +229,11 @@ class Handlers:
                  "### By condition", *[f"- {k}: {v}" for k, v in sorted(d["by_condition"].items())],
                  "### Review status", *[f"- {k}: {v}" for k, v in sorted(d["status"].items())],
                  "### Corrections per reviewer", *[f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())],
+                 "### What the corrections indict", "(stage 1: detector_miss, detector_false_positive, localisation, type_error; "
+                 "stage 2: condition_error, rationale)",
+                 *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],
+                 *[f"- model `{m}`: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for m, c in sorted(d["kinds"]["by_model"].items())],
+                 *[f"- week {w}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for w, c in sorted(d["kinds"]["by_week"].items())],
                  "### Models"]
         if self.models.is_ready:
             pipeline = self.models.pipeline()

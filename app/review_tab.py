@@ -183,8 +183,8 @@ class ReviewHandlers:
     def open_photo(self, photo_id):
         try:
             return self.view(photo_id)
-        except SlopewatchError as exc:  # an unknown id: say so, keep the page
-            return (None, f"⚠ {exc}", *self.view(None)[2:])
+        except (SlopewatchError, ValueError, OverflowError) as exc:  # an unknown or absurd id: say so, keep the page
+            return (None, f"⚠ {exc if isinstance(exc, SlopewatchError) else f'expected a photo id, found {photo_id!r}'}", *self.view(None)[2:])
 
     def open_finding(self, finding_id):
         """The photo of one object, with that object selected."""

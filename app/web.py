@@ -115,12 +115,12 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                 gr.HTML("Colours: " + "".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;'
                                               for k, c in sorted(rh.colors.items())), elem_id="sw-inspect-legend")
                 with gr.Row():
-                    last_photo = gr.Number(label="Last inspected photo", precision=0, interactive=False, elem_id="sw-last-photo")
+                    last_photo = gr.Number(label="Last inspected photo", value=None, precision=0, interactive=False, elem_id="sw-last-photo")
                     review_this = gr.Button("Review this photo", elem_id="sw-review-this")
                 objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects",
                                        label="Objects (click a row to review it)")
             photo, view = build_review_tab(store, rh)
-            with gr.Tab("Queue", id="queue"):
+            with gr.Tab("Queue", id="queue") as queue_tab:
                 with gr.Row():
                     f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
                     f_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
@@ -130,7 +130,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                 refresh = gr.Button("Refresh queue", elem_id="sw-refresh-queue")
                 queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, elem_id="sw-queue",
                                            label="Photos by need: unreviewed first, then least certain (click a row to review it)")
-            with gr.Tab("Dashboard", id="dashboard"):
+            with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                 dash = gr.Markdown()
                 dash_refresh = gr.Button("Refresh")
             with gr.Tab("Export", id="export"):
@@ -157,6 +157,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")
         export_btn.click(h.export, [fmt, include_unreviewed, valid_percent], [export_file, export_msg], api_name="export")
         demo.load(h.dashboard, None, dash, api_name=False)
+        # Opening a tab shows it as it is now, not as it was when the page loaded.
+        queue_tab.select(h.queue_rows, [f_type, f_class, f_cond, f_model, f_reviewer], queue_table, api_name=False)
+        dash_tab.select(h.dashboard, None, dash, api_name=False)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=2)
     return demo
 

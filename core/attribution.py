@@ -8,7 +8,7 @@ changed (never typed by hand), and each kind trains the stage it blames.
 * ``condition_error`` — the class changed within the type (stage 2);
 * ``rationale`` — the rationale was edited (stage 2's text);
 * ``accept`` — the model was right (both stages, for the record);
-* ``note`` and ``undo`` indict nothing.
+* ``note``, ``undo`` and ``repair`` (a stored box clamped by ``slopewatch repair``) indict nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Kind(StrEnum):
     ACCEPT = "accept"
     NOTE = "note"
     UNDO = "undo"
+    REPAIR = "repair"
 
 
 STAGE1 = frozenset({Kind.DETECTOR_MISS, Kind.DETECTOR_FALSE_POSITIVE, Kind.LOCALISATION, Kind.TYPE_ERROR})
@@ -55,12 +56,14 @@ def attribute(action: str, before: dict, after: dict) -> Kind:
         return Kind.UNDO
     if action == "note":
         return Kind.NOTE
+    if action == "repair":
+        return Kind.REPAIR
     if action == "edit_rationale":
         return Kind.RATIONALE
     if action == "accept":
         return Kind.ACCEPT
     if action in ("retype", "relabel"):
-        if before.get("object_type") != after.get("object_type"):
+        if "object_type" in after and before.get("object_type") != after["object_type"]:
             return Kind.TYPE_ERROR
         return Kind.CONDITION_ERROR
     if action == "edit_box":

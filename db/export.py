@@ -168,7 +168,7 @@ def export(store: Store, out: Path, fmt: str = "yolo", include_unreviewed: bool 
         splits[split] += 1
     if fmt == "yolo":
         # Only the splits that hold photos: load_dataset refuses a split key without its folder.
-        present = {s: f"{s}/images" for s in SPLITS if splits[s]}
+        present = {("val" if s == "valid" else s): f"{s}/images" for s in SPLITS if splits[s]}  # "val": what ultralytics reads
         (out / "data.yaml").write_text(yaml.safe_dump({**present, "nc": len(tax.class_names), "names": tax.class_names}, sort_keys=False))
     else:
         (out / "annotations.json").write_text(json.dumps(coco, indent=2))

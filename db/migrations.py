@@ -177,6 +177,32 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         UPDATE photos SET original_width = width, original_height = height
         """,
     )),
+    (5, "correction kinds", (
+        """
+        -- What each correction indicts (core.attribution): detector kinds train stage 1,
+        -- condition kinds stage 2. New rows get it from the store; old rows are backfilled here.
+        ALTER TABLE corrections ADD COLUMN kind TEXT
+        """,
+        """
+        -- Backfilled moves count as localisation: the "small nudge" IoU rule applies to new rows.
+        UPDATE corrections SET kind = CASE action
+            WHEN 'add' THEN 'detector_miss'
+            WHEN 'delete' THEN 'detector_false_positive'
+            WHEN 'edit_box' THEN 'localisation'
+            WHEN 'edit_rationale' THEN 'rationale'
+            WHEN 'accept' THEN 'accept'
+            WHEN 'note' THEN 'note'
+            WHEN 'undo' THEN 'undo'
+            WHEN 'repair' THEN 'repair'
+            ELSE CASE WHEN json_extract(after_json, '$.object_type') IS NOT NULL
+                       AND json_extract(before_json, '$.object_type') IS NOT json_extract(after_json, '$.object_type')
+                      THEN 'type_error' ELSE 'condition_error' END
+        END
+        """,
+        """
+        CREATE INDEX corrections_kind ON corrections(kind)
+        """,
+    )),
 ]
 
 

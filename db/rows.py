@@ -124,11 +124,13 @@ class Correction:
     revision: int
     created_at: float
     undoes: int | None = None  # on an "undo" row: the id of the correction it reverses
+    kind: str | None = None  # what it indicts (core.attribution.Kind): detector kinds train stage 1, condition kinds stage 2
 
     @classmethod
     def from_row(cls, row) -> "Correction":
         return cls(row["id"], row["finding_id"], row["reviewer"], row["action"], json.loads(row["before_json"]),
-                   json.loads(row["after_json"]), row["model_version"], row["revision"], row["created_at"], row["undoes"])
+                   json.loads(row["after_json"]), row["model_version"], row["revision"], row["created_at"], row["undoes"],
+                   row["kind"])
 
 
 @dataclass(frozen=True)

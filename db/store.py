@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from core.attribution import Kind, attribute
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from core.taxonomy import Taxonomy
@@ -316,9 +317,9 @@ class Store:
         are handed out in insert order, a wall clock can repeat or step back."""
         return [r["id"] for r in self._rows("SELECT id FROM photos ORDER BY id")]
 
-    def has_findings(self, photo_id: int) -> bool:
-        """Whether the pipeline (or a reviewer) has stored any finding on the photo."""
-        return bool(self._rows("SELECT 1 FROM findings WHERE photo_id = ? LIMIT 1", (check_id(photo_id, "photo"),)))
+    def was_inspected(self, photo_id: int) -> bool:
+        """Whether the pipeline has run on the photo (a photo with no detections counts too)."""
+        return bool(self._rows("SELECT 1 FROM inference_runs WHERE photo_id = ? LIMIT 1", (check_id(photo_id, "photo"),)))
 
     def photo_of(self, finding_id: int) -> int:
         """The id of the photo a finding is on."""
@@ -453,7 +454,8 @@ class Store:
         _insert(conn, "corrections", {"finding_id": finding_id, "reviewer": reviewer, "action": action,
                                       "before_json": json.dumps(before), "after_json": json.dumps(after),
                                       "model_version": model_version, "revision": after["revision"],
-                                      "created_at": after["updated_at"], "undoes": undoes})
+                                      "created_at": after["updated_at"], "undoes": undoes,
+                                      "kind": attribute(action, before, after).value})
         cols = ", ".join(f"{k} = :{k}" for k in after if k != "finding_id")
         conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
         return FindingState.from_row(after)
@@ -561,7 +563,7 @@ class Store:
             _insert(conn, "finding_state", state.to_json())
             _insert(conn, "corrections", {"finding_id": fid, "reviewer": reviewer, "action": "add", "before_json": "{}",
                                           "after_json": json.dumps(state.to_json()), "model_version": None, "revision": 1,
-                                          "created_at": now})
+                                          "created_at": now, "kind": Kind.DETECTOR_MISS.value})
             return state
 
     # --- one-off repair ----------------------------------------------------------------------
@@ -709,7 +711,19 @@ class Store:
         runs = self.query("SELECT started_at, decision, candidate_version, duration_s, candidate_metrics_json, current_metrics_json "
                           "FROM training_runs ORDER BY started_at DESC LIMIT 20")
         return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,
-                "training_runs": runs}
+                "training_runs": runs, "kinds": self.correction_kinds()}
+
+    def correction_kinds(self, since: float = 0.0) -> dict:
+        """Corrections by kind (what they indict) after ``since``: in all, per model version, per ISO week."""
+        rows = self._rows("SELECT kind, COALESCE(model_version, 'drawn by a reviewer') AS model, "
+                          "strftime('%Y-W%W', created_at, 'unixepoch') AS week, count(*) AS n FROM corrections "
+                          "WHERE created_at > ? GROUP BY kind, model, week", (since,))
+        out: dict = {"total": {}, "by_model": {}, "by_week": {}}
+        for r in rows:
+            for key, group in (("total", None), ("by_model", r["model"]), ("by_week", r["week"])):
+                bucket = out[key] if group is None else out[key].setdefault(group, {})
+                bucket[r["kind"]] = bucket.get(r["kind"], 0) + r["n"]
+        return out
 
     def history(self, finding_id: int) -> list[Correction]:
         return [Correction.from_row(r) for r in self._rows("SELECT * FROM corrections WHERE finding_id = ? ORDER BY revision",

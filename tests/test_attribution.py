@@ -18,6 +18,7 @@ CASES = [
     ("accept", BOX, BOX, Kind.ACCEPT, None),
     ("note", BOX, {**BOX, "note": "check again in spring"}, Kind.NOTE, None),
     ("undo", BOX, BOX, Kind.UNDO, None),
+    ("repair", BOX, {**BOX, "x2": 100}, Kind.REPAIR, None),
 ]
 
 
@@ -30,3 +31,26 @@ def test_attribution(action, before, after, kind, stage):
 def test_unknown_action_is_refused():
     with pytest.raises(ValueError, match="expected a review action"):
         attribute("bless", BOX, BOX)
+
+
+def test_the_store_records_each_correction_s_kind_and_the_dashboard_counts_them(tmp_path):
+    from core.types import Box, Detection, Finding
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    store.ensure_user("ana")
+    photo, _ = store.add_photo("a" * 64, str(tmp_path / "a.png"), 312, 312, "a.jpg", "ana")
+    dets = [Detection(Box(10, 10, 110, 60), "slope_drain", 0.9), Detection(Box(150, 150, 250, 250), "rock_toe", 0.8)]
+    findings = [Finding(dets[0], "slope drain", {"slope drain": 0.7, "slope drain blocked": 0.2, "slope drain damaged": 0.1}, "", "probe", "v1"),
+                Finding(dets[1], "rock toe", {"rock toe": 0.6, "rock toe damaged": 0.4}, "", "probe", "v1")]
+    a, b = store.add_run(photo.id, findings, "det", "probe:v1", 0.1)
+    store.correct(a, 0, "ana", "relabel", class_name="slope drain blocked")
+    store.correct(a, 1, "ana", "edit_box", box=Box(10, 10, 200, 60))
+    store.correct(b, 0, "ana", "delete")
+    store.add_missed(photo.id, "ana", Box(20, 200, 60, 240), "Toe drain")
+    kinds = [c.kind for f in (a, b) for c in store.history(f)]
+    assert kinds == ["condition_error", "localisation", "detector_false_positive"]
+    d = store.dashboard()["kinds"]
+    assert d["total"] == {"condition_error": 1, "localisation": 1, "detector_false_positive": 1, "detector_miss": 1}
+    assert d["by_model"]["probe:v1"] == {"condition_error": 1, "localisation": 1, "detector_false_positive": 1}
+    assert d["by_model"]["drawn by a reviewer"] == {"detector_miss": 1} and len(d["by_week"]) == 1

@@ -138,18 +138,19 @@ def test_valid_percent_splits_by_photo_hash(tmp_path, fmt):
     assert json.loads((tmp_path / "b" / "manifest.json").read_text()) == {"images": manifest}
     if fmt == "yolo":
         spec = yaml.safe_load((tmp_path / "a" / "data.yaml").read_text())
-        assert (spec["train"], spec["valid"], spec["nc"], spec["names"]) == ("train/images", "valid/images", 9, TAX.class_names)
+        # "val" is the key ultralytics reads; slopewatch's own reader maps it to the valid split.
+        assert (spec["train"], spec["val"], spec["nc"], spec["names"]) == ("train/images", "valid/images", 9, TAX.class_names)
         ds = load_dataset(tmp_path / "a" / "data.yaml")
         assert (len(ds.samples("train")), len(ds.samples("valid"))) == (10 - n_valid, n_valid)
 
 
-@pytest.mark.parametrize("percent, keys", [(0, {"train"}), (100, {"valid"})])
-def test_data_yaml_lists_only_present_splits(three, tmp_path, percent, keys):
+@pytest.mark.parametrize("percent, keys, folders", [(0, {"train"}, {"train"}), (100, {"val"}, {"valid"})])
+def test_data_yaml_lists_only_present_splits(three, tmp_path, percent, keys, folders):
     store, _ = three
     export(store, tmp_path / "out", valid_percent=percent, include_unreviewed=True)
     spec = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text())
     assert set(spec) - {"nc", "names"} == keys
-    assert {p.name for p in (tmp_path / "out").iterdir()} == keys | {"data.yaml", "manifest.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == folders | {"data.yaml", "manifest.json"}
 
 
 def test_yolo_round_trip_gives_back_boxes_and_classes(three, tmp_path):

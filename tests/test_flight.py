@@ -64,6 +64,23 @@ def test_folder_and_zip_resumable_with_bad_files_listed(pipeline, tmp_path):
     assert again.inspected == 0 and again.skipped == 6 and len(store.photos()) == 5
 
 
+def test_a_photo_without_detections_is_not_inspected_again(tmp_path):
+    from core.pipeline import Pipeline
+
+    class Nothing(FakeDetector):
+        def predict(self, image):
+            return []
+
+    from core.taxonomy import load_taxonomy
+
+    detector = Nothing()
+    detector.taxonomy = load_taxonomy()
+    store = Store(tmp_path / "review.db")
+    first = ingest_flight(Pipeline(detector), store, [PHOTOS[0]], "ana")
+    again = ingest_flight(Pipeline(detector), store, [PHOTOS[0]], "ana")
+    assert (first.inspected, again.inspected, again.skipped) == (1, 0, 1)
+
+
 def test_sources_of_a_bad_zip_are_reported(tmp_path):
     bad = tmp_path / "broken.zip"
     bad.write_bytes(b"PK\x03\x04 nothing")

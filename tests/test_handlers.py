@@ -241,3 +241,9 @@ def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
     assert checked >= 2
     miss = app.r.pick_at(photo_id, "0.001,0.001,718,624,2")  # the margin beside the photo: nothing selected
     assert not isinstance(miss[0], dict) or miss[0].get("value") is None
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 10**30, -1])
+def test_an_absurd_photo_id_is_answered_not_raised(app, bad):
+    out = view(app.r.open_photo(bad))
+    assert out["canvas"] is None and out["header"].startswith("⚠")

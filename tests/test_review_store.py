@@ -355,10 +355,11 @@ def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(pho
 
 # --- migration 3 -------------------------------------------------------------------------------
 
-def test_fresh_db_has_versions_1_to_4(tmp_path):
+def test_fresh_db_has_versions_1_to_5(tmp_path):
     Store(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "fresh.db")
-    assert applied_versions(conn) == [1, 2, 3, 4]
+    assert applied_versions(conn) == [1, 2, 3, 4, 5]
+    assert "kind" in {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
     assert "undoes" in {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
     assert {r[1] for r in conn.execute("PRAGMA table_info(photo_reviews)")} == {"id", "photo_id", "reviewer", "created_at"}
 
@@ -382,11 +383,12 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     conn.close()
 
     store = Store(path)
-    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4]
+    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5]
     # Migration 4: a photo stored before downscaling existed is its own original.
     assert (store.photo(1).original_width, store.photo(1).original_height) == (100, 100)
     [old] = store.history(1)
     assert (old.action, old.reviewer, old.revision, old.undoes, old.after) == ("relabel", "ana", 1, None, {"class_name": "rock toe damaged"})
+    assert old.kind == "condition_error"  # migration 5 backfilled its kind (a class change within the type)
     assert store.state(1).class_name == "rock toe damaged" and store.photo(1).original_name == "a.jpg"
     # The old correction can be undone and the photo confirmed: the new columns and table work on it.
     assert store.undo_last(1, "ana").class_name == "rock toe"

@@ -222,6 +222,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
         result = {
             "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
             "current": current, "candidate": version if promote else None,
+            "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
             "counts": {"train_photos": len(train), "train_objects": summary["objects"], "calibration_photos": len(calibrate),
                        "frozen_photos": len(frozen),
                        "frozen_objects": cur_metrics["n"]},

@@ -36,7 +36,7 @@ def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str
     store.ensure_user(user)
     record, created = store.add_photo(stored.sha256, str(stored.path), stored.image.width, stored.image.height, name, user,
                                       original_size=stored.original_size)
-    if not created and store.has_findings(record.id):
+    if not created and store.was_inspected(record.id):
         return Inspected(record.id, False)
     t0 = time.perf_counter()
     _, result = pipeline.run(stored.image, name)

@@ -1,5 +1,5 @@
-"""The probe's calibration is fitted on out-of-fold scores of its training split only: no
-evaluation photo's hash may appear in it (here on a small real dataset, and for the shipped file
+"""Calibrations are fitted on out-of-fold scores of the training split only: no evaluation
+photo's hash may appear in them (the probe's fit on a small real dataset, and both shipped files
 against the real valid split when ../shared/data is present)."""
 
 import json
@@ -43,8 +43,9 @@ def test_probe_calibration_uses_only_its_training_photos(samples_yaml, tmp_path)
     assert result["calibration"]["temperatures"] == cal.temperatures and "out-of-fold" in cal.fitted_on
 
 
-def test_shipped_probe_calibration_never_saw_a_valid_photo():
-    path = calibration_path(assets_dir() / "models" / "probe" / "drainage-probe.npz")
+@pytest.mark.parametrize("path", [calibration_path(assets_dir() / "models" / "probe" / "drainage-probe.npz"),
+                                  assets_dir() / "models" / "adapter" / "calibration.json"], ids=["probe", "adapter"])
+def test_shipped_calibrations_never_saw_a_valid_photo(path):
     real = datasets_dir() / "drainage-conditions" / "data.yaml"
     if not real.is_file():
         pytest.skip(f"expected the real dataset at {real}")

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import SlopewatchError, WeightsError
+from core.stage2.calibration import calibrated
 from core.stage2.classifier import PhotoContext
 from core.stage2.prompts import Hints, object_prompt
 from core.stage2.rationale import human, trim_unfinished
@@ -341,8 +342,9 @@ class Qwen2VLBackend:
         return answers
 
 
-def from_options(options: BackendOptions) -> Qwen2VLBackend:
+def from_options(options: BackendOptions):
+    """The Qwen2-VL backend, calibrated when its LoRA adapter folder holds a ``calibration.json``."""
     if not options.qwen_model:
         raise SlopewatchError("backend qwen2vl needs a model: pass --qwen-model HUB_ID_OR_FOLDER")
     cfg = Qwen2VLConfig(model=options.qwen_model, adapter=options.qwen_adapter, precision=options.qwen_precision, device=options.device)
-    return Qwen2VLBackend(cfg, options.taxonomy)
+    return calibrated(Qwen2VLBackend(cfg, options.taxonomy), Path(options.qwen_adapter) / "calibration.json" if options.qwen_adapter else None)

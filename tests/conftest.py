@@ -54,3 +54,30 @@ def tiny_lm_factory():
 
     tokenizer = load_tokenizer()
     return lambda: (tiny_llama(tokenizer), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def probe_pipeline():
+    """Both stages with the shipped detector and the (fast) probe: real models on real photos."""
+    from core.pipeline import Pipeline
+    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage2 import registry
+    from core.stage2.classifier import ConditionClassifier
+
+    detector = Detector(DetectorConfig(device="cpu"))
+    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
+
+
+@pytest.fixture
+def app(probe_pipeline, tmp_path):
+    """The web app's handlers over a fresh SQLite file, called by name (no server)."""
+    from types import SimpleNamespace
+
+    from app.handlers import Handlers
+    from app.models import ModelHost
+    from app.review_tab import ReviewHandlers
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    return SimpleNamespace(h=Handlers(ModelHost.ready(probe_pipeline), store), r=ReviewHandlers(store), store=store,
+                           db=str(tmp_path / "review.db"))

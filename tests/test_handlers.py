@@ -14,11 +14,6 @@ from app.models import ModelHost  # noqa: E402
 from app.review_tab import ReviewHandlers  # noqa: E402
 from app.usecases.canvas import canvas_scale  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
-from core.pipeline import Pipeline  # noqa: E402
-from core.stage1.detector import Detector, DetectorConfig  # noqa: E402
-from core.stage2 import registry  # noqa: E402
-from core.stage2.classifier import ConditionClassifier  # noqa: E402
-from db.store import Store  # noqa: E402
 
 ANA, BO = SimpleNamespace(username="ana"), SimpleNamespace(username="bo")
 PHOTOS = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))
@@ -41,18 +36,6 @@ def rows(db, sql, *args):
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    detector = Detector(DetectorConfig(device="cpu"))
-    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
-
-
-@pytest.fixture
-def app(pipeline, tmp_path):
-    store = Store(tmp_path / "review.db")
-    return SimpleNamespace(h=Handlers(ModelHost.ready(pipeline), store), r=ReviewHandlers(store), store=store, db=str(tmp_path / "review.db"))
 
 
 def inspect(app, *photos):

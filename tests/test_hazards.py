@@ -33,13 +33,8 @@ gr = pytest.importorskip("gradio")
 from app.auth import Authenticator, LoginThrottle, LoginThrottled, hash_password, parse_users, verify_password, write_user  # noqa: E402
 from app.handlers import Handlers, InspectLane, LaneFull  # noqa: E402
 from app.models import ModelHost  # noqa: E402
-from app.review_tab import ReviewHandlers  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 from core.photos import photos_dir  # noqa: E402
-from core.pipeline import Pipeline  # noqa: E402
-from core.stage1.detector import Detector, DetectorConfig  # noqa: E402
-from core.stage2 import registry  # noqa: E402
-from core.stage2.classifier import ConditionClassifier  # noqa: E402
 from core.types import Box, Detection, Finding  # noqa: E402
 from db.store import MAX_TEXT_CHARS, InvalidBox, InvalidEdit, NotFound, Store, TextTooLong, snapshot  # noqa: E402
 
@@ -61,18 +56,6 @@ def count(db, sql, *args) -> int:
         return con.execute(sql, args).fetchone()[0]
     finally:
         con.close()
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    detector = Detector(DetectorConfig(device="cpu"))
-    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
-
-
-@pytest.fixture
-def app(pipeline, tmp_path):
-    store = Store(tmp_path / "review.db")
-    return SimpleNamespace(h=Handlers(ModelHost.ready(pipeline), store), r=ReviewHandlers(store), store=store, db=str(tmp_path / "review.db"))
 
 
 def inspect(app, *paths, user=ANA):
@@ -425,7 +408,7 @@ def test_overlays_are_unique_files_that_never_change_once_written(app):
     assert second != str(first) and first.read_bytes() == content  # a new state is a new file; the old one is untouched
 
 
-def test_one_reviewers_inspections_are_capped_and_the_count_never_leaks(pipeline):
+def test_one_reviewers_inspections_are_capped_and_the_count_never_leaks(probe_pipeline):
     lane, release, inside = InspectLane(per_user=2), threading.Event(), threading.Semaphore(0)
 
     def hold(user):
@@ -457,7 +440,7 @@ def test_one_reviewers_inspections_are_capped_and_the_count_never_leaks(pipeline
 
     class Broken:
         def __getattr__(self, name):
-            return getattr(pipeline, name)
+            return getattr(probe_pipeline, name)
 
         def run(self, image, name=None):
             raise RuntimeError("boom")
@@ -547,7 +530,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(pipeline, tmp_path_factory):
+def server(probe_pipeline, tmp_path_factory):
     from app.web import ServeConfig, build_app, launch_options, page_head
 
     root = tmp_path_factory.mktemp("hazard-server")
@@ -555,9 +538,9 @@ def server(pipeline, tmp_path_factory):
     write_user(auth_file, "cy", PASSWORDS["cy"])
     cfg = ServeConfig(auth=f"ana:{PASSWORDS['ana']},bo:{PASSWORDS['bo']}", auth_file=auth_file, port=free_port(), max_upload_mb=5)
     store = Store(root / "review.db")
-    gated = Gated(pipeline)
+    gated = Gated(probe_pipeline)
     # A photo with findings for bo to review while ana's inspections are held.
-    seed = Handlers(ModelHost.ready(pipeline), store).inspect([str(PHOTOS[5])], BO, NoProgress())[3]
+    seed = Handlers(ModelHost.ready(probe_pipeline), store).inspect([str(PHOTOS[5])], BO, NoProgress())[3]
     demo = build_app(ModelHost.ready(gated), store, cfg)
     demo.launch(**launch_options(cfg), prevent_thread_lock=True, head=page_head(), quiet=True, show_error=True)
     yield SimpleNamespace(url=f"http://127.0.0.1:{cfg.port}", store=store, gated=gated, photo=seed, db=root / "review.db")

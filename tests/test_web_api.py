@@ -7,10 +7,6 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 from core.paths import samples_dir  # noqa: E402
-from core.pipeline import Pipeline  # noqa: E402
-from core.stage1.detector import Detector, DetectorConfig  # noqa: E402
-from core.stage2 import registry  # noqa: E402
-from core.stage2.classifier import ConditionClassifier  # noqa: E402
 from db.store import Store  # noqa: E402
 
 
@@ -21,20 +17,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    detector = Detector(DetectorConfig(device="cpu"))
-    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
-
-
-@pytest.fixture(scope="module")
-def server(pipeline, tmp_path_factory):
+def server(probe_pipeline, tmp_path_factory):
     from app.models import ModelHost
     from app.web import ServeConfig, build_app, page_head
 
     db = tmp_path_factory.mktemp("web") / "review.db"
     store = Store(db)
     cfg = ServeConfig(no_auth=True, port=free_port())
-    demo = build_app(ModelHost.ready(pipeline), store, cfg)
+    demo = build_app(ModelHost.ready(probe_pipeline), store, cfg)
     demo.launch(server_name="127.0.0.1", server_port=cfg.port, prevent_thread_lock=True, max_file_size="5mb",
                 allowed_paths=[], head=page_head(), quiet=True, show_error=True)
     yield f"http://127.0.0.1:{cfg.port}/", store

@@ -106,7 +106,8 @@ class ReviewHandlers:
         """The served model's "likely right" confidence (chosen on train folds), None when uncalibrated or loading."""
         if self.models is None or not self.models.is_ready:
             return None
-        calibration = getattr(self.models.pipeline().classifier.backend, "calibration", None) if self.models.pipeline().classifier else None
+        classifier = self.models.pipeline().classifier
+        calibration = getattr(classifier.backend, "calibration", None) if classifier else None
         return calibration.likely_right if calibration is not None else None
 
     def likely_right(self, findings) -> set[int]:

@@ -32,7 +32,9 @@ def test_poisoned_corrections_are_refused_and_the_current_model_stays(tmp_path, 
             findings.append(Finding(Detection(o.box, o.type, 0.9), cands[0].name, {c.name: 1.0 / len(cands) for c in cands}, "r", "fake", "0"))
         for fid, o in zip(store.add_run(photo.id, findings, "det", "fake:0", 0.1), s.objects):
             if TAX.needs_condition(o.type):
-                store.correct(fid, 0, "vandal", "relabel", class_name=rng.choice(TAX.classes_for_type(o.type)).name)
+                # Always a different class than the one shown (relabelling to the same class is refused as a no-op).
+                wrong = [c.name for c in TAX.classes_for_type(o.type) if c.name != TAX.classes_for_type(o.type)[0].name]
+                store.correct(fid, 0, "vandal", "relabel", class_name=rng.choice(wrong))
     registry = ModelRegistry(tmp_path / "registry")
     result = nightly(NightlyConfig(db=tmp_path / "review.db", registry=tmp_path / "registry", frozen_yaml=str(samples_yaml),
                                    holdout_percent=0, epochs=2))
@@ -46,7 +48,7 @@ def test_corrections_teach_the_promoted_model(tmp_path):
     nightly model, promoted past the gate on half B, gets many of those objects right."""
     from core.stage2.backends.adapter import AdapterVLM
     from core.stage2.classifier import ConditionClassifier
-    from train.nightly import reviewed_photos
+    from train.nightly import labeled_reviewed_photos
     from train.simulate import SimulateConfig, simulate
 
     data = datasets_dir() / "drainage-conditions" / "data.yaml"
@@ -67,7 +69,7 @@ def test_corrections_teach_the_promoted_model(tmp_path):
     promoted.config.rationale_tokens = 0
     classifier = ConditionClassifier(promoted, TAX)
     right = cursor = 0
-    for photo in reviewed_photos(store):
+    for photo in labeled_reviewed_photos(store):
         findings = classifier.classify(photo.image, list(photo.detections), photo.key)
         for k, (f, truth) in enumerate(zip(findings, photo.classes)):
             right += ids[cursor + k] in fixed and f.class_name == truth

@@ -17,7 +17,7 @@ from PIL import Image
 from app.usecases.canvas import CanvasObject, canvas_scale, diff, waiting
 from core.errors import SlopewatchError
 from core.paths import data_dir
-from core.types import Box, Status
+from core.types import Status
 from db.rows import FindingState, StoredFinding
 from db.store import ACTIONS, InvalidEdit, Store
 
@@ -49,20 +49,6 @@ def apply(store: Store, action: ReviewAction) -> FindingState:
     """Apply one action; returns the finding's new state."""
     store.ensure_user(action.reviewer)
     return store.correct(action.finding_id, action.revision, action.reviewer, action.action, **action.changes)
-
-
-def add_missed(store: Store, reviewer: str, on_finding: int, box: Box, class_name: str) -> FindingState:
-    """A box the detector missed, on the photo of ``on_finding``; returns the new finding's state."""
-    store.ensure_user(reviewer)
-    return store.add_missed(store.photo_of(on_finding), reviewer, box, class_name)
-
-
-def next_pending(store: Store, current: int | None) -> int | None:
-    """The next object to review (lowest margin first), other than ``current``; ``current`` when none is left."""
-    for f in store.queue(limit=50):
-        if f.state.status is Status.PENDING and f.finding_id != current:
-            return f.finding_id
-    return current
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -103,7 +104,7 @@ MIN_CALIBRATION_OBJECTS = 20
 def calibrate_candidate(model, photos, current, path: Path, taxonomy):
     """The trained candidate wrapped with a calibration refitted on the calibration slice (photos
     no model trained on), written to ``path`` so it is promoted with the weights. With too few
-    objects there, the current model's calibration is kept (or none). Returns ``(backend, note)``."""
+    objects there, the current model's calibration is kept (or none). Returns ``(backend, note, refitted)``."""
     from core.evaluation.classifier import scored_objects
     from core.stage2.calibration import Calibrated, fit_calibration
     from core.stage2.classifier import ConditionClassifier
@@ -113,11 +114,12 @@ def calibrate_candidate(model, photos, current, path: Path, taxonomy):
         cal = fit_calibration(scored, f"nightly calibration slice: {len(photos)} reviewed photos held out by hash, {len(scored)} objects")
         note = f"calibration refitted on {len(scored)} held-out objects: temperatures {cal.temperatures}"
     elif current is not None:
-        cal, note = current, f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS})"
+        cal = current
+        note = f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}); ECE not gated"
     else:
-        return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before)"
+        return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before); ECE not gated", False
     cal.save(path)
-    return Calibrated(model, cal), note
+    return Calibrated(model, cal), note, len(scored) >= MIN_CALIBRATION_OBJECTS
 
 
 def ensure_current(registry, taxonomy) -> str:
@@ -183,6 +185,9 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
         rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
         calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
         train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
+        if sum(c is not None for p in calibrate for c in p.classes) < MIN_CALIBRATION_OBJECTS:
+            # Too few to fit a calibration: those corrections teach the candidate instead of idling.
+            train, calibrate = train + calibrate, []
         if cfg.frozen_yaml:
             frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
         if cfg.train_yaml:
@@ -211,11 +216,12 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
                                   class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
                                   lr=3e-4, lora_lr=1e-4, val_split="")
         summary = train_adapter(tcfg, candidate, train_photos=train)
-        candidate, calibration_note = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
-                                                         work / "candidate" / "calibration.json", taxonomy)
+        candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
+                                                                    work / "candidate" / "calibration.json", taxonomy)
         cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
         promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
-                                                                        max_ece_increase=cfg.max_ece_increase))
+                                                                        # ECE is judged only for a calibration fitted to this candidate
+                                                                        max_ece_increase=cfg.max_ece_increase if refitted else math.inf))
         reasons.append(calibration_note)
         version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
         keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")

@@ -150,14 +150,15 @@ class ReviewHandlers:
         if band:
             header += f" {len(band)} likely right (press L to accept them)."
         seen = {str(f.finding_id): f.state.revision for f in live}
-        return (canvas, header, gr.update(choices=choices, value=selected), table, seen, photo.id, *self.panel(photo.id, selected))
+        return (canvas, header, gr.update(choices=choices, value=selected), table, seen, photo.id, *self.panel(photo.id, selected, findings))
 
-    def panel(self, photo_id, finding_id) -> tuple:
-        """The side panel of one object: top-3 probabilities, detector confidence, model, rationale, history."""
+    def panel(self, photo_id, finding_id, findings=None) -> tuple:
+        """The side panel of one object: top-3 probabilities, detector confidence, model, rationale, history.
+        ``findings``: the photo's, when the caller has just read them."""
         blank = ("", gr.update(choices=[], value=None), "", "", [], None, gr.update(value=None), gr.update(choices=[], value=None))
         if finding_id is None or photo_id is None:
             return blank
-        found = [f for f in self.store.photo_findings(int(photo_id)) if f.finding_id == int(finding_id)]
+        found = [f for f in findings or self.store.photo_findings(int(photo_id)) if f.finding_id == int(finding_id)]
         if not found:
             return blank
         f, s = found[0], found[0].state

@@ -46,22 +46,15 @@ def _box(state: dict) -> Box | None:
         return None
 
 
+# Actions whose kind follows from the action alone.
+_BY_ACTION = {"add": Kind.DETECTOR_MISS, "delete": Kind.DETECTOR_FALSE_POSITIVE, "undo": Kind.UNDO, "note": Kind.NOTE,
+              "repair": Kind.REPAIR, "edit_rationale": Kind.RATIONALE, "accept": Kind.ACCEPT}
+
+
 def attribute(action: str, before: dict, after: dict) -> Kind:
     """The kind of one correction from its action and its before/after states."""
-    if action == "add":
-        return Kind.DETECTOR_MISS
-    if action == "delete":
-        return Kind.DETECTOR_FALSE_POSITIVE
-    if action == "undo":
-        return Kind.UNDO
-    if action == "note":
-        return Kind.NOTE
-    if action == "repair":
-        return Kind.REPAIR
-    if action == "edit_rationale":
-        return Kind.RATIONALE
-    if action == "accept":
-        return Kind.ACCEPT
+    if action in _BY_ACTION:
+        return _BY_ACTION[action]
     if action in ("retype", "relabel"):
         if "object_type" in after and before.get("object_type") != after["object_type"]:
             return Kind.TYPE_ERROR

@@ -185,7 +185,9 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
         rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
         calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
         train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
-        if sum(c is not None for p in calibrate for c in p.classes) < MIN_CALIBRATION_OBJECTS:
+        # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
+        if sum(c is not None and taxonomy.needs_condition(d.type) for p in calibrate for d, c in zip(p.detections, p.classes)) \
+                < MIN_CALIBRATION_OBJECTS:
             # Too few to fit a calibration: those corrections teach the candidate instead of idling.
             train, calibrate = train + calibrate, []
         if cfg.frozen_yaml:

@@ -100,10 +100,15 @@ def parse_label(label: str | None) -> tuple[int | None, str]:
     return (int(m.group(1)), m.group(2).strip()) if m else (None, text)
 
 
+def unchosen(raw) -> bool:
+    """A drawn box whose class the reviewer has not chosen yet (no ``#k``, no class or the placeholder)."""
+    index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
+    return index is None and class_name in ("", CHOOSE)
+
+
 def waiting(boxes: list[dict]) -> int:
     """Drawn boxes whose class the reviewer has not chosen yet."""
-    return sum(parse_label(b.get("label") if isinstance(b, dict) else None) == (None, "") or
-               parse_label(b.get("label") if isinstance(b, dict) else None) == (None, CHOOSE) for b in boxes or [])
+    return sum(unchosen(b) for b in boxes or [])
 
 
 def moved(a: Box, b: Box, tolerance: float = MOVE_TOLERANCE_PX) -> bool:
@@ -120,9 +125,9 @@ def diff(objects: list[CanvasObject], boxes: list[dict], taxonomy: Taxonomy, wid
     by_index = {o.index: o for o in objects}
     parsed = []
     for raw in boxes or []:
-        index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
-        if index is None and class_name in ("", CHOOSE):
+        if unchosen(raw):
             continue  # drawn, class not chosen yet: saved once the reviewer picks it (see waiting())
+        index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
         if class_name not in taxonomy.class_names:
             raise CanvasError(f"expected a class among {taxonomy.class_names}, found {class_name!r}")
         parsed.append((index, class_name, clamp_box(raw, width, height, scale)))

@@ -40,10 +40,11 @@ class FlightReport:
         return done / self.seconds if self.seconds else 0.0
 
 
-def photo_sources(paths: list[Path]) -> Iterator[tuple[str, object]]:
+def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, object]]:
     """``(name, path or bytes)`` for every photo under ``paths``: files, folders (recursive, sorted)
     and ``.zip`` archives (members with an image suffix). A path that does not exist is yielded
-    as-is so that it is reported as a failure, not silently dropped."""
+    as-is so that it is reported as a failure, not silently dropped. ``read=False`` lists without
+    reading zip members (their source is then None): for counting."""
     for path in paths:
         path = Path(path)
         if path.is_dir():
@@ -58,13 +59,13 @@ def photo_sources(paths: list[Path]) -> Iterator[tuple[str, object]]:
             with archive:
                 for info in sorted(archive.infolist(), key=lambda i: i.filename):
                     if not info.is_dir() and Path(info.filename).suffix.lower() in SUFFIXES:
-                        yield f"{path.name}:{info.filename}", archive.read(info)
+                        yield f"{path.name}:{info.filename}", archive.read(info) if read else None
         else:
             yield path.name, path
 
 
 def count_sources(paths: list[Path]) -> int:
-    return sum(1 for _ in photo_sources(paths))
+    return sum(1 for _ in photo_sources(paths, read=False))
 
 
 def ingest_flight(pipeline: Pipeline, store: Store, paths: list[Path], user: str, progress: Callable | None = None) -> FlightReport:

@@ -90,14 +90,21 @@ def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) 
     return score_photos(classifier, (LabeledPhoto(image, tuple(d), tuple(c), key) for _, image, d, c, key in ground_truth(ds, split)))
 
 
+def as_scored(finding, truth: str | None, key: str) -> Scored | None:
+    """A labelled finding with a choice of classes as calibration sees it; None for the others."""
+    names = list(finding.probabilities)
+    if truth is None or len(names) < 2 or truth not in names:
+        return None
+    return Scored(finding.detection.type, np.array([finding.probabilities[n] for n in names]), names.index(truth), key)
+
+
 def scored_objects(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]) -> list[Scored]:
     """Each labelled object with a choice of classes, as the classifier scores it (for calibration)."""
     out = []
     for photo in photos:
         for f, truth in zip(classifier.classify(photo.image, list(photo.detections), photo.key), photo.classes):
-            names = list(f.probabilities)
-            if truth is not None and len(names) > 1 and truth in names:
-                out.append(Scored(f.detection.type, np.array([f.probabilities[n] for n in names]), names.index(truth), photo.key))
+            if (s := as_scored(f, truth, photo.key)) is not None:
+                out.append(s)
     return out
 
 
@@ -118,9 +125,8 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
                 continue
             y_true.append(truth)
             y_pred.append(f.class_name)
-            names = list(f.probabilities)
-            if len(names) > 1 and truth in names:
-                scored.append(Scored(f.detection.type, np.array([f.probabilities[n] for n in names]), names.index(truth), key))
+            if (s := as_scored(f, truth, key)) is not None:
+                scored.append(s)
             if f.backend != "passthrough":
                 rationales += 1
                 unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax))

@@ -81,3 +81,17 @@ def app(probe_pipeline, tmp_path):
     store = Store(tmp_path / "review.db")
     return SimpleNamespace(h=Handlers(ModelHost.ready(probe_pipeline), store), r=ReviewHandlers(store), store=store,
                            db=str(tmp_path / "review.db"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()`` gives a loopback TCP port nobody listens on (for a test server)."""
+    return _free_port

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -523,14 +522,8 @@ class Gated:
         return self.inner.run(image, name)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(probe_pipeline, tmp_path_factory):
+def server(probe_pipeline, free_port, tmp_path_factory):
     from app.web import ServeConfig, build_app, launch_options, page_head
 
     root = tmp_path_factory.mktemp("hazard-server")

@@ -4,7 +4,6 @@ auth file with a scrypt hash, and the data dir outside both the working director
 dir (Gradio copies returned files only from those and ``allowed_paths``)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(free_port, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     for folder in ("data", "tmp", "cwd"):
         (root / folder).mkdir()
     write_user(root / "reviewers.txt", "ana", PASSWORD)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "SLOPEWATCH_DATA_DIR": str(root / "data"), "TMPDIR": str(root / "tmp"), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--auth-file", str(root / "reviewers.txt"), "--port", str(port),

@@ -1,6 +1,5 @@
 """The web app through gradio_client against a launched server, with real photos."""
 
-import socket
 
 import pytest
 
@@ -10,14 +9,8 @@ from core.paths import samples_dir  # noqa: E402
 from db.store import Store  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(probe_pipeline, tmp_path_factory):
+def server(probe_pipeline, free_port, tmp_path_factory):
     from app.models import ModelHost
     from app.web import ServeConfig, build_app, page_head
 

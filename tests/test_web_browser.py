@@ -5,7 +5,6 @@ with a number key, accept the rest with Shift+A, undo with Ctrl+Z, go to the nex
 and open an object from the library map. Every step asserts the SQLite rows, not only the page."""
 
 import shutil
-import socket
 import sqlite3
 import time
 
@@ -22,23 +21,15 @@ pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not __import__(
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_url(probe_pipeline, free_port, tmp_path_factory):
     from app.models import ModelHost
     from app.web import ServeConfig, build_app, page_head
-    from core.pipeline import Pipeline
-    from core.stage1.detector import Detector, DetectorConfig
-    from core.stage2 import registry
-    from core.stage2.classifier import ConditionClassifier
     from db.store import Store
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     db = tmp_path_factory.mktemp("browser") / "review.db"
-    detector = Detector(DetectorConfig(device="cpu"))
-    pipeline = Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
     cfg = ServeConfig(auth="ana:field-secret", port=port)
-    demo = build_app(ModelHost.ready(pipeline), Store(db), cfg)
+    demo = build_app(ModelHost.ready(probe_pipeline), Store(db), cfg)
     demo.launch(server_name="127.0.0.1", server_port=port, auth=cfg.users(), prevent_thread_lock=True, allowed_paths=[],
                 head=page_head(), quiet=True, show_error=True)
     yield f"http://127.0.0.1:{port}/", str(db)

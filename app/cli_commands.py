@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from app.cli_args import add_config_args, build_config, write_json
@@ -135,7 +136,10 @@ def _print_mcq(cfg, result: dict) -> int:
 
 
 def _print_nightly(cfg, result: dict) -> int:
-    print(result.get("message") or f"nightly: {result['decision']} ({'; '.join(result['reasons'])})")
+    stages = {"stage 2": {k: v for k, v in result.items() if k != "detector"}, "detector": result.get("detector")}
+    for name, r in stages.items():
+        if r:
+            print(f"nightly {name}: " + (r.get("message") or f"{r['decision']} ({'; '.join(r['reasons'])})"))
     write_json({k: v for k, v in result.items() if k != "config"}, None)
     return 0
 
@@ -143,21 +147,29 @@ def _print_nightly(cfg, result: dict) -> int:
 def _cmd_model_list(ns: argparse.Namespace) -> int:
     from core.model_registry import ModelRegistry
 
-    reg = ModelRegistry(ns.registry)
+    reg = ModelRegistry(ns.registry, stage=ns.stage)
     versions = reg.versions()
     if not versions:
-        print(f"no stage-2 model versions in {reg.root} (the shipped adapter is used until the first nightly run)")
+        shipped = "adapter" if ns.stage == "classifier" else "detector"
+        print(f"no {ns.stage} model versions in {reg.root} (the shipped {shipped} is used until the first nightly run)")
     for v in versions:
         m = v["metrics"]
-        score = f"balanced {m['balanced_accuracy']:.3f} accuracy {m['accuracy']:.3f}" if "balanced_accuracy" in m else "no metrics"
-        print(f"{'*' if v['current'] else ' '} {v['version']:<32} {score}")
+        if "balanced_accuracy" in m:
+            score = f"balanced {m['balanced_accuracy']:.3f} accuracy {m['accuracy']:.3f}"
+        elif "map50" in m:
+            score = f"mAP50 {m['map50']:.3f} mAP50-95 {m['map50_95']:.3f}"
+        else:
+            score = "no metrics"
+        until = reg.data_until(v["version"])
+        cutoff = time.strftime("%Y-%m-%d %H:%M", time.localtime(until)) if until else "none"
+        print(f"{'*' if v['current'] else ' '} {v['version']:<32} {score}  corrections up to {cutoff}")
     return 0
 
 
 def _cmd_model_rollback(ns: argparse.Namespace) -> int:
     from core.model_registry import ModelRegistry
 
-    print(f"current model is now {ModelRegistry(ns.registry).rollback()}")
+    print(f"current {ns.stage} model is now {ModelRegistry(ns.registry, stage=ns.stage).rollback()}")
     return 0
 
 
@@ -174,7 +186,9 @@ COMMANDS = [
      "train.adapter:AdapterTrainConfig", "train.adapter:train_adapter", ("data_yaml",), None),
     ("train", "calibration", "fit the adapter's calibration on out-of-fold scores of the train split",
      "train.calibrate:CalibrateConfig", "train.calibrate:calibrate", ("data_yaml",), None),
-    ("train", "nightly", "fine-tune stage 2 on new corrections; promote only past the gate",
+    ("train", "box-calibration", "fit the detector's box calibration on one hash half of valid, report it on the other",
+     "train.box_calibration:BoxCalibrationConfig", "train.box_calibration:calibrate_detector", ("data_yaml",), None),
+    ("train", "nightly", "fine-tune both stages on new corrections; promote each only past its gate",
      "train.nightly:NightlyConfig", "train.nightly:nightly", (), _print_nightly),
     ("train", "simulate-reviews", "reviewers correct half of valid, nightly is judged on the other half",
      "train.simulate:SimulateConfig", "train.simulate:simulate", ("data_yaml",), None),
@@ -249,7 +263,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("photos", nargs="+", type=Path, help="photo files")
     p.add_argument("--json", type=Path, help="write per-photo results here")
     p.add_argument("--overlay", type=Path, help="write overlay PNGs into this folder")
-    p.add_argument("--weights", type=Path, help="detector checkpoint (default: the shipped, hash-pinned one)")
+    p.add_argument("--weights", type=Path, help="detector checkpoint (default: the promoted nightly version, else the shipped one; both hash-checked)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--backend", default="adapter", choices=[*registry.names(live_only=True), "none"],
@@ -259,9 +273,11 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--clip-model", type=Path, help="CLIP checkpoint folder (backend clip; default: $SLOPEWATCH_CLIP_MODEL)")
     p.set_defaults(func=_cmd_predict)
 
-    model = sub.add_parser("model", help="stage-2 model versions").add_subparsers(dest="what", required=True)
+    model = sub.add_parser("model", help="model versions of either stage (list, rollback)").add_subparsers(dest="what", required=True)
     for name, func, text in (("list", _cmd_model_list, "list versions (* marks the current one)"),
                              ("rollback", _cmd_model_rollback, "make the previous version current")):
         p = model.add_parser(name, help=text)
-        p.add_argument("--registry", type=Path, help="registry folder (default: in the data dir)")
+        p.add_argument("--stage", default="classifier", choices=("classifier", "detector"),
+                       help="classifier (stage 2, default) or detector (stage 1)")
+        p.add_argument("--registry", type=Path, help="registry folder (default: the stage's folder in the data dir)")
         p.set_defaults(func=func)

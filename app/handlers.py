@@ -22,6 +22,7 @@ import gradio as gr
 from PIL import Image
 
 from app.models import ModelHost, ModelsLoading
+from app.scheduler import SchedulerState
 from app.usecases.inspect import inspect_photo, overlay_items
 from core.errors import SlopewatchError
 from core.overlay import render_overlay
@@ -32,7 +33,7 @@ from db.store import Store
 # "#" is the object's index within its photo: the number rationales, the overlay and the Review
 # canvas all show ("slope drain #2").
 TABLE_HEADERS = ["photo", "#", "id", "type", "class", "confidence", "detector", "top 3", "rationale"]
-QUEUE_HEADERS = ["photo", "name", "objects", "pending", "lowest margin", "lowest detector", "expected errors", "done"]
+QUEUE_HEADERS = ["photo", "name", "objects", "pending", "expected errors", "lowest margin", "lowest detector", "done"]
 
 
 def reviewer(request) -> str:
@@ -160,12 +161,15 @@ class Handlers:
         store: the review store.
         lane: the inspection lane (default: 2 inspections per reviewer).
         working_size: photos larger than this on their long side are shrunk to it on ingest.
+        schedule: the scheduled nightly job's state (``serve --nightly-at``), shown on the dashboard.
     """
 
-    def __init__(self, models: ModelHost, store: Store, lane: InspectLane | None = None, working_size: int = WORKING_SIZE_PX):
+    def __init__(self, models: ModelHost, store: Store, lane: InspectLane | None = None, working_size: int = WORKING_SIZE_PX,
+                 schedule: SchedulerState | None = None):
         self.models, self.store = models, store
         self.lane = lane or InspectLane()
         self.working_size = working_size
+        self.schedule = schedule
 
     # --- Inspect ----------------------------------------------------------------------------
     def inspect(self, files, request: gr.Request, progress=gr.Progress()):
@@ -215,8 +219,8 @@ class Handlers:
     # --- Queue, Dashboard, Export -----------------------------------------------------------
     def queue_rows(self, object_type, class_name, condition, model_version, reviewer_name):
         rows = self.store.photo_queue(object_type or None, class_name or None, condition or None, model_version or None, reviewer_name or None)
-        return [[r.photo_id, r.name, r.n_objects, r.n_pending, None if r.min_margin is None else round(r.min_margin, 3),
-                 None if r.min_detector_confidence is None else round(r.min_detector_confidence, 3), round(r.expected_errors, 2),
+        return [[r.photo_id, r.name, r.n_objects, r.n_pending, round(r.expected_errors, 2), None if r.min_margin is None else round(r.min_margin, 3),
+                 None if r.min_detector_confidence is None else round(r.min_detector_confidence, 3),
                  "✓" if r.done else ""] for r in rows]
 
     @staticmethod
@@ -237,15 +241,17 @@ class Handlers:
                  "### Models"]
         if self.models.is_ready:
             pipeline = self.models.pipeline()
-            lines.append(f"- detector: `{Path(pipeline.detector.weights).name}`")
+            lines.append(f"- detector: version `{pipeline.detector.version}` (`{Path(pipeline.detector.weights).name}`)")
             if pipeline.classifier:
                 backend = pipeline.classifier.backend
                 lines.append(f"- stage 2: `{backend.name}` version `{backend.version}`")
         else:
             lines.append("- loading…")
+        if self.schedule is not None:
+            lines += ["### Scheduled nightly job", *self.schedule.lines()]
         if d["training_runs"]:
             lines.append("### Nightly runs")
-            lines += [f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['started_at']))}: {r['decision']} "
+            lines += [f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['started_at']))} {r['stage']}: {r['decision']} "
                       f"({r['candidate_version'] or '-'}, {r['duration_s'] or 0:.0f} s)" for r in d["training_runs"]]
         return "\n".join(lines)
 

@@ -1,8 +1,8 @@
 """The models a running app serves: loaded in the background so the page answers at once, and
-swapped without a restart when the nightly job promotes a new stage-2 version.
+swapped without a restart when the nightly job promotes a new version of either stage.
 
-Between requests :meth:`ModelHost.pipeline` compares the model registry's ``CURRENT`` pointer
-(one small file read) with the version it loaded; on a change it loads the new model in a
+Between requests :meth:`ModelHost.pipeline` compares the model registries' ``CURRENT`` pointers
+(small file reads) with the versions it loaded; on a change it loads the new model in a
 background thread and keeps serving the old one until the new one is ready, then swaps.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Hashable
 
 from core.errors import SlopewatchError
 from core.pipeline import Pipeline
@@ -26,16 +26,17 @@ class ModelHost:
     """Holds the current :class:`Pipeline`.
 
     Args:
-        build: builds the pipeline for a registry version (``None``: no promoted version yet).
-        current_version: reads the registry's current version; ``None`` turns the swap off.
+        build: builds the pipeline for a version key (what ``current_version`` returned: e.g. the
+            detector's and the classifier's registry versions; ``None``: no registry).
+        current_version: reads the registries' current version key; ``None`` turns the swap off.
     """
 
-    def __init__(self, build: Callable[[str | None], Pipeline], current_version: Callable[[], str | None] | None = None):
+    def __init__(self, build: Callable[[Hashable], Pipeline], current_version: Callable[[], Hashable] | None = None):
         self._build, self._current_version = build, current_version
         self._pipeline: Pipeline | None = None
-        self._version: str | None = None
+        self._version: Hashable = None
         self._loading: threading.Thread | None = None
-        self._failed: str | None = None  # a version whose load failed is not retried on every request
+        self._failed: Hashable = None  # a version whose load failed is not retried on every request
         self._lock = threading.Lock()
         self.error: Exception | None = None
 
@@ -50,7 +51,7 @@ class ModelHost:
         """Load in the background (returns at once)."""
         self._load(self._current_version() if self._current_version else None)
 
-    def _load(self, version: str | None) -> None:
+    def _load(self, version: Hashable) -> None:
         def work():
             try:
                 pipeline = self._build(version)
@@ -60,7 +61,7 @@ class ModelHost:
             else:
                 with self._lock:
                     self._pipeline, self._version, self.error = pipeline, version, None
-                log.info("models ready (stage-2 version %s)", version or "shipped")
+                log.info("models ready (versions %s)", version or "shipped")
             finally:
                 with self._lock:
                     self._loading = None
@@ -83,7 +84,7 @@ class ModelHost:
         return self._pipeline is not None
 
     @property
-    def version(self) -> str | None:
+    def version(self) -> Hashable:
         return self._version
 
     def pipeline(self) -> Pipeline:
@@ -97,3 +98,31 @@ class ModelHost:
                 raise ModelsLoading(f"the models failed to load: {self.error}")
             raise ModelsLoading("models loading — the page works, inspection starts as soon as they are ready")
         return self._pipeline
+
+
+def registry_host(backend: str) -> ModelHost:
+    """The host ``serve`` uses: the detector registry's current version (else the shipped detector)
+    and, for the ``adapter`` backend, stage 2's current version; either promotion swaps the pipeline."""
+    from core.model_registry import ModelRegistry
+    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage2 import registry
+    from core.stage2.classifier import ConditionClassifier
+
+    detectors: dict = {}  # by detector version: a stage-2 swap reuses the loaded detector
+    detector_registry, classifier_registry = ModelRegistry(stage="detector"), ModelRegistry()
+
+    def versions() -> tuple[str | None, str | None]:
+        # Only the adapter follows stage 2's promotions; other backends never swap.
+        return detector_registry.current(), classifier_registry.current() if backend == "adapter" else None
+
+    def build(current: tuple[str | None, str | None] | None) -> Pipeline:
+        det_version = current[0] if current else None
+        if det_version not in detectors:
+            loaded = Detector(DetectorConfig(version=det_version))
+            detectors.clear()
+            detectors[det_version] = loaded
+        detector = detectors[det_version]
+        model = registry.create(backend, registry.BackendOptions(detector.taxonomy))
+        return Pipeline(detector, ConditionClassifier(model, detector.taxonomy))
+
+    return ModelHost(build, versions)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.auth import parse_users, read_auth_file
-from app.models import ModelHost
-from core.paths import clip_model_dir
+from app.models import ModelHost, registry_host
+from app.scheduler import NightlyScheduler, SchedulerState, parse_hhmm
+from core.paths import clip_model_dir, data_dir
 from core.photos import MAX_UPLOAD_BYTES, WORKING_SIZE_PX
-from core.pipeline import Pipeline
 from core.stage2 import registry
 from db.store import Store
 
@@ -45,6 +45,10 @@ class ServeConfig:
             it (the original's hash and size are kept).
         cache_minutes: files Gradio caches (uploads, returned images) are deleted after this many minutes.
         clip_model: CLIP checkpoint folder for photo search (default: $SLOPEWATCH_CLIP_MODEL; none hides it).
+        nightly_at: run ``train nightly`` on this database every day at this local time (HH:MM), in a
+            low-priority child process; "" for never (use cron instead, see README).
+        nightly_args: further ``train nightly`` arguments for the scheduled job, e.g.
+            "--frozen-yaml DATA --train-yaml DATA".
     """
 
     host: str = "127.0.0.1"
@@ -61,6 +65,8 @@ class ServeConfig:
     working_size: int = WORKING_SIZE_PX
     cache_minutes: int = 60
     clip_model: Path | None = None
+    nightly_at: str = ""
+    nightly_args: str = ""
 
     def __post_init__(self) -> None:
         if self.no_auth and self.host not in LOCALHOST:
@@ -73,6 +79,8 @@ class ServeConfig:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
         if self.working_size < 320:
             raise ValueError(f"working_size: expected >= 320 px (the detector's input), found {self.working_size}")
+        if self.nightly_at:
+            parse_hhmm(self.nightly_at)
 
     def users(self) -> list[tuple[str, str]]:
         """``(user, secret)`` pairs: ``auth`` first, then ``auth_file`` (a user's later line wins)."""
@@ -89,8 +97,9 @@ def page_head() -> str:
     return f"<script>{REVIEW_KEYS_JS}</script>"
 
 
-def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None):
-    """The Gradio Blocks app over the served models and a store."""
+def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None, schedule: SchedulerState | None = None):
+    """The Gradio Blocks app over the served models and a store (``schedule``: the nightly job's
+    state, for the dashboard)."""
     import gradio as gr
 
     from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers, InspectLane
@@ -99,7 +108,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
 
     tax = store.taxonomy
     config = config or ServeConfig(no_auth=True)
-    h, rh = Handlers(models, store, InspectLane(config.inspect_per_user), config.working_size), ReviewHandlers(store, models)
+    h = Handlers(models, store, InspectLane(config.inspect_per_user), config.working_size, schedule)
+    rh = ReviewHandlers(store, models)
     to_review = (lambda: gr.Tabs(selected="review"), None)
 
     # Uploads (refused ones included) and returned images live in Gradio's cache until deleted.
@@ -173,7 +183,6 @@ def launch_options(cfg: ServeConfig) -> dict:
 
     from app.auth import Authenticator, ClientAddressMiddleware
     from app.handlers import overlays_dir
-    from core.paths import data_dir
     from core.photos import photos_dir
 
     return {
@@ -192,36 +201,28 @@ def launch_options(cfg: ServeConfig) -> dict:
 def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
     """Launch the app at once and load the models in the background; print the URL, then a
     ready line when inspection can start."""
-    from core.model_registry import ModelRegistry
-    from core.stage1.detector import Detector, DetectorConfig
-    from core.stage2.classifier import ConditionClassifier
     from core.taxonomy import load_taxonomy
 
-    detector: list = []  # loaded once; a stage-2 swap reuses it
-
-    def build(version: str | None) -> Pipeline:
-        if not detector:
-            detector.append(Detector(DetectorConfig()))
-        backend = registry.create(cfg.backend, registry.BackendOptions(detector[0].taxonomy))
-        return Pipeline(detector[0], ConditionClassifier(backend, detector[0].taxonomy))
-
-    # Only the adapter follows the registry's promotions; other backends never swap.
-    models = ModelHost(build, ModelRegistry().current if cfg.backend == "adapter" else None)
+    models = registry_host(cfg.backend)
     models.start()
     store = Store(cfg.db, load_taxonomy())
-    demo = build_app(models, store, cfg)
+    scheduler = NightlyScheduler(cfg.nightly_at, store.path, cfg.nightly_args) if cfg.nightly_at else None
+    demo = build_app(models, store, cfg, scheduler.state if scheduler else None)
     demo.launch(**launch_options(cfg), prevent_thread_lock=True, head=page_head(), show_error=True, quiet=True)
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}/"
     print(f"slopewatch: serving {url} (database {store.path}); models loading…", flush=True)
     if cfg.auth.strip():
         print("slopewatch: --auth puts passwords on the command line (visible in ps): for local trials only; "
               "give reviewers `slopewatch user add NAME --auth-file FILE` and --auth-file", flush=True)
+    if scheduler:
+        scheduler.start()
+        print(f"slopewatch: nightly job scheduled daily at {cfg.nightly_at} (logs in {data_dir() / 'logs'})", flush=True)
     if n := store.needs_repair():
         print(f"slopewatch: {n} stored finding(s) have a box outside their photo or an over-long text; "
               f"run `slopewatch repair --db {store.path}`", flush=True)
     if models.wait():
         backend = models.pipeline().classifier.backend
-        print(f"slopewatch: ready — stage 2 {backend.name} {backend.version}", flush=True)
+        print(f"slopewatch: ready — detector {models.pipeline().detector.version}, stage 2 {backend.name} {backend.version}", flush=True)
     else:
         print(f"slopewatch: models failed to load: {models.error}; the review tabs work, inspection does not", flush=True)
     if not prevent_thread_lock:

@@ -1,8 +1,9 @@
-"""Versioned stage-2 models with an atomically swapped ``CURRENT`` pointer and rollback.
+"""Versioned models of each stage with an atomically swapped ``CURRENT`` pointer and rollback.
 
-Layout under the registry root (default ``data_dir()/models/classifier``)::
+One registry per stage, under ``data_dir()/models/<stage>`` by default::
 
-    versions/<id>/          one folder per model (adapter.json, weights.safetensors, metrics.json)
+    versions/<id>/          one folder per model: stage 2 ``adapter.json`` + ``weights.safetensors``,
+                            stage 1 ``detector.pt``; both with ``metrics.json``
     CURRENT                 the current version id; replaced with os.replace, so a reader sees
                             the old or the new id, never a torn file, even if the job is killed
     promotions.jsonl        every promotion and rollback, appended
@@ -24,9 +25,19 @@ class RegistryError(SlopewatchError):
     """The model registry cannot do what was asked (no such version, nothing to roll back to)."""
 
 
+# The file whose presence makes a version folder complete (``add`` renames the folder into place
+# only after copying, so an interrupted add never shows it).
+STAGES = {"classifier": "adapter.json", "detector": "detector.pt"}
+
+
 class ModelRegistry:
-    def __init__(self, root: Path | None = None):
-        self.root = Path(root or data_dir() / "models" / "classifier")
+    """Versions of one stage's model. ``stage``: ``classifier`` (stage 2) or ``detector`` (stage 1)."""
+
+    def __init__(self, root: Path | None = None, stage: str = "classifier"):
+        if stage not in STAGES:
+            raise RegistryError(f"expected a stage among {sorted(STAGES)}, found {stage!r}")
+        self.stage, self.marker = stage, STAGES[stage]
+        self.root = Path(root or data_dir() / "models" / stage)
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
 
     # --- reading ---------------------------------------------------------------------------
@@ -36,8 +47,8 @@ class ModelRegistry:
 
     def path(self, version: str) -> Path:
         folder = self.root / "versions" / version
-        if not (folder / "adapter.json").is_file():
-            raise RegistryError(f"expected model version {version!r} at {folder}, found none")
+        if not (folder / self.marker).is_file():
+            raise RegistryError(f"expected {self.stage} model version {version!r} at {folder}, found none")
         return folder
 
     def current_path(self) -> Path | None:
@@ -49,7 +60,7 @@ class ModelRegistry:
         current = self.current()
         out = []
         for folder in sorted((self.root / "versions").iterdir(), key=lambda p: p.stat().st_mtime):
-            if folder.name.startswith(".") or not (folder / "adapter.json").is_file():
+            if folder.name.startswith(".") or not (folder / self.marker).is_file():
                 continue  # an interrupted add leaves only a hidden temp folder
             metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
             out.append({"version": folder.name, "current": folder.name == current, "created": folder.stat().st_mtime, "metrics": metrics})

@@ -110,17 +110,27 @@ class LabeledObject:
 
 @dataclass(frozen=True)
 class Detection:
-    """One stage-1 detection: a box, its object type and the detector's confidence."""
+    """One stage-1 detection: a box, its object type, the detector's confidence (a ranking score)
+    and, when the detector is calibrated, ``p_real``: the chance the box is a real object of that
+    type (``core.stage1.calibration``)."""
 
     box: Box
     type: str
     confidence: float
+    p_real: float | None = None
 
     def __post_init__(self) -> None:
         if not self.type:
             raise ValueError("Detection: expected a non-empty type")
         if not (0.0 <= self.confidence <= 1.0):
             raise ValueError(f"Detection: expected confidence in [0, 1], found {self.confidence}")
+        if self.p_real is not None and not (0.0 <= self.p_real <= 1.0):
+            raise ValueError(f"Detection: expected p_real in [0, 1], found {self.p_real}")
+
+    @property
+    def box_probability(self) -> float:
+        """The best available chance the box is real: ``p_real``, else the raw score."""
+        return self.confidence if self.p_real is None else self.p_real
 
     @classmethod
     def from_ultralytics(cls, result: Any, taxonomy: "Taxonomy") -> list["Detection"]:

@@ -203,6 +203,19 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         CREATE INDEX corrections_kind ON corrections(kind)
         """,
     )),
+    (6, "nightly runs per stage", (
+        """
+        -- The nightly job retrains both stages; each stage's run is its own row. Older rows were stage 2's.
+        ALTER TABLE training_runs ADD COLUMN stage TEXT NOT NULL DEFAULT 'classifier' CHECK (stage IN ('detector', 'classifier'))
+        """,
+    )),
+    (7, "calibrated box probability", (
+        """
+        -- The calibrated chance a detected box is a real object (core.stage1.calibration); NULL for
+        -- a detector without a calibration, and for boxes drawn by reviewers.
+        ALTER TABLE findings ADD COLUMN box_probability REAL CHECK (box_probability IS NULL OR box_probability BETWEEN 0 AND 1)
+        """,
+    )),
 ]
 
 

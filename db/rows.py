@@ -98,12 +98,14 @@ class StoredFinding:
     detector_confidence: float | None
     model_version: str | None
     probabilities: dict | None = None  # the model's probability per candidate class (None: drawn by a reviewer)
+    box_probability: float | None = None  # calibrated chance the box is real (None: uncalibrated detector, or drawn)
 
     @classmethod
     def from_row(cls, row) -> "StoredFinding":
         probs = row["probabilities_json"]
         return cls(FindingState.from_row(row), row["photo_id"], row["idx"], row["model_class"], row["confidence"],
-                   row["margin"], row["detector_confidence"], row["model_version"], json.loads(probs) if probs else None)
+                   row["margin"], row["detector_confidence"], row["model_version"], json.loads(probs) if probs else None,
+                   row["box_probability"])
 
     @property
     def finding_id(self) -> int:
@@ -185,8 +187,10 @@ class PhotoQueueRow:
         n_pending: live findings still awaiting a reviewer.
         min_margin: lowest top-1 minus top-2 probability over pending findings (None without one).
         min_detector_confidence: lowest detector confidence over pending findings (None without one).
-        expected_errors: sum of ``1 - confidence`` over pending model findings: how many wrong
-            labels the classifier itself expects on the photo (0 when nothing is pending).
+        expected_errors: sum over pending model findings of ``1 - P(box real) * P(class right)``
+            (calibrated box probability where the detector has one, else its score; the class's
+            calibrated confidence): how many wrong objects the models expect on the photo (0 when
+            nothing is pending). The queue puts the photos with the most first.
         done: as in ``PhotoProgress.done``.
     """
 

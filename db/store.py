@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from core.attribution import Kind, attribute
+from core.attribution import STAGE1, Kind, attribute
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from core.taxonomy import Taxonomy
@@ -157,7 +157,7 @@ def default_db_path() -> Path:
 # each photo in detection order (the "#k" shown everywhere).
 _FINDINGS_SQL = (
     "SELECT s.*, f.photo_id, f.class_name AS model_class, f.confidence, f.margin, f.detector_confidence, f.model_version, "
-    "f.probabilities_json, "
+    "f.probabilities_json, f.box_probability, "
     "ROW_NUMBER() OVER (PARTITION BY f.photo_id ORDER BY s.finding_id) - 1 AS idx "
     "FROM finding_state s JOIN findings f ON f.id = s.finding_id"
 )
@@ -355,6 +355,7 @@ class Store:
                 fid = _insert(conn, "findings", {
                     "photo_id": photo_id, "run_id": run, "object_type": f.detection.type, "class_name": f.class_name,
                     "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "detector_confidence": f.detection.confidence,
+                    "box_probability": f.detection.p_real,
                     "confidence": f.confidence, "margin": f.margin, "probabilities_json": json.dumps(f.probabilities),
                     "rationale": f.rationale, "model_version": f"{f.backend}:{f.version}", "source": "model", "created_at": now})
                 state = FindingState(fid, f.detection.type, f.class_name, b.x1, b.y1, b.x2, b.y2, f.rationale, None,
@@ -681,8 +682,8 @@ class Store:
 
         A photo is listed when any of its live findings matches every given filter (as in
         ``queue``); its numbers are over all its findings. Order: photos with pending objects,
-        then photos that only need confirming, then done ones; within each, lowest pending margin
-        first (none last), then lowest pending detector confidence, then upload order.
+        then photos that only need confirming, then done ones; within each, most expected errors
+        first (``PhotoQueueRow.expected_errors``), then lowest pending margin, then upload order.
         """
         where, params = self._finding_filters(object_type, class_name, condition, model_version, reviewer)
         rows = self._rows(
@@ -690,11 +691,14 @@ class Store:
             f"FROM ({_progress_sql()}) g JOIN photos p ON p.id = g.photo_id JOIN ("
             "SELECT f.photo_id, MIN(CASE WHEN s.status = :pending THEN f.margin END) AS min_margin, "
             "MIN(CASE WHEN s.status = :pending THEN f.detector_confidence END) AS min_detector_confidence, "
-            "TOTAL(CASE WHEN s.status = :pending AND f.source = 'model' THEN 1 - f.confidence END) AS expected_errors "
+            # Chance a pending model object is wrong: its box is not real, or its class is not right
+            # (calibrated p_real where the detector has a calibration, else its raw score).
+            "TOTAL(CASE WHEN s.status = :pending AND f.source = 'model' "
+            "THEN 1 - COALESCE(f.box_probability, f.detector_confidence, 1) * f.confidence END) AS expected_errors "
             "FROM findings f JOIN finding_state s ON s.finding_id = f.id GROUP BY f.photo_id) st ON st.photo_id = g.photo_id "
             f"WHERE g.photo_id IN (SELECT photo_id FROM ({_FINDINGS_SQL}) WHERE {where}) "
             "ORDER BY CASE WHEN g.done THEN 2 WHEN g.n_pending > 0 THEN 0 ELSE 1 END, "
-            "st.min_margin IS NULL, st.min_margin, st.min_detector_confidence IS NULL, st.min_detector_confidence, g.photo_id "
+            "st.expected_errors DESC, st.min_margin IS NULL, st.min_margin, g.photo_id "
             "LIMIT :limit", {**params, **_STATUS, "limit": limit})
         return [PhotoQueueRow.from_row(r) for r in rows]
 
@@ -708,16 +712,23 @@ class Store:
             by_condition[cond] = by_condition.get(cond, 0) + n
         status = {r["status"]: r["n"] for r in self.query("SELECT status, count(*) AS n FROM finding_state GROUP BY status")}
         reviewers = {r["reviewer"]: r["n"] for r in self.query("SELECT reviewer, count(*) AS n FROM corrections GROUP BY reviewer")}
-        runs = self.query("SELECT started_at, decision, candidate_version, duration_s, candidate_metrics_json, current_metrics_json "
+        runs = self.query("SELECT started_at, stage, decision, candidate_version, duration_s, candidate_metrics_json, current_metrics_json "
                           "FROM training_runs ORDER BY started_at DESC LIMIT 20")
         return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,
                 "training_runs": runs, "kinds": self.correction_kinds()}
 
     def correction_kinds(self, since: float = 0.0) -> dict:
         """Corrections by kind (what they indict) after ``since``: in all, per model version, per ISO week."""
-        rows = self._rows("SELECT kind, COALESCE(model_version, 'drawn by a reviewer') AS model, "
-                          "strftime('%Y-W%W', created_at, 'unixepoch') AS week, count(*) AS n FROM corrections "
-                          "WHERE created_at > ? GROUP BY kind, model, week", (since,))
+        # A box correction indicts the detector run that produced the photo's boxes (for a drawn
+        # box, the photo's latest run: the detector that missed it); other kinds the stage-2 model.
+        stage1 = sorted(k.value for k in STAGE1)
+        rows = self._rows(
+            "SELECT c.kind, COALESCE(CASE WHEN c.kind IN (" + ",".join("?" * len(stage1)) + ") THEN COALESCE(r.detector_version, "
+            "(SELECT lr.detector_version FROM inference_runs lr WHERE lr.photo_id = f.photo_id ORDER BY lr.id DESC LIMIT 1)) "
+            "ELSE c.model_version END, 'drawn by a reviewer') AS model, "
+            "strftime('%Y-W%W', c.created_at, 'unixepoch') AS week, count(*) AS n "
+            "FROM corrections c JOIN findings f ON f.id = c.finding_id LEFT JOIN inference_runs r ON r.id = f.run_id "
+            "WHERE c.created_at > ? GROUP BY c.kind, model, week", (*stage1, since))
         out: dict = {"total": {}, "by_model": {}, "by_week": {}}
         for r in rows:
             for key, group in (("total", None), ("by_model", r["model"]), ("by_week", r["week"])):
@@ -729,18 +740,23 @@ class Store:
         return [Correction.from_row(r) for r in self._rows("SELECT * FROM corrections WHERE finding_id = ? ORDER BY revision",
                                                            (check_id(finding_id, "finding"),))]
 
-    def corrections_since(self, t: float) -> int:
-        """How many corrections were made after time ``t`` (what is new to a model cut at ``t``)."""
-        return self._rows("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (t,))[0]["n"]
+    def corrections_since(self, t: float, kinds=None) -> int:
+        """How many corrections were made after time ``t`` (what is new to a model cut at ``t``);
+        with ``kinds``, only corrections of those kinds (``core.attribution.Kind``)."""
+        if kinds is None:
+            return self._rows("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (t,))[0]["n"]
+        kinds = sorted(str(k) for k in kinds)
+        marks = ",".join("?" * len(kinds))
+        return self._rows(f"SELECT count(*) AS n FROM corrections WHERE created_at > ? AND kind IN ({marks})", (t, *kinds))[0]["n"]
 
     def record_training_run(self, started_at: float, data_hash: str, counts: dict, candidate_metrics: dict, current_metrics: dict,
-                            decision: str, candidate_version: str, duration_s: float) -> int:
-        """Append one nightly run's record (shown on the dashboard)."""
+                            decision: str, candidate_version: str, duration_s: float, stage: str = "classifier") -> int:
+        """Append one nightly run's record for one stage (shown on the dashboard)."""
         with self.write() as conn:
             return _insert(conn, "training_runs", {
                 "started_at": started_at, "finished_at": time.time(), "data_hash": data_hash, "counts_json": json.dumps(counts),
                 "candidate_metrics_json": json.dumps(candidate_metrics), "current_metrics_json": json.dumps(current_metrics),
-                "decision": decision, "candidate_version": candidate_version, "duration_s": duration_s})
+                "decision": decision, "candidate_version": candidate_version, "duration_s": duration_s, "stage": stage})
 
     # --- library embeddings ----------------------------------------------------------------
     def save_vectors(self, kind: str, model: str, rows) -> int:

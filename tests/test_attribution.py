@@ -52,5 +52,8 @@ def test_the_store_records_each_correction_s_kind_and_the_dashboard_counts_them(
     assert kinds == ["condition_error", "localisation", "detector_false_positive"]
     d = store.dashboard()["kinds"]
     assert d["total"] == {"condition_error": 1, "localisation": 1, "detector_false_positive": 1, "detector_miss": 1}
-    assert d["by_model"]["probe:v1"] == {"condition_error": 1, "localisation": 1, "detector_false_positive": 1}
-    assert d["by_model"]["drawn by a reviewer"] == {"detector_miss": 1} and len(d["by_week"]) == 1
+    # Each kind counts against the model it indicts: box kinds against the detector run that made
+    # the photo's boxes (a drawn box: the one that missed it), condition kinds against stage 2.
+    assert d["by_model"]["probe:v1"] == {"condition_error": 1}
+    assert d["by_model"]["det"] == {"localisation": 1, "detector_false_positive": 1, "detector_miss": 1}
+    assert len(d["by_week"]) == 1

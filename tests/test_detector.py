@@ -8,7 +8,7 @@ from core.errors import WeightsError
 from core.evaluation.detector import DetectorEvalConfig, evaluate_detector
 from core.paths import samples_dir
 from core.pipeline import Pipeline
-from core.stage1.detector import Detector, DetectorConfig, default_detector_path, manifest
+from core.stage1.detector import Detector, DetectorConfig, manifest, shipped_detector_path
 from core.stage2.spatial import PREDICATES
 from core.taxonomy import load_taxonomy
 
@@ -19,7 +19,7 @@ def detector():
 
 
 def test_shipped_detector_is_pinned_and_matches_taxonomy(detector):
-    assert default_detector_path().name == manifest()["detector"]["file"].split("/")[-1]
+    assert shipped_detector_path().name == manifest()["detector"]["file"].split("/")[-1]
     assert [detector.model.names[i] for i in sorted(detector.model.names)] == load_taxonomy().type_names
     assert detector.imgsz == manifest()["detector"]["imgsz"]
 
@@ -73,3 +73,20 @@ def test_pipeline_on_a_real_photo(detector):
     # Small photos are drawn at 2x so labels stay legible.
     assert overlay.size in (image.size, (2 * image.width, 2 * image.height))
     assert overlay.resize(image.size).tobytes() != image.tobytes()
+
+
+def test_a_registry_detector_is_checked_against_the_hash_recorded_when_it_was_added(tmp_path, monkeypatch):
+    from core.data import file_sha256
+    from core.model_registry import ModelRegistry
+
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "v1").mkdir()
+    shutil.copy(shipped_detector_path(), tmp_path / "v1" / "detector.pt")
+    registry = ModelRegistry(stage="detector")
+    registry.add(tmp_path / "v1", "v1", {"sha256": file_sha256(tmp_path / "v1" / "detector.pt")})
+    registry.promote("v1")
+    assert Detector(DetectorConfig(device="cpu")).version == "v1"
+    with open(registry.path("v1") / "detector.pt", "ab") as f:
+        f.write(b"\0")  # changed after it was added
+    with pytest.raises(WeightsError, match="expected SHA-256"):
+        Detector(DetectorConfig(device="cpu"))

@@ -17,6 +17,7 @@ class FakeDetector:
     stage 2 is the type-majority baseline)."""
 
     weights = "fake.pt"
+    version = "fake-1"
 
     def predict(self, image):
         return [Detection(Box(1, 1, 20, 20), "rock_toe", 0.9)]

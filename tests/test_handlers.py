@@ -230,3 +230,26 @@ def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
 def test_an_absurd_photo_id_is_answered_not_raised(app, bad):
     out = view(app.r.open_photo(bad))
     assert out["canvas"] is None and out["header"].startswith("⚠")
+
+
+def test_a_promoted_detector_is_served_without_a_restart(tmp_path, monkeypatch):
+    """serve's host follows the detector registry too: a nightly promotion swaps the detector in."""
+    import shutil
+
+    from app.models import registry_host
+    from core.data import file_sha256
+    from core.model_registry import ModelRegistry
+    from core.stage1.detector import shipped_detector_path
+
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))
+    host = registry_host("probe")
+    host.start()
+    assert host.wait(60) and host.pipeline().detector.version.startswith("shipped-")
+    (tmp_path / "v1").mkdir()
+    shutil.copy(shipped_detector_path(), tmp_path / "v1" / "detector.pt")
+    registry = ModelRegistry(stage="detector")
+    registry.add(tmp_path / "v1", "v1", {"sha256": file_sha256(tmp_path / "v1" / "detector.pt")})
+    registry.promote("v1", "nightly")
+    host.pipeline()
+    assert host.wait(60) and host.pipeline().detector.version == "v1"
+    assert host.pipeline().detector.weights == registry.path("v1") / "detector.pt"

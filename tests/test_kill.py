@@ -50,7 +50,7 @@ def test_kill_during_training_keeps_the_current_model(world, lm_factory):  # noq
     from train.nightly import NightlyConfig
 
     reg, tmp = world
-    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=50)
+    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=50)
     proc = ctx.Process(target=_run_nightly, args=(cfg,))
     proc.start()
     deadline = time.time() + 120
@@ -67,6 +67,6 @@ def test_kill_during_training_keeps_the_current_model(world, lm_factory):  # noq
     # The next run starts clean and completes.
     from train.nightly import nightly
 
-    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=1), lm_factory)
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1), lm_factory)
     assert result["decision"] in ("promoted", "refused")
     assert not list(data_dir().glob("nightly-*")), "the killed run's work folder should be cleaned up"

@@ -9,7 +9,8 @@ from core.stage2.backends.adapter import AdapterConfig, AdapterVLM
 from core.taxonomy import load_taxonomy
 from core.types import Detection, Finding
 from db.store import Store
-from train.nightly import LeakError, NightlyConfig, held_out, nightly
+from train.holdout import LeakError, held_out
+from train.nightly import NightlyConfig, nightly
 
 TAX = load_taxonomy()
 
@@ -46,7 +47,7 @@ def world(tmp_path, samples_yaml, lm_factory):
 
 def test_nightly_trains_and_records_the_run(world, lm_factory):
     reg, tmp = world
-    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=1)
+    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1)
     result = nightly(cfg, lm_factory)
     assert result["decision"] in ("promoted", "refused")
     assert result["counts"]["frozen_photos"] > 0 and result["counts"]["train_objects"] > 0
@@ -79,7 +80,7 @@ def test_the_promoted_model_is_the_trained_candidate(world, lm_factory, samples_
     real_train = train.adapter.train_adapter
     monkeypatch.setattr(train.adapter, "train_adapter", keep)
     monkeypatch.setattr(train.gate, "decide", lambda *a, **k: (True, ["forced open by the test"]))
-    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=50, epochs=1), lm_factory)
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1), lm_factory)
     assert result["decision"] == "promoted" and reg.current() == result["candidate"] and len(trained) == 1
 
     candidate = trained[0]
@@ -110,14 +111,14 @@ def test_the_promoted_model_is_the_trained_candidate(world, lm_factory, samples_
 def test_nothing_new_since_the_last_promotion_is_a_no_op(world, lm_factory):
     reg, tmp = world
     reg.promote("v0", "re-promoted after every correction was made")
-    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry"), lm_factory)
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier"), lm_factory)
     assert result["decision"] == "nothing-new" and "no corrections since" in result["message"]
     assert Store(tmp / "review.db").query("SELECT count(*) AS n FROM training_runs")[0]["n"] == 0
 
 
 def test_frozen_photo_in_training_aborts(world, lm_factory, samples_yaml):
     reg, tmp = world
-    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", holdout_percent=0, frozen_yaml=str(samples_yaml))
+    cfg = NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=0, frozen_yaml=str(samples_yaml))
     with pytest.raises(LeakError, match="frozen-evaluation"):
         nightly(cfg, lm_factory)
     assert reg.current() == "v0"

@@ -36,7 +36,7 @@ def test_poisoned_corrections_are_refused_and_the_current_model_stays(tmp_path, 
                 wrong = [c.name for c in TAX.classes_for_type(o.type) if c.name != TAX.classes_for_type(o.type)[0].name]
                 store.correct(fid, 0, "vandal", "relabel", class_name=rng.choice(wrong))
     registry = ModelRegistry(tmp_path / "registry")
-    result = nightly(NightlyConfig(db=tmp_path / "review.db", registry=tmp_path / "registry", frozen_yaml=str(samples_yaml),
+    result = nightly(NightlyConfig(db=tmp_path / "review.db", registry=tmp_path / "registry", stages="classifier", frozen_yaml=str(samples_yaml),
                                    holdout_percent=0, epochs=2))
     assert result["decision"] == "refused", result["reasons"]
     assert registry.current().startswith("shipped-")

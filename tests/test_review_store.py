@@ -315,11 +315,30 @@ def test_photo_queue_order_and_numbers(photos):
     p1 = by_name["p1.jpg"]
     assert (p1.n_objects, p1.n_pending, p1.done) == (2, 2, False)
     assert p1.min_margin == pytest.approx(0.1) and p1.min_detector_confidence == pytest.approx(0.9)
-    assert p1.expected_errors == pytest.approx((1 - 0.55) + (1 - 0.6))
+    # 1 - P(box real) * P(class right), per pending object (no box calibration: the detector's score).
+    assert p1.expected_errors == pytest.approx((1 - 0.9 * 0.55) + (1 - 0.9 * 0.6))
     p4, p5 = by_name["p4.jpg"], by_name["p5.jpg"]
     assert (p4.n_pending, p4.min_margin, p4.min_detector_confidence, p4.expected_errors, p4.done) == (0, None, None, 0.0, False)
     assert (p5.n_pending, p5.done) == (0, True)
     assert store.photo_queue(limit=2) == rows[:2]
+
+
+def test_photo_queue_puts_the_most_expected_errors_first_using_the_calibrated_box_probability(tmp_path):
+    store = Store(tmp_path / "q.db")
+    store.ensure_user("ana")
+    ids = {}
+    # Same class confidence everywhere; the detector's score says "a" is the surest box, its
+    # calibration says it is the least likely to be real.
+    for k, (name, det, p_real) in enumerate((("a", 0.95, 0.30), ("b", 0.50, None), ("c", 0.90, 0.85))):
+        rec, _ = store.add_photo(str(k) * 64, f"/photos/{k}.png", 100, 100, f"{name}.jpg", "ana")
+        finding = Finding(Detection(Box(10, 10, 20, 80), "slope_drain", det, p_real), "slope drain", SLOPE, "why", "probe", "abc")
+        store.add_run(rec.id, [finding], "det:1", "probe:abc", 0.1)
+        ids[name] = rec.id
+    rows = store.photo_queue()
+    conf = max(SLOPE.values())
+    assert [(r.name, round(r.expected_errors, 4)) for r in rows] == [
+        ("a.jpg", round(1 - 0.30 * conf, 4)), ("b.jpg", round(1 - 0.50 * conf, 4)), ("c.jpg", round(1 - 0.85 * conf, 4))]
+    assert store.photo_findings(ids["a"])[0].box_probability == pytest.approx(0.30)
 
 
 @pytest.mark.parametrize("filters, expected", [
@@ -338,9 +357,12 @@ def test_photo_queue_filters(photos, filters, expected):
 
 def test_photo_queue_puts_an_unknown_margin_last_within_its_group(photos):
     store, made = photos
-    # A pending finding without a margin (no stage-2 verdict, as in rows older than the classifier).
-    store.query("UPDATE findings SET margin = NULL WHERE photo_id = ?", (made["p1"][0],))
-    assert [r.photo_id for r in store.photo_queue()] == [made[n][0] for n in ("p3", "p2", "p1", "p4", "p5")]
+    # A pending finding without a margin (no stage-2 verdict, as in rows older than the classifier):
+    # p3 now expects as many errors as p2, and goes after it.
+    store.query("UPDATE findings SET margin = NULL, detector_confidence = 0.9 WHERE photo_id = ?", (made["p3"][0],))
+    rows = store.photo_queue()
+    assert rows[1].expected_errors == pytest.approx(rows[2].expected_errors)
+    assert [r.photo_id for r in rows] == [made[n][0] for n in ("p1", "p2", "p3", "p4", "p5")]
 
 
 def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(photos):
@@ -349,16 +371,18 @@ def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(pho
     store.correct(rock, 0, "ana", "delete")
     row = next(r for r in store.photo_queue() if r.photo_id == pid)
     assert (row.n_objects, row.n_pending) == (1, 1) and row.min_margin == pytest.approx(0.3)
-    assert row.expected_errors == pytest.approx(1 - 0.6)
+    assert row.expected_errors == pytest.approx(1 - 0.9 * 0.6)
     assert store.photo_ids() == [made[n][0] for n in ("p1", "p2", "p3", "p4", "p5")]
 
 
 # --- migration 3 -------------------------------------------------------------------------------
 
-def test_fresh_db_has_versions_1_to_5(tmp_path):
+def test_fresh_db_has_versions_1_to_7(tmp_path):
     Store(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "fresh.db")
-    assert applied_versions(conn) == [1, 2, 3, 4, 5]
+    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7]
+    assert "box_probability" in {r[1] for r in conn.execute("PRAGMA table_info(findings)")}
+    assert "stage" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
     assert "kind" in {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
     assert "undoes" in {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
     assert {r[1] for r in conn.execute("PRAGMA table_info(photo_reviews)")} == {"id", "photo_id", "reviewer", "created_at"}
@@ -383,7 +407,7 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     conn.close()
 
     store = Store(path)
-    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5]
+    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7]
     # Migration 4: a photo stored before downscaling existed is its own original.
     assert (store.photo(1).original_width, store.photo(1).original_height) == (100, 100)
     [old] = store.history(1)

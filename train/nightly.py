@@ -1,4 +1,7 @@
-"""``slopewatch train nightly``: fold reviewers' corrections into the stage-2 adapter, gated.
+"""``slopewatch train nightly``: fold reviewers' corrections into the model each one indicts, gated.
+
+Condition corrections train the stage-2 adapter (here); box corrections train the detector
+(``train.nightly_detector``), both from one snapshot of the DB. For each stage:
 
 1. Nothing reviewed since the last promotion: say so, exit 0.
 2. Snapshot the DB (VACUUM INTO + integrity check) and read only the snapshot: reviewers are
@@ -28,10 +31,7 @@ from pathlib import Path
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from core.types import Detection, Status
-
-
-class LeakError(SlopewatchError):
-    """A frozen-evaluation photo appears in the training data."""
+from train.holdout import LeakError, held_out
 
 
 @dataclass
@@ -55,6 +55,20 @@ class NightlyConfig:
         oversample: oversample rare classes.
         blocked_weight: extra weight for "blocked".
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+        stages: which models to retrain: ``classifier``, ``detector`` or both, comma-separated.
+        detector_registry: stage-1 model registry folder (default: data dir).
+        detector_train_yaml: dataset replayed for the detector (its ``train`` split; default: train_yaml).
+        detector_frozen_yaml: dataset whose ``frozen_split`` scores the detector (default: frozen_yaml).
+        detector_epochs: detector fine-tuning epochs.
+        detector_batch: detector batch size.
+        detector_lr: detector learning rate (AdamW, constant, no warm-up).
+        detector_mosaic: mosaic augmentation probability while fine-tuning the detector (the shipped
+            detector's last 10 epochs ran without it).
+        detector_reviewed_repeat: how many times each reviewed photo is shown per detector epoch
+            (the replay photos once).
+        detector_workers: data-loader processes for the detector.
+        max_map50_95_drop: largest mAP50-95 drop the detector gate tolerates (mAP50 may not drop).
+        max_ap50_drop: largest per-type AP50 drop the detector gate tolerates (support-aware).
     """
 
     db: Path
@@ -72,19 +86,37 @@ class NightlyConfig:
     oversample: bool = False
     blocked_weight: float = 1.5
     taxonomy: Path | None = None
+    stages: str = "classifier,detector"
+    detector_registry: Path | None = None
+    detector_train_yaml: str = ""
+    detector_frozen_yaml: str = ""
+    detector_epochs: int = 3
+    detector_batch: int = 16
+    detector_lr: float = 2e-4
+    detector_mosaic: float = 0.0
+    detector_reviewed_repeat: int = 1
+    detector_workers: int = 2
+    max_map50_95_drop: float = 0.01
+    max_ap50_drop: float = 0.10
 
     def __post_init__(self) -> None:
         self.db = Path(self.db)
+        unknown = set(self.stage_list) - {"classifier", "detector"}
+        if unknown or not self.stage_list:
+            raise ValueError(f"stages: expected classifier, detector or both, found {self.stages!r}")
+        if self.detector_reviewed_repeat < 1:
+            raise ValueError(f"detector_reviewed_repeat: expected >= 1, found {self.detector_reviewed_repeat}")
+        if self.detector_epochs < 1 or self.detector_batch < 1 or not self.detector_lr > 0:
+            raise ValueError(f"detector_epochs, detector_batch, detector_lr: expected >= 1, >= 1, > 0, "
+                             f"found {self.detector_epochs}, {self.detector_batch}, {self.detector_lr}")
         if not 0 <= self.holdout_percent <= 100 or not 0 <= self.calibration_percent <= 100:
             raise ValueError(f"holdout_percent, calibration_percent: expected 0..100, found {self.holdout_percent}, {self.calibration_percent}")
         if self.epochs < 1:
             raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
 
-
-def held_out(photo_sha: str, percent: int, purpose: str = "frozen") -> bool:
-    """Whether a reviewed photo belongs to a held-out slice (``frozen`` evaluation, or
-    ``calibrate``): fixed by its hash, so it never moves."""
-    return int(hashlib.sha256(f"{purpose}:{photo_sha}".encode()).hexdigest()[:8], 16) % 100 < percent
+    @property
+    def stage_list(self) -> list[str]:
+        return [s.strip() for s in self.stages.split(",") if s.strip()]
 
 
 def labeled_reviewed_photos(store) -> list:
@@ -138,10 +170,12 @@ def ensure_current(registry, taxonomy) -> str:
 
 
 def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
-    """Run one nightly cycle; returns its record. ``lm_factory`` (tests) builds the base LM."""
+    """Run one nightly cycle; returns stage 2's record with stage 1's under ``"detector"`` (each
+    stage that was not asked for is absent). ``lm_factory`` (tests) builds the base LM."""
     from core.model_registry import ModelRegistry
     from core.taxonomy import load_taxonomy
-    from db.store import Store
+    from db.store import Store, snapshot
+    from train.nightly_detector import nightly_detector
 
     started = time.time()
     taxonomy = load_taxonomy(cfg.taxonomy)
@@ -157,18 +191,25 @@ def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
         # Work folders of runs that were killed: nobody else can be using them while we hold the lock.
         for stale in data_dir().glob("nightly-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        return _run(cfg, lm_factory, taxonomy, live, registry, started)
+        work = Path(tempfile.mkdtemp(prefix="nightly-", dir=data_dir()))
+        try:
+            snap = Store(snapshot(cfg.db, work / "snapshot.db"), taxonomy)
+            result = _run(cfg, lm_factory, taxonomy, live, snap, registry, started, work) if "classifier" in cfg.stage_list else {}
+            if "detector" in cfg.stage_list:
+                result["detector"] = nightly_detector(cfg, taxonomy, live, snap, work, started)
+            return result
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     finally:
         lock.close()
 
 
-def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: float) -> dict:
+def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started: float, work: Path) -> dict:
     from core.data import load_dataset
     from core.evaluation.classifier import score_photos
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import labeled_photos
-    from db.store import Store, snapshot
     from train.adapter import AdapterTrainConfig, train_adapter
     from train.gate import GateConfig, decide
 
@@ -177,73 +218,68 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, registry, started: floa
     if new == 0:
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
 
-    work = Path(tempfile.mkdtemp(prefix="nightly-", dir=data_dir()))
-    try:
-        snap = Store(snapshot(cfg.db, work / "snapshot.db"), taxonomy)
-        reviewed = labeled_reviewed_photos(snap)
-        frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
-        rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
-        calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
-        train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
-        # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
-        if sum(c is not None and taxonomy.needs_condition(d.type) for p in calibrate for d, c in zip(p.detections, p.classes)) \
-                < MIN_CALIBRATION_OBJECTS:
-            # Too few to fit a calibration: those corrections teach the candidate instead of idling.
-            train, calibrate = train + calibrate, []
-        if cfg.frozen_yaml:
-            frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
-        if cfg.train_yaml:
-            reviewed_keys = {p.key for p in train}
-            # The same photo reviewed and in the dataset: the reviewed labels win.
-            train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train")
-                      if p.key not in reviewed_keys and p.key not in {c.key for c in calibrate}]
-        leak = {p.key for p in train} & ({p.key for p in frozen} | {p.key for p in calibrate})
-        if leak:
-            raise LeakError(f"{len(leak)} frozen-evaluation or calibration photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")
-        if not frozen:
-            raise SlopewatchError("expected a frozen evaluation set, found none: pass --frozen-yaml or raise --holdout-percent")
-        labels = sorted((p.key, i, c) for p in train for i, c in enumerate(p.classes) if c is not None)
-        data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
+    reviewed = labeled_reviewed_photos(snap)
+    frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
+    rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
+    calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
+    train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
+    # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
+    if sum(c is not None and taxonomy.needs_condition(d.type) for p in calibrate for d, c in zip(p.detections, p.classes)) \
+            < MIN_CALIBRATION_OBJECTS:
+        # Too few to fit a calibration: those corrections teach the candidate instead of idling.
+        train, calibrate = train + calibrate, []
+    if cfg.frozen_yaml:
+        frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
+    if cfg.train_yaml:
+        reviewed_keys = {p.key for p in train}
+        # The same photo reviewed and in the dataset: the reviewed labels win.
+        train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train")
+                  if p.key not in reviewed_keys and p.key not in {c.key for c in calibrate}]
+    leak = {p.key for p in train} & ({p.key for p in frozen} | {p.key for p in calibrate})
+    if leak:
+        raise LeakError(f"{len(leak)} frozen-evaluation or calibration photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")
+    if not frozen:
+        raise SlopewatchError("expected a frozen evaluation set, found none: pass --frozen-yaml or raise --holdout-percent")
+    labels = sorted((p.key, i, c) for p in train for i, c in enumerate(p.classes) if c is not None)
+    data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
 
-        lm = lm_factory or (lambda: None)
-        # The nightly fine-tunes the adapter backend; both models come from the backend registry.
-        def current_adapter():
-            return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm()))
+    lm = lm_factory or (lambda: None)
+    # The nightly fine-tunes the adapter backend; both models come from the backend registry.
+    def current_adapter():
+        return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm()))
 
-        current_model = current_adapter()
-        cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
-        served = current_adapter()
-        candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
-        tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
-                                  class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
-                                  lr=3e-4, lora_lr=1e-4, val_split="")
-        summary = train_adapter(tcfg, candidate, train_photos=train)
-        candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
-                                                                    work / "candidate" / "calibration.json", taxonomy)
-        cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
-        promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
-                                                                        # ECE is judged only for a calibration fitted to this candidate
-                                                                        max_ece_increase=cfg.max_ece_increase if refitted else math.inf))
-        reasons.append(calibration_note)
-        version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
-        keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")
-        result = {
-            "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
-            "current": current, "candidate": version if promote else None,
-            "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
-            "counts": {"train_photos": len(train), "train_objects": summary["objects"], "calibration_photos": len(calibrate),
-                       "frozen_photos": len(frozen),
-                       "frozen_objects": cur_metrics["n"]},
-            "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},
-            "data_hash": data_hash, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        }
-        if promote:
-            registry.add(work / "candidate", version, result["candidate_metrics"])
-            # Cut at the run's start, before the snapshot: a correction made meanwhile counts as new next time.
-            registry.promote(version, "; ".join(reasons), data_until=started)
-        result["duration_s"] = round(time.time() - started, 1)
-        live.record_training_run(started, data_hash, result["counts"], result["candidate_metrics"], result["current_metrics"],
-                                 result["decision"], version, result["duration_s"])
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    current_model = current_adapter()
+    cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
+    served = current_adapter()
+    candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
+    tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
+                              class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
+                              lr=3e-4, lora_lr=1e-4, val_split="")
+    summary = train_adapter(tcfg, candidate, train_photos=train)
+    candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
+                                                                work / "candidate" / "calibration.json", taxonomy)
+    cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
+    promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
+                                                                    # ECE is judged only for a calibration fitted to this candidate
+                                                                    max_ece_increase=cfg.max_ece_increase if refitted else math.inf))
+    reasons.append(calibration_note)
+    version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")
+    result = {
+        "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
+        "current": current, "candidate": version if promote else None,
+        "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
+        "counts": {"train_photos": len(train), "train_objects": summary["objects"], "calibration_photos": len(calibrate),
+                   "frozen_photos": len(frozen),
+                   "frozen_objects": cur_metrics["n"]},
+        "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},
+        "data_hash": data_hash, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+    if promote:
+        registry.add(work / "candidate", version, result["candidate_metrics"])
+        # Cut at the run's start, before the snapshot: a correction made meanwhile counts as new next time.
+        registry.promote(version, "; ".join(reasons), data_until=started)
+    result["duration_s"] = round(time.time() - started, 1)
+    live.record_training_run(started, data_hash, result["counts"], result["candidate_metrics"], result["current_metrics"],
+                             result["decision"], version, result["duration_s"])
+    return result

@@ -1,6 +1,7 @@
 """``slopewatch train simulate-reviews``: the nightly loop on real data, with simulated reviewers.
 
-Valid photos are split in two halves by content hash. Reviewers see the current model's
+``--stage classifier`` (here) simulates condition reviews; ``--stage detector`` box reviews
+(``train.simulate_detector``). Valid photos are split in two halves by content hash. Reviewers see the current model's
 findings on half A (ground-truth boxes, so stage 2 is judged alone) and correct every mistake
 (accepting the rest); the nightly job then fine-tunes on those corrections (plus the dataset's
 train split as replay) and is judged on half B, which it never sees.
@@ -8,7 +9,6 @@ train split as replay) and is judged on half B, which it never sees.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ class SimulateConfig:
         epochs: nightly fine-tuning epochs.
         replay: also replay the dataset's train split during the nightly fine-tune.
         max_recall_drop: largest per-class recall drop the nightly gate tolerates.
+        stage: ``classifier`` (reviewers relabel conditions) or ``detector`` (reviewers fix boxes).
     """
 
     data_yaml: Path
@@ -34,10 +35,14 @@ class SimulateConfig:
     epochs: int = 2
     replay: bool = True
     max_recall_drop: float = 0.10
+    stage: str = "classifier"
 
-
-def half(key: str) -> str:
-    return "A" if int(hashlib.sha256(("half:" + key).encode()).hexdigest()[:8], 16) % 2 == 0 else "B"
+    def __post_init__(self) -> None:
+        self.data_yaml, self.work = Path(self.data_yaml), Path(self.work)
+        if self.stage not in ("classifier", "detector"):
+            raise ValueError(f"stage: expected classifier or detector, found {self.stage!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
 
 
 def simulate(cfg: SimulateConfig) -> dict:
@@ -46,10 +51,13 @@ def simulate(cfg: SimulateConfig) -> dict:
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import ground_truth
     from db.store import Store
+    from train.holdout import half
     from train.nightly import NightlyConfig, nightly
+    from train.simulate_detector import simulate_box_reviews
 
-    cfg.work = Path(cfg.work)
     cfg.work.mkdir(parents=True, exist_ok=True)
+    if cfg.stage == "detector":
+        return simulate_box_reviews(cfg)
     ds = load_dataset(cfg.data_yaml)
     tax = ds.taxonomy
     store = Store(cfg.work / "review.db", tax)
@@ -83,7 +91,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     (b_dir / "data.yaml").write_text(yaml.safe_dump({"valid": "valid/images", "names": tax.class_names}, sort_keys=False))
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", train_yaml=str(cfg.data_yaml) if cfg.replay else "",
-                                   frozen_yaml=str(b_dir / "data.yaml"), holdout_percent=0, registry=cfg.work / "registry",
+                                   frozen_yaml=str(b_dir / "data.yaml"), holdout_percent=0, registry=cfg.work / "registry", stages="classifier",
                                    epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop))
     result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
     return result

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
@@ -40,7 +39,7 @@ def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str
         return Inspected(record.id, False)
     t0 = time.perf_counter()
     _, result = pipeline.run(stored.image, name)
-    det_version = f"detector:{Path(pipeline.detector.weights).name}"
+    det_version = f"detector:{pipeline.detector.version}"
     cls_version = f"{pipeline.classifier.backend.name}:{pipeline.classifier.backend.version}" if pipeline.classifier else None
     store.add_run(record.id, list(result.findings), det_version, cls_version, time.perf_counter() - t0)
     return Inspected(record.id, True)

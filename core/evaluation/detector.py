@@ -19,7 +19,7 @@ class DetectorEvalConfig:
     Attributes:
         data_yaml: YOLO ``data.yaml`` labelled with the taxonomy's types or classes.
         split: dataset split to score (report figures on ``valid``).
-        weights: detector checkpoint; default is the shipped, hash-pinned one.
+        weights: detector checkpoint; default: the promoted nightly version, else the shipped one.
         json: where to write the metrics JSON.
         imgsz: evaluation image size; default is the checkpoint's training size.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
@@ -53,30 +53,32 @@ def evaluate_detector(cfg: DetectorEvalConfig) -> dict:
 
 
 def _score(cfg: DetectorEvalConfig, ds, detector: Detector, work: Path) -> dict:
-    taxonomy = ds.taxonomy
     det_yaml = ds.write_detection_dataset(work / "dataset", splits=(cfg.split,))
-    val_split = "val" if cfg.split == "valid" else cfg.split
-    metrics = detector.model.val(
-        data=str(det_yaml), split=val_split, imgsz=detector.imgsz, batch=16, device=detector.device,
-        conf=0.001, iou=0.7, plots=False, project=str(work), name="val", verbose=False,
-    )
-    box = metrics.box
-    per_class = {t: {"ap50": 0.0, "support": 0} for t in taxonomy.type_names}
-    for k, cls_id in enumerate(box.ap_class_index):
-        per_class[taxonomy.type_names[int(cls_id)]]["ap50"] = float(box.ap50[k])
+    support = {t: 0 for t in ds.taxonomy.type_names}
     for s in ds.samples(cfg.split):
         for o in s.objects:
-            per_class[o.type]["support"] += 1
+            support[o.type] += 1
+    scores = score_detection_set(detector, det_yaml, "val" if cfg.split == "valid" else cfg.split, support, work)
+    return {"detector": {**scores, "split": cfg.split, "images": len(ds.samples(cfg.split))}}
+
+
+def score_detection_set(detector: Detector, det_yaml: Path, split: str, support: dict[str, int], work: Path) -> dict:
+    """mAP50, mAP50-95, precision, recall and per-type AP50 with its support, of ``detector`` on one
+    split of a type-labelled YOLO dataset (``evaluate detector`` and the nightly gate both use it)."""
+    metrics = detector.model.val(
+        data=str(det_yaml), split=split, imgsz=detector.imgsz, batch=16, device=detector.device,
+        conf=0.001, iou=0.7, plots=False, project=str(work), name="val", exist_ok=True, verbose=False,
+    )
+    box = metrics.box
+    per_class = {t: {"ap50": 0.0, "support": support.get(t, 0)} for t in detector.taxonomy.type_names}
+    for k, cls_id in enumerate(box.ap_class_index):
+        per_class[detector.taxonomy.type_names[int(cls_id)]]["ap50"] = float(box.ap50[k])
     return {
-        "detector": {
-            "map50": float(box.map50),
-            "map50_95": float(box.map),
-            "precision": float(box.mp),
-            "recall": float(box.mr),
-            "per_class": per_class,
-            "split": cfg.split,
-            "images": len(ds.samples(cfg.split)),
-            "weights": str(detector.weights),
-            "imgsz": detector.imgsz,
-        }
+        "map50": float(box.map50),
+        "map50_95": float(box.map),
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+        "per_class": per_class,
+        "weights": str(detector.weights),
+        "imgsz": detector.imgsz,
     }

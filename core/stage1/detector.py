@@ -1,12 +1,14 @@
 """Stage 1: the YOLO object detector (ultralytics), returning typed detections.
 
-Ultralytics checkpoints are pickles that can run code when loaded, so :func:`load_detector`
-only opens the shipped default after checking its SHA-256 against ``assets/models/manifest.toml``,
-or a file the caller names explicitly.
+Ultralytics checkpoints are pickles that can run code when loaded, so a detector opens only the
+shipped default after checking its SHA-256 against ``assets/models/manifest.toml``, a version the
+nightly job trained and promoted into the detector registry (checked against the hash recorded
+when it was added), or a file the caller names explicitly.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -50,7 +52,25 @@ def verify_pinned(path: Path, sha256: str) -> Path:
     return path
 
 
-def default_detector_path() -> Path:
+def current_detector(root: Path | None = None, version: str | None = None) -> tuple[Path, str]:
+    """``(weights, version)`` of the detector to serve: ``version`` of the detector registry, or
+    by default the nightly job's promoted version (``slopewatch model list --stage detector``), else
+    the shipped one."""
+    from core.model_registry import ModelRegistry
+
+    registry = ModelRegistry(root, stage="detector")
+    version = version or registry.current()
+    if version is None:
+        # Named as the nightly job registers it on first use, so stored findings name one version.
+        return shipped_detector_path(), "shipped-" + manifest()["detector"]["sha256"][:12]
+    folder = registry.path(version)
+    recorded = json.loads((folder / "metrics.json").read_text()).get("sha256") if (folder / "metrics.json").is_file() else None
+    if not recorded:
+        raise WeightsError(f"{folder}: expected metrics.json with the sha256 recorded when it was added, found none")
+    return verify_pinned(folder / "detector.pt", recorded), version
+
+
+def shipped_detector_path() -> Path:
     """The shipped detector, verified against its pinned hash."""
     entry = manifest().get("detector")
     if not entry:
@@ -58,16 +78,51 @@ def default_detector_path() -> Path:
     return verify_pinned(assets_dir() / "models" / entry["file"], entry["sha256"])
 
 
+RUNTIMES = ("torch", "onnx")
+
+
+def onnx_export(weights: Path, imgsz: int) -> Path:
+    """The ONNX export of a checkpoint at one image size, made once and cached by the checkpoint's
+    hash (a new nightly version gets its own export)."""
+    import shutil
+    import tempfile
+
+    from core.paths import data_dir
+
+    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise WeightsError(f"runtime onnx: expected the {package!r} package, found none; pip install -e '.[onnx]'") from None
+    cache = data_dir() / "cache" / "onnx" / f"detector-{file_sha256(weights)[:16]}-{imgsz}.onnx"
+    if cache.is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+        # ultralytics writes the export beside the checkpoint: export a copy in a private folder.
+        copy = Path(tmp) / "detector.pt"
+        shutil.copyfile(weights, copy)
+        exported = ultralytics_module().YOLO(str(copy), task="detect").export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True,
+                                                                              verbose=False)
+        os.replace(exported, cache)
+    return cache
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """How to run stage 1.
 
     Attributes:
-        weights: checkpoint path; ``None`` uses the shipped default (hash-checked).
+        weights: checkpoint path; ``None`` uses the promoted nightly version, else the shipped one
+            (both hash-checked).
         conf: minimum detection confidence kept.
         iou: NMS IoU threshold.
         imgsz: inference image size; ``None`` uses the size the checkpoint was trained at.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:0"`` or ``"auto"``.
+        version: a version of the detector registry to load instead of the current one (ignored
+            when ``weights`` is given).
+        runtime: ``torch`` (the checkpoint itself) or ``onnx`` (exported once per checkpoint and
+            image size, cached in the data dir, run by ONNX Runtime: ``pip install -e '.[onnx]'``).
     """
 
     weights: Path | None = None
@@ -75,8 +130,12 @@ class DetectorConfig:
     iou: float = 0.5
     imgsz: int | None = None
     device: str = "auto"
+    version: str | None = None
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"DetectorConfig.runtime: expected one of {RUNTIMES}, found {self.runtime!r}")
         if not 0.0 <= self.conf <= 1.0:
             raise ValueError(f"DetectorConfig.conf: expected a value in [0, 1], found {self.conf}")
         if not 0.0 < self.iou <= 1.0:
@@ -93,7 +152,10 @@ class Detector:
 
         self.config = config or DetectorConfig()
         self.taxonomy = taxonomy or load_taxonomy()
-        self.weights = Path(self.config.weights) if self.config.weights else default_detector_path()
+        if self.config.weights:
+            self.weights, self.version = Path(self.config.weights), Path(self.config.weights).name
+        else:
+            self.weights, self.version = current_detector(version=self.config.version)
         if not self.weights.is_file():
             raise WeightsError(f"expected detector weights at {self.weights}, found nothing")
         yolo = ultralytics_module().YOLO
@@ -109,6 +171,19 @@ class Detector:
         train_args = getattr(self.model, "overrides", {}) or {}
         self.imgsz = self.config.imgsz or int(train_args.get("imgsz") or 320)
         self.device = resolve_device(self.config.device)
+        self.calibration = self._load_calibration()
+        if self.config.runtime == "onnx":
+            # Names and image size were checked on the checkpoint; the export carries both in its metadata.
+            self.model = yolo(str(onnx_export(self.weights, self.imgsz)), task="detect")
+
+    def _load_calibration(self):
+        from core.stage1.calibration import BoxCalibration, calibration_path
+
+        path = calibration_path(self.weights)
+        try:
+            return BoxCalibration.load(path) if path.is_file() else None
+        except ValueError as exc:
+            raise WeightsError(str(exc)) from None
 
     def predict(self, image: Image.Image | str | Path) -> list[Detection]:
         """Detect objects in one upright RGB image (or an image path, loaded safely)."""
@@ -121,4 +196,8 @@ class Detector:
         results = self.model.predict(
             pil, conf=self.config.conf, iou=self.config.iou, imgsz=self.imgsz, device=self.device, verbose=False
         )
-        return [Detection.from_ultralytics(r, self.taxonomy) for r in results]
+        out = [Detection.from_ultralytics(r, self.taxonomy) for r in results]
+        if self.calibration is None:
+            return out
+        cal = self.calibration
+        return [[Detection(d.box, d.type, d.confidence, cal.p_real(d.type, d.confidence)) for d in dets] for dets in out]

@@ -1,0 +1,95 @@
+"""``slopewatch train simulate-reviews --stage detector``: reviewers fix the detector's boxes, the
+nightly job fine-tunes the detector on them, and both detectors are scored on photos it never saw.
+
+Valid photos are halved by content hash (``train.holdout.half``). On half A the current detector
+runs as in the app (both stages, stored in a real review DB); a simulated reviewer then does what
+a careful one would on the canvas: a detected box that matches a true object of its type (IoU ≥
+0.5, best match first) is moved onto it (``edit_box``: a localisation correction when the move is
+large) or accepted, every other detected box is deleted (false positive), every true object left
+unmatched is drawn (missed), and the photo is marked done. The nightly job's detector stage
+(``train.nightly_detector``) then trains on those photos plus the train split as replay and is
+judged, with the gate, on half B.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from core.stage1.calibration import match_boxes
+
+
+def _write_half_b(samples, out: Path, class_names: list[str]) -> Path:
+    for sub in ("images", "labels"):
+        (out / "valid" / sub).mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        link = out / "valid" / "images" / s.image_path.name
+        if not link.exists():
+            os.symlink(s.image_path.resolve(), link)
+        label = s.image_path.parent.parent / "labels" / f"{s.stem}.txt"
+        (out / "valid" / "labels" / label.name).write_text(label.read_text() if label.exists() else "")
+    (out / "data.yaml").write_text(f"valid: valid/images\nnames: {class_names!r}\n")
+    return out / "data.yaml"
+
+
+def simulate_box_reviews(cfg) -> dict:
+    """Run the simulation described above; returns the nightly detector record plus what the
+    simulated reviewers did (``cfg``: ``train.simulate.SimulateConfig``)."""
+    from core.data import file_sha256, load_dataset
+    from core.pipeline import Pipeline
+    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage2 import registry as backends
+    from core.stage2.classifier import ConditionClassifier
+    from db.store import Store
+    from train.holdout import half
+    from train.nightly import NightlyConfig, nightly
+
+    ds = load_dataset(cfg.data_yaml)
+    tax = ds.taxonomy
+    store = Store(cfg.work / "review.db", tax)
+    user = "simulated-reviewer"
+    store.ensure_user(user)
+    detector = Detector(DetectorConfig(), tax)
+    # Stage 2 only has to give every box a label here; the probe is the fastest backend.
+    pipeline = Pipeline(detector, ConditionClassifier(backends.create("probe", backends.BackendOptions(tax)), tax))
+    counts = {"photos": 0, "accepted": 0, "moved": 0, "deleted": 0, "drawn": 0}
+    half_b = []
+    for s in ds.samples("valid"):
+        key = file_sha256(s.image_path)
+        if half(key) == "B":
+            half_b.append(s)
+            continue
+        photo, _ = store.add_photo(key, str(s.image_path), s.width, s.height, s.image_path.name, user)
+        t0 = time.perf_counter()
+        image, result = pipeline.run(s.image_path, s.image_path.name)
+        store.add_run(photo.id, list(result.findings), f"detector:{detector.version}",
+                      f"{pipeline.classifier.backend.name}:{pipeline.classifier.backend.version}", time.perf_counter() - t0)
+        findings = [f.state for f in store.photo_findings(photo.id)]
+        truth = [(o.type, o.box) for o in s.objects]
+        matched, false_pos, missed = match_boxes([(f.object_type, f.box) for f in findings], truth)
+        for i, f in enumerate(findings):
+            if i in false_pos:
+                store.correct(f.finding_id, f.revision, user, "delete")
+                counts["deleted"] += 1
+            elif truth[matched[i]][1].xyxy != f.box.xyxy:
+                store.correct(f.finding_id, f.revision, user, "edit_box", box=truth[matched[i]][1])
+                counts["moved"] += 1
+            else:
+                store.correct(f.finding_id, f.revision, user, "accept")
+                counts["accepted"] += 1
+        for j in missed:
+            t, box = truth[j]
+            true_class = s.objects[j].class_name or tax.classes_for_type(t)[0].name  # a types-only dataset names no condition
+            store.add_missed(photo.id, user, box, true_class)
+            counts["drawn"] += 1
+        store.confirm_photo(photo.id, user)
+        counts["photos"] += 1
+    frozen = _write_half_b(half_b, cfg.work / "half-b", ds.names)
+    started = time.time()
+    result = nightly(NightlyConfig(db=cfg.work / "review.db", stages="detector", holdout_percent=0, train_yaml=str(cfg.data_yaml) if cfg.replay else "",
+                                   detector_frozen_yaml=str(frozen), detector_registry=cfg.work / "registry-detector",
+                                   detector_epochs=cfg.epochs))["detector"]
+    result["simulation"] = {**counts, "half_b_photos": len(half_b), "correction_kinds": store.correction_kinds()["total"],
+                            "nightly_wall_s": round(time.time() - started, 1)}
+    return result

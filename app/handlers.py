@@ -173,32 +173,52 @@ class Handlers:
 
     # --- Inspect ----------------------------------------------------------------------------
     def inspect(self, files, request: gr.Request, progress=gr.Progress()):
-        """Returns the gallery, the object table, the message and the last inspected photo's id."""
+        """Returns the gallery, the object table, the message and the last inspected photo's id
+        (the final state of :meth:`inspect_stream`)."""
+        out = None
+        for out in self.inspect_stream(files, request, progress):
+            pass
+        return out
+
+    def inspect_stream(self, files, request: gr.Request, progress=gr.Progress()):
+        """Yields the gallery, the object table, the message and the last inspected photo's id after
+        every photo, so the first photos of a flight can be reviewed while the rest are processed.
+        Files may be photos or zip archives of photos (members read one at a time, never extracted)."""
         if not files:
-            return [], [], "Choose one or more photos first.", None
+            yield [], [], "Choose one or more photos (or a zip of them) first.", None
+            return
         try:
             pipeline = self.models.pipeline()
         except ModelsLoading as exc:
-            return [], [], f"⏳ {exc}", None
+            yield [], [], f"⏳ {exc}", None
+            return
         user = reviewer(request)
         waiting = (lambda: progress(0, desc="Waiting for the inspection before yours")) if callable(progress) else None
         try:
             with self.lane.admit(user, waiting):
-                return self._inspect(pipeline, files, user, progress)
+                yield from self._inspect(pipeline, files, user, progress)
         except LaneFull as exc:
-            return [], [], f"⚠ {html.escape(str(exc))}", None
+            yield [], [], f"⚠ {html.escape(str(exc))}", None
 
     def _inspect(self, pipeline, files, user, progress):
+        from app.usecases.flight import count_sources, photo_sources
+
         gallery, rows, problems, last, reused = [], [], [], None, 0
         names: dict[int, str] = {}  # photo id -> the name it was first uploaded under in this request
-        for f in progress.tqdm(files, desc="Inspecting photos"):
-            path = f if isinstance(f, str) else f.name
-            name = Path(path).name
+        uploads = [Path(f if isinstance(f, str) else f.name) for f in files]
+        total = count_sources(uploads)
+        for k, (name, source) in enumerate(progress.tqdm(photo_sources(uploads), total=total, desc="Inspecting photos")):
+            # Gradio keeps the upload's own name; a zip member is shown as "archive.zip:member".
+            shown = name.split(":", 1)[-1] if ":" in name else name
             try:
-                done = inspect_photo(pipeline, self.store, path, user, name, working_size=self.working_size)
+                if isinstance(source, Exception):
+                    raise source
+                done = inspect_photo(pipeline, self.store, source, user, Path(shown).name, working_size=self.working_size)
             except SlopewatchError as exc:  # one bad file is reported; the others still go through
-                problems.append(f"✗ {html.escape(str(exc))}")
-                _discard_upload(path)
+                archive = f"{name.split(':', 1)[0]}: " if ":" in name and not str(exc).startswith(name) else ""
+                problems.append(f"✗ {html.escape(archive + str(exc))}")
+                if isinstance(source, Path):
+                    _discard_upload(str(source))
                 continue
             if done.photo_id in names:  # the same photo twice in one upload is one photo
                 problems.append(f"= {html.escape(name)} is the same photo as {html.escape(names[done.photo_id])} (shown once)")
@@ -208,8 +228,13 @@ class Handlers:
             last = done.photo_id
             gallery.append((overlay_file(self.store, done.photo_id), f"photo {done.photo_id}: {name}"))
             rows += object_rows(self.store.photo_findings(done.photo_id))
+            yield list(gallery), list(rows), "\n\n".join([*problems, f"Inspected {k + 1} of {total} photo(s)… "
+                                                                         "(review the first ones meanwhile)"]), last
+        for upload in uploads:
+            if upload.suffix.lower() == ".zip":  # every member has been read: the archive is not needed any more
+                _discard_upload(str(upload))
         summary = f"Inspected {len(gallery)} photo(s)." + (f" {reused} had been inspected before (same content)." if reused else "")
-        return gallery, rows, "\n\n".join([*problems, summary] if gallery else problems), last
+        yield gallery, rows, "\n\n".join([*problems, summary] if gallery else problems), last
 
     @staticmethod
     def pick_object(evt: gr.SelectData):

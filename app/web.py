@@ -118,7 +118,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         gr.Markdown("# slopewatch — embankment drainage inspection")
         with gr.Tabs() as tabs:
             with gr.Tab("Inspect", id="inspect"):
-                files = gr.File(label="Inspection photos (JPEG, PNG, HEIC)", file_count="multiple", file_types=["image"], elem_id="sw-upload")
+                files = gr.File(label="Inspection photos (JPEG, PNG, HEIC) or zip archives of a flight", file_count="multiple",
+                                file_types=["image", ".zip"], elem_id="sw-upload")
                 run = gr.Button("Inspect", variant="primary", elem_id="sw-inspect")
                 message = gr.Markdown(elem_id="sw-message")
                 gallery = gr.Gallery(label="Findings", columns=2, height="auto", object_fit="contain", elem_id="sw-gallery")
@@ -156,7 +157,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         # Inspections have their own lane, several requests wide so that one over a reviewer's cap
         # is answered at once; InspectLane runs one at a time. Review actions have theirs
         # ("review", app/review_tab.py) and every other event its own: none waits on an inspection.
-        run.click(h.inspect, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
+        run.click(h.inspect_stream, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
                   concurrency_id="inspect", api_name="inspect")
         review_this.click(rh.open_photo, last_photo, view, api_name="review_photo").then(*to_review, tabs, api_name=False)
         objects.select(h.pick_object, None, picked, api_name=False).then(

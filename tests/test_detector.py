@@ -90,3 +90,18 @@ def test_a_registry_detector_is_checked_against_the_hash_recorded_when_it_was_ad
         f.write(b"\0")  # changed after it was added
     with pytest.raises(WeightsError, match="expected SHA-256"):
         Detector(DetectorConfig(device="cpu"))
+
+
+def test_the_onnx_runtime_finds_the_same_boxes_as_torch(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (pip install -e '.[onnx]') is not installed")
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))
+    photos = sorted((samples_dir() / "valid" / "images").iterdir())[:3]
+    torch_dets = Detector(DetectorConfig(device="cpu")).predict_batch(photos)
+    onnx = Detector(DetectorConfig(device="cpu", runtime="onnx"))
+    assert list((tmp_path / "data" / "cache" / "onnx").glob("detector-*-320.onnx"))  # exported once, cached
+    onnx_dets = onnx.predict_batch(photos)
+    assert onnx.model.predictor.model.format == "onnx"  # ONNX Runtime ran, not torch
+    for a, b in zip(torch_dets, onnx_dets):
+        assert [d.type for d in a] == [d.type for d in b]
+        for da, db in zip(a, b):
+            assert da.box.iou(db.box) > 0.99 and abs(da.confidence - db.confidence) < 0.01

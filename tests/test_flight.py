@@ -87,3 +87,18 @@ def test_sources_of_a_bad_zip_are_reported(tmp_path):
     bad.write_bytes(b"PK\x03\x04 nothing")
     [(name, source)] = list(photo_sources([bad]))
     assert name == "broken.zip" and "expected a zip archive" in str(source)
+
+
+def test_a_zip_member_larger_than_an_upload_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import zipfile
+
+    import app.usecases.flight as flight
+
+    archive = tmp_path / "f.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("big.jpg", b"\0" * 5000)  # compresses to a few bytes: only the unpacked size tells
+        z.writestr("small.jpg", b"\0" * 10)
+    monkeypatch.setattr(flight, "MAX_UPLOAD_BYTES", 1000)
+    out = dict(flight.photo_sources([archive]))
+    assert isinstance(out["f.zip:big.jpg"], flight.ImageError) and "unpacked" in str(out["f.zip:big.jpg"])
+    assert out["f.zip:small.jpg"] == b"\0" * 10

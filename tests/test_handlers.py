@@ -21,7 +21,7 @@ VIEW = len(ReviewHandlers.VIEW) + len(ReviewHandlers.PANEL)
 
 
 class NoProgress:
-    def tqdm(self, items, desc=None):
+    def tqdm(self, items, desc=None, total=None):
         return items
 
 
@@ -52,6 +52,28 @@ def test_inspect_lists_objects_with_their_photo_numbering_and_skips_bad_files(ap
     assert "✗ not_a_photo.jpg: expected" in message and "<" not in message  # the file's name and its reason, no raw "<bytes>"
     assert "Inspected 1 photo(s)" in message and last == table[0][0]
     assert rows(app.db, "SELECT count(*) FROM photos") == [(1,)]
+
+
+def test_a_zipped_flight_streams_photo_by_photo_with_bad_members_listed(app, tmp_path):
+    import zipfile
+
+    flight = tmp_path / "flight.zip"
+    with zipfile.ZipFile(flight, "w") as z:
+        for p in PHOTOS[:3]:
+            z.write(p, f"DCIM/{p.name}")
+        z.writestr("DCIM/broken.jpg", b"not a jpeg")
+        z.writestr("notes.txt", b"skipped: not a photo")
+    steps = list(app.h.inspect_stream([str(flight), str(PHOTOS[4])], ANA, NoProgress()))
+    # One update per good photo (reviewable at once), then the summary.
+    assert [len(g) for g, *_ in steps] == [1, 2, 3, 4, 4]
+    assert "Inspected 1 of 5 photo(s)" in steps[0][2] and steps[0][3] is not None
+    gallery, table, message, last = steps[-1]
+    assert "Inspected 4 photo(s)." in message and message.count("✗") == 1
+    assert "✗ flight.zip: broken.jpg" in message or "✗ flight.zip:DCIM/broken.jpg" in message  # which archive, which member
+    names = [r[0] for r in rows(app.db, "SELECT original_name FROM photos ORDER BY id")]
+    assert names == [p.name for p in PHOTOS[:3]] + [PHOTOS[4].name]  # members keep their own names
+    again = app.h.inspect([str(flight)], ANA, NoProgress())[2]
+    assert "3 had been inspected before" in again and rows(app.db, "SELECT count(*) FROM photos") == [(4,)]
 
 
 def test_models_loading_is_said_not_crashed(app):

@@ -45,7 +45,7 @@ PASSWORDS = {"ana": "ana-password-1", "bo": "bo-password-2", "cy": "cy-password-
 
 
 class NoProgress:
-    def tqdm(self, items, desc=None):
+    def tqdm(self, items, desc=None, total=None):
         return items
 
 

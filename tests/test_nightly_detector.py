@@ -194,7 +194,7 @@ def test_simulated_box_reviews_end_to_end(tmp_path, samples_yaml, monkeypatch):
     sim = result["simulation"]
     samples = load_dataset(samples_yaml, TAX).samples("valid")
     n_a = sum(half(file_sha256(s.image_path)) == "A" for s in samples)
-    assert sim["photos"] == n_a and sim["half_b_photos"] == len(samples) - n_a > 0
+    assert sim["photos"] == n_a and sim["judge_photos"] == len(samples) - n_a > 0
     # Every true object of half A ends up as a live box: kept (accepted or moved) or drawn.
     n_true = sum(len(s.objects) for s in samples if half(file_sha256(s.image_path)) == "A")
     assert sim["accepted"] + sim["moved"] + sim["drawn"] == n_true

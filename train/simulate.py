@@ -28,6 +28,8 @@ class SimulateConfig:
         replay: also replay the dataset's train split during the nightly fine-tune.
         max_recall_drop: largest per-class recall drop the nightly gate tolerates.
         stage: ``classifier`` (reviewers relabel conditions) or ``detector`` (reviewers fix boxes).
+        review_half: the hash half of valid that reviewers see (A or B); the other one judges.
+            Swapping it checks a recipe on photos that were not used to choose it.
     """
 
     data_yaml: Path
@@ -36,6 +38,7 @@ class SimulateConfig:
     replay: bool = True
     max_recall_drop: float = 0.10
     stage: str = "classifier"
+    review_half: str = "A"
 
     def __post_init__(self) -> None:
         self.data_yaml, self.work = Path(self.data_yaml), Path(self.work)
@@ -43,6 +46,8 @@ class SimulateConfig:
             raise ValueError(f"stage: expected classifier or detector, found {self.stage!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
+        if self.review_half not in ("A", "B"):
+            raise ValueError(f"review_half: expected A or B, found {self.review_half!r}")
 
 
 def simulate(cfg: SimulateConfig) -> dict:
@@ -70,7 +75,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     (b_dir / "valid" / "labels").mkdir(parents=True, exist_ok=True)
     corrected = accepted = 0
     for sample, image, dets, classes, key in ground_truth(ds, "valid"):
-        if half(key) == "B":
+        if half(key) != cfg.review_half:
             link = b_dir / "valid" / "images" / sample.image_path.name
             if not link.exists():
                 os.symlink(sample.image_path.resolve(), link)

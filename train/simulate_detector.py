@@ -1,14 +1,15 @@
 """``slopewatch train simulate-reviews --stage detector``: reviewers fix the detector's boxes, the
 nightly job fine-tunes the detector on them, and both detectors are scored on photos it never saw.
 
-Valid photos are halved by content hash (``train.holdout.half``). On half A the current detector
+Valid photos are halved by content hash (``train.holdout.half``). On one half (``review_half``,
+A by default) the current detector
 runs as in the app (both stages, stored in a real review DB); a simulated reviewer then does what
 a careful one would on the canvas: a detected box that matches a true object of its type (IoU ≥
 0.5, best match first) is moved onto it (``edit_box``: a localisation correction when the move is
 large) or accepted, every other detected box is deleted (false positive), every true object left
 unmatched is drawn (missed), and the photo is marked done. The nightly job's detector stage
 (``train.nightly_detector``) then trains on those photos plus the train split as replay and is
-judged, with the gate, on half B.
+judged, with the gate, on the other half.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from core.stage1.calibration import match_boxes
 
 
-def _write_half_b(samples, out: Path, class_names: list[str]) -> Path:
+def _write_judge_set(samples, out: Path, class_names: list[str]) -> Path:
     for sub in ("images", "labels"):
         (out / "valid" / sub).mkdir(parents=True, exist_ok=True)
     for s in samples:
@@ -54,11 +55,11 @@ def simulate_box_reviews(cfg) -> dict:
     # Stage 2 only has to give every box a label here; the probe is the fastest backend.
     pipeline = Pipeline(detector, ConditionClassifier(backends.create("probe", backends.BackendOptions(tax)), tax))
     counts = {"photos": 0, "accepted": 0, "moved": 0, "deleted": 0, "drawn": 0}
-    half_b = []
+    judged = []
     for s in ds.samples("valid"):
         key = file_sha256(s.image_path)
-        if half(key) == "B":
-            half_b.append(s)
+        if half(key) != cfg.review_half:
+            judged.append(s)
             continue
         photo, _ = store.add_photo(key, str(s.image_path), s.width, s.height, s.image_path.name, user)
         t0 = time.perf_counter()
@@ -85,11 +86,12 @@ def simulate_box_reviews(cfg) -> dict:
             counts["drawn"] += 1
         store.confirm_photo(photo.id, user)
         counts["photos"] += 1
-    frozen = _write_half_b(half_b, cfg.work / "half-b", ds.names)
+    frozen = _write_judge_set(judged, cfg.work / "judge", ds.names)
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", stages="detector", holdout_percent=0, train_yaml=str(cfg.data_yaml) if cfg.replay else "",
                                    detector_frozen_yaml=str(frozen), detector_registry=cfg.work / "registry-detector",
                                    detector_epochs=cfg.epochs))["detector"]
-    result["simulation"] = {**counts, "half_b_photos": len(half_b), "correction_kinds": store.correction_kinds()["total"],
+    result["simulation"] = {**counts, "review_half": cfg.review_half, "judge_photos": len(judged),
+                            "correction_kinds": store.correction_kinds()["total"],
                             "nightly_wall_s": round(time.time() - started, 1)}
     return result

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from app.usecases.inspect import inspect_photo
 from core.data import IMAGE_SUFFIXES
 from core.errors import ImageError
+from core.photos import MAX_UPLOAD_BYTES
 from core.pipeline import Pipeline
 from db.store import Store
 
@@ -58,8 +59,14 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
                 continue
             with archive:
                 for info in sorted(archive.infolist(), key=lambda i: i.filename):
-                    if not info.is_dir() and Path(info.filename).suffix.lower() in SUFFIXES:
-                        yield f"{path.name}:{info.filename}", archive.read(info) if read else None
+                    if info.is_dir() or Path(info.filename).suffix.lower() not in SUFFIXES:
+                        continue
+                    name = f"{path.name}:{info.filename}"
+                    if info.file_size > MAX_UPLOAD_BYTES:  # read into memory: a bomb must not get that far
+                        yield name, ImageError(f"{name}: expected a photo of at most {MAX_UPLOAD_BYTES // 2**20} MB, "
+                                               f"found {info.file_size / 2**20:.0f} MB unpacked")
+                    else:
+                        yield name, archive.read(info) if read else None
         else:
             yield path.name, path
 

@@ -27,6 +27,7 @@ class DetectorBenchConfig:
         imgsz: inference size; default is the checkpoint's training size.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: where to write the results JSON.
+        runtime: ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
     """
 
     photos: Path | None = None
@@ -36,6 +37,7 @@ class DetectorBenchConfig:
     imgsz: int | None = None
     device: str = "auto"
     json: Path | None = None
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -56,7 +58,7 @@ def bench_detector(cfg: DetectorBenchConfig) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device))
+    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime))
     images = [load_image(p) for p in find_photos(cfg.photos or samples_dir())]
     for k in range(cfg.warmup):
         detector.predict(images[k % len(images)])
@@ -77,6 +79,7 @@ def bench_detector(cfg: DetectorBenchConfig) -> dict:
         "imgsz": detector.imgsz,
         "device": detector.device,
         "torch_threads": torch.get_num_threads(),
+        "runtime": cfg.runtime,
         "cpu": platform.processor() or platform.machine(),
         "weights": str(detector.weights),
     }

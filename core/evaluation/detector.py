@@ -24,6 +24,7 @@ class DetectorEvalConfig:
         imgsz: evaluation image size; default is the checkpoint's training size.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+        runtime: ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
     """
 
     data_yaml: Path
@@ -33,6 +34,7 @@ class DetectorEvalConfig:
     imgsz: int | None = None
     device: str = "auto"
     taxonomy: Path | None = None
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "valid", "test"):
@@ -47,7 +49,7 @@ def evaluate_detector(cfg: DetectorEvalConfig) -> dict:
     """
     taxonomy = load_taxonomy(cfg.taxonomy)
     ds = load_dataset(cfg.data_yaml, taxonomy)
-    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device), taxonomy)
+    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime), taxonomy)
     with tempfile.TemporaryDirectory(prefix="eval-", dir=data_dir()) as tmp:
         return _score(cfg, ds, detector, Path(tmp))
 

@@ -266,7 +266,7 @@ class Handlers:
                  "### Models"]
         if self.models.is_ready:
             pipeline = self.models.pipeline()
-            lines.append(f"- detector: version `{pipeline.detector.version}` (`{Path(pipeline.detector.weights).name}`)")
+            lines.append(f"- detector: version `{pipeline.detector.version}` (`{Path(pipeline.detector.weights).name}`, {pipeline.detector.runtime})")
             if pipeline.classifier:
                 backend = pipeline.classifier.backend
                 lines.append(f"- stage 2: `{backend.name}` version `{backend.version}`")

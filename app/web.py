@@ -223,7 +223,8 @@ def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
               f"run `slopewatch repair --db {store.path}`", flush=True)
     if models.wait():
         backend = models.pipeline().classifier.backend
-        print(f"slopewatch: ready — detector {models.pipeline().detector.version}, stage 2 {backend.name} {backend.version}", flush=True)
+        detector = models.pipeline().detector
+        print(f"slopewatch: ready — detector {detector.version} ({detector.runtime}), stage 2 {backend.name} {backend.version}", flush=True)
     else:
         print(f"slopewatch: models failed to load: {models.error}; the review tabs work, inspection does not", flush=True)
     if not prevent_thread_lock:

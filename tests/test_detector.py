@@ -96,8 +96,9 @@ def test_the_onnx_runtime_finds_the_same_boxes_as_torch(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx extra (pip install -e '.[onnx]') is not installed")
     monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))
     photos = sorted((samples_dir() / "valid" / "images").iterdir())[:3]
-    torch_dets = Detector(DetectorConfig(device="cpu")).predict_batch(photos)
-    onnx = Detector(DetectorConfig(device="cpu", runtime="onnx"))
+    torch_dets = Detector(DetectorConfig(device="cpu", runtime="torch")).predict_batch(photos)
+    onnx = Detector(DetectorConfig(device="cpu"))  # auto: ONNX Runtime is installed
+    assert onnx.runtime == "onnx"
     assert list((tmp_path / "data" / "cache" / "onnx").glob("detector-*-320.onnx"))  # exported once, cached
     onnx_dets = onnx.predict_batch(photos)
     assert onnx.model.predictor.model.format == "onnx"  # ONNX Runtime ran, not torch
@@ -105,3 +106,15 @@ def test_the_onnx_runtime_finds_the_same_boxes_as_torch(tmp_path, monkeypatch):
         assert [d.type for d in a] == [d.type for d in b]
         for da, db in zip(a, b):
             assert da.box.iou(db.box) > 0.99 and abs(da.confidence - db.confidence) < 0.01
+
+
+def test_auto_runtime_falls_back_to_torch_without_onnx_runtime(monkeypatch):
+    import importlib.util
+
+    from core.stage1.detector import resolve_runtime
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert resolve_runtime("auto") == "torch" and resolve_runtime("onnx") == "onnx"
+    with pytest.raises(ValueError, match="runtime"):
+        DetectorConfig(runtime="tensorrt")

@@ -92,9 +92,9 @@ class NightlyConfig:
     detector_frozen_yaml: str = ""
     detector_epochs: int = 3
     detector_batch: int = 16
-    detector_lr: float = 2e-4
+    detector_lr: float = 2e-5
     detector_mosaic: float = 0.0
-    detector_reviewed_repeat: int = 1
+    detector_reviewed_repeat: int = 4
     detector_workers: int = 2
     max_map50_95_drop: float = 0.01
     max_ap50_drop: float = 0.10

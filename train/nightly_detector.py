@@ -166,10 +166,12 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     det_yaml = write_yolo({"train": train + reviewed * (cfg.detector_reviewed_repeat - 1), "val": frozen}, work / "detector-data", taxonomy)
     sup = support(frozen, taxonomy)
     weights = registry.path(current) / "detector.pt"
-    current_detector = Detector(DetectorConfig(weights=weights), taxonomy)
+    # Scored with torch: an ONNX export per candidate would only cost time here.
+    current_detector = Detector(DetectorConfig(weights=weights, runtime="torch"), taxonomy)
     cur_metrics = score_detection_set(current_detector, det_yaml, "val", sup, work / "val-current")
     candidate_pt = finetune(weights, det_yaml, work / "detector-run", cfg)
-    cand_metrics = score_detection_set(Detector(DetectorConfig(weights=candidate_pt), taxonomy), det_yaml, "val", sup, work / "val-candidate")
+    cand_metrics = score_detection_set(Detector(DetectorConfig(weights=candidate_pt, runtime="torch"), taxonomy), det_yaml, "val", sup,
+                                       work / "val-candidate")
     promote, reasons = decide_detector(cand_metrics, cur_metrics, DetectorGateConfig(max_map50_95_drop=cfg.max_map50_95_drop,
                                                                                        max_ap50_drop=cfg.max_ap50_drop))
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]

@@ -27,7 +27,7 @@ class DetectorBenchConfig:
         imgsz: inference size; default is the checkpoint's training size.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: where to write the results JSON.
-        runtime: ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
+        runtime: ``auto``, ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
     """
 
     photos: Path | None = None
@@ -37,7 +37,7 @@ class DetectorBenchConfig:
     imgsz: int | None = None
     device: str = "auto"
     json: Path | None = None
-    runtime: str = "torch"
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -79,7 +79,7 @@ def bench_detector(cfg: DetectorBenchConfig) -> dict:
         "imgsz": detector.imgsz,
         "device": detector.device,
         "torch_threads": torch.get_num_threads(),
-        "runtime": cfg.runtime,
+        "runtime": detector.runtime,
         "cpu": platform.processor() or platform.machine(),
         "weights": str(detector.weights),
     }

@@ -24,7 +24,7 @@ class DetectorEvalConfig:
         imgsz: evaluation image size; default is the checkpoint's training size.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
-        runtime: ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
+        runtime: ``auto``, ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
     """
 
     data_yaml: Path
@@ -34,7 +34,7 @@ class DetectorEvalConfig:
     imgsz: int | None = None
     device: str = "auto"
     taxonomy: Path | None = None
-    runtime: str = "torch"
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "valid", "test"):

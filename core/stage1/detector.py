@@ -78,7 +78,16 @@ def shipped_detector_path() -> Path:
     return verify_pinned(assets_dir() / "models" / entry["file"], entry["sha256"])
 
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def resolve_runtime(runtime: str) -> str:
+    """``auto`` → ``onnx`` when ONNX Runtime and onnx are importable, else ``torch``."""
+    if runtime != "auto":
+        return runtime
+    import importlib.util
+
+    return "onnx" if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx")) else "torch"
 
 
 def onnx_export(weights: Path, imgsz: int) -> Path:
@@ -121,8 +130,10 @@ class DetectorConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:0"`` or ``"auto"``.
         version: a version of the detector registry to load instead of the current one (ignored
             when ``weights`` is given).
-        runtime: ``torch`` (the checkpoint itself) or ``onnx`` (exported once per checkpoint and
-            image size, cached in the data dir, run by ONNX Runtime: ``pip install -e '.[onnx]'``).
+        runtime: ``torch`` (the checkpoint itself), ``onnx`` (exported once per checkpoint and
+            image size, cached in the data dir, run by ONNX Runtime: ``pip install -e '.[onnx]'``;
+            2.5x faster on 2 CPU cores, same boxes), or ``auto``: onnx when ONNX Runtime is
+            installed, else torch (``Detector.runtime`` says which ran).
     """
 
     weights: Path | None = None
@@ -131,7 +142,7 @@ class DetectorConfig:
     imgsz: int | None = None
     device: str = "auto"
     version: str | None = None
-    runtime: str = "torch"
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -172,7 +183,8 @@ class Detector:
         self.imgsz = self.config.imgsz or int(train_args.get("imgsz") or 320)
         self.device = resolve_device(self.config.device)
         self.calibration = self._load_calibration()
-        if self.config.runtime == "onnx":
+        self.runtime = resolve_runtime(self.config.runtime)
+        if self.runtime == "onnx":
             # Names and image size were checked on the checkpoint; the export carries both in its metadata.
             self.model = yolo(str(onnx_export(self.weights, self.imgsz)), task="detect")
 

@@ -275,3 +275,18 @@ def test_a_promoted_detector_is_served_without_a_restart(tmp_path, monkeypatch):
     host.pipeline()
     assert host.wait(60) and host.pipeline().detector.version == "v1"
     assert host.pipeline().detector.weights == registry.path("v1") / "detector.pt"
+
+
+def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
+    from app.scheduler import SchedulerState
+
+    inspect(app, PHOTOS[0])
+    app.store.record_training_run(1.0, "h", {}, {}, {}, "refused", "v-det", 12.0, stage="detector")
+    app.store.record_training_run(2.0, "h", {}, {}, {}, "promoted", "v-cls", 30.0)
+    h = Handlers(app.h.models, app.store, schedule=SchedulerState("02:00", next_start=3 * 86400.0, last_exit=0, last_log="/x.log"))
+    text = h.dashboard()
+    assert "### Scheduled nightly job" in text and "scheduled daily at 02:00" in text and "exited with code 0" in text
+    assert "detector: refused (v-det" in text and "classifier: promoted (v-cls" in text
+    detector = app.h.models.pipeline().detector
+    assert f"detector: version `{detector.version}`" in text and detector.runtime in text
+    assert "Scheduled" not in app.h.dashboard()  # no --nightly-at: nothing about a schedule

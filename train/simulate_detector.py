@@ -42,7 +42,7 @@ def simulate_box_reviews(cfg) -> dict:
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
-    from db.store import Store
+    from db.store import MIN_BOX_SIDE_PX, Store
     from train.holdout import half
     from train.nightly import NightlyConfig, nightly
 
@@ -54,7 +54,7 @@ def simulate_box_reviews(cfg) -> dict:
     detector = Detector(DetectorConfig(), tax)
     # Stage 2 only has to give every box a label here; the probe is the fastest backend.
     pipeline = Pipeline(detector, ConditionClassifier(backends.create("probe", backends.BackendOptions(tax)), tax))
-    counts = {"photos": 0, "accepted": 0, "moved": 0, "deleted": 0, "drawn": 0}
+    counts = {"photos": 0, "accepted": 0, "moved": 0, "deleted": 0, "drawn": 0, "degenerate_labels": 0}
     judged = []
     for s in ds.samples("valid"):
         key = file_sha256(s.image_path)
@@ -67,7 +67,11 @@ def simulate_box_reviews(cfg) -> dict:
         store.add_run(photo.id, list(result.findings), f"detector:{detector.version}",
                       f"{pipeline.classifier.backend.name}:{pipeline.classifier.backend.version}", time.perf_counter() - t0)
         findings = [f.state for f in store.photo_findings(photo.id)]
-        truth = [(o.type, o.box) for o in s.objects]
+        # A label under the store's minimum box (the dataset has a sub-pixel one) is one no reviewer
+        # could draw: it is left out, and counted.
+        objects = [o for o in s.objects if min(o.box.width, o.box.height) >= MIN_BOX_SIDE_PX]
+        counts["degenerate_labels"] += len(s.objects) - len(objects)
+        truth = [(o.type, o.box) for o in objects]
         matched, false_pos, missed = match_boxes([(f.object_type, f.box) for f in findings], truth)
         for i, f in enumerate(findings):
             if i in false_pos:
@@ -81,7 +85,7 @@ def simulate_box_reviews(cfg) -> dict:
                 counts["accepted"] += 1
         for j in missed:
             t, box = truth[j]
-            true_class = s.objects[j].class_name or tax.classes_for_type(t)[0].name  # a types-only dataset names no condition
+            true_class = objects[j].class_name or tax.classes_for_type(t)[0].name  # a types-only dataset names no condition
             store.add_missed(photo.id, user, box, true_class)
             counts["drawn"] += 1
         store.confirm_photo(photo.id, user)

@@ -205,7 +205,8 @@ class Handlers:
 
         gallery, rows, problems, last, reused = [], [], [], None, 0
         names: dict[int, str] = {}  # photo id -> the name it was first uploaded under in this request
-        uploads = [Path(f if isinstance(f, str) else f.name) for f in files]
+        # The same file given twice (an upload box that kept the last flight) is one file.
+        uploads = list(dict.fromkeys(Path(f if isinstance(f, str) else f.name) for f in files))
         total = count_sources(uploads)
         for k, (name, source) in enumerate(progress.tqdm(photo_sources(uploads), total=total, desc="Inspecting photos")):
             # Gradio keeps the upload's own name; a zip member is shown as "archive.zip:member".
@@ -221,7 +222,8 @@ class Handlers:
                     _discard_upload(str(source))
                 continue
             if done.photo_id in names:  # the same photo twice in one upload is one photo
-                problems.append(f"= {html.escape(name)} is the same photo as {html.escape(names[done.photo_id])} (shown once)")
+                problems.append(f"= {html.escape(name)} is the same photo as {html.escape(names[done.photo_id])} (shown once)"
+                                if name != names[done.photo_id] else f"= {html.escape(name)} is in this upload twice (shown once)")
                 continue
             names[done.photo_id] = name
             reused += not done.ran
@@ -257,7 +259,8 @@ class Handlers:
         lines = ["### Findings by class", *[f"- {k}: {v}" for k, v in sorted(d["by_class"].items(), key=str)],
                  "### By condition", *[f"- {k}: {v}" for k, v in sorted(d["by_condition"].items())],
                  "### Review status", *[f"- {k}: {v}" for k, v in sorted(d["status"].items())],
-                 "### Corrections per reviewer", *[f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())],
+                 "### Corrections per reviewer", *([f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())]
+                                                   or ["- none yet"]),
                  "### What the corrections indict", "(stage 1: detector_miss, detector_false_positive, localisation, type_error; "
                  "stage 2: condition_error, rationale)",
                  *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],

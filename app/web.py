@@ -157,8 +157,10 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         # Inspections have their own lane, several requests wide so that one over a reviewer's cap
         # is answered at once; InspectLane runs one at a time. Review actions have theirs
         # ("review", app/review_tab.py) and every other event its own: none waits on an inspection.
+        # The progress bar sits on the message only: the gallery and table stay visible and grow
+        # photo by photo, so the first photos can be reviewed while the rest are processed.
         run.click(h.inspect_stream, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
-                  concurrency_id="inspect", api_name="inspect")
+                  concurrency_id="inspect", api_name="inspect", show_progress_on=message)
         review_this.click(rh.open_photo, last_photo, view, api_name="review_photo").then(*to_review, tabs, api_name=False)
         objects.select(h.pick_object, None, picked, api_name=False).then(
             rh.open_finding, picked, view, api_name=False).then(*to_review, tabs, api_name=False)

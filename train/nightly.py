@@ -66,6 +66,8 @@ class NightlyConfig:
             detector's last 10 epochs ran without it).
         detector_reviewed_repeat: how many times each reviewed photo is shown per detector epoch
             (the replay photos once).
+        detector_freeze: the first N layers of the detector stay frozen while fine-tuning (10: the
+            YOLOv8 backbone; 0: none).
         detector_workers: data-loader processes for the detector.
         max_map50_95_drop: largest mAP50-95 drop the detector gate tolerates (mAP50 may not drop).
         max_ap50_drop: largest per-type AP50 drop the detector gate tolerates (support-aware).
@@ -95,6 +97,7 @@ class NightlyConfig:
     detector_lr: float = 2e-5
     detector_mosaic: float = 0.0
     detector_reviewed_repeat: int = 4
+    detector_freeze: int = 0
     detector_workers: int = 2
     max_map50_95_drop: float = 0.01
     max_ap50_drop: float = 0.10

@@ -97,7 +97,7 @@ class NightlyConfig:
     detector_lr: float = 2e-5
     detector_mosaic: float = 0.0
     detector_reviewed_repeat: int = 4
-    detector_freeze: int = 0
+    detector_freeze: int = 10
     detector_workers: int = 2
     max_map50_95_drop: float = 0.01
     max_ap50_drop: float = 0.10

@@ -205,6 +205,8 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.keyboard.press("Control+z")
             undo = wait_rows(db, "SELECT reviewer, undoes FROM corrections WHERE action = 'undo'")[0]
             assert undo[0] == "ana" and undo[1] is not None and sql(db, "SELECT count(*) FROM corrections")[0][0] == before + 1
+            # The row is written before the page shows it: a reviewer's next key follows what they see.
+            page.wait_for_selector("#sw-status :text('Undone: your last action')", timeout=20_000)
 
             # → goes to the next photo.
             page.keyboard.press("ArrowRight")

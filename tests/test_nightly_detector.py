@@ -1,5 +1,6 @@
 """Stage 1 learns from reviewers: done photos' boxes → a gated detector fine-tune, versioned."""
 
+import json
 import os
 
 import pytest
@@ -108,6 +109,10 @@ def test_nightly_fine_tunes_the_detector_gates_and_promotes(world, monkeypatch):
     assert file_sha256(promoted.weights) != manifest()["detector"]["sha256"]  # the fine-tuned weights, not a copy
     runs = store.query("SELECT stage, decision, candidate_version FROM training_runs")
     assert runs == [{"stage": "detector", "decision": "promoted", "candidate_version": det["candidate"]}]
+    stored = json.loads(store.query("SELECT counts_json FROM training_runs")[0]["counts_json"])
+    # Every correction since the shipped detector's cut-off, on photos done or not (two fixed photos).
+    assert stored["correction_kinds"] == det["correction_kinds"] == {"accept": stored["correction_kinds"]["accept"],
+                                                                     "detector_false_positive": 2, "detector_miss": 2}
     # Nothing new since the promotion: the next night does nothing.
     assert nightly(_cfg(tmp, frozen))["detector"]["decision"] == "nothing-new"
     assert reg.rollback() == det["current"]

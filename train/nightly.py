@@ -283,6 +283,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         # Cut at the run's start, before the snapshot: a correction made meanwhile counts as new next time.
         registry.promote(version, "; ".join(reasons), data_until=started)
     result["duration_s"] = round(time.time() - started, 1)
-    live.record_training_run(started, data_hash, result["counts"], result["candidate_metrics"], result["current_metrics"],
-                             result["decision"], version, result["duration_s"])
+    # The stored record carries the kinds of the corrections made since the current model's cut-off.
+    live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
+                             result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"])
     return result

@@ -192,6 +192,7 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
         registry.add(folder, version, {**result["candidate_metrics"], "sha256": file_sha256(folder / "detector.pt")})
         registry.promote(version, "; ".join(reasons), data_until=started)
     result["duration_s"] = round(time.time() - t0, 1)
-    live.record_training_run(started, data_hash, result["counts"], result["candidate_metrics"], result["current_metrics"],
-                             result["decision"], version, result["duration_s"], stage="detector")
+    # The stored record carries the kinds of the corrections made since the current model's cut-off.
+    live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
+                             result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"], stage="detector")
     return result

@@ -32,7 +32,10 @@ from db.store import Store
 
 # "#" is the object's index within its photo: the number rationales, the overlay and the Review
 # canvas all show ("slope drain #2").
-TABLE_HEADERS = ["photo", "#", "id", "type", "class", "confidence", "detector", "top 3", "rationale"]
+# The Inspect table's columns and widths: the number columns just wide enough for their headers.
+TABLE_COLUMNS = [("photo", "6%"), ("#", "4%"), ("id", "5%"), ("type", "10%"), ("class", "13%"), ("confidence", "9%"),
+                 ("detector", "8%"), ("top 3", "22%"), ("rationale", "23%")]
+TABLE_HEADERS = [name for name, _ in TABLE_COLUMNS]
 QUEUE_HEADERS = ["photo", "name", "objects", "pending", "expected errors", "lowest margin", "lowest detector", "done"]
 
 

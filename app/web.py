@@ -102,7 +102,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     state, for the dashboard)."""
     import gradio as gr
 
-    from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers, InspectLane
+    from app.handlers import QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
     from app.library_tab import build_library_tab
     from app.review_tab import ReviewHandlers, build_review_tab
 
@@ -129,7 +129,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                     last_photo = gr.Number(label="Last inspected photo", value=None, precision=0, interactive=False, elem_id="sw-last-photo")
                     review_this = gr.Button("Review this photo", elem_id="sw-review-this")
                 objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects",
-                                       label="Objects (click a row to review it)")
+                                       label="Objects (click a row to review it)", column_widths=[w for _, w in TABLE_COLUMNS])
             photo, view = build_review_tab(store, rh)
             with gr.Tab("Queue", id="queue") as queue_tab:
                 with gr.Row():

@@ -7,7 +7,7 @@ from PIL import Image
 from core.stage2.backends.probe import fit_probe
 from core.stage2.backends.type_majority import TypeMajority
 from core.stage2.classifier import ConditionClassifier, photo_context
-from core.stage2.rationale import template_rationale, trim_unfinished, unfaithful_claims
+from core.stage2.rationale import template_rationale, trim_unfinished, unfaithful_claims, with_verdict
 from core.stage2.spatial import spatial_facts
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection, Finding
@@ -88,6 +88,35 @@ def test_template_rationale_is_faithful_for_every_object():
         assert f"#{i}" in text and not unfaithful_claims(text, i, DETS, FACTS, TAX)
 
 
+TOE = {"Toe drain": 0.07, "Toe drain- Blocked": 0.52, "Toe drain- Damaged": 0.41}
+
+
+@pytest.mark.parametrize("rationale, problems", [
+    ("Toe drain #1 in the bottom band; Toe drain- Blocked at 52%, close to Toe drain- Damaged at 41%.", []),
+    ("Toe drain- Blocked at 51%.", ["its probability is 52%"]),  # a margin must match the numbers
+    ("Toe drain- Damaged at 52%.", ["gives Toe drain- Damaged 52%, but its probability is 41%"]),
+    ("Toe drain at 7%.", []),
+    ("slope drain blocked at 52%.", ["not among the candidates"]),  # another type's class
+    ("Blocked 52% of the way along.", []),  # no "<class> at NN%" claim
+])
+def test_probability_claims_must_match_the_finding(rationale, problems):
+    found = unfaithful_claims(rationale, 1, DETS, FACTS, TAX, TOE)
+    assert len(found) == len(problems), found
+    for text, expected in zip(found, problems):
+        assert expected in text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Toe drain #1 in the bottom band", "Toe drain #1 in the bottom band. Toe drain- Blocked at 52%, close to Toe drain- Damaged at 41%."),
+    ("Toe drain #1 in the bottom band.", "Toe drain #1 in the bottom band. Toe drain- Blocked at 52%, close to Toe drain- Damaged at 41%."),
+])
+def test_a_model_written_rationale_gets_the_verdict_and_stays_faithful(text, expected):
+    out = with_verdict(text, TOE)
+    assert out == expected and not unfaithful_claims(out, 1, DETS, FACTS, TAX, TOE)
+    clear = with_verdict(text, {"Toe drain": 0.05, "Toe drain- Blocked": 0.9, "Toe drain- Damaged": 0.05})
+    assert clear.endswith("Toe drain- Blocked at 90%.")  # no runner-up named when the call is clear
+
+
 def test_finding_validates_itself():
     d = DETS[0]
     ok = Finding(d, "slope drain", {"slope drain": 0.7, "slope drain blocked": 0.2, "slope drain damaged": 0.1}, "r", "b", "1")
@@ -133,3 +162,15 @@ def test_photo_context_facts_match_spatial_module():
 ])
 def test_trim_unfinished(text, expected):
     assert trim_unfinished(text) == expected
+
+
+def test_the_classifier_appends_the_verdict_to_a_backends_own_rationale():
+    class Writer(CountingBackend):
+        def rationales(self, ctx, findings):
+            return ["Toe drain #1 in the bottom band" if f.detection.type == "toe_drain" else None for f in findings]
+
+    findings = ConditionClassifier(Writer(), TAX).classify(IMAGE, DETS)
+    toe = findings[1]
+    assert toe.rationale.startswith("Toe drain #1 in the bottom band. Toe drain- Damaged at 50%, close to Toe drain- Blocked at 33%")
+    assert not unfaithful_claims(toe.rationale, 1, DETS, FACTS, TAX, toe.probabilities)
+    assert findings[0].rationale == template_rationale(findings[0].probabilities, 0, DETS, FACTS, 300)  # none written: template

@@ -129,7 +129,7 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
                 scored.append(s)
             if f.backend != "passthrough":
                 rationales += 1
-                unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax))
+                unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax, f.probabilities))
     result = classification_metrics(y_true, y_pred, tax.class_names)
 
     def grouped(key) -> dict:

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from core.stage2.rationale import template_rationale
+from core.stage2.rationale import template_rationale, with_verdict
 from core.stage2.spatial import Fact, spatial_facts
 from core.taxonomy import Taxonomy
 from core.types import Detection, Finding
@@ -82,7 +82,8 @@ class ConditionClassifier:
         texts = writer(ctx, findings) if writer else [None] * len(findings)
         return [
             Finding(f.detection, f.class_name, f.probabilities,
-                    text or template_rationale(f.probabilities, i, ctx.detections, ctx.facts, image.height),
+                    with_verdict(text, f.probabilities) if text
+                    else template_rationale(f.probabilities, i, ctx.detections, ctx.facts, image.height),
                     f.backend, f.version)
             for i, (f, text) in enumerate(zip(findings, texts))
         ]

@@ -55,25 +55,46 @@ def trim_unfinished(text: str | None) -> str | None:
     return (text[:cut].rstrip() + ".") if cut > 0 else text + "…"
 
 
+CLOSE_MARGIN = 0.3  # a runner-up within this of the verdict is named: the call is close
+
+
+def verdict(probabilities: dict[str, float]) -> str:
+    """``"blocked at 52%, close to damaged at 41%"``: the verdict's probability, and the runner-up
+    when the call is close. True by construction; ``unfaithful_claims`` checks it against the numbers."""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    text = f"{ranked[0][0]} at {ranked[0][1]:.0%}"
+    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < CLOSE_MARGIN:
+        text += f", close to {ranked[1][0]} at {ranked[1][1]:.0%}"
+    return text
+
+
+def with_verdict(text: str, probabilities: dict[str, float]) -> str:
+    """A model-written rationale with the verdict appended, so a reviewer sees how close the call
+    was even when the model's text only says where the object is."""
+    text, said = text.strip(), verdict(probabilities)
+    return f"{text}{'' if text.endswith(('.', '!', '?')) else '.'} {said[0].upper()}{said[1:]}."
+
+
 def template_rationale(probabilities: dict[str, float], index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int) -> str:
     """A short, faithful-by-construction rationale: where the object is, what it touches, and
     how sure the verdict is (naming the runner-up when it is close)."""
-    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
-    verdict = f"{ranked[0][0]} at {ranked[0][1]:.0%}"
-    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < 0.3:
-        verdict += f", close to {ranked[1][0]} at {ranked[1][1]:.0%}"
-    return f"{describe(index, detections, facts, height).capitalize()}; {verdict}."
+    return f"{describe(index, detections, facts, height).capitalize()}; {verdict(probabilities)}."
 
 
-def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection], facts: Sequence[Fact], taxonomy: Taxonomy) -> list[str]:
+def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection], facts: Sequence[Fact], taxonomy: Taxonomy,
+                     probabilities: dict[str, float] | None = None) -> list[str]:
     """Claims in ``rationale`` about object ``index`` that the computed facts do not support.
 
     Flags (a) a cited ``<type> #k`` where object k does not exist or is of another type,
-    (b) a relation to object k that is not among the spatial facts, and (c) a mention of an
-    object type that stage 1 did not find in the photo at all. Never raises.
+    (b) a relation to object k that is not among the spatial facts, (c) a mention of an
+    object type that stage 1 did not find in the photo at all, and, given the finding's
+    ``probabilities``, (d) a ``<class> at NN%`` that is not that class's probability (rounded) or
+    names a class that was not a candidate. Never raises.
     """
     problems = []
     text = (rationale or "").lower()
+    if probabilities is not None:
+        problems += _probability_claims(text, probabilities)
     held = {(f.predicate, f.object) for f in facts if f.subject == index}
     by_phrase = {v: k for k, v in PHRASES.items()}
     type_words = {human(t) for t in taxonomy.type_names}
@@ -94,4 +115,22 @@ def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection
     for t in taxonomy.type_names:
         if re.search(rf"\b{re.escape(human(t))}s?\b", text) and human(t) not in found:
             problems.append(f"mentions a {human(t)}, but stage 1 found none")
+    return problems
+
+
+_PERCENT = re.compile(r"(?P<label>[a-z][a-z -]*?)\s+at\s+(?P<pct>\d{1,3})%")
+
+
+def _probability_claims(text: str, probabilities: dict[str, float]) -> list[str]:
+    """Each ``<class> at NN%`` must name a candidate class (the longest one the words end with)
+    and its probability rounded to a whole percent."""
+    problems = []
+    names = sorted(probabilities, key=len, reverse=True)
+    for m in _PERCENT.finditer(text):
+        label = m.group("label").strip()
+        name = next((n for n in names if label.endswith(n.lower())), None)
+        if name is None:
+            problems.append(f"gives '{label}' {m.group('pct')}%, but '{label}' is not among the candidates {list(probabilities)}")
+        elif int(m.group("pct")) != round(probabilities[name] * 100):
+            problems.append(f"gives {name} {m.group('pct')}%, but its probability is {probabilities[name]:.0%}")
     return problems

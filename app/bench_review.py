@@ -111,7 +111,7 @@ def bench_review(cfg: ReviewBenchConfig) -> dict:
     inspect = Handlers(ModelHost.ready(pipeline), store)
     truth = {}
     for s in tqdm(samples, desc="inspect"):
-        *_, photo_id = inspect.inspect([str(s.image_path)], who, SimpleNamespace(tqdm=lambda x, desc=None: x))
+        *_, photo_id = inspect.inspect([str(s.image_path)], who, SimpleNamespace(tqdm=lambda x, desc=None, total=None: x))
         truth[photo_id] = list(s.objects)
     r = ReviewHandlers(store)
     times: dict[str, list[float]] = {}

@@ -213,13 +213,16 @@ class Handlers:
         total = count_sources(uploads)
         for k, (name, source) in enumerate(progress.tqdm(photo_sources(uploads), total=total, desc="Inspecting photos")):
             # Gradio keeps the upload's own name; a zip member is shown as "archive.zip:member".
-            shown = name.split(":", 1)[-1] if ":" in name else name
+            # A zip member comes as bytes (or its error) named "archive.zip:member"; a plain upload's
+            # own name may hold a ":" (12:30.jpg) and is kept whole.
+            member = not isinstance(source, Path)
+            shown = name.split(":", 1)[-1] if member and ":" in name else name
             try:
                 if isinstance(source, Exception):
                     raise source
                 done = inspect_photo(pipeline, self.store, source, user, Path(shown).name, working_size=self.working_size)
             except SlopewatchError as exc:  # one bad file is reported; the others still go through
-                archive = f"{name.split(':', 1)[0]}: " if ":" in name and not str(exc).startswith(name) else ""
+                archive = f"{name.split(':', 1)[0]}: " if member and ":" in name and not str(exc).startswith(name) else ""
                 problems.append(f"✗ {html.escape(archive + str(exc))}")
                 if isinstance(source, Path):
                     _discard_upload(str(source))

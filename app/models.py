@@ -61,7 +61,7 @@ class ModelHost:
             else:
                 with self._lock:
                     self._pipeline, self._version, self.error = pipeline, version, None
-                log.info("models ready (versions %s)", version or "shipped")
+                log.info("models ready (versions %s)", version)
             finally:
                 with self._lock:
                     self._loading = None

@@ -10,6 +10,7 @@ A promotion reaches the app through the model registries (``app.models.ModelHost
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -84,6 +85,8 @@ class NightlyScheduler:
 
     def __post_init__(self) -> None:
         self.hhmm = parse_hhmm(self.at)
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"nice: expected 0..19, found {self.nice}")
         self.command = [sys.executable, "-m", "app.cli", "train", "nightly", "--db", str(self.db), *shlex.split(self.args)]
         self.state = SchedulerState(self.at)
         self._stop = threading.Event()
@@ -95,11 +98,13 @@ class NightlyScheduler:
         path = logs / f"nightly-{time.strftime('%Y%m%d-%H%M%S')}.log"
         self.state.running_since, self.state.last_log = time.time(), str(path)
         log.info("nightly job starting: %s (log %s)", " ".join(self.command), path)
-        nice = self.nice
         try:
             with open(path, "w") as out:
-                rc = subprocess.run(self.command, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
-                                    preexec_fn=lambda: os.nice(nice)).returncode
+                child = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+                # Lowered from here, not in a preexec_fn: those can deadlock a child of a threaded server.
+                with contextlib.suppress(ProcessLookupError):  # a child that has already finished needs no lowering
+                    os.setpriority(os.PRIO_PROCESS, child.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.nice))
+                rc = child.wait()
         finally:
             self.state.running_since = None
         self.state.last_exit, self.state.runs = rc, self.state.runs + 1
@@ -116,7 +121,7 @@ class NightlyScheduler:
                     return
                 try:
                     self.run_once()
-                except OSError as exc:  # the child could not start: logged and shown, tried again tomorrow
+                except (OSError, subprocess.SubprocessError) as exc:  # could not start: logged and shown, tried again tomorrow
                     log.exception("nightly job failed to start")
                     self.state.last_exit, self.state.last_log = -1, f"failed to start: {exc}"
 

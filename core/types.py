@@ -127,11 +127,6 @@ class Detection:
         if self.p_real is not None and not (0.0 <= self.p_real <= 1.0):
             raise ValueError(f"Detection: expected p_real in [0, 1], found {self.p_real}")
 
-    @property
-    def box_probability(self) -> float:
-        """The best available chance the box is real: ``p_real``, else the raw score."""
-        return self.confidence if self.p_real is None else self.p_real
-
     @classmethod
     def from_ultralytics(cls, result: Any, taxonomy: "Taxonomy") -> list["Detection"]:
         """Detections from one ultralytics ``Results`` object, in descending confidence.

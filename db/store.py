@@ -749,6 +749,10 @@ class Store:
         marks = ",".join("?" * len(kinds))
         return self._rows(f"SELECT count(*) AS n FROM corrections WHERE created_at > ? AND kind IN ({marks})", (t, *kinds))[0]["n"]
 
+    def confirmations_since(self, t: float) -> int:
+        """How many times a reviewer marked a photo done after time ``t`` (new complete labels)."""
+        return self._rows("SELECT count(*) AS n FROM photo_reviews WHERE created_at > ?", (t,))[0]["n"]
+
     def record_training_run(self, started_at: float, data_hash: str, counts: dict, candidate_metrics: dict, current_metrics: dict,
                             decision: str, candidate_version: str, duration_s: float, stage: str = "classifier") -> int:
         """Append one nightly run's record for one stage (shown on the dashboard)."""

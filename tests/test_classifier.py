@@ -98,6 +98,7 @@ TOE = {"Toe drain": 0.07, "Toe drain- Blocked": 0.52, "Toe drain- Damaged": 0.41
     ("Toe drain at 7%.", []),
     ("slope drain blocked at 52%.", ["not among the candidates"]),  # another type's class
     ("Blocked 52% of the way along.", []),  # no "<class> at NN%" claim
+    ("The outlet sits at 40% of the slope's height.", []),  # a number, but not about a class
 ])
 def test_probability_claims_must_match_the_finding(rationale, problems):
     found = unfaithful_claims(rationale, 1, DETS, FACTS, TAX, TOE)

@@ -143,7 +143,7 @@ def test_box_corrections_on_unfinished_photos_say_why_nothing_trains(tmp_path, s
     fid = store.add_run(photo.id, [_finding(FALSE_BOX, "vegetation")], "detector:shipped", "fake:0", 0.1)[0]
     store.correct(fid, 0, "ana", "delete")
     det = nightly(NightlyConfig(db=tmp_path / "review.db", stages="detector", detector_registry=tmp_path / "d"))["detector"]
-    assert det["decision"] == "nothing-complete" and "Photo done" in det["message"]
+    assert det["decision"] == "nothing-new" and "1 box correction(s) wait on photos not marked done" in det["message"]
 
 
 def _scores(map50, map50_95, **ap50):
@@ -206,3 +206,16 @@ def test_simulated_box_reviews_end_to_end(tmp_path, samples_yaml, monkeypatch):
     assert sim["correction_kinds"].get("detector_miss", 0) == sim["drawn"] > 0
     assert result["decision"] in ("promoted", "refused") and result["counts"]["train_photos"] == n_a
     assert result["counts"]["frozen_photos"] == len(samples) - n_a
+
+
+def test_a_type_the_candidate_no_longer_finds_vetoes_even_on_few_objects():
+    current, candidate = _scores(0.65, 0.40, vegetation=(0.5, 3)), _scores(0.70, 0.40, vegetation=(0.0, 3))
+    # 0.5 AP50 on 3 objects is 1.5 objects' worth, under the noise margin: only the collapse rule can veto.
+    assert decide_detector(candidate, current)[0] is False
+    assert decide_detector(_scores(0.70, 0.40, vegetation=(0.05, 3)), current)[0] is True
+
+
+def test_done_photos_all_held_out_say_so(world):
+    store, truth, samples, tmp = world
+    det = nightly(NightlyConfig(db=tmp / "review.db", stages="detector", holdout_percent=100))["detector"]
+    assert det["decision"] == "nothing-complete" and "held-out evaluation slice" in det["message"]

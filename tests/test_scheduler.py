@@ -35,7 +35,8 @@ def test_run_once_runs_the_nightly_cli_in_a_niced_child_and_logs_it(tmp_path, mo
     scheduler = NightlyScheduler("02:00", tmp_path / "review.db", "--stages detector --holdout-percent 0")
     assert scheduler.command[:5] == [sys.executable, "-m", "app.cli", "train", "nightly"]
     # A stand-in child that reports its niceness and arguments: the real job would train for minutes.
-    probe = "import os, sys; print('nice', os.nice(0)); print('args', sys.argv[1:]); sys.exit(3)"
+    # (It waits a moment: the parent lowers its priority just after starting it.)
+    probe = "import os, sys, time; time.sleep(0.5); print('nice', os.nice(0)); print('args', sys.argv[1:]); sys.exit(3)"
     scheduler.command = [sys.executable, "-c", probe, *scheduler.command[3:]]
     assert scheduler.run_once() == 3
     text = open(scheduler.state.last_log).read()

@@ -39,6 +39,8 @@ class BoxCalibrationConfig:
     def __post_init__(self) -> None:
         if self.fit_half not in ("A", "B"):
             raise ValueError(f"fit_half: expected A or B, found {self.fit_half!r}")
+        if not 0.0 <= self.conf <= 1.0:
+            raise ValueError(f"conf: expected a value in [0, 1], found {self.conf}")
 
 
 def photo_outcomes(detector, samples) -> list[tuple[str, list[tuple[str, float, bool]]]]:

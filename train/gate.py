@@ -90,8 +90,8 @@ class DetectorGateConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_map50_95_drop <= 1.0 or not 0.0 <= self.max_ap50_drop <= 1.0:
             raise ValueError(f"max_map50_95_drop, max_ap50_drop: expected [0, 1], found {self.max_map50_95_drop}, {self.max_ap50_drop}")
-        if self.min_objects_lost < 0:
-            raise ValueError(f"min_objects_lost: expected >= 0, found {self.min_objects_lost}")
+        if self.min_objects_lost < 0 or self.min_support < 0:
+            raise ValueError(f"min_objects_lost, min_support: expected >= 0, found {self.min_objects_lost}, {self.min_support}")
 
 
 def decide_detector(candidate: dict, current: dict | None, cfg: DetectorGateConfig = DetectorGateConfig()) -> tuple[bool, list[str]]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,7 @@ def support(photos: list[BoxPhoto], taxonomy) -> dict[str, int]:
 
 def ensure_current_detector(registry) -> str:
     """The current detector version; on first use the shipped detector becomes 'shipped-<hash>'."""
+    from core.stage1.calibration import calibration_path
     from core.stage1.detector import shipped_detector_path
 
     if registry.current():
@@ -97,10 +100,12 @@ def ensure_current_detector(registry) -> str:
     sha = file_sha256(shipped)
     version = "shipped-" + sha[:12]
     if version not in [v["version"] for v in registry.versions()]:
-        folder = registry.root / "bootstrap"
-        folder.mkdir(exist_ok=True)
-        (folder / "detector.pt").write_bytes(shipped.read_bytes())
-        registry.add(folder, version, {"sha256": sha})
+        with tempfile.TemporaryDirectory(dir=registry.root) as tmp:
+            folder = Path(tmp)
+            shutil.copyfile(shipped, folder / "detector.pt")
+            if calibration_path(shipped).is_file():  # the shipped box calibration follows its weights
+                shutil.copyfile(calibration_path(shipped), calibration_path(folder / "detector.pt"))
+            registry.add(folder, version, {"sha256": sha})
     registry.promote(version, "bootstrap from the shipped detector", data_until=0.0)
     return version
 
@@ -128,24 +133,29 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     from core.data import load_dataset
     from core.evaluation.detector import score_detection_set
     from core.model_registry import ModelRegistry
-    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage1.detector import Detector, DetectorConfig, current_detector
     from train.gate import DetectorGateConfig, decide_detector
     from train.holdout import LeakError, held_out
 
     t0 = time.time()
     registry = ModelRegistry(cfg.detector_registry, stage="detector")
     current = ensure_current_detector(registry)
-    new = live.corrections_since(registry.data_until(current), kinds=STAGE1)
+    # The detector learns from done photos only, so a photo marked done (again) is what is new to
+    # it; box corrections on photos nobody has finished wait for that.
+    cutoff = registry.data_until(current)
+    new = live.confirmations_since(cutoff)
     if new == 0:
+        waiting = live.corrections_since(cutoff, kinds=STAGE1)
         return {"decision": "nothing-new", "current": current,
-                "message": f"no box corrections since the current detector ({current}) was promoted"}
+                "message": f"no photo marked done since the current detector ({current}) was promoted"
+                           + (f"; {waiting} box correction(s) wait on photos not marked done (Photo done)" if waiting else "")}
     done = [BoxPhoto.from_reviewed(p) for p in snap.done_photos()]
     frozen = [p for p in done if held_out(p.key, cfg.holdout_percent)]
     train = [p for p in done if not held_out(p.key, cfg.holdout_percent)]
     if not train:
         return {"decision": "nothing-complete", "current": current, "new_corrections": new,
-                "message": f"{new} box correction(s) since {current}, but no done photo outside the held-out slice to learn "
-                           "from: a detector learns only from photos whose every box a reviewer decided (Photo done)"}
+                "message": f"{new} photo(s) marked done since {current}, all in the held-out evaluation slice: nothing to "
+                           "train on yet (a detector learns only from done photos outside it)"}
     reviewed_keys = {p.key for p in train}
     replay_yaml = cfg.detector_train_yaml or cfg.train_yaml
     if replay_yaml:
@@ -165,7 +175,7 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     reviewed = [p for p in train if p.key in reviewed_keys]
     det_yaml = write_yolo({"train": train + reviewed * (cfg.detector_reviewed_repeat - 1), "val": frozen}, work / "detector-data", taxonomy)
     sup = support(frozen, taxonomy)
-    weights = registry.path(current) / "detector.pt"
+    weights, _ = current_detector(registry.root, current)  # checked against the hash recorded when it was added
     # Scored with torch: an ONNX export per candidate would only cost time here.
     current_detector = Detector(DetectorConfig(weights=weights, runtime="torch"), taxonomy)
     cur_metrics = score_detection_set(current_detector, det_yaml, "val", sup, work / "val-current")

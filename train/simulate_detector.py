@@ -39,7 +39,7 @@ def simulate_box_reviews(cfg) -> dict:
     simulated reviewers did (``cfg``: ``train.simulate.SimulateConfig``)."""
     from core.data import file_sha256, load_dataset
     from core.pipeline import Pipeline
-    from core.stage1.detector import Detector, DetectorConfig
+    from core.stage1.detector import Detector, DetectorConfig, shipped_detector_path
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
     from db.store import MIN_BOX_SIDE_PX, Store
@@ -51,7 +51,8 @@ def simulate_box_reviews(cfg) -> dict:
     store = Store(cfg.work / "review.db", tax)
     user = "simulated-reviewer"
     store.ensure_user(user)
-    detector = Detector(DetectorConfig(), tax)
+    # The shipped detector, not a promoted one: the nightly below compares against the shipped one too.
+    detector = Detector(DetectorConfig(weights=shipped_detector_path()), tax)
     # Stage 2 only has to give every box a label here; the probe is the fastest backend.
     pipeline = Pipeline(detector, ConditionClassifier(backends.create("probe", backends.BackendOptions(tax)), tax))
     counts = {"photos": 0, "accepted": 0, "moved": 0, "deleted": 0, "drawn": 0, "degenerate_labels": 0}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,8 +66,15 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
                     if info.file_size > MAX_UPLOAD_BYTES:  # read into memory: a bomb must not get that far
                         yield name, ImageError(f"{name}: expected a photo of at most {MAX_UPLOAD_BYTES // 2**20} MB, "
                                                f"found {info.file_size / 2**20:.0f} MB unpacked")
+                    elif not read:
+                        yield name, None
                     else:
-                        yield name, archive.read(info) if read else None
+                        try:
+                            data = archive.read(info)
+                        except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError) as exc:
+                            # A damaged, encrypted or oddly compressed member is one bad file, not a lost flight.
+                            data = ImageError(f"{name}: expected a readable zip member, found {type(exc).__name__}: {exc}")
+                        yield name, data
         else:
             yield path.name, path
 

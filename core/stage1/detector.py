@@ -82,12 +82,13 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 
 def resolve_runtime(runtime: str) -> str:
-    """``auto`` → ``onnx`` when ONNX Runtime and onnx are importable, else ``torch``."""
+    """``auto`` → ``onnx`` when ONNX Runtime, onnx and onnxslim are importable, else ``torch``."""
     if runtime != "auto":
         return runtime
     import importlib.util
 
-    return "onnx" if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx")) else "torch"
+    # onnxslim too: ultralytics' export would otherwise try to pip-install it on a live server.
+    return "onnx" if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "onnxslim")) else "torch"
 
 
 def onnx_export(weights: Path, imgsz: int) -> Path:
@@ -98,7 +99,7 @@ def onnx_export(weights: Path, imgsz: int) -> Path:
 
     from core.paths import data_dir
 
-    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
+    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxslim", "onnxslim")):
         try:
             __import__(module)
         except ImportError:

@@ -94,7 +94,7 @@ def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection
     problems = []
     text = (rationale or "").lower()
     if probabilities is not None:
-        problems += _probability_claims(text, probabilities)
+        problems += _probability_claims(text, probabilities, taxonomy)
     held = {(f.predicate, f.object) for f in facts if f.subject == index}
     by_phrase = {v: k for k, v in PHRASES.items()}
     type_words = {human(t) for t in taxonomy.type_names}
@@ -121,16 +121,19 @@ def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection
 _PERCENT = re.compile(r"(?P<label>[a-z][a-z -]*?)\s+at\s+(?P<pct>\d{1,3})%")
 
 
-def _probability_claims(text: str, probabilities: dict[str, float]) -> list[str]:
-    """Each ``<class> at NN%`` must name a candidate class (the longest one the words end with)
-    and its probability rounded to a whole percent."""
+def _probability_claims(text: str, probabilities: dict[str, float], taxonomy: Taxonomy) -> list[str]:
+    """Each ``<class> at NN%`` (a taxonomy class: the longest one the words end with) must name a
+    candidate class and its probability rounded to a whole percent; other "at NN%" phrases ("at
+    40% of the height") make no claim about the verdict and pass."""
     problems = []
-    names = sorted(probabilities, key=len, reverse=True)
+    names = sorted(taxonomy.class_names, key=len, reverse=True)
     for m in _PERCENT.finditer(text):
         label = m.group("label").strip()
         name = next((n for n in names if label.endswith(n.lower())), None)
         if name is None:
-            problems.append(f"gives '{label}' {m.group('pct')}%, but '{label}' is not among the candidates {list(probabilities)}")
+            continue
+        if name not in probabilities:
+            problems.append(f"gives {name} {m.group('pct')}%, but {name} is not among the candidates {list(probabilities)}")
         elif int(m.group("pct")) != round(probabilities[name] * 100):
             problems.append(f"gives {name} {m.group('pct')}%, but its probability is {probabilities[name]:.0%}")
     return problems

@@ -4,8 +4,10 @@ import json
 import os
 
 import pytest
+from conftest import tiny_lm_factory
 
 from core.data import file_sha256, load_dataset
+from core.errors import SlopewatchError
 from core.model_registry import ModelRegistry
 from core.stage1.detector import Detector, DetectorConfig, manifest
 from core.taxonomy import load_taxonomy
@@ -219,3 +221,14 @@ def test_done_photos_all_held_out_say_so(world):
     store, truth, samples, tmp = world
     det = nightly(NightlyConfig(db=tmp / "review.db", stages="detector", holdout_percent=100))["detector"]
     assert det["decision"] == "nothing-complete" and "held-out evaluation slice" in det["message"]
+
+
+def test_a_stage_2_failure_does_not_cost_the_detector_its_night(world):
+    store, truth, samples, tmp = world
+    frozen = _frozen_set(tmp, samples, {s.stem for s in samples[4:]})
+    # Stage 2 has no frozen set here (no --frozen-yaml, nothing held out): it fails, after the detector ran.
+    cfg = NightlyConfig(db=tmp / "review.db", stages="classifier,detector", holdout_percent=0, registry=tmp / "cls",
+                        detector_frozen_yaml=str(frozen), detector_epochs=1, detector_batch=2, detector_workers=0)
+    with pytest.raises(SlopewatchError, match="stage 2: expected a frozen evaluation set.*the detector stage ran: (promoted|refused)"):
+        nightly(cfg, tiny_lm_factory())
+    assert [r["stage"] for r in store.query("SELECT stage FROM training_runs")] == ["detector"]

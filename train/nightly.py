@@ -197,9 +197,17 @@ def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
         work = Path(tempfile.mkdtemp(prefix="nightly-", dir=data_dir()))
         try:
             snap = Store(snapshot(cfg.db, work / "snapshot.db"), taxonomy)
-            result = _run(cfg, lm_factory, taxonomy, live, snap, registry, started, work) if "classifier" in cfg.stage_list else {}
+            result, failed = {}, None
+            if "classifier" in cfg.stage_list:
+                try:
+                    result = _run(cfg, lm_factory, taxonomy, live, snap, registry, started, work)
+                except SlopewatchError as exc:  # raised below, once the detector has had its night too
+                    failed = exc
             if "detector" in cfg.stage_list:
                 result["detector"] = nightly_detector(cfg, taxonomy, live, snap, work, started)
+            if failed is not None:
+                ran = f"; the detector stage ran: {result['detector']['decision']}" if "detector" in result else ""
+                raise type(failed)(f"stage 2: {failed}{ran}") from failed
             return result
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -68,7 +68,8 @@ def calibrate_detector(cfg: BoxCalibrationConfig) -> dict:
     fit = [o for key, outs in per_photo if half(key) == cfg.fit_half for o in outs]
     held = [o for key, outs in per_photo if half(key) != cfg.fit_half for o in outs]
     n_fit = sum(half(key) == cfg.fit_half for key, _ in per_photo)
-    cal = fit_box_calibration(fit, f"{cfg.data_yaml} {cfg.split} half {cfg.fit_half}: {n_fit} photos, {len(fit)} boxes at conf >= {cfg.conf}")
+    note = f"{cfg.data_yaml} {cfg.split} half {cfg.fit_half}: {n_fit} photos, {len(fit)} boxes at conf >= {cfg.conf}"
+    cal = fit_box_calibration(fit, note)
     report = box_calibration_report(held, cal)
     path = calibration_path(detector.weights)
     helps = report["calibrated"]["ece"] < report["raw"]["ece"]

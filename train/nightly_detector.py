@@ -119,7 +119,8 @@ def finetune(weights: Path, data_yaml: Path, out: Path, cfg) -> Path:
     imgsz = int((getattr(model, "overrides", {}) or {}).get("imgsz") or 320)
     model.train(data=str(data_yaml), epochs=cfg.detector_epochs, imgsz=imgsz, batch=cfg.detector_batch, device=resolve_device("auto"),
                 optimizer="AdamW", lr0=cfg.detector_lr, lrf=1.0, warmup_epochs=0, cos_lr=False,
-                flipud=0.0, fliplr=0.5, mosaic=cfg.detector_mosaic, close_mosaic=0, freeze=cfg.detector_freeze or None, val=False, plots=False, amp=False, workers=cfg.detector_workers,
+                flipud=0.0, fliplr=0.5, mosaic=cfg.detector_mosaic, close_mosaic=0, freeze=cfg.detector_freeze or None,
+                val=False, plots=False, amp=False, workers=cfg.detector_workers,
                 seed=0, deterministic=True, project=str(out), name="train", exist_ok=True, verbose=False)
     last = out / "train" / "weights" / "last.pt"
     if not last.is_file():
@@ -168,7 +169,8 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     if leak:
         raise LeakError(f"{len(leak)} frozen-evaluation photo(s) also in the detector's training data, e.g. {sorted(leak)[0]}; aborting")
     if not frozen:
-        raise SlopewatchError("expected a frozen evaluation set for the detector, found none: pass --frozen-yaml or raise --holdout-percent")
+        raise SlopewatchError("expected a frozen evaluation set for the detector, found none: "
+                              "pass --frozen-yaml or raise --holdout-percent")
     data_hash = hashlib.sha256(json.dumps(sorted((p.key, p.yolo_lines(taxonomy)) for p in train)).encode()).hexdigest()[:16]
 
     # The reviewed photos are few beside the replay; repeating them gives reviewers' fixes weight.
@@ -204,5 +206,6 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     result["duration_s"] = round(time.time() - t0, 1)
     # The stored record carries the kinds of the corrections made since the current model's cut-off.
     live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
-                             result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"], stage="detector")
+                             result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"],
+                             stage="detector")
     return result

@@ -93,7 +93,8 @@ def simulate_box_reviews(cfg) -> dict:
         counts["photos"] += 1
     frozen = _write_judge_set(judged, cfg.work / "judge", ds.names)
     started = time.time()
-    result = nightly(NightlyConfig(db=cfg.work / "review.db", stages="detector", holdout_percent=0, train_yaml=str(cfg.data_yaml) if cfg.replay else "",
+    result = nightly(NightlyConfig(db=cfg.work / "review.db", stages="detector", holdout_percent=0,
+                                   train_yaml=str(cfg.data_yaml) if cfg.replay else "",
                                    detector_frozen_yaml=str(frozen), detector_registry=cfg.work / "registry-detector",
                                    detector_epochs=cfg.epochs))["detector"]
     result["simulation"] = {**counts, "review_half": cfg.review_half, "judge_photos": len(judged),

@@ -84,10 +84,7 @@ class YoloDataset:
                         os.symlink(s.image_path.resolve(), link)
                     except OSError:
                         link.write_bytes(s.image_path.read_bytes())
-                lines = [
-                    f"{self.taxonomy.type_id(o.type)} " + " ".join(f"{v:.6f}" for v in o.box.to_cxcywh_norm(s.width, s.height))
-                    for o in s.objects
-                ]
+                lines = [o.box.yolo_line(self.taxonomy.type_id(o.type), s.width, s.height) for o in s.objects]
                 (lbl_dir / f"{s.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
             entries["val" if split == "valid" else split] = f"{split}/images"
         first = next(iter(entries.values()))

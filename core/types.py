@@ -52,6 +52,10 @@ class Box:
     def to_cxcywh_norm(self, width: int, height: int) -> tuple[float, float, float, float]:
         return (self.cx / width, self.cy / height, self.width / width, self.height / height)
 
+    def yolo_line(self, class_id: int, width: int, height: int) -> str:
+        """``"<class> cx cy w h"`` normalised to the photo: one YOLO label line, as every writer formats it."""
+        return f"{class_id} " + " ".join(f"{v:.6f}" for v in self.to_cxcywh_norm(width, height))
+
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x1, self.y1, self.x2, self.y2)

@@ -155,7 +155,7 @@ def export(store: Store, out: Path, fmt: str = "yolo", include_unreviewed: bool 
         img_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p.path, img_dir / name)
         if fmt == "yolo":
-            lines = [f"{lab.class_id} " + " ".join(f"{v:.6f}" for v in lab.box.to_cxcywh_norm(p.width, p.height)) for lab in labels]
+            lines = [lab.box.yolo_line(lab.class_id, p.width, p.height) for lab in labels]
             (out / split / "labels").mkdir(parents=True, exist_ok=True)
             (out / split / "labels" / f"{PurePath(name).stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         file_name = f"{split}/images/{name}"

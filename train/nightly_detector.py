@@ -51,8 +51,7 @@ class BoxPhoto:
         return cls(p.sha256, Path(p.path), p.width, p.height, tuple((f.object_type, f.box) for f in reviewed.findings))
 
     def yolo_lines(self, taxonomy) -> list[str]:
-        return [f"{taxonomy.type_id(t)} " + " ".join(f"{v:.6f}" for v in box.to_cxcywh_norm(self.width, self.height))
-                for t, box in self.boxes]
+        return [box.yolo_line(taxonomy.type_id(t), self.width, self.height) for t, box in self.boxes]
 
 
 def write_yolo(splits: dict[str, list[BoxPhoto]], out: Path, taxonomy) -> Path:

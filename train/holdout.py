@@ -4,6 +4,8 @@ by its content hash, so it stays held out forever and for both models alike."""
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 from core.errors import SlopewatchError
 
@@ -22,3 +24,21 @@ def half(key: str) -> str:
     """``A`` or ``B``: the hash half of a dataset photo in the simulations and the box calibration
     (one half is reviewed or fitted on, the other judges)."""
     return "A" if int(hashlib.sha256(("half:" + key).encode()).hexdigest()[:8], 16) % 2 == 0 else "B"
+
+
+def write_judge_set(samples, out: Path, class_names: list[str]) -> Path:
+    """The judged half of a simulation as a YOLO set with one ``valid`` split: images linked, label
+    files copied (empty for a photo without one), the dataset's own class names; returns its
+    ``data.yaml`` (the nightly job's frozen set)."""
+    import yaml
+
+    for sub in ("images", "labels"):
+        (out / "valid" / sub).mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        link = out / "valid" / "images" / s.image_path.name
+        if not link.exists():
+            os.symlink(s.image_path.resolve(), link)
+        label = s.image_path.parent.parent / "labels" / f"{s.stem}.txt"
+        (out / "valid" / "labels" / label.name).write_text(label.read_text() if label.exists() else "")
+    (out / "data.yaml").write_text(yaml.safe_dump({"valid": "valid/images", "names": list(class_names)}, sort_keys=False))
+    return out / "data.yaml"

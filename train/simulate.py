@@ -9,12 +9,9 @@ train split as replay) and is judged on half B, which it never sees.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 
 @dataclass
@@ -56,7 +53,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import ground_truth
     from db.store import Store
-    from train.holdout import half
+    from train.holdout import half, write_judge_set
     from train.nightly import NightlyConfig, nightly
     from train.simulate_detector import simulate_box_reviews
 
@@ -70,17 +67,11 @@ def simulate(cfg: SimulateConfig) -> dict:
     model = backends.create("adapter", backends.BackendOptions(tax))
     model.config.rationale_tokens = 0  # reviewers judge labels here; rationales would only cost time
     classifier = ConditionClassifier(model, tax)
-    b_dir = cfg.work / "half-b"
-    (b_dir / "valid" / "images").mkdir(parents=True, exist_ok=True)
-    (b_dir / "valid" / "labels").mkdir(parents=True, exist_ok=True)
+    judged = []
     corrected = accepted = 0
     for sample, image, dets, classes, key in ground_truth(ds, "valid"):
         if half(key) != cfg.review_half:
-            link = b_dir / "valid" / "images" / sample.image_path.name
-            if not link.exists():
-                os.symlink(sample.image_path.resolve(), link)
-            label = sample.image_path.parent.parent / "labels" / f"{sample.stem}.txt"
-            (b_dir / "valid" / "labels" / label.name).write_text(label.read_text())
+            judged.append(sample)
             continue
         photo, _ = store.add_photo(key, str(sample.image_path), image.width, image.height, sample.image_path.name, "simulated-reviewer")
         t0 = time.perf_counter()
@@ -93,10 +84,10 @@ def simulate(cfg: SimulateConfig) -> dict:
             else:
                 store.correct(fid, 0, "simulated-reviewer", "relabel", class_name=truth)
                 corrected += 1
-    (b_dir / "data.yaml").write_text(yaml.safe_dump({"valid": "valid/images", "names": tax.class_names}, sort_keys=False))
+    frozen = write_judge_set(judged, cfg.work / "half-b", tax.class_names)
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", train_yaml=str(cfg.data_yaml) if cfg.replay else "",
-                                   frozen_yaml=str(b_dir / "data.yaml"), holdout_percent=0, registry=cfg.work / "registry", stages="classifier",
+                                   frozen_yaml=str(frozen), holdout_percent=0, registry=cfg.work / "registry", stages="classifier",
                                    epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop))
     result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
     return result

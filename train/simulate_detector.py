@@ -14,24 +14,9 @@ judged, with the gate, on the other half.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 from core.stage1.calibration import match_boxes
-
-
-def _write_judge_set(samples, out: Path, class_names: list[str]) -> Path:
-    for sub in ("images", "labels"):
-        (out / "valid" / sub).mkdir(parents=True, exist_ok=True)
-    for s in samples:
-        link = out / "valid" / "images" / s.image_path.name
-        if not link.exists():
-            os.symlink(s.image_path.resolve(), link)
-        label = s.image_path.parent.parent / "labels" / f"{s.stem}.txt"
-        (out / "valid" / "labels" / label.name).write_text(label.read_text() if label.exists() else "")
-    (out / "data.yaml").write_text(f"valid: valid/images\nnames: {class_names!r}\n")
-    return out / "data.yaml"
 
 
 def simulate_box_reviews(cfg) -> dict:
@@ -43,7 +28,7 @@ def simulate_box_reviews(cfg) -> dict:
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
     from db.store import MIN_BOX_SIDE_PX, Store
-    from train.holdout import half
+    from train.holdout import half, write_judge_set
     from train.nightly import NightlyConfig, nightly
 
     ds = load_dataset(cfg.data_yaml)
@@ -91,7 +76,7 @@ def simulate_box_reviews(cfg) -> dict:
             counts["drawn"] += 1
         store.confirm_photo(photo.id, user)
         counts["photos"] += 1
-    frozen = _write_judge_set(judged, cfg.work / "judge", ds.names)
+    frozen = write_judge_set(judged, cfg.work / "judge", ds.names)
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", stages="detector", holdout_percent=0,
                                    train_yaml=str(cfg.data_yaml) if cfg.replay else "",

@@ -79,6 +79,9 @@ def shipped_detector_path() -> Path:
 
 
 RUNTIMES = ("auto", "torch", "onnx")
+# What runtime onnx needs (module and pip package share their names): onnxslim too, because
+# ultralytics' export would otherwise try to pip-install it on a live server.
+ONNX_PACKAGES = ("onnxruntime", "onnx", "onnxslim")
 
 
 def resolve_runtime(runtime: str) -> str:
@@ -87,8 +90,7 @@ def resolve_runtime(runtime: str) -> str:
         return runtime
     import importlib.util
 
-    # onnxslim too: ultralytics' export would otherwise try to pip-install it on a live server.
-    return "onnx" if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "onnxslim")) else "torch"
+    return "onnx" if all(importlib.util.find_spec(m) for m in ONNX_PACKAGES) else "torch"
 
 
 def onnx_export(weights: Path, imgsz: int) -> Path:
@@ -99,9 +101,9 @@ def onnx_export(weights: Path, imgsz: int) -> Path:
 
     from core.paths import data_dir
 
-    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxslim", "onnxslim")):
+    for package in ONNX_PACKAGES:
         try:
-            __import__(module)
+            __import__(package)
         except ImportError:
             raise WeightsError(f"runtime onnx: expected the {package!r} package, found none; pip install -e '.[onnx]'") from None
     cache = data_dir() / "cache" / "onnx" / f"detector-{file_sha256(weights)[:16]}-{imgsz}.onnx"

@@ -190,7 +190,7 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     result = {
         "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
         "current": current, "candidate": version if promote else None,
-        "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
+        "correction_kinds": live.correction_kinds(cutoff)["total"],
         "counts": {"train_photos": len(train), "reviewed_train_photos": len(reviewed_keys), "train_boxes": sum(len(p.boxes) for p in train),
                    "frozen_photos": len(frozen), "frozen_boxes": sum(sup.values())},
         "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},

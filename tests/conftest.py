@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,12 @@ def _free_port() -> int:
 def free_port():
     """``free_port()`` gives a loopback TCP port nobody listens on (for a test server)."""
     return _free_port
+
+
+def db_rows(db, query: str, *args) -> list[tuple]:
+    """Rows of a read on a review DB file, through a connection of its own (what the app wrote)."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(query, args).fetchall()
+    finally:
+        con.close()

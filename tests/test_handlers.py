@@ -2,12 +2,13 @@
 file: inspect, the per-photo Review workspace (canvas save, class keys, accept, accept all,
 undo, photo done, next photo), and the photo queue. Each asserts the correction rows written."""
 
-import sqlite3
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("gradio")
+
+from conftest import db_rows as rows  # noqa: E402
 
 from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers  # noqa: E402
 from app.models import ModelHost  # noqa: E402
@@ -28,14 +29,6 @@ class NoProgress:
 def view(out, offset=0) -> dict:
     """A handler's view tuple by component name (``offset`` 1 skips a leading status line)."""
     return dict(zip(ReviewHandlers.VIEW + ReviewHandlers.PANEL, out[offset:]))
-
-
-def rows(db, sql, *args):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def inspect(app, *photos):

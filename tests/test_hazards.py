@@ -29,6 +29,8 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
+from conftest import db_rows  # noqa: E402
+
 from app.auth import Authenticator, LoginThrottle, LoginThrottled, hash_password, parse_users, verify_password, write_user  # noqa: E402
 from app.handlers import Handlers, InspectLane, LaneFull  # noqa: E402
 from app.models import ModelHost  # noqa: E402
@@ -50,11 +52,7 @@ class NoProgress:
 
 
 def count(db, sql, *args) -> int:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchone()[0]
-    finally:
-        con.close()
+    return db_rows(db, sql, *args)[0][0]
 
 
 def inspect(app, *paths, user=ANA):

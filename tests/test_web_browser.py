@@ -5,13 +5,14 @@ with a number key, accept the rest with Shift+A, undo with Ctrl+Z, go to the nex
 and open an object from the library map. Every step asserts the SQLite rows, not only the page."""
 
 import shutil
-import sqlite3
 import time
 
 import pytest
 
 pytest.importorskip("gradio")
 playwright = pytest.importorskip("playwright.sync_api")
+
+from conftest import db_rows as sql  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -34,14 +35,6 @@ def app_url(probe_pipeline, free_port, tmp_path_factory):
                 head=page_head(), quiet=True, show_error=True)
     yield f"http://127.0.0.1:{port}/", str(db)
     demo.close()
-
-
-def sql(db, query, *args):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(query, args).fetchall()
-    finally:
-        con.close()
 
 
 def wait_rows(db, query, *args, n=1, timeout=20.0):

@@ -31,17 +31,20 @@ def _cmd_inspect(ns: argparse.Namespace) -> int:
     """``slopewatch inspect``: a whole flight into the review database, resumable."""
     from tqdm.auto import tqdm
 
+    from app.models import evidence_index
     from app.usecases.flight import ingest_flight
     from core.pipeline import Pipeline
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2 import registry
     from core.stage2.classifier import ConditionClassifier
+    from core.stage2.evidence import default_evidencer
     from db.store import Store
 
     detector = Detector(DetectorConfig(device=ns.device))
     backend = registry.create(ns.backend, registry.BackendOptions(detector.taxonomy, device=ns.device))
     store = Store(ns.db, detector.taxonomy)
-    report = ingest_flight(Pipeline(detector, ConditionClassifier(backend, detector.taxonomy)), store, ns.photos, ns.user,
+    evidencer = default_evidencer(backend, evidence_index(store))
+    report = ingest_flight(Pipeline(detector, ConditionClassifier(backend, detector.taxonomy, evidencer)), store, ns.photos, ns.user,
                            lambda items, **kw: tqdm(items, **kw))
     write_json({"db": str(store.path), "inspected": report.inspected, "skipped_already_stored": report.skipped,
                 "objects": report.objects, "failed": [{"photo": n, "error": e} for n, e in report.failed],
@@ -63,10 +66,12 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     if ns.backend != "none":
         from core.stage2 import registry
         from core.stage2.classifier import ConditionClassifier
+        from core.stage2.evidence import default_evidencer
 
         options = registry.BackendOptions(detector.taxonomy, qwen_model=ns.qwen_model, qwen_precision=ns.qwen_precision,
                                           clip_model=ns.clip_model, device=ns.device)
-        classifier = ConditionClassifier(registry.create(ns.backend, options), detector.taxonomy)
+        backend = registry.create(ns.backend, options)
+        classifier = ConditionClassifier(backend, detector.taxonomy, default_evidencer(backend))
     pipeline = Pipeline(detector, classifier)
     results, failed = [], []
     if ns.overlay:
@@ -188,6 +193,8 @@ COMMANDS = [
      "train.calibrate:CalibrateConfig", "train.calibrate:calibrate", ("data_yaml",), None),
     ("train", "box-calibration", "fit the detector's box calibration on one hash half of valid, report it on the other",
      "train.box_calibration:BoxCalibrationConfig", "train.box_calibration:calibrate_detector", ("data_yaml",), None),
+    ("train", "evidence", "index the labelled objects of a training split: the similar examples rationales cite",
+     "train.evidence:EvidenceConfig", "train.evidence:build_evidence", ("data_yaml",), None),
     ("train", "nightly", "fine-tune both stages on new corrections; promote each only past its gate",
      "train.nightly:NightlyConfig", "train.nightly:nightly", (), _print_nightly),
     ("train", "simulate-reviews", "reviewers correct half of valid, nightly is judged on the other half",

@@ -100,13 +100,30 @@ class ModelHost:
         return self._pipeline
 
 
-def registry_host(backend: str) -> ModelHost:
+def evidence_index(store=None):
+    """The shipped neighbour index (the dataset's train split) plus every object a reviewer has
+    labelled in ``store`` (a ``db.store.Store``), so rationales cite what reviewers decided too."""
+    from core.stage2.evidence import index_from_photos, load_default_index
+    from train.nightly import labeled_reviewed_photos
+
+    index = load_default_index()
+    if store is None:
+        return index
+    reviewed = labeled_reviewed_photos(store)
+    if not reviewed:
+        return index
+    return index.extend(index_from_photos(reviewed, [f"review:{p.key[:12]}" for p in reviewed], store.taxonomy))
+
+
+def registry_host(backend: str, store=None) -> ModelHost:
     """The host ``serve`` uses: the detector registry's current version (else the shipped detector)
-    and, for the ``adapter`` backend, stage 2's current version; either promotion swaps the pipeline."""
+    and, for the ``adapter`` backend, stage 2's current version; either promotion swaps the pipeline.
+    Rationales cite neighbours from :func:`evidence_index` of ``store``, re-read at each swap."""
     from core.model_registry import ModelRegistry
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2 import registry
     from core.stage2.classifier import ConditionClassifier
+    from core.stage2.evidence import default_evidencer
 
     detectors: dict = {}  # by detector version: a stage-2 swap reuses the loaded detector
     detector_registry, classifier_registry = ModelRegistry(stage="detector"), ModelRegistry()
@@ -123,6 +140,6 @@ def registry_host(backend: str) -> ModelHost:
             detectors[det_version] = loaded
         detector = detectors[det_version]
         model = registry.create(backend, registry.BackendOptions(detector.taxonomy))
-        return Pipeline(detector, ConditionClassifier(model, detector.taxonomy))
+        return Pipeline(detector, ConditionClassifier(model, detector.taxonomy, default_evidencer(model, evidence_index(store))))
 
     return ModelHost(build, versions)

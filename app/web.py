@@ -206,9 +206,9 @@ def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
     ready line when inspection can start."""
     from core.taxonomy import load_taxonomy
 
-    models = registry_host(cfg.backend)
-    models.start()
     store = Store(cfg.db, load_taxonomy())
+    models = registry_host(cfg.backend, store)
+    models.start()
     scheduler = NightlyScheduler(cfg.nightly_at, store.path, cfg.nightly_args) if cfg.nightly_at else None
     demo = build_app(models, store, cfg, scheduler.state if scheduler else None)
     demo.launch(**launch_options(cfg), prevent_thread_lock=True, head=page_head(), show_error=True, quiet=True)

@@ -61,10 +61,12 @@ class Pipeline:
         self.classifier = classifier
         self.taxonomy = detector.taxonomy
 
-    def run(self, photo: str | Path | Image.Image, name: str | None = None) -> tuple[Image.Image, PhotoResult]:
+    def run(self, photo: str | Path | Image.Image, name: str | None = None, key: str | None = None) -> tuple[Image.Image, PhotoResult]:
+        """Both stages over one photo; ``key``: its content hash when the caller knows it (the
+        store's), so feature caches and evidence lookups agree with the library's."""
         image = photo if isinstance(photo, Image.Image) else load_image(photo)
         dets = self.detector.predict(image)
-        ctx = photo_context(image, dets)
+        ctx = photo_context(image, dets, key)
         findings = tuple(self.classifier.classify_context(ctx)) if self.classifier else ()
         return image, PhotoResult(name or str(photo), image.width, image.height, tuple(dets), findings, ctx.facts)
 

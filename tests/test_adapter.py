@@ -82,9 +82,10 @@ def test_lora_weights_that_fit_no_module_are_refused(tmp_path, tokenizer):
         AdapterVLM.load(tmp_path, TAX, lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
 
 
-def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml, tokenizer):
-    """int8 keeps the adapter's scores, LoRA included: the LoRA here is not zero (as a trained
-    one is not), so a quantised model that lost it would score like the base LM. Compared on
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_lower_precision_shrinks_the_lm_and_keeps_scoring(samples_yaml, tokenizer, mode):
+    """int8 and bf16 keep the adapter's scores, LoRA included: the LoRA here is not zero (as a
+    trained one is not), so a lowered model that lost it would score like the base LM. Compared on
     log-probabilities against the fp32 model and against the same model without its LoRA."""
     from core.stage2.backends.qwen2vl import BackendUnavailable
 
@@ -110,15 +111,18 @@ def test_dynamic_int8_quantisation_shrinks_the_lm_and_keeps_scoring(samples_yaml
     with model.lm.disable_adapter():
         lora_effect = float(np.abs(log_probs() - fp32).max())
     before = model.lm_size_bytes()
-    model.quantize("int8")
+    model.quantize(mode)
     assert model.lm_size_bytes() < before
-    linears = [m for m in model.lm.model.modules() if type(m) is torch.nn.Linear]
-    assert not linears, "every decoder linear layer should be quantised"
-    assert model.version.endswith("+int8")
+    if mode == "int8":
+        linears = [m for m in model.lm.model.modules() if type(m) is torch.nn.Linear]
+        assert not linears, "every decoder linear layer should be quantised"
+    else:
+        assert {p.dtype for p in model.lm.parameters()} == {torch.bfloat16}
+    assert model.version.endswith(f"+{mode}")
     error = float(np.abs(log_probs() - fp32).max())
     # Here: the LoRA moves log-probabilities by 0.19, int8 by 0.007.
     assert lora_effect > 0.05, f"the LoRA barely matters ({lora_effect}): the test could not see it dropped"
-    assert error < lora_effect / 5, f"int8 moved log-probabilities by {error}, dropping the LoRA moves them by {lora_effect}"
+    assert error < lora_effect / 5, f"{mode} moved log-probabilities by {error}, dropping the LoRA moves them by {lora_effect}"
     with pytest.raises(BackendUnavailable, match="int4"):
         model.quantize("int4")
 
@@ -137,3 +141,21 @@ def test_mcq_answers_are_generated_after_the_visual_tokens(samples_yaml, tokeniz
                for a, i in zip(answers, targets))
     result = score_mcq(model, [photo], TAX)
     assert result["n"] == len(targets) and 0.0 <= result["unparseable_rate"] <= 1.0
+
+
+def test_base_lm_loads_from_its_fp32_cache_as_saved(tmp_path, tokenizer):
+    """The cache written on first use (weights without the tied head, config, tokenizer) loads
+    back to the same logits, the output head tied to the embeddings."""
+    from safetensors.torch import save_model
+
+    from core.stage2.lm import load_base_lm
+
+    lm = tiny_llama(tokenizer)
+    save_model(lm, str(tmp_path / "model.safetensors"))
+    lm.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = load_base_lm(tmp_path)
+    ids = torch.arange(12)[None]
+    with torch.no_grad():
+        assert torch.allclose(lm(ids).logits, loaded(ids).logits, atol=1e-6)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()

@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+from PIL import Image
 
 from core.errors import WeightsError
 from core.evaluation.detector import DetectorEvalConfig, evaluate_detector
@@ -118,3 +119,17 @@ def test_auto_runtime_falls_back_to_torch_without_onnx_runtime(monkeypatch):
     assert resolve_runtime("auto") == "torch" and resolve_runtime("onnx") == "onnx"
     with pytest.raises(ValueError, match="runtime"):
         DetectorConfig(runtime="tensorrt")
+
+
+def test_predicting_leaves_torch_threads_as_they_were(detector):
+    """Ultralytics sets torch's threads to cores - 1 when it picks the CPU; stage 2 runs after the
+    detector in the same process and must keep the threads it was given."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        detector.predict(Image.new("RGB", (320, 320), (100, 100, 100)))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

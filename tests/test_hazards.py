@@ -439,7 +439,7 @@ def test_one_reviewers_inspections_are_capped_and_the_count_never_leaks(probe_pi
         def __getattr__(self, name):
             return getattr(probe_pipeline, name)
 
-        def run(self, image, name=None):
+        def run(self, image, name=None, key=None):
             raise RuntimeError("boom")
 
     store = Store(":memory:")
@@ -514,7 +514,7 @@ class Gated:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def run(self, image, name=None):
+    def run(self, image, name=None, key=None):
         self.started.release()
         assert self.gate.wait(60), "the test never opened the gate"
         return self.inner.run(image, name)

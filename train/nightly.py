@@ -257,7 +257,9 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     lm = lm_factory or (lambda: None)
     # The nightly fine-tunes the adapter backend; both models come from the backend registry.
     def current_adapter():
-        return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm()))
+        # fp32: the candidate is fine-tuned from this model, and both are scored alike for the gate.
+        return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm(),
+                                                                  adapter_precision="fp32"))
 
     current_model = current_adapter()
     cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)

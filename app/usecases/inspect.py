@@ -38,7 +38,7 @@ def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str
     if not created and store.was_inspected(record.id):
         return Inspected(record.id, False)
     t0 = time.perf_counter()
-    _, result = pipeline.run(stored.image, name)
+    _, result = pipeline.run(stored.image, name, stored.sha256)
     det_version = f"detector:{pipeline.detector.version}"
     cls_version = f"{pipeline.classifier.backend.name}:{pipeline.classifier.backend.version}" if pipeline.classifier else None
     store.add_run(record.id, list(result.findings), det_version, cls_version, time.perf_counter() - t0)

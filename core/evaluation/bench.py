@@ -96,9 +96,12 @@ class PipelineBenchConfig:
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
         repeats: timed passes over all photos.
         naive: also time the naive path: every object scored and explained in its own call.
-        quant: time the adapter quantised on CPU (int8); for qwen2vl use qwen_precision int8/int4.
+        precision: the adapter LM's precision: auto (bf16 on a CPU with native bf16, else fp32),
+            fp32, bf16 or int8; for qwen2vl use qwen_precision.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: where to write the results JSON.
+        rationale_tokens: tokens the VLM generates per rationale (default: the model's setting;
+            24 times the adapter as it ran before rationales became facts + evidence).
     """
 
     photos: Path | None = None
@@ -107,9 +110,10 @@ class PipelineBenchConfig:
     qwen_precision: str = "auto"
     repeats: int = 1
     naive: bool = True
-    quant: str = ""
+    precision: str = "auto"
     device: str = "auto"
     json: Path | None = None
+    rationale_tokens: int | None = None
 
     def __post_init__(self) -> None:
         from core.stage2 import registry
@@ -117,8 +121,8 @@ class PipelineBenchConfig:
         registry.check(self.backend, live_only=True)
         if self.repeats < 1:
             raise ValueError(f"repeats: expected >= 1, found {self.repeats}")
-        if self.quant not in ("", "int8"):
-            raise ValueError(f"quant: expected int8 (adapter on CPU) or nothing, found {self.quant!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "int8"):
+            raise ValueError(f"precision: expected auto, fp32, bf16 or int8, found {self.precision!r}")
 
 
 def _peak_rss_mb() -> float:
@@ -163,25 +167,27 @@ def bench_pipeline(cfg: PipelineBenchConfig) -> dict:
     from core.pipeline import Pipeline
     from core.stage2 import registry
     from core.stage2.classifier import ConditionClassifier
+    from core.stage2.evidence import Evidencer, load_default_index
+    from core.stage2.features import FeatureStore
 
     detector = Detector(DetectorConfig(device=cfg.device))
     backend = registry.create(cfg.backend, registry.BackendOptions(detector.taxonomy, qwen_model=cfg.qwen_model,
-                                                                   qwen_precision=cfg.qwen_precision, device=cfg.device))
-    if cfg.quant:
-        if not hasattr(backend, "quantize"):
-            raise ValueError(f"quant: backend {cfg.backend!r} has no CPU quantisation; expected adapter")
-        backend.quantize(cfg.quant)
+                                                                   qwen_precision=cfg.qwen_precision, device=cfg.device,
+                                                                   rationale_tokens=cfg.rationale_tokens,
+                                                                   adapter_precision=cfg.precision))
     model = getattr(backend, "inner", backend)  # a calibrated backend wraps the model that holds the feature store
+    features = FeatureStore(model.store.encoder if hasattr(model, "store") else None, persist=False)
     if hasattr(model, "store"):
-        from core.stage2.features import FeatureStore
-
-        model.store = FeatureStore(model.store.encoder, persist=False)
+        model.store = features
+    evidencer = Evidencer(load_default_index(), features)  # what serving runs: every rationale cites its neighbours
     images = [load_image(p) for p in find_photos(cfg.photos or samples_dir())]
     result = {"bench": "pipeline", "backend": backend.name, "version": backend.version, "photos": len(images),
+              "rationale_tokens": getattr(getattr(model, "config", None), "rationale_tokens", None),
+              "lm_dtype": str(getattr(getattr(model, "lm", None), "dtype", "")) or None,
               "device": detector.device, "torch_threads": torch.get_num_threads()}
     modes = [("shared", backend)] + ([("naive", _OneAtATime(backend))] if cfg.naive else [])
     for mode, b in modes:
-        pipeline = Pipeline(detector, ConditionClassifier(b, detector.taxonomy))
+        pipeline = Pipeline(detector, ConditionClassifier(b, detector.taxonomy, evidencer))
         pipeline.run(images[0])  # warm-up: first-call allocations are not what users wait for
         times, objects = [], 0
         for _ in tqdm(range(cfg.repeats), desc=f"bench pipeline ({mode})"):

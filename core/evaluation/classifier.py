@@ -9,12 +9,13 @@ from typing import Iterable
 
 import numpy as np
 
-from core.data import YoloDataset, load_dataset
+from core.data import YoloDataset, file_sha256, load_dataset
 from core.errors import SlopewatchError
 from core.evaluation.metrics import classification_metrics
 from core.stage2 import registry
 from core.stage2.calibration import Calibration, Scored, brier, confidences, ece, reliability, risk_coverage, temper
 from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.evidence import EvidenceIndex, default_evidencer, load_default_index
 from core.stage2.labeled import LabeledPhoto, ground_truth
 from core.stage2.rationale import unfaithful_claims
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -35,11 +36,17 @@ class ClassifierEvalConfig:
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.
         clip_model: CLIP checkpoint folder, for the clip backend (default: $SLOPEWATCH_CLIP_MODEL).
         ablate_context: also score VLM backends with the spatial context removed from the prompt.
-        quant: also score a quantised copy of the main backend (int8 or int4) and report retention.
+        precision: the adapter LM's precision in the main run: auto (bf16 on a CPU with native bf16,
+            else fp32, as served), fp32, bf16 or int8.
+        quant: also score the main backend at full precision and at this one (bf16, int8 or int4)
+            and report the retention.
         json: where to write the metrics JSON.
         confusion_png: where to draw the main backend's confusion matrix.
         reliability_png: where to draw the main backend's reliability diagram (raw and calibrated).
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
+        evidence_index: neighbour index the rationales cite (default: the shipped one, train split
+            only); refused when it holds a photo of the scored split.
+        examples: how many rationales (the first of the split) to list in the results.
     """
 
     data_yaml: Path
@@ -52,22 +59,25 @@ class ClassifierEvalConfig:
     qwen_precision: str = "auto"
     clip_model: Path | None = None
     ablate_context: bool = False
+    precision: str = "auto"
     quant: str = ""
     json: Path | None = None
     confusion_png: Path | None = None
     reliability_png: Path | None = None
     taxonomy: Path | None = None
+    evidence_index: Path | None = None
+    examples: int = 10
 
     def __post_init__(self) -> None:
-        if self.quant not in ("", "int8", "int4"):
-            raise ValueError(f"quant: expected int8 or int4, found {self.quant!r}")
+        if self.quant not in ("", "bf16", "int8", "int4"):
+            raise ValueError(f"quant: expected bf16, int8 or int4, found {self.quant!r}")
         for name in self.backend_names:
             registry.check(name, "backend" if name == self.backend else "compare")
 
     def backend_options(self, taxonomy: Taxonomy, ds: YoloDataset) -> registry.BackendOptions:
         return registry.BackendOptions(taxonomy, probe_weights=self.probe_weights, adapter_dir=self.adapter_dir,
                                        qwen_model=self.qwen_model, qwen_precision=self.qwen_precision,
-                                       clip_model=self.clip_model, dataset=ds)
+                                       clip_model=self.clip_model, dataset=ds, adapter_precision=self.precision)
 
     @property
     def backend_names(self) -> list[str]:
@@ -86,8 +96,20 @@ class WithoutContext:
         return self.inner.score(ctx, targets, with_context=False)
 
 
-def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str) -> dict:
-    return score_photos(classifier, (LabeledPhoto(image, tuple(d), tuple(c), key) for _, image, d, c, key in ground_truth(ds, split)))
+def score_backend(classifier: ConditionClassifier, ds: YoloDataset, split: str, examples: int = 0) -> dict:
+    return score_photos(classifier, (LabeledPhoto(image, tuple(d), tuple(c), key) for _, image, d, c, key in ground_truth(ds, split)),
+                        examples)
+
+
+def split_evidence(cfg: "ClassifierEvalConfig", ds: YoloDataset) -> EvidenceIndex:
+    """The index rationales cite while scoring ``cfg.split``; one that holds any photo of that split
+    is refused (an object could cite itself, and the figures would flatter the model)."""
+    index = EvidenceIndex.load(cfg.evidence_index) if cfg.evidence_index else load_default_index()
+    leaked = {file_sha256(s.image_path) for s in ds.samples(cfg.split)} & set(index.photos)
+    if leaked:
+        raise SlopewatchError(f"evidence index: expected no photo of the {cfg.split!r} split, found {len(leaked)}; "
+                              "build it from the training split (`slopewatch train evidence DATA_YAML`)")
+    return index
 
 
 def as_scored(finding, truth: str | None, key: str) -> Scored | None:
@@ -108,18 +130,24 @@ def scored_objects(classifier: ConditionClassifier, photos: Iterable[LabeledPhot
     return out
 
 
-def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]) -> dict:
-    """Metrics of a classifier over labelled photos (objects whose class is None are skipped)."""
+def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto], examples: int = 0) -> dict:
+    """Metrics of a classifier over labelled photos (objects whose class is None are skipped);
+    every rationale is checked against the facts, the probabilities and the neighbours it could
+    cite, and the first ``examples`` rationales are listed."""
     tax = classifier.taxonomy
     y_true, y_pred, unfaithful, rationales, seconds, n_photos = [], [], 0, 0, 0.0, 0
     scored = []  # objects with a real choice between classes: what calibration is judged on
+    listed = []
     for photo in photos:
         image, dets, key = photo.image, list(photo.detections), photo.key
         t0 = time.perf_counter()
         findings = classifier.classify(image, dets, key)
         seconds += time.perf_counter() - t0
         n_photos += 1
-        facts = photo_context(image, dets, key).facts
+        ctx = photo_context(image, dets, key)
+        facts = ctx.facts
+        modelled = [i for i, f in enumerate(findings) if f.backend != "passthrough"]
+        evidence = classifier.evidencer.for_findings(ctx, findings, modelled) if classifier.evidencer else {}
         for i, (f, truth) in enumerate(zip(findings, photo.classes)):
             if truth is None:
                 continue
@@ -129,7 +157,9 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
                 scored.append(s)
             if f.backend != "passthrough":
                 rationales += 1
-                unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax, f.probabilities))
+                unfaithful += bool(unfaithful_claims(f.rationale, i, dets, facts, tax, f.probabilities, evidence.get(i)))
+                if len(listed) < examples:
+                    listed.append({"photo": key[:12], "object": i, "truth": truth, "predicted": f.class_name, "rationale": f.rationale})
     result = classification_metrics(y_true, y_pred, tax.class_names)
 
     def grouped(key) -> dict:
@@ -147,6 +177,7 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
     result["per_type"] = per_type
     result["calibration"] = calibration_report(scored, getattr(classifier.backend, "calibration", None))
     result["unfaithful_rationale_rate"] = unfaithful / rationales if rationales else 0.0
+    result["examples"] = listed
     result["seconds_per_photo"] = seconds / n_photos if n_photos else 0.0
     result["backend"] = classifier.backend.name
     result["version"] = classifier.backend.version
@@ -201,12 +232,14 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
     ds = load_dataset(cfg.data_yaml, taxonomy)
     results = {}
     options = cfg.backend_options(taxonomy, ds)
+    index = split_evidence(cfg, ds)
     for name in cfg.backend_names:
         backend = registry.create(name, options)
-        results[name] = score_backend(ConditionClassifier(backend, taxonomy), ds, cfg.split)
+        evidencer = default_evidencer(backend, index)
+        results[name] = score_backend(ConditionClassifier(backend, taxonomy, evidencer), ds, cfg.split, cfg.examples)
         if cfg.ablate_context and registry.spec(name).prompted:
             ablated = WithoutContext(backend)
-            results[ablated.name] = score_backend(ConditionClassifier(ablated, taxonomy), ds, cfg.split)
+            results[ablated.name] = score_backend(ConditionClassifier(ablated, taxonomy, evidencer), ds, cfg.split)
     main = results[cfg.backend]
     if cfg.quant:
         main["quantization"] = quantized_retention(cfg, taxonomy, ds, main)
@@ -226,7 +259,8 @@ def evaluate_classifier(cfg: ClassifierEvalConfig) -> dict:
 
 
 def quantized_retention(cfg: ClassifierEvalConfig, taxonomy: Taxonomy, ds: YoloDataset, full: dict) -> dict:
-    """Accuracy retention (quantised / full) and weight size of the main backend quantised."""
+    """Accuracy retention (quantised / fp32) and weight size of the main backend quantised; for the
+    adapter, the fp32 reference is scored here whatever precision the main run used."""
     options = cfg.backend_options(taxonomy, ds)
     if cfg.backend == "qwen2vl":
         quant = registry.create("qwen2vl", replace(options, qwen_precision=cfg.quant))
@@ -234,8 +268,10 @@ def quantized_retention(cfg: ClassifierEvalConfig, taxonomy: Taxonomy, ds: YoloD
         if hasattr(quant.model, "get_memory_footprint"):
             size_quant = quant.model.get_memory_footprint()
     elif cfg.backend in ("adapter", "adapter-zeroshot"):
-        quant = registry.create(cfg.backend, options)
-        size_full = quant.lm_size_bytes()
+        reference = registry.create(cfg.backend, replace(options, adapter_precision="fp32"))
+        full = score_backend(ConditionClassifier(reference, taxonomy), ds, cfg.split)
+        size_full = reference.lm_size_bytes()
+        quant = registry.create(cfg.backend, replace(options, adapter_precision="fp32"))
         quant.quantize(cfg.quant)
         size_quant = quant.lm_size_bytes()
     else:

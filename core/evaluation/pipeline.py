@@ -13,6 +13,7 @@ from core.stage1.detector import Detector, DetectorConfig
 from core.stage2 import registry
 from core.stage2.calibration import ece, risk_coverage
 from core.stage2.classifier import ConditionClassifier, photo_context
+from core.stage2.evidence import default_evidencer
 from core.stage2.labeled import ground_truth
 from core.stage2.spatial import spatial_facts
 from core.taxonomy import load_taxonomy
@@ -91,7 +92,8 @@ def evaluate_pipeline(cfg: PipelineEvalConfig) -> dict:
     taxonomy = load_taxonomy(cfg.taxonomy)
     ds = load_dataset(cfg.data_yaml, taxonomy)
     detector = Detector(DetectorConfig(weights=cfg.weights, conf=cfg.conf, device=cfg.device), taxonomy)
-    classifier = ConditionClassifier(registry.create(cfg.backend, registry.BackendOptions(taxonomy, device=cfg.device)), taxonomy)
+    backend = registry.create(cfg.backend, registry.BackendOptions(taxonomy, device=cfg.device))
+    classifier = ConditionClassifier(backend, taxonomy, default_evidencer(backend))
     n_det = n_gt = n_match = 0
     y_true, y_pred = [], []
     rel = [0, 0, 0]

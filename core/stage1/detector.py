@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from core.data import file_sha256
+from core.device import torch_threads_kept
 from core.errors import WeightsError
 from core.paths import assets_dir, models_manifest, ultralytics_config_dir
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -208,9 +209,10 @@ class Detector:
         from core.images import load_image
 
         pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        results = self.model.predict(
-            pil, conf=self.config.conf, iou=self.config.iou, imgsz=self.imgsz, device=self.device, verbose=False
-        )
+        with torch_threads_kept():
+            results = self.model.predict(
+                pil, conf=self.config.conf, iou=self.config.iou, imgsz=self.imgsz, device=self.device, verbose=False
+            )
         out = [Detection.from_ultralytics(r, self.taxonomy) for r in results]
         if self.calibration is None:
             return out

@@ -2,7 +2,8 @@
 
 :class:`ConditionClassifier` does the parts every backend shares: spatial facts, the
 pass-through of types without conditions (vegetation never reaches a model), probability
-checks, and faithful template rationales when a backend writes none of its own.
+checks, faithful template rationales when a backend writes none of its own, and (given an
+:class:`~core.stage2.evidence.Evidencer`) the count of similar labelled objects that agree.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from core.stage2.evidence import Evidencer
 from core.stage2.rationale import template_rationale, with_verdict
 from core.stage2.spatial import Fact, spatial_facts
 from core.taxonomy import Taxonomy
@@ -50,9 +52,10 @@ class Backend(Protocol):
 class ConditionClassifier:
     """Runs a backend over one photo's detections and returns typed findings."""
 
-    def __init__(self, backend: Backend, taxonomy: Taxonomy):
+    def __init__(self, backend: Backend, taxonomy: Taxonomy, evidencer: Evidencer | None = None):
         self.backend = backend
         self.taxonomy = taxonomy
+        self.evidencer = evidencer
 
     def classify(self, image: Image.Image, detections: Sequence[Detection], image_key: str | None = None) -> list[Finding]:
         """One finding per detection, in the same order."""
@@ -80,10 +83,12 @@ class ConditionClassifier:
             best = candidates[int(np.argmax(p))]
             findings.append(Finding(d, best, probs, "", backend, version))
         texts = writer(ctx, findings) if writer else [None] * len(findings)
+        evidence = self.evidencer.for_findings(ctx, findings, targets) if self.evidencer else {}
+        said = {i: e.sentence(self.taxonomy) for i, e in evidence.items()}
         return [
             Finding(f.detection, f.class_name, f.probabilities,
-                    with_verdict(text, f.probabilities) if text
-                    else template_rationale(f.probabilities, i, ctx.detections, ctx.facts, image.height),
+                    with_verdict(text, f.probabilities, said.get(i, "")) if text
+                    else template_rationale(f.probabilities, i, ctx.detections, ctx.facts, image.height, said.get(i, "")),
                     f.backend, f.version)
             for i, (f, text) in enumerate(zip(findings, texts))
         ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from core.stage2.evidence import Evidence, condition_word, plural
 from core.stage2.spatial import Fact, band
 from core.taxonomy import Taxonomy
 from core.types import Detection
@@ -68,33 +69,40 @@ def verdict(probabilities: dict[str, float]) -> str:
     return text
 
 
-def with_verdict(text: str, probabilities: dict[str, float]) -> str:
-    """A model-written rationale with the verdict appended, so a reviewer sees how close the call
-    was even when the model's text only says where the object is."""
-    text, said = text.strip(), verdict(probabilities)
+def with_verdict(text: str, probabilities: dict[str, float], evidence: str = "") -> str:
+    """A model-written rationale with the verdict (and the neighbour ``evidence`` sentence, when
+    given) appended, so a reviewer sees how close the call was and what similar objects were even
+    when the model's text only says where the object is."""
+    text, said = text.strip(), verdict(probabilities) + (f"; {evidence}" if evidence else "")
     return f"{text}{'' if text.endswith(('.', '!', '?')) else '.'} {said[0].upper()}{said[1:]}."
 
 
-def template_rationale(probabilities: dict[str, float], index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int) -> str:
-    """A short, faithful-by-construction rationale: where the object is, what it touches, and
-    how sure the verdict is (naming the runner-up when it is close)."""
-    return f"{describe(index, detections, facts, height).capitalize()}; {verdict(probabilities)}."
+def template_rationale(probabilities: dict[str, float], index: int, detections: Sequence[Detection], facts: Sequence[Fact], height: int,
+                       evidence: str = "") -> str:
+    """A short, faithful-by-construction rationale: where the object is, what it touches, how
+    sure the verdict is (naming the runner-up when it is close) and, given the ``evidence``
+    sentence (:meth:`core.stage2.evidence.Evidence.sentence`), what similar labelled objects were."""
+    tail = f"; {evidence}" if evidence else ""
+    return f"{describe(index, detections, facts, height).capitalize()}; {verdict(probabilities)}{tail}."
 
 
 def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection], facts: Sequence[Fact], taxonomy: Taxonomy,
-                     probabilities: dict[str, float] | None = None) -> list[str]:
+                     probabilities: dict[str, float] | None = None, evidence: Evidence | None = None) -> list[str]:
     """Claims in ``rationale`` about object ``index`` that the computed facts do not support.
 
     Flags (a) a cited ``<type> #k`` where object k does not exist or is of another type,
     (b) a relation to object k that is not among the spatial facts, (c) a mention of an
     object type that stage 1 did not find in the photo at all, and, given the finding's
     ``probabilities``, (d) a ``<class> at NN%`` that is not that class's probability (rounded) or
-    names a class that was not a candidate. Never raises.
+    names a class that was not a candidate, and (e) an ``N of the K most similar labelled <type>s
+    were <condition>`` that the finding's ``evidence`` (the neighbours looked up) does not give
+    word for word, or any such claim when no neighbours were looked up. Never raises.
     """
     problems = []
     text = (rationale or "").lower()
     if probabilities is not None:
         problems += _probability_claims(text, probabilities, taxonomy)
+    problems += _neighbour_claims(text, evidence, taxonomy)
     held = {(f.predicate, f.object) for f in facts if f.subject == index}
     by_phrase = {v: k for k, v in PHRASES.items()}
     type_words = {human(t) for t in taxonomy.type_names}
@@ -136,4 +144,24 @@ def _probability_claims(text: str, probabilities: dict[str, float], taxonomy: Ta
             problems.append(f"gives {name} {m.group('pct')}%, but {name} is not among the candidates {list(probabilities)}")
         elif int(m.group("pct")) != round(probabilities[name] * 100):
             problems.append(f"gives {name} {m.group('pct')}%, but its probability is {probabilities[name]:.0%}")
+    return problems
+
+
+_NEIGHBOURS = re.compile(r"(?P<n>\d+) of the (?P<k>\d+) most similar labelled (?P<type>[a-z ]+?) were (?P<word>[a-z]+)")
+
+
+def _neighbour_claims(text: str, evidence: Evidence | None, taxonomy: Taxonomy) -> list[str]:
+    """Each ``N of the K most similar labelled <type>s were <condition>`` must be what the index
+    gave: K neighbours looked up for this object's type, N of them of that condition."""
+    problems = []
+    for m in _NEIGHBOURS.finditer(text):
+        claim = m.group(0)
+        if evidence is None:
+            problems.append(f"says '{claim}', but no similar objects were looked up")
+            continue
+        found = sum(condition_word(taxonomy, e.class_name) == m.group("word") for e in evidence.neighbours)
+        if m.group("type") != plural(evidence.object_type):
+            problems.append(f"says '{claim}', but the object is a {evidence.object_type.replace('_', ' ')}")
+        elif int(m.group("k")) != len(evidence.neighbours) or int(m.group("n")) != found:
+            problems.append(f"says '{claim}', but {found} of the {len(evidence.neighbours)} looked up were {m.group('word')}")
     return problems

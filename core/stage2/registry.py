@@ -38,6 +38,10 @@ class BackendOptions:
         dataset: a labelled dataset, for baselines that count its train split (type-majority).
         base_lm: an already loaded ``(model, tokenizer)`` for the adapter VLM (the nightly job and
             tests load the base LM once for the current model and its candidate).
+        rationale_tokens: most tokens a VLM generates per rationale after its label (None: the
+            model's own setting; 0: none, the rationale is the facts, the verdict and the evidence).
+        adapter_precision: the adapter LM's precision: fp32 (trainable), bf16, int8, or auto (bf16
+            on a CPU with native bf16, else fp32; only fp32 can be fine-tuned).
     """
 
     taxonomy: Taxonomy
@@ -50,6 +54,14 @@ class BackendOptions:
     device: str = "auto"
     dataset: Any = None
     base_lm: Any = None
+    rationale_tokens: int | None = None
+    adapter_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.adapter_precision not in ("auto", "fp32", "bf16", "int8"):
+            raise ValueError(f"adapter_precision: expected auto, fp32, bf16 or int8, found {self.adapter_precision!r}")
+        if self.rationale_tokens is not None and self.rationale_tokens < 0:
+            raise ValueError(f"rationale_tokens: expected >= 0 (or None), found {self.rationale_tokens}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -347,4 +347,6 @@ def from_options(options: BackendOptions):
     if not options.qwen_model:
         raise SlopewatchError("backend qwen2vl needs a model: pass --qwen-model HUB_ID_OR_FOLDER")
     cfg = Qwen2VLConfig(model=options.qwen_model, adapter=options.qwen_adapter, precision=options.qwen_precision, device=options.device)
+    if options.rationale_tokens is not None:
+        cfg = replace(cfg, rationale_tokens=options.rationale_tokens)
     return calibrated(Qwen2VLBackend(cfg, options.taxonomy), Path(options.qwen_adapter) / "calibration.json" if options.qwen_adapter else None)

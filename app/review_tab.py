@@ -19,6 +19,7 @@ from gradio_image_annotation import image_annotator
 from app.handlers import reviewer
 from app.usecases import review
 from app.usecases.canvas import CHOOSE, CanvasError, canvas_boxes, canvas_scale
+from app.usecases.evidence import compare_similar
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
 from core.types import Status
@@ -176,6 +177,20 @@ class ReviewHandlers:
         classes = [c.name for c in tax.classes_for_type(s.object_type)]
         return ("\n\n".join(lines), gr.update(choices=[(f"{k + 1} {c}", c) for k, c in enumerate(classes)], value=s.class_name),
                 s.rationale or "", s.note or "", history, s.revision, gr.update(value=None), gr.update(choices=[], value=None))
+
+    def compare_similar(self, finding_id):
+        """The selected object beside its most similar labelled objects, and the count they make."""
+        if finding_id is None:
+            return "Select an object first.", []
+        pipeline = self.models.pipeline() if self.models is not None and self.models.is_ready else None
+        evidencer = pipeline.classifier.evidencer if pipeline and pipeline.classifier else None
+        if evidencer is None:
+            return "The models are still loading (or run without an evidence index): try again in a moment.", []
+        try:
+            comparison = compare_similar(self.store, evidencer, int(finding_id))
+        except SlopewatchError as exc:
+            return f"⚠ {exc}", []
+        return comparison.sentence, list(comparison.tiles)
 
     def _after(self, photo_id, selected, message) -> tuple:
         """The status line, then the refreshed view."""
@@ -398,6 +413,11 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                     retype = gr.Button("Change type and class", elem_id="sw-retype")
                 rationale = gr.Textbox(label="Rationale (editable)", lines=3, elem_id="sw-rationale")
                 save_rationale = gr.Button("Save rationale", elem_id="sw-save-rationale")
+                with gr.Accordion("Similar labelled objects", open=False):
+                    compare = gr.Button("Compare with the most similar labelled objects", elem_id="sw-compare")
+                    compare_text = gr.Markdown(elem_id="sw-compare-text")
+                    compare_gallery = gr.Gallery(label="This object, then its nearest labelled neighbours", columns=6, height=210,
+                                                 object_fit="contain", elem_id="sw-compare-gallery")
                 note = gr.Textbox(label="Note (replaces the object's note)", lines=1, elem_id="sw-note")
                 save_note = gr.Button("Save note", elem_id="sw-save-note")
                 history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History", wrap=True)
@@ -433,5 +453,8 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     save_rationale.click(h.edit_rationale, [photo, select, revision, rationale], edit_out, api_name="edit_rationale", **edit)
     save_note.click(h.add_note, [photo, select, revision, note], edit_out, api_name="add_note", **edit)
     undo.click(h.undo, photo, edit_out, api_name="undo", **edit)
+    compare.click(h.compare_similar, select, [compare_text, compare_gallery], api_name="compare_similar", **quiet)
+    # Another object selected: the last comparison no longer applies.
+    select.change(lambda _: ("", []), select, [compare_text, compare_gallery], api_name=False, **quiet)
     done.click(h.photo_done, photo, edit_out, api_name="photo_done", **edit)
     return photo, view

@@ -59,14 +59,17 @@ def tiny_lm_factory():
 
 @pytest.fixture(scope="session")
 def probe_pipeline():
-    """Both stages with the shipped detector and the (fast) probe: real models on real photos."""
+    """Both stages with the shipped detector and the (fast) probe, rationales citing the shipped
+    evidence index, as served: real models on real photos."""
     from core.pipeline import Pipeline
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2 import registry
     from core.stage2.classifier import ConditionClassifier
+    from core.stage2.evidence import default_evidencer
 
     detector = Detector(DetectorConfig(device="cpu"))
-    return Pipeline(detector, ConditionClassifier(registry.create("probe", registry.BackendOptions(detector.taxonomy)), detector.taxonomy))
+    probe = registry.create("probe", registry.BackendOptions(detector.taxonomy))
+    return Pipeline(detector, ConditionClassifier(probe, detector.taxonomy, default_evidencer(probe)))
 
 
 @pytest.fixture

@@ -159,3 +159,38 @@ def test_base_lm_loads_from_its_fp32_cache_as_saved(tmp_path, tokenizer):
     with torch.no_grad():
         assert torch.allclose(lm(ids).logits, loaded(ids).logits, atol=1e-6)
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_bf16_adapter_is_cached_merged_and_scores_as_when_first_lowered(samples_yaml, tmp_path, tokenizer):
+    """The first bf16 load merges the LoRA and writes the bf16 LM; every load reads only that file
+    (no LoRA modules, no fp32 weights) and scores like the fp32 model, not like the base LM."""
+    from core.stage2.backends.adapter import load_lowered, lowered_cache_dir
+
+    model = AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    model.save(tmp_path / "adapter")
+    ds = load_dataset(samples_yaml)
+    _, image, dets, _, key = next(ground_truth(ds, "valid"))
+    ctx = photo_context(image, dets, key)
+    targets = [i for i, d in enumerate(dets) if TAX.needs_condition(d.type)]
+
+    assert not lowered_cache_dir(tmp_path / "adapter", "bf16").exists()
+    first = load_lowered(tmp_path / "adapter", TAX, "bf16", (tiny_llama(tokenizer), tokenizer))
+    assert (lowered_cache_dir(tmp_path / "adapter", "bf16") / "model.safetensors").is_file()
+    second = load_lowered(tmp_path / "adapter", TAX, "bf16", (tiny_llama(tokenizer), tokenizer))
+    assert {p.dtype for p in second.lm.parameters()} == {torch.bfloat16}
+    assert not [n for n, _ in second.lm.named_parameters() if "lora_" in n]
+    assert first.version == second.version and second.version.endswith("+bf16")
+    def log_probs(m):
+        return np.log(np.concatenate(m.score(ctx, targets)))
+
+    fp32, a, b = log_probs(model), log_probs(first), log_probs(second)
+    with model.lm.disable_adapter():
+        base = log_probs(model)
+    lora_effect = np.abs(fp32 - base).max()
+    assert np.abs(a - b).max() < 1e-6, "the first load and a cached load score differently"
+    assert lora_effect > 0.05 and np.abs(fp32 - b).max() < lora_effect / 5, "the cached LM lost the LoRA or drifted from fp32"

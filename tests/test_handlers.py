@@ -285,3 +285,20 @@ def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
     detector = app.h.models.pipeline().detector
     assert f"detector: version `{detector.version}`" in text and detector.runtime in text
     assert "Scheduled" not in app.h.dashboard()  # no --nightly-at: nothing about a schedule
+
+
+def test_compare_shows_the_object_beside_the_neighbours_its_rationale_counted(app, probe_pipeline):
+    inspect(app, PHOTOS[0])
+    review = ReviewHandlers(app.store, ModelHost.ready(probe_pipeline))
+    findings = app.store.photo_findings(1)
+    drain = next(f for f in findings if app.store.taxonomy.needs_condition(f.state.object_type))
+    sentence, tiles = review.compare_similar(drain.finding_id)
+    assert sentence.rstrip(".").lower() in drain.state.rationale.lower()  # the same count the rationale cites
+    assert len(tiles) == 6 and tiles[0][1].startswith(f"this object: {drain.state.class_name}")
+    assert all("similarity" in caption for _, caption in tiles[1:]) and all(im.size[0] > 0 for im, _ in tiles)
+    vegetation = [f for f in findings if f.state.object_type == "vegetation"]
+    if vegetation:
+        message, tiles = review.compare_similar(vegetation[0].finding_id)
+        assert message.startswith("⚠") and "no condition" in message and tiles == []
+    assert review.compare_similar(None) == ("Select an object first.", [])
+    assert "loading" in ReviewHandlers(app.store).compare_similar(drain.finding_id)[0]

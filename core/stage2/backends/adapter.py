@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,11 +25,11 @@ import numpy as np
 from core.device import cpu_has_native_bf16
 from core.errors import WeightsError
 from core.model_registry import ModelRegistry
-from core.paths import assets_dir
+from core.paths import assets_dir, data_dir
 from core.stage2.calibration import calibrated
 from core.stage2.classifier import PhotoContext
 from core.stage2.features import FEATURE_DIM, FeatureStore
-from core.stage2.lm import BASE_ID, load_base_lm
+from core.stage2.lm import BASE_ID, load_base_lm, load_tokenizer
 from core.stage2.prompts import Hints, object_prompt
 from core.stage2.rationale import trim_unfinished
 from core.stage2.registry import BackendOptions
@@ -84,7 +86,8 @@ class AdapterVLM:
     name = "adapter"
 
     def __init__(self, taxonomy: Taxonomy, config: AdapterConfig | None = None, hints: Hints | None = None,
-                 store: FeatureStore | None = None, lm_and_tokenizer=None):
+                 store: FeatureStore | None = None, lm_and_tokenizer=None, merged: bool = False):
+        """``merged``: the LM given already has this adapter's LoRA merged in (inference only)."""
         import torch
         from peft import LoraConfig, get_peft_model
 
@@ -95,7 +98,7 @@ class AdapterVLM:
             p.requires_grad_(False)
         lora = LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
                           target_modules=self.config.lora_targets.split(","), bias="none", task_type="CAUSAL_LM")
-        self.lm = get_peft_model(base, lora)
+        self.lm = base if merged else get_peft_model(base, lora)
         hidden = base.config.hidden_size
         torch.manual_seed(0)
         self.projector = torch.nn.Sequential(
@@ -130,7 +133,9 @@ class AdapterVLM:
         (folder / "adapter.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, folder: Path, taxonomy: Taxonomy, store: FeatureStore | None = None, lm_and_tokenizer=None) -> "AdapterVLM":
+    def load(cls, folder: Path, taxonomy: Taxonomy, store: FeatureStore | None = None, lm_and_tokenizer=None,
+             merged: bool = False) -> "AdapterVLM":
+        """The adapter in ``folder`` on the base LM (or, ``merged``, on an LM that already holds its LoRA)."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -140,13 +145,13 @@ class AdapterVLM:
         meta = json.loads((folder / "adapter.json").read_text())
         if meta.get("taxonomy") != taxonomy.name:
             raise WeightsError(f"{folder}: adapter was trained for taxonomy {meta.get('taxonomy')!r}, not {taxonomy.name!r}")
-        model = cls(taxonomy, AdapterConfig(**meta["config"]), meta.get("hints"), store, lm_and_tokenizer)
+        model = cls(taxonomy, AdapterConfig(**meta["config"]), meta.get("hints"), store, lm_and_tokenizer, merged)
         state = load_file(str(folder / "weights.safetensors"))
-        result = set_peft_model_state_dict(model.lm, {k[5:]: v for k, v in state.items() if k.startswith("lora.")})
+        result = None if merged else set_peft_model_state_dict(model.lm, {k[5:]: v for k, v in state.items() if k.startswith("lora.")})
         # peft neither raises nor warns when saved LoRA keys match no module (e.g. after a
         # transformers release renames the layers): the LoRA would stay zero, i.e. the base LM.
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if missing or result.unexpected_keys:
+        missing = [k for k in result.missing_keys if "lora_" in k] if result else []
+        if result and (missing or result.unexpected_keys):
             raise WeightsError(f"{folder}: LoRA weights do not fit the base LM: {len(missing)} missing (e.g. {missing[:1]}), "
                                f"{len(result.unexpected_keys)} matching no module (e.g. {result.unexpected_keys[:1]})")
         model.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
@@ -289,6 +294,53 @@ class AdapterVLM:
         return answers
 
 
+def lowered_cache_dir(folder: Path, precision: str) -> Path:
+    """Where the LM of the adapter in ``folder``, LoRA merged, is kept at ``precision``: keyed by
+    the adapter's weights hash, so a promotion gets its own."""
+    weights = hashlib.sha256((Path(folder) / "weights.safetensors").read_bytes()).hexdigest()[:16]
+    return data_dir() / "cache" / "adapter-lm" / f"{weights}-{precision}"
+
+
+def load_lowered(folder: Path, taxonomy: Taxonomy, precision: str = "bf16", lm_and_tokenizer=None) -> AdapterVLM:
+    """The adapter with its LoRA merged into a bf16 LM, for inference. The first load merges and
+    lowers the fp32 model and writes the result to :func:`lowered_cache_dir`; later loads read
+    the bf16 weights alone, so serving never holds the fp32 copy (peak memory -0.5 GB)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if precision != "bf16":
+        raise ValueError(f"precision: expected bf16 (the one precision a plain checkpoint can hold), found {precision!r}")
+    cache = lowered_cache_dir(folder, precision)
+    if not (cache / "config.json").is_file():
+        _write_lowered(folder, taxonomy, precision, lm_and_tokenizer, cache)
+    # Read back even right after writing: every load then runs the very same model (a model
+    # lowered in memory keeps its rotary buffers in bf16, one read from the file in fp32).
+    lm = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.bfloat16).eval()
+    tokenizer = lm_and_tokenizer[1] if lm_and_tokenizer else load_tokenizer()
+    model = AdapterVLM.load(folder, taxonomy, lm_and_tokenizer=(lm, tokenizer), merged=True)
+    model.version += f"+{precision}"
+    return model
+
+
+def _write_lowered(folder: Path, taxonomy: Taxonomy, precision: str, lm_and_tokenizer, cache: Path) -> None:
+    from safetensors.torch import save_model
+
+    model = AdapterVLM.load(folder, taxonomy, lm_and_tokenizer=lm_and_tokenizer)
+    model.quantize(precision)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".lowered-", dir=cache.parent))
+    # save_pretrained refuses a model first read from GGUF; its tensors are plain bf16 now, and the
+    # config must drop the GGUF marker so the cache loads as the plain checkpoint it is.
+    config = model.lm.config.to_dict()
+    config.pop("quantization_config", None)
+    save_model(model.lm, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    try:
+        tmp.rename(cache)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def current_adapter_dir() -> Path:
     """The promoted adapter from the model registry, else the shipped one."""
     return ModelRegistry().current_path() or default_adapter_dir()
@@ -297,15 +349,18 @@ def current_adapter_dir() -> Path:
 def from_options(options: BackendOptions):
     """The adapter, calibrated when its folder holds a ``calibration.json``."""
     folder = Path(options.adapter_dir or current_adapter_dir())
-    model = AdapterVLM.load(folder, options.taxonomy, lm_and_tokenizer=options.base_lm)
-    if options.rationale_tokens is not None:
-        model.config.rationale_tokens = options.rationale_tokens
     precision = options.adapter_precision
     if precision == "auto":
         # bf16 scored valid exactly as fp32 does (0.776 / 0.768) at a third of the time.
         precision = "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision != "fp32":
-        model.quantize(precision)
+    if precision == "bf16":
+        model = load_lowered(folder, options.taxonomy, precision, options.base_lm)
+    else:
+        model = AdapterVLM.load(folder, options.taxonomy, lm_and_tokenizer=options.base_lm)
+        if precision != "fp32":
+            model.quantize(precision)
+    if options.rationale_tokens is not None:
+        model.config.rationale_tokens = options.rationale_tokens
     return calibrated(model, folder / "calibration.json")
 
 

@@ -1,0 +1,54 @@
+"""Use case: compare a stored object with the most similar labelled objects, side by side.
+
+The rationale says "4 of the 5 most similar labelled toe drains were blocked"; a reviewer who
+doubts it opens the five here, next to the object itself, each with its class and where it comes
+from (the training set, or a photo reviewers labelled). The neighbours are looked up the way the
+rationale's were, in the served model's evidence index, for the object's current box and type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from core.errors import SlopewatchError
+from core.library.search import thumbnail
+from core.stage2.evidence import Evidence, Evidencer
+from core.types import Status
+from db.store import Store
+
+
+class NoEvidence(SlopewatchError):
+    """The object cannot be compared (deleted, or of a type without conditions)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The object's crop first, then each neighbour's, with captions; and the sentence they make."""
+
+    sentence: str
+    tiles: tuple[tuple[Image.Image, str], ...]
+
+
+def compare_similar(store: Store, evidencer: Evidencer, finding_id: int) -> Comparison:
+    """The object's crop and its :data:`~core.stage2.evidence.EVIDENCE_K` nearest labelled objects
+    of the same type (its own photo left out), counted against its current class."""
+    photo_id = store.photo_of(finding_id)
+    found = [f for f in store.photo_findings(photo_id) if f.finding_id == finding_id]
+    state = found[0].state
+    if state.status is Status.DELETED:
+        raise NoEvidence(f"object #{finding_id} is deleted: nothing to compare")
+    if not store.taxonomy.needs_condition(state.object_type) or not state.class_name:
+        raise NoEvidence(f"a {state.object_type.replace('_', ' ')} has no condition: nothing to compare")
+    photo = store.photo(photo_id)
+    image = Image.open(photo.path).convert("RGB")
+    crops, _ = evidencer.features.object_features(image, [state.box], photo.sha256)
+    near = evidencer.index.nearest(crops[0], state.object_type, evidencer.k, skip_photo=photo.sha256)
+    evidence = Evidence(state.object_type, state.class_name, near)
+    tiles = [(thumbnail(store, found[0], size=160, image=image), f"this object: {state.class_name} ({state.status})")]
+    for e in near:
+        tile = evidencer.index.thumbnail(e.row) or Image.new("RGB", (96, 96), (200, 200, 200))
+        tiles.append((tile, f"{e.class_name} · similarity {e.similarity:.2f} · {e.source}"))
+    sentence = evidence.sentence(store.taxonomy) or "no labelled object of this type in the index"
+    return Comparison(sentence[0].upper() + sentence[1:] + ".", tuple(tiles))

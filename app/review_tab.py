@@ -416,7 +416,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                 with gr.Accordion("Similar labelled objects", open=False):
                     compare = gr.Button("Compare with the most similar labelled objects", elem_id="sw-compare")
                     compare_text = gr.Markdown(elem_id="sw-compare-text")
-                    compare_gallery = gr.Gallery(label="This object, then its nearest labelled neighbours", columns=6, height=210,
+                    compare_gallery = gr.Gallery(label="This object, then its nearest labelled neighbours", columns=3, height=340,
                                                  object_fit="contain", elem_id="sw-compare-gallery")
                 note = gr.Textbox(label="Note (replaces the object's note)", lines=1, elem_id="sw-note")
                 save_note = gr.Button("Save note", elem_id="sw-save-note")

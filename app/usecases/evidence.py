@@ -49,6 +49,7 @@ def compare_similar(store: Store, evidencer: Evidencer, finding_id: int) -> Comp
     tiles = [(thumbnail(store, found[0], size=160, image=image), f"this object: {state.class_name} ({state.status})")]
     for e in near:
         tile = evidencer.index.thumbnail(e.row) or Image.new("RGB", (96, 96), (200, 200, 200))
-        tiles.append((tile, f"{e.class_name} · similarity {e.similarity:.2f} · {e.source}"))
+        origin = "reviewed" if e.source.startswith("review:") else "training set"
+        tiles.append((tile, f"{e.class_name} · {origin} · similarity {e.similarity:.2f}"))
     sentence = evidence.sentence(store.taxonomy) or "no labelled object of this type in the index"
     return Comparison(sentence[0].upper() + sentence[1:] + ".", tuple(tiles))

@@ -54,7 +54,7 @@ class ImageEncoder:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    def embed(self, images: Sequence[Image.Image], batch: int = 32) -> np.ndarray:
+    def embed(self, images: Sequence[Image.Image], batch: int = 8) -> np.ndarray:
         """Pooled features, shape ``(len(images), 1280)``; inputs are resized to ``size``."""
         import torch
 

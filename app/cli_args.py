@@ -44,7 +44,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
         else:
             kind = str
         help_text = helps.get(f.name, "")
-        if f.name in ("backend", "backends", "compare"):  # stage-2 backend names: what the registry holds
+        choices = f.metadata.get("choices")  # a field that takes only some values says which
+        if f.name in ("backend", "backends", "compare") and not choices:  # stage-2 backend names: what the registry holds
             from core.stage2 import registry
 
             help_text += f" Registered: {registry.describe()}."
@@ -61,6 +62,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=kind,
+            choices=choices,
             default=default if has_default else argparse.SUPPRESS,
             required=not has_default,
             help=f"{help_text} (default: {default if f.default_factory is dataclasses.MISSING else 'see docs'})",

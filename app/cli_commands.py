@@ -155,8 +155,8 @@ def _cmd_model_list(ns: argparse.Namespace) -> int:
     reg = ModelRegistry(ns.registry, stage=ns.stage)
     versions = reg.versions()
     if not versions:
-        shipped = "adapter" if ns.stage == "classifier" else "detector"
-        print(f"no {ns.stage} model versions in {reg.root} (the shipped {shipped} is used until the first nightly run)")
+        shipped = {"classifier": "the shipped adapter", "qwen2vl": "the base Qwen2-VL", "detector": "the shipped detector"}[ns.stage]
+        print(f"no {ns.stage} model versions in {reg.root} ({shipped} is used until the first nightly run)")
     for v in versions:
         m = v["metrics"]
         if "balanced_accuracy" in m:
@@ -284,7 +284,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     for name, func, text in (("list", _cmd_model_list, "list versions (* marks the current one)"),
                              ("rollback", _cmd_model_rollback, "make the previous version current")):
         p = model.add_parser(name, help=text)
-        p.add_argument("--stage", default="classifier", choices=("classifier", "detector"),
-                       help="classifier (stage 2, default) or detector (stage 1)")
+        p.add_argument("--stage", default="classifier", choices=("classifier", "qwen2vl", "detector"),
+                       help="classifier (stage 2's adapter, default), qwen2vl (stage 2's Qwen2-VL LoRA) or detector (stage 1)")
         p.add_argument("--registry", type=Path, help="registry folder (default: the stage's folder in the data dir)")
         p.set_defaults(func=func)

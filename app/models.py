@@ -115,10 +115,11 @@ def evidence_index(store=None):
     return index.extend(index_from_photos(reviewed, [f"review:{p.key[:12]}" for p in reviewed], store.taxonomy))
 
 
-def registry_host(backend: str, store=None) -> ModelHost:
+def registry_host(backend: str, store=None, qwen_model: str | None = None) -> ModelHost:
     """The host ``serve`` uses: the detector registry's current version (else the shipped detector)
-    and, for the ``adapter`` backend, stage 2's current version; either promotion swaps the pipeline.
-    Rationales cite neighbours from :func:`evidence_index` of ``store``, re-read at each swap."""
+    and, for the ``adapter`` and ``qwen2vl`` backends, their stage-2 registry's current version (the
+    Qwen2-VL LoRA applied on ``qwen_model``); any promotion swaps the pipeline. Rationales cite
+    neighbours from :func:`evidence_index` of ``store``, re-read at each swap."""
     from core.model_registry import ModelRegistry
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2 import registry
@@ -126,11 +127,12 @@ def registry_host(backend: str, store=None) -> ModelHost:
     from core.stage2.evidence import default_evidencer
 
     detectors: dict = {}  # by detector version: a stage-2 swap reuses the loaded detector
-    detector_registry, classifier_registry = ModelRegistry(stage="detector"), ModelRegistry()
+    detector_registry = ModelRegistry(stage="detector")
+    # The trainable backends follow their registry's promotions; other backends never swap.
+    classifier_registry = {"adapter": ModelRegistry(), "qwen2vl": ModelRegistry(stage="qwen2vl")}.get(backend)
 
     def versions() -> tuple[str | None, str | None]:
-        # Only the adapter follows stage 2's promotions; other backends never swap.
-        return detector_registry.current(), classifier_registry.current() if backend == "adapter" else None
+        return detector_registry.current(), classifier_registry.current() if classifier_registry else None
 
     def build(current: tuple[str | None, str | None] | None) -> Pipeline:
         det_version = current[0] if current else None
@@ -139,7 +141,8 @@ def registry_host(backend: str, store=None) -> ModelHost:
             detectors.clear()
             detectors[det_version] = loaded
         detector = detectors[det_version]
-        model = registry.create(backend, registry.BackendOptions(detector.taxonomy))
+        qwen_adapter = classifier_registry.current_path() if backend == "qwen2vl" else None
+        model = registry.create(backend, registry.BackendOptions(detector.taxonomy, qwen_model=qwen_model, qwen_adapter=qwen_adapter))
         return Pipeline(detector, ConditionClassifier(model, detector.taxonomy, default_evidencer(model, evidence_index(store))))
 
     return ModelHost(build, versions)

@@ -29,6 +29,8 @@ class ServeConfig:
         port: TCP port.
         db: review database (default: in the data dir).
         backend: stage-2 backend (a live one of ``core.stage2.registry``: adapter, probe, qwen2vl, clip).
+        qwen_model: Qwen2-VL / Qwen2.5-VL hub id or folder (backend qwen2vl); the LoRA the nightly
+            promoted (``train nightly --backend qwen2vl``) is applied and followed without a restart.
         auth: comma-separated user:password pairs, for local trials only: the command line (and
             so the passwords) shows in ps; give reviewers an auth_file.
         auth_file: file with one user:secret per line, the secret a scrypt hash written by
@@ -55,6 +57,7 @@ class ServeConfig:
     port: int = 7860
     db: Path | None = None
     backend: str = "adapter"
+    qwen_model: str | None = None
     auth: str = ""
     auth_file: Path | None = None
     no_auth: bool = False
@@ -74,6 +77,8 @@ class ServeConfig:
         if not self.no_auth and not self.users():
             raise ValueError("expected reviewers: pass --auth user:pass, --auth-file FILE, or --no-auth (localhost only)")
         registry.check(self.backend, live_only=True)
+        if self.backend == "qwen2vl" and not self.qwen_model:
+            raise ValueError("qwen_model: the qwen2vl backend needs a model; pass --qwen-model HUB_ID_OR_FOLDER")
         for name in ("max_upload_mb", "queue_size", "inspect_per_user", "inspect_slots", "cache_minutes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
@@ -207,7 +212,7 @@ def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
     from core.taxonomy import load_taxonomy
 
     store = Store(cfg.db, load_taxonomy())
-    models = registry_host(cfg.backend, store)
+    models = registry_host(cfg.backend, store, cfg.qwen_model)
     models.start()
     scheduler = NightlyScheduler(cfg.nightly_at, store.path, cfg.nightly_args) if cfg.nightly_at else None
     demo = build_app(models, store, cfg, scheduler.state if scheduler else None)

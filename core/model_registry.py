@@ -27,7 +27,8 @@ class RegistryError(SlopewatchError):
 
 # The file whose presence makes a version folder complete (``add`` renames the folder into place
 # only after copying, so an interrupted add never shows it).
-STAGES = {"classifier": "adapter.json", "detector": "detector.pt"}
+# Stage 2 has one registry per trainable backend: the adapter's, and the Qwen2-VL LoRA's (peft folders).
+STAGES = {"classifier": "adapter.json", "qwen2vl": "adapter_config.json", "detector": "detector.pt"}
 
 
 class ModelRegistry:

@@ -25,7 +25,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import SlopewatchError
@@ -71,6 +71,11 @@ class NightlyConfig:
         detector_workers: data-loader processes for the detector.
         max_map50_95_drop: largest mAP50-95 drop the detector gate tolerates (mAP50 may not drop).
         max_ap50_drop: largest per-type AP50 drop the detector gate tolerates (support-aware).
+        backend: the stage-2 model the nightly fine-tunes: ``adapter`` (the offline default) or
+            ``qwen2vl`` (a LoRA on ``qwen_model``: QLoRA on a CUDA GPU, plain LoRA on a CPU; its
+            versions live in the ``qwen2vl`` registry, which ``serve --backend qwen2vl`` follows).
+        qwen_model: Qwen2-VL / Qwen2.5-VL hub id or folder (backend qwen2vl).
+        qwen_lr: learning rate of the Qwen2-VL LoRA.
     """
 
     db: Path
@@ -101,9 +106,16 @@ class NightlyConfig:
     detector_workers: int = 2
     max_map50_95_drop: float = 0.01
     max_ap50_drop: float = 0.10
+    backend: str = field(default="adapter", metadata={"choices": ("adapter", "qwen2vl")})
+    qwen_model: str | None = None
+    qwen_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         self.db = Path(self.db)
+        if self.backend not in ("adapter", "qwen2vl"):
+            raise ValueError(f"backend: expected adapter or qwen2vl, found {self.backend!r}")
+        if self.backend == "qwen2vl" and not self.qwen_model:
+            raise ValueError("qwen_model: the qwen2vl backend needs a model; pass --qwen-model HUB_ID_OR_FOLDER")
         unknown = set(self.stage_list) - {"classifier", "detector"}
         if unknown or not self.stage_list:
             raise ValueError(f"stages: expected classifier, detector or both, found {self.stages!r}")
@@ -116,6 +128,11 @@ class NightlyConfig:
             raise ValueError(f"holdout_percent, calibration_percent: expected 0..100, found {self.holdout_percent}, {self.calibration_percent}")
         if self.epochs < 1:
             raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
+
+    @property
+    def classifier_stage(self) -> str:
+        """The model registry stage-2 versions of this backend live in."""
+        return "classifier" if self.backend == "adapter" else "qwen2vl"
 
     @property
     def stage_list(self) -> list[str]:
@@ -183,7 +200,7 @@ def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
     started = time.time()
     taxonomy = load_taxonomy(cfg.taxonomy)
     live = Store(cfg.db, taxonomy)
-    registry = ModelRegistry(cfg.registry)
+    registry = ModelRegistry(cfg.registry, stage=cfg.classifier_stage)
     lock = open(registry.root / "nightly.lock", "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -224,8 +241,9 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     from train.adapter import AdapterTrainConfig, train_adapter
     from train.gate import GateConfig, decide
 
-    current = ensure_current(registry, taxonomy)
-    new = live.corrections_since(registry.data_until(current))
+    # A Qwen2-VL starts from its base model (no LoRA): version None until the first promotion.
+    current = ensure_current(registry, taxonomy) if cfg.backend == "adapter" else registry.current()
+    new = live.corrections_since(registry.data_until(current) if current else 0.0)
     if new == 0:
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
 
@@ -254,21 +272,26 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     labels = sorted((p.key, i, c) for p in train for i, c in enumerate(p.classes) if c is not None)
     data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
 
-    lm = lm_factory or (lambda: None)
-    # The nightly fine-tunes the adapter backend; both models come from the backend registry.
-    def current_adapter():
-        # fp32: the candidate is fine-tuned from this model, and both are scored alike for the gate.
-        return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm(),
-                                                                  adapter_precision="fp32"))
+    if cfg.backend == "qwen2vl":
+        current_model, candidate = _qwen_candidate(cfg, registry, taxonomy, train, work / "candidate")
+        cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
+    else:
+        lm = lm_factory or (lambda: None)
 
-    current_model = current_adapter()
-    cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
-    served = current_adapter()
-    candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
-    tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
-                              class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
-                              lr=3e-4, lora_lr=1e-4, val_split="")
-    summary = train_adapter(tcfg, candidate, train_photos=train)
+        # Both models come from the backend registry.
+        def current_adapter():
+            # fp32: the candidate is fine-tuned from this model, and both are scored alike for the gate.
+            return backends.create("adapter", backends.BackendOptions(taxonomy, adapter_dir=registry.current_path(), base_lm=lm(),
+                                                                      adapter_precision="fp32"))
+
+        current_model = current_adapter()
+        cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
+        served = current_adapter()
+        candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
+        tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
+                                  class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
+                                  lr=3e-4, lora_lr=1e-4, val_split="")
+        train_adapter(tcfg, candidate, train_photos=train)
     candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
                                                                 work / "candidate" / "calibration.json", taxonomy)
     cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
@@ -280,9 +303,10 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")
     result = {
         "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
-        "current": current, "candidate": version if promote else None,
+        "current": current or f"base:{cfg.qwen_model}", "candidate": version if promote else None, "backend": cfg.backend,
         "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
-        "counts": {"train_photos": len(train), "train_objects": summary["objects"], "calibration_photos": len(calibrate),
+        "counts": {"train_photos": len(train), "calibration_photos": len(calibrate),
+                   "train_objects": sum(c is not None and taxonomy.needs_condition(d.type) for p in train for d, c in zip(p.detections, p.classes)),
                    "frozen_photos": len(frozen),
                    "frozen_objects": cur_metrics["n"]},
         "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},
@@ -297,3 +321,24 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
                              result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"])
     return result
+
+
+def _qwen_candidate(cfg: NightlyConfig, registry, taxonomy, train: list, out: Path):
+    """``(current, candidate)`` Qwen2-VL backends: the current one (the base model, or the base with
+    the promoted LoRA and its calibration), and a LoRA fine-tuned from it on ``train``, saved in
+    ``out`` and loaded back from there on a fresh base, exactly as ``serve`` will load it."""
+    from dataclasses import replace
+
+    import torch
+
+    from core.stage2.backends.qwen2vl import Qwen2VLBackend, Qwen2VLConfig
+    from core.stage2.calibration import calibrated
+    from train.qwen2vl import QwenTrainConfig, train_qwen2vl
+
+    adapter = registry.current_path()
+    model_cfg = Qwen2VLConfig(model=cfg.qwen_model, adapter=adapter, rationale_tokens=0)  # the gate judges labels
+    current = calibrated(Qwen2VLBackend(model_cfg, taxonomy), adapter / "calibration.json" if adapter else None)
+    # QLoRA where bitsandbytes can run it (CUDA); a plain LoRA elsewhere (tiny models on a CPU).
+    train_qwen2vl(model_cfg, QwenTrainConfig(out=out, epochs=cfg.epochs, lr=cfg.qwen_lr, qlora=torch.cuda.is_available(),
+                                             class_weights=cfg.class_weights, blocked_weight=cfg.blocked_weight), train, taxonomy)
+    return current, Qwen2VLBackend(replace(model_cfg, adapter=out), taxonomy)

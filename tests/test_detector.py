@@ -133,3 +133,12 @@ def test_predicting_leaves_torch_threads_as_they_were(detector):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_test_time_augmentation_runs_in_torch_and_is_refused_on_onnx(samples_yaml):
+    with pytest.raises(ValueError, match="augment"):
+        DetectorConfig(augment=True, runtime="onnx")
+    detector = Detector(DetectorConfig(augment=True, device="cpu"))
+    assert detector.runtime == "torch"
+    photo = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[0]
+    assert detector.predict(photo)  # the real photo's objects, found with flips and scales merged

@@ -28,6 +28,7 @@ class DetectorBenchConfig:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: where to write the results JSON.
         runtime: ``auto``, ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
+        augment: time test-time augmentation (torch runtime).
     """
 
     photos: Path | None = None
@@ -38,6 +39,7 @@ class DetectorBenchConfig:
     device: str = "auto"
     json: Path | None = None
     runtime: str = "auto"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -58,7 +60,8 @@ def bench_detector(cfg: DetectorBenchConfig) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime))
+    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime,
+                                       augment=cfg.augment))
     images = [load_image(p) for p in find_photos(cfg.photos or samples_dir())]
     for k in range(cfg.warmup):
         detector.predict(images[k % len(images)])

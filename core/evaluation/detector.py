@@ -25,6 +25,7 @@ class DetectorEvalConfig:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
         runtime: ``auto``, ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
+        augment: score with test-time augmentation (flips and scales; torch runtime).
     """
 
     data_yaml: Path
@@ -35,6 +36,7 @@ class DetectorEvalConfig:
     device: str = "auto"
     taxonomy: Path | None = None
     runtime: str = "auto"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "valid", "test"):
@@ -49,7 +51,8 @@ def evaluate_detector(cfg: DetectorEvalConfig) -> dict:
     """
     taxonomy = load_taxonomy(cfg.taxonomy)
     ds = load_dataset(cfg.data_yaml, taxonomy)
-    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime), taxonomy)
+    detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime,
+                                       augment=cfg.augment), taxonomy)
     with tempfile.TemporaryDirectory(prefix="eval-", dir=data_dir()) as tmp:
         return _score(cfg, ds, detector, Path(tmp))
 
@@ -70,6 +73,7 @@ def score_detection_set(detector: Detector, det_yaml: Path, split: str, support:
     metrics = detector.model.val(
         data=str(det_yaml), split=split, imgsz=detector.imgsz, batch=16, device=detector.device,
         conf=0.001, iou=0.7, plots=False, project=str(work), name="val", exist_ok=True, verbose=False,
+        augment=detector.config.augment,
     )
     box = metrics.box
     per_class = {t: {"ap50": 0.0, "support": support.get(t, 0)} for t in detector.taxonomy.type_names}

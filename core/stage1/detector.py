@@ -138,6 +138,8 @@ class DetectorConfig:
             image size, cached in the data dir, run by ONNX Runtime: ``pip install -e '.[onnx]'``;
             2.5x faster on 2 CPU cores, same boxes), or ``auto``: onnx when ONNX Runtime is
             installed, else torch (``Detector.runtime`` says which ran).
+        augment: test-time augmentation (ultralytics ``augment=True``: the photo also flipped and
+            rescaled, predictions merged); needs the torch runtime (auto picks it).
     """
 
     weights: Path | None = None
@@ -147,10 +149,13 @@ class DetectorConfig:
     device: str = "auto"
     version: str | None = None
     runtime: str = "auto"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"DetectorConfig.runtime: expected one of {RUNTIMES}, found {self.runtime!r}")
+        if self.augment and self.runtime == "onnx":
+            raise ValueError("DetectorConfig.augment: test-time augmentation runs in the torch model; expected runtime torch or auto, found onnx")
         if not 0.0 <= self.conf <= 1.0:
             raise ValueError(f"DetectorConfig.conf: expected a value in [0, 1], found {self.conf}")
         if not 0.0 < self.iou <= 1.0:
@@ -187,7 +192,7 @@ class Detector:
         self.imgsz = self.config.imgsz or int(train_args.get("imgsz") or 320)
         self.device = resolve_device(self.config.device)
         self.calibration = self._load_calibration()
-        self.runtime = resolve_runtime(self.config.runtime)
+        self.runtime = "torch" if self.config.augment else resolve_runtime(self.config.runtime)
         if self.runtime == "onnx":
             # Names and image size were checked on the checkpoint; the export carries both in its metadata.
             self.model = yolo(str(onnx_export(self.weights, self.imgsz)), task="detect")
@@ -211,7 +216,8 @@ class Detector:
         pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         with torch_threads_kept():
             results = self.model.predict(
-                pil, conf=self.config.conf, iou=self.config.iou, imgsz=self.imgsz, device=self.device, verbose=False
+                pil, conf=self.config.conf, iou=self.config.iou, imgsz=self.imgsz, device=self.device, verbose=False,
+                augment=self.config.augment,
             )
         out = [Detection.from_ultralytics(r, self.taxonomy) for r in results]
         if self.calibration is None:

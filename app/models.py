@@ -104,15 +104,13 @@ def evidence_index(store=None):
     """The shipped neighbour index (the dataset's train split) plus every object a reviewer has
     labelled in ``store`` (a ``db.store.Store``), so rationales cite what reviewers decided too."""
     from core.stage2.evidence import index_from_photos, load_default_index
-    from train.nightly import labeled_reviewed_photos
+    from core.stage2.labeled import reviewed_photos
 
     index = load_default_index()
     if store is None:
         return index
-    reviewed = labeled_reviewed_photos(store)
-    if not reviewed:
-        return index
-    return index.extend(index_from_photos(reviewed, [f"review:{p.key[:12]}" for p in reviewed], store.taxonomy))
+    # One photo decoded at a time: a store may hold thousands of reviewed photos.
+    return index.extend(index_from_photos(((p, f"review:{p.key[:12]}") for p in reviewed_photos(store)), store.taxonomy))
 
 
 def registry_host(backend: str, store=None, qwen_model: str | None = None) -> ModelHost:

@@ -7,6 +7,7 @@ cases in ``app.usecases``; the rules live there and in ``db``. Review keys: ``ap
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,13 @@ class ServeConfig:
             raise ValueError(f"working_size: expected >= 320 px (the detector's input), found {self.working_size}")
         if self.nightly_at:
             parse_hhmm(self.nightly_at)
+
+    def scheduled_nightly_args(self) -> str:
+        """``nightly_args`` for the scheduled job, fine-tuning the stage-2 model this server runs:
+        under ``--backend qwen2vl`` the Qwen2-VL LoRA on the same model (unless the args name a backend)."""
+        if self.backend != "qwen2vl" or "--backend" in shlex.split(self.nightly_args):
+            return self.nightly_args
+        return shlex.join(["--backend", "qwen2vl", "--qwen-model", str(self.qwen_model)]) + (f" {self.nightly_args}" if self.nightly_args else "")
 
     def users(self) -> list[tuple[str, str]]:
         """``(user, secret)`` pairs: ``auth`` first, then ``auth_file`` (a user's later line wins)."""
@@ -214,7 +222,7 @@ def serve(cfg: ServeConfig, prevent_thread_lock: bool = False):
     store = Store(cfg.db, load_taxonomy())
     models = registry_host(cfg.backend, store, cfg.qwen_model)
     models.start()
-    scheduler = NightlyScheduler(cfg.nightly_at, store.path, cfg.nightly_args) if cfg.nightly_at else None
+    scheduler = NightlyScheduler(cfg.nightly_at, store.path, cfg.scheduled_nightly_args()) if cfg.nightly_at else None
     demo = build_app(models, store, cfg, scheduler.state if scheduler else None)
     demo.launch(**launch_options(cfg), prevent_thread_lock=True, head=page_head(), show_error=True, quiet=True)
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}/"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.data import file_sha256
 from core.images import load_image
 from core.overlay import OverlayItem, render_overlay
 from core.stage1.detector import Detector
@@ -62,8 +63,11 @@ class Pipeline:
         self.taxonomy = detector.taxonomy
 
     def run(self, photo: str | Path | Image.Image, name: str | None = None, key: str | None = None) -> tuple[Image.Image, PhotoResult]:
-        """Both stages over one photo; ``key``: its content hash when the caller knows it (the
-        store's), so feature caches and evidence lookups agree with the library's."""
+        """Both stages over one photo. ``key``: its content hash (default: the file's SHA-256 for a
+        path, as datasets, the store and the evidence index key photos, so a photo is never its
+        own evidence; a hash of the pixels for an image)."""
+        if key is None and not isinstance(photo, Image.Image):
+            key = file_sha256(photo)
         image = photo if isinstance(photo, Image.Image) else load_image(photo)
         dets = self.detector.predict(image)
         ctx = photo_context(image, dets, key)

@@ -178,9 +178,10 @@ def test_bf16_adapter_is_cached_merged_and_scores_as_when_first_lowered(samples_
     ctx = photo_context(image, dets, key)
     targets = [i for i, d in enumerate(dets) if TAX.needs_condition(d.type)]
 
-    assert not lowered_cache_dir(tmp_path / "adapter", "bf16").exists()
+    cache = lowered_cache_dir(tmp_path / "adapter", "bf16", tiny_llama(tokenizer))
+    assert not cache.exists() and cache != lowered_cache_dir(tmp_path / "adapter", "bf16")  # keyed by the base LM too
     first = load_lowered(tmp_path / "adapter", TAX, "bf16", (tiny_llama(tokenizer), tokenizer))
-    assert (lowered_cache_dir(tmp_path / "adapter", "bf16") / "model.safetensors").is_file()
+    assert (cache / "model.safetensors").is_file() and not [p for p in cache.parent.iterdir() if p.name.startswith(".")]
     second = load_lowered(tmp_path / "adapter", TAX, "bf16", (tiny_llama(tokenizer), tokenizer))
     assert {p.dtype for p in second.lm.parameters()} == {torch.bfloat16}
     assert not [n for n, _ in second.lm.named_parameters() if "lora_" in n]

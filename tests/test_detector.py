@@ -121,15 +121,16 @@ def test_auto_runtime_falls_back_to_torch_without_onnx_runtime(monkeypatch):
         DetectorConfig(runtime="tensorrt")
 
 
-def test_predicting_leaves_torch_threads_as_they_were(detector):
-    """Ultralytics sets torch's threads to cores - 1 when it picks the CPU; stage 2 runs after the
-    detector in the same process and must keep the threads it was given."""
+def test_predicting_leaves_torch_threads_as_they_were():
+    """Ultralytics sets torch's threads to cores - 1 when it picks the CPU (on its first predict,
+    hence a detector of its own here); stage 2 runs after the detector in the same process and must
+    keep the threads it was given."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        detector.predict(Image.new("RGB", (320, 320), (100, 100, 100)))
+        Detector(DetectorConfig(device="cpu", runtime="torch")).predict(Image.new("RGB", (320, 320), (100, 100, 100)))
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

@@ -117,7 +117,7 @@ def test_classifier_rationales_cite_the_neighbours_faithfully():
 def test_index_is_built_from_labelled_objects_with_a_condition(samples_yaml):
     ds = load_dataset(samples_yaml)
     photos = labeled_photos(ds, "valid")
-    index = index_from_photos(photos, [f"valid/{k}" for k in range(len(photos))], TAX, FixedFeatures())
+    index = index_from_photos(((p, f"valid/{k}") for k, p in enumerate(photos)), TAX, FixedFeatures())
     expected = sum(TAX.needs_condition(d.type) for p in photos for d in p.detections)
     assert len(index) == expected > 0 and "vegetation" not in index.types
     assert set(index.photos) <= {p.key for p in photos}

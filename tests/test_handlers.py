@@ -288,17 +288,28 @@ def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
 
 
 def test_compare_shows_the_object_beside_the_neighbours_its_rationale_counted(app, probe_pipeline):
-    inspect(app, PHOTOS[0])
+    from pathlib import Path
+
+    inspect(app, *PHOTOS)
     review = ReviewHandlers(app.store, ModelHost.ready(probe_pipeline))
-    findings = app.store.photo_findings(1)
+    findings = list(app.store.live_findings().values())
     drain = next(f for f in findings if app.store.taxonomy.needs_condition(f.state.object_type))
     sentence, tiles = review.compare_similar(drain.finding_id)
     assert sentence.rstrip(".").lower() in drain.state.rationale.lower()  # the same count the rationale cites
     assert len(tiles) == 6 and tiles[0][1].startswith(f"this object: {drain.state.class_name}")
     assert all("similarity" in caption for _, caption in tiles[1:]) and all(im.size[0] > 0 for im, _ in tiles)
-    vegetation = [f for f in findings if f.state.object_type == "vegetation"]
-    if vegetation:
-        message, tiles = review.compare_similar(vegetation[0].finding_id)
-        assert message.startswith("⚠") and "no condition" in message and tiles == []
+    vegetation = next(f for f in findings if f.state.object_type == "vegetation")  # the samples have some
+    message, tiles = review.compare_similar(vegetation.finding_id)
+    assert message.startswith("⚠") and "no condition" in message and tiles == []
     assert review.compare_similar(None) == ("Select an object first.", [])
     assert "loading" in ReviewHandlers(app.store).compare_similar(drain.finding_id)[0]
+
+    other = next(f for f in findings if f.finding_id != drain.finding_id and f.photo_id != drain.photo_id
+                 and app.store.taxonomy.needs_condition(f.state.object_type))
+    path = Path(app.store.photo(other.photo_id).path)
+    path.rename(path.with_suffix(".gone"))  # the stored file lost: said, not a crash
+    message, tiles = review.compare_similar(other.finding_id)
+    assert message.startswith("⚠") and "cannot be read" in message and tiles == []
+    app.store.correct(drain.finding_id, drain.state.revision, "ana", "delete")
+    message, tiles = review.compare_similar(drain.finding_id)
+    assert message.startswith("⚠") and "deleted" in message and tiles == []

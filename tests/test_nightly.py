@@ -138,3 +138,20 @@ def test_bootstrapped_shipped_model_has_seen_no_corrections(tmp_path):
     reg = ModelRegistry(tmp_path / "registry")
     version = ensure_current(reg, TAX)
     assert version.startswith("shipped-") and reg.promotions()[-1]["data_until"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["adapter", "qwen2vl"])
+def test_one_nightly_at_a_time_whatever_backend_it_trains(tmp_path, monkeypatch, backend):
+    """Nightlies of both backends share the work-folder clean-up and the detector registry: a
+    second one, of either backend, must not start while one runs."""
+    import fcntl
+
+    from core.errors import SlopewatchError
+    from core.paths import data_dir
+
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))
+    data_dir().mkdir(parents=True, exist_ok=True)
+    with open(data_dir() / "nightly.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SlopewatchError, match="another nightly run holds"):
+            nightly(NightlyConfig(db=tmp_path / "review.db", backend=backend, qwen_model="unused" if backend == "qwen2vl" else None))

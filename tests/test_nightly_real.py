@@ -48,7 +48,7 @@ def test_corrections_teach_the_promoted_model(tmp_path):
     nightly model, promoted past the gate on half B, gets many of those objects right."""
     from core.stage2.backends.adapter import AdapterVLM
     from core.stage2.classifier import ConditionClassifier
-    from train.nightly import labeled_reviewed_photos
+    from core.stage2.labeled import reviewed_photos
     from train.simulate import SimulateConfig, simulate
 
     data = datasets_dir() / "drainage-conditions" / "data.yaml"
@@ -69,7 +69,7 @@ def test_corrections_teach_the_promoted_model(tmp_path):
     promoted.config.rationale_tokens = 0
     classifier = ConditionClassifier(promoted, TAX)
     right = cursor = 0
-    for photo in labeled_reviewed_photos(store):
+    for photo in reviewed_photos(store):
         findings = classifier.classify(photo.image, list(photo.detections), photo.key)
         for k, (f, truth) in enumerate(zip(findings, photo.classes)):
             right += ids[cursor + k] in fixed and f.class_name == truth

@@ -62,3 +62,16 @@ def test_serve_config_checks_the_time():
     with pytest.raises(ValueError, match="HH:MM"):
         ServeConfig(no_auth=True, nightly_at="25:00")
     assert ServeConfig(no_auth=True, nightly_at="02:00").nightly_at == "02:00"
+
+
+def test_the_scheduled_nightly_trains_the_model_serve_runs():
+    from app.web import ServeConfig
+
+    qwen = ServeConfig(no_auth=True, backend="qwen2vl", qwen_model="/models/qwen 2b", nightly_at="02:00", nightly_args="--epochs 1")
+    assert qwen.scheduled_nightly_args() == "--backend qwen2vl --qwen-model '/models/qwen 2b' --epochs 1"
+    chosen = ServeConfig(no_auth=True, backend="qwen2vl", qwen_model="/m", nightly_at="02:00", nightly_args="--backend adapter")
+    assert chosen.scheduled_nightly_args() == "--backend adapter"  # the operator's choice stands
+    adapter = ServeConfig(no_auth=True, nightly_at="02:00", nightly_args="--epochs 1")
+    assert adapter.scheduled_nightly_args() == "--epochs 1"
+    with pytest.raises(ValueError, match="qwen_model"):
+        ServeConfig(no_auth=True, backend="qwen2vl")

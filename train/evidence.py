@@ -48,11 +48,9 @@ def build_evidence(cfg: EvidenceConfig) -> dict:
     from core.stage2.labeled import LabeledPhoto, ground_truth
 
     ds = load_dataset(cfg.data_yaml)
-    photos, sources = [], []
-    for sample, image, dets, classes, key in ground_truth(ds, cfg.split):
-        photos.append(LabeledPhoto(image, tuple(dets), tuple(classes), key))
-        sources.append(f"{cfg.split}/{sample.stem}")
-    index = index_from_photos(photos, sources, ds.taxonomy, progress=tqdm)
+    named = ((LabeledPhoto(image, tuple(dets), tuple(classes), key), f"{cfg.split}/{sample.stem}")
+             for sample, image, dets, classes, key in ground_truth(ds, cfg.split))
+    index = index_from_photos(named, ds.taxonomy, progress=lambda items, desc: tqdm(items, desc=desc, total=len(ds.samples(cfg.split))))
     path = index.save(cfg.out or default_index_path())
     return {"index": str(path), "objects": len(index), "photos": len(set(index.photos)), "split": cfg.split,
             "per_class": dict(sorted(Counter(index.classes).items())), "bytes": path.stat().st_size}

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from core.errors import SlopewatchError
 from core.paths import data_dir
-from core.types import Detection, Status
 from train.holdout import LeakError, held_out
 
 
@@ -139,18 +138,12 @@ class NightlyConfig:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
 
 
-def labeled_reviewed_photos(store) -> list:
-    """Every reviewed photo (``Store.reviewed_photos``) as a LabeledPhoto: live objects keep
-    their box as context, and only reviewed ones carry a label."""
-    from core.images import load_image
-    from core.stage2.labeled import LabeledPhoto
-
-    return [LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings),
-                         tuple(f.class_name if f.status is Status.REVIEWED else None for f in p.findings), p.photo.sha256)
-            for p in store.reviewed_photos()]
-
-
 MIN_CALIBRATION_OBJECTS = 20
+
+
+def labelled_objects(photos, taxonomy) -> int:
+    """Objects of ``photos`` with a known class and a type that has a choice of classes."""
+    return sum(c is not None and taxonomy.needs_condition(d.type) for p in photos for d, c in zip(p.detections, p.classes))
 
 
 def calibrate_candidate(model, photos, current, path: Path, taxonomy):
@@ -201,12 +194,15 @@ def nightly(cfg: NightlyConfig, lm_factory=None) -> dict:
     taxonomy = load_taxonomy(cfg.taxonomy)
     live = Store(cfg.db, taxonomy)
     registry = ModelRegistry(cfg.registry, stage=cfg.classifier_stage)
-    lock = open(registry.root / "nightly.lock", "a")
+    # One lock for every nightly of this data dir, whichever backend or registry it trains: the
+    # runs share the work-folder clean-up below and the detector registry.
+    lock_path = data_dir() / "nightly.lock"
+    lock = open(lock_path, "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise SlopewatchError(f"another nightly run holds {registry.root / 'nightly.lock'}; not starting a second one") from None
+        raise SlopewatchError(f"another nightly run holds {lock_path}; not starting a second one") from None
     try:
         # Work folders of runs that were killed: nobody else can be using them while we hold the lock.
         for stale in data_dir().glob("nightly-*"):
@@ -237,7 +233,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     from core.evaluation.classifier import score_photos
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
-    from core.stage2.labeled import labeled_photos
+    from core.stage2.labeled import labeled_photos, reviewed_photos
     from train.adapter import AdapterTrainConfig, train_adapter
     from train.gate import GateConfig, decide
 
@@ -247,14 +243,13 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     if new == 0:
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
 
-    reviewed = labeled_reviewed_photos(snap)
+    reviewed = list(reviewed_photos(snap))  # the night's training set: in memory together
     frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
     rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
     calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
     train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
     # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
-    if sum(c is not None and taxonomy.needs_condition(d.type) for p in calibrate for d, c in zip(p.detections, p.classes)) \
-            < MIN_CALIBRATION_OBJECTS:
+    if labelled_objects(calibrate, taxonomy) < MIN_CALIBRATION_OBJECTS:
         # Too few to fit a calibration: those corrections teach the candidate instead of idling.
         train, calibrate = train + calibrate, []
     if cfg.frozen_yaml:
@@ -273,8 +268,11 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
 
     if cfg.backend == "qwen2vl":
-        current_model, candidate = _qwen_candidate(cfg, registry, taxonomy, train, work / "candidate")
+        current_model = _qwen_current(cfg, registry, taxonomy)
         cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
+        current_calibration = getattr(current_model, "calibration", None)
+        del current_model  # scored: let it go before training loads the base again
+        candidate = _qwen_candidate(cfg, registry, taxonomy, train, work / "candidate")
     else:
         lm = lm_factory or (lambda: None)
 
@@ -286,13 +284,14 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
 
         current_model = current_adapter()
         cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
+        current_calibration = getattr(current_model, "calibration", None)
         served = current_adapter()
         candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
         tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
                                   class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
                                   lr=3e-4, lora_lr=1e-4, val_split="")
         train_adapter(tcfg, candidate, train_photos=train)
-    candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, getattr(current_model, "calibration", None),
+    candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, current_calibration,
                                                                 work / "candidate" / "calibration.json", taxonomy)
     cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
     promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
@@ -306,7 +305,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         "current": current or f"base:{cfg.qwen_model}", "candidate": version if promote else None, "backend": cfg.backend,
         "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
         "counts": {"train_photos": len(train), "calibration_photos": len(calibrate),
-                   "train_objects": sum(c is not None and taxonomy.needs_condition(d.type) for p in train for d, c in zip(p.detections, p.classes)),
+                   "train_objects": labelled_objects(train, taxonomy),
                    "frozen_photos": len(frozen),
                    "frozen_objects": cur_metrics["n"]},
         "current_metrics": {k: cur_metrics[k] for k in keys}, "candidate_metrics": {k: cand_metrics[k] for k in keys},
@@ -323,22 +322,38 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     return result
 
 
+def _qwen_config(cfg: NightlyConfig, adapter: Path | None):
+    from core.stage2.backends.qwen2vl import Qwen2VLConfig
+
+    return Qwen2VLConfig(model=cfg.qwen_model, adapter=adapter, rationale_tokens=0)  # the gate judges labels
+
+
+def _qwen_current(cfg: NightlyConfig, registry, taxonomy):
+    """The current Qwen2-VL backend: the base model, or the base with the promoted LoRA and its calibration."""
+    from core.stage2.backends.qwen2vl import Qwen2VLBackend
+    from core.stage2.calibration import calibrated
+
+    adapter = registry.current_path()
+    return calibrated(Qwen2VLBackend(_qwen_config(cfg, adapter), taxonomy), adapter / "calibration.json" if adapter else None)
+
+
 def _qwen_candidate(cfg: NightlyConfig, registry, taxonomy, train: list, out: Path):
-    """``(current, candidate)`` Qwen2-VL backends: the current one (the base model, or the base with
-    the promoted LoRA and its calibration), and a LoRA fine-tuned from it on ``train``, saved in
-    ``out`` and loaded back from there on a fresh base, exactly as ``serve`` will load it."""
-    from dataclasses import replace
+    """A LoRA fine-tuned from the current model on ``train``, saved in ``out`` and loaded back from
+    there on a fresh base, exactly as ``serve`` will load it. The caller has let go of the current
+    model: on a GPU, two copies of the base beside the one training would not fit."""
+    import gc
 
     import torch
 
-    from core.stage2.backends.qwen2vl import Qwen2VLBackend, Qwen2VLConfig
-    from core.stage2.calibration import calibrated
+    from core.stage2.backends.qwen2vl import Qwen2VLBackend
     from train.qwen2vl import QwenTrainConfig, train_qwen2vl
 
-    adapter = registry.current_path()
-    model_cfg = Qwen2VLConfig(model=cfg.qwen_model, adapter=adapter, rationale_tokens=0)  # the gate judges labels
-    current = calibrated(Qwen2VLBackend(model_cfg, taxonomy), adapter / "calibration.json" if adapter else None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    model_cfg = _qwen_config(cfg, registry.current_path())  # resumed from the promoted LoRA, if any
     # QLoRA where bitsandbytes can run it (CUDA); a plain LoRA elsewhere (tiny models on a CPU).
     train_qwen2vl(model_cfg, QwenTrainConfig(out=out, epochs=cfg.epochs, lr=cfg.qwen_lr, qlora=torch.cuda.is_available(),
                                              class_weights=cfg.class_weights, blocked_weight=cfg.blocked_weight), train, taxonomy)
-    return current, Qwen2VLBackend(replace(model_cfg, adapter=out), taxonomy)
+    gc.collect()
+    return Qwen2VLBackend(_qwen_config(cfg, out), taxonomy)

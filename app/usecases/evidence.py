@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.errors import SlopewatchError
 from core.library.search import thumbnail
-from core.stage2.evidence import Evidence, Evidencer
+from core.stage2.evidence import Evidencer
 from core.types import Status
 from db.store import Store
 
@@ -42,12 +42,13 @@ def compare_similar(store: Store, evidencer: Evidencer, finding_id: int) -> Comp
     if not store.taxonomy.needs_condition(state.object_type) or not state.class_name:
         raise NoEvidence(f"a {state.object_type.replace('_', ' ')} has no condition: nothing to compare")
     photo = store.photo(photo_id)
-    image = Image.open(photo.path).convert("RGB")
-    crops, _ = evidencer.features.object_features(image, [state.box], photo.sha256)
-    near = evidencer.index.nearest(crops[0], state.object_type, evidencer.k, skip_photo=photo.sha256)
-    evidence = Evidence(state.object_type, state.class_name, near)
+    try:
+        image = Image.open(photo.path).convert("RGB")
+    except OSError as exc:
+        raise NoEvidence(f"photo {photo_id}'s stored file cannot be read ({photo.path}): {exc.strerror or exc}") from None
+    evidence = evidencer.for_objects(image, photo.sha256, [(state.box, state.object_type, state.class_name)])[0]
     tiles = [(thumbnail(store, found[0], size=160, image=image), f"this object: {state.class_name} ({state.status})")]
-    for e in near:
+    for e in evidence.neighbours:
         tile = evidencer.index.thumbnail(e.row) or Image.new("RGB", (96, 96), (200, 200, 200))
         origin = "reviewed" if e.source.startswith("review:") else "training set"
         tiles.append((tile, f"{e.class_name} · {origin} · similarity {e.similarity:.2f}"))

@@ -267,11 +267,16 @@ def quantized_retention(cfg: ClassifierEvalConfig, taxonomy: Taxonomy, ds: YoloD
         size_full = size_quant = None
         if hasattr(quant.model, "get_memory_footprint"):
             size_quant = quant.model.get_memory_footprint()
-    elif cfg.backend in ("adapter", "adapter-zeroshot"):
+    elif cfg.backend == "adapter":
         reference = registry.create(cfg.backend, replace(options, adapter_precision="fp32"))
         full = score_backend(ConditionClassifier(reference, taxonomy), ds, cfg.split)
         size_full = reference.lm_size_bytes()
-        quant = registry.create(cfg.backend, replace(options, adapter_precision="fp32"))
+        # Loaded as serving loads it (bf16: the merged LM from its cache).
+        quant = registry.create(cfg.backend, replace(options, adapter_precision=cfg.quant))
+        size_quant = quant.lm_size_bytes()
+    elif cfg.backend == "adapter-zeroshot":
+        quant = registry.create(cfg.backend, options)
+        size_full = quant.lm_size_bytes()
         quant.quantize(cfg.quant)
         size_quant = quant.lm_size_bytes()
     else:

@@ -121,12 +121,10 @@ def apply_class(store, reviewer: str, finding_ids: list[int], class_name: str) -
 def thumbnail(store, finding, size: int = 96, image: Image.Image | None = None) -> Image.Image:
     """A ``StoredFinding``'s crop (with a little margin) from its stored photo (or ``image``, when
     the caller already opened it), at most ``size`` px."""
-    from core.stage2.features import crop
+    from core.stage2.features import object_thumbnail
 
     image = image or Image.open(store.photo(finding.photo_id).path).convert("RGB")
-    out = crop(image, finding.state.box, 1.3)
-    out.thumbnail((size, size))
-    return out
+    return object_thumbnail(image, finding.state.box, size)
 
 
 def since_days(days: float | None) -> float | None:

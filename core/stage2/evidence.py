@@ -25,7 +25,7 @@ from PIL import Image
 
 from core.errors import WeightsError
 from core.paths import assets_dir
-from core.stage2.features import ENCODER_ID, FEATURE_DIM, FeatureStore, crop
+from core.stage2.features import ENCODER_ID, FEATURE_DIM, FeatureStore, object_thumbnail
 from core.taxonomy import Taxonomy
 
 EVIDENCE_K = 5
@@ -40,7 +40,8 @@ class Example:
         row: its row in the index.
         object_type: its type.
         class_name: its (reviewed or dataset) class.
-        source: where it comes from: ``"<split>/<image stem>#<k>"`` or ``"review:<finding id>"``.
+        source: where it comes from: ``"<split>/<image stem>#<k>"`` or ``"review:<photo hash[:12]>#<k>"``
+            (k: the object's index on its photo).
         photo: content hash of its photo.
         similarity: cosine similarity to the query's crop features.
     """
@@ -89,8 +90,7 @@ def condition_word(taxonomy: Taxonomy, class_name: str) -> str:
 
 def thumbnail_bytes(image: Image.Image, box) -> bytes:
     """A small JPEG of the object's crop (with a margin), for showing a neighbour."""
-    im = crop(image, box, 1.3).convert("RGB")
-    im.thumbnail((THUMB_PX, THUMB_PX))
+    im = object_thumbnail(image, box, THUMB_PX)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     return buf.getvalue()
@@ -183,23 +183,25 @@ class Evidencer:
 
     def for_findings(self, ctx, findings, targets: Sequence[int]) -> dict[int, Evidence]:
         """Evidence for each target finding (index into ``findings``), its own photo left out."""
-        if not targets:
-            return {}
-        crops, _ = self.features.object_features(ctx.image, [ctx.detections[i].box for i in targets], ctx.image_key)
-        out = {}
-        for i, f in zip(targets, crops):
-            t = ctx.detections[i].type
-            out[i] = Evidence(t, findings[i].class_name, self.index.nearest(f, t, self.k, skip_photo=ctx.image_key))
-        return out
+        return dict(zip(targets, self.for_objects(ctx.image, ctx.image_key, [(ctx.detections[i].box, ctx.detections[i].type,
+                                                                               findings[i].class_name) for i in targets])))
+
+    def for_objects(self, image: Image.Image, photo_key: str, objects: Sequence[tuple]) -> list[Evidence]:
+        """Evidence for ``(box, type, class)`` objects of one photo (``photo_key``: its content
+        hash, so its own objects are never their evidence), their crops encoded in one batch."""
+        if not objects:
+            return []
+        crops, _ = self.features.object_features(image, [box for box, _, _ in objects], photo_key)
+        return [Evidence(t, c, self.index.nearest(f, t, self.k, skip_photo=photo_key)) for (_, t, c), f in zip(objects, crops)]
 
 
-def index_from_photos(photos, sources: Sequence[str], taxonomy: Taxonomy, features: FeatureStore | None = None,
-                      progress=None) -> EvidenceIndex:
-    """An index of every labelled object (class known, type with a condition) of ``photos``
-    (``LabeledPhoto``s); ``sources[k]`` names photo k (``"train/<stem>"``, ``"review:photo 12"``)."""
+def index_from_photos(named_photos, taxonomy: Taxonomy, features: FeatureStore | None = None, progress=None) -> EvidenceIndex:
+    """An index of every labelled object (class known, type with a condition) of ``named_photos``:
+    ``(LabeledPhoto, source)`` pairs, read one at a time, the source naming the photo
+    (``"train/<stem>"``, ``"review:<photo hash[:12]>"``); each object's source adds ``#<index>``."""
     features = features or FeatureStore()
     feats, types, classes, names, keys, thumbs = [], [], [], [], [], []
-    for photo, source in (progress or (lambda x, **_: x))(list(zip(photos, sources)), desc="Evidence index"):
+    for photo, source in (progress or (lambda x, **_: x))(named_photos, desc="Evidence index"):
         keep = [i for i, (d, c) in enumerate(zip(photo.detections, photo.classes)) if c is not None and taxonomy.needs_condition(d.type)]
         if not keep:
             continue

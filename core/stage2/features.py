@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -75,6 +78,13 @@ def crop(image: Image.Image, box: Box, scale: float) -> Image.Image:
     return image.crop((int(x1), int(y1), max(int(x2), int(x1) + 1), max(int(y2), int(y1) + 1)))
 
 
+def object_thumbnail(image: Image.Image, box: Box, size: int) -> Image.Image:
+    """The object with a little margin around it, at most ``size`` px: what a reviewer is shown."""
+    out = crop(image, box, 1.3).convert("RGB")
+    out.thumbnail((size, size))
+    return out
+
+
 def position_features(box: Box, width: int, height: int) -> np.ndarray:
     """``[cx, cy, w, h]`` as fractions of the image, then a one-hot of the vertical band."""
     onehot = [1.0 if band(box, height) == b else 0.0 for b in BANDS]
@@ -88,6 +98,9 @@ class FeatureStore:
         self._encoder = encoder
         self.persist = persist  # False: encode every photo anew (benchmarks must not time another run's cache)
         self._last: tuple[str | None, dict] = (None, {})
+        # One photo at a time: two inspections (or embedding beside one) must not interleave a
+        # photo's read-encode-write, nor share the dict being filled.
+        self._lock = threading.Lock()
         self.root = root or data_dir() / "features" / ENCODER_ID
         if persist:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -98,13 +111,21 @@ class FeatureStore:
             self._encoder = ImageEncoder()
         return self._encoder
 
+    def forget(self) -> None:
+        """Drop the last photo's features from memory (the disk cache stays)."""
+        with self._lock:
+            self._last = (None, {})
+
     def object_features(self, image: Image.Image, boxes: Sequence[Box], image_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(crop_feats, context_feats)``, each ``(len(boxes), 1280)``, from cache when possible."""
         key = image_key or hashlib.sha256(image.tobytes()).hexdigest()
+        with self._lock:
+            return self._object_features(image, boxes, key)
+
+    def _object_features(self, image: Image.Image, boxes: Sequence[Box], key: str) -> tuple[np.ndarray, np.ndarray]:
         path = self.root / f"{key}.npz"
-        last_key, last = self._last  # one read: another thread may swap it (inspections run side by side)
-        if last_key == key:  # the same photo again (scoring, then rationales, then evidence): no re-read, no re-encode
-            cached = last
+        if self._last[0] == key:  # the same photo again (scoring, then rationales, then evidence): no re-read, no re-encode
+            cached = self._last[1]
         else:
             cached = dict(np.load(path, allow_pickle=False)) if self.persist and path.exists() else {}
             self._last = (key, cached)
@@ -116,9 +137,12 @@ class FeatureStore:
                 cached[f"c:{names[i]}"] = feats[k]
                 cached[f"x:{names[i]}"] = feats[len(todo) + k]
             if self.persist:
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, **cached)
-                tmp.replace(path)  # atomic: a killed job never leaves a half-written cache
+                # A temp file of its own (another process may write the same photo) and an atomic
+                # rename: a killed job never leaves a half-written cache.
+                fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=f".{key[:12]}-", dir=self.root)
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, **cached)
+                os.replace(tmp, path)
         if not boxes:
             return np.zeros((0, FEATURE_DIM), np.float32), np.zeros((0, FEATURE_DIM), np.float32)
         return np.stack([cached[f"c:{n}"] for n in names]), np.stack([cached[f"x:{n}"] for n in names])

@@ -9,7 +9,7 @@ from typing import Iterator
 from core.data import Sample, YoloDataset, file_sha256
 from core.errors import DatasetError
 from core.images import load_image
-from core.types import Detection
+from core.types import Detection, Status
 
 
 @dataclass(frozen=True)
@@ -39,3 +39,12 @@ def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, 
 
 def labeled_photos(ds: YoloDataset, split: str) -> list[LabeledPhoto]:
     return [LabeledPhoto(image, tuple(dets), tuple(classes), key) for _, image, dets, classes, key in ground_truth(ds, split)]
+
+
+def reviewed_photos(store) -> Iterator[LabeledPhoto]:
+    """Every reviewed photo of ``store`` (a ``db.store.Store``: ``Store.reviewed_photos``) as a
+    LabeledPhoto, decoded one at a time: live objects keep their box as context, and only reviewed
+    ones carry a label."""
+    for p in store.reviewed_photos():
+        yield LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings),
+                           tuple(f.class_name if f.status is Status.REVIEWED else None for f in p.findings), p.photo.sha256)

@@ -17,6 +17,9 @@ from typing import Any
 from core.errors import SlopewatchError
 from core.taxonomy import Taxonomy
 
+# What the adapter's LM may run in: auto picks bf16 on a CPU with native bf16, else fp32.
+ADAPTER_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
 
 class UnknownBackend(SlopewatchError):
     """A backend name that is not registered (or not usable where it was asked for)."""
@@ -58,8 +61,8 @@ class BackendOptions:
     adapter_precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.adapter_precision not in ("auto", "fp32", "bf16", "int8"):
-            raise ValueError(f"adapter_precision: expected auto, fp32, bf16 or int8, found {self.adapter_precision!r}")
+        if self.adapter_precision not in ADAPTER_PRECISIONS:
+            raise ValueError(f"adapter_precision: expected one of {ADAPTER_PRECISIONS}, found {self.adapter_precision!r}")
         if self.rationale_tokens is not None and self.rationale_tokens < 0:
             raise ValueError(f"rationale_tokens: expected >= 0 (or None), found {self.rationale_tokens}")
 

@@ -67,9 +67,6 @@ class AdapterConfig:
             raise ValueError(f"rationale_tokens: expected >= 0, found {self.rationale_tokens}")
 
 
-ADAPTER_PRECISIONS = ("fp32", "bf16", "int8")
-
-
 def default_adapter_dir() -> Path:
     return assets_dir() / "models" / "adapter"
 
@@ -189,8 +186,8 @@ class AdapterVLM:
 
         from core.stage2.backends.qwen2vl import BackendUnavailable
 
-        if mode not in ADAPTER_PRECISIONS[1:]:
-            raise BackendUnavailable(f"adapter precision on CPU: expected one of {ADAPTER_PRECISIONS[1:]}; found {mode!r} "
+        if mode not in ("bf16", "int8"):
+            raise BackendUnavailable(f"adapter precision on CPU: expected bf16 or int8; found {mode!r} "
                                      "(int4 needs bitsandbytes on CUDA)")
         merged = self.lm.merge_and_unload() if hasattr(self.lm, "merge_and_unload") else self.lm
         if mode == "bf16":
@@ -294,11 +291,18 @@ class AdapterVLM:
         return answers
 
 
-def lowered_cache_dir(folder: Path, precision: str) -> Path:
+def lowered_cache_dir(folder: Path, precision: str, base_lm=None) -> Path:
     """Where the LM of the adapter in ``folder``, LoRA merged, is kept at ``precision``: keyed by
-    the adapter's weights hash, so a promotion gets its own."""
-    weights = hashlib.sha256((Path(folder) / "weights.safetensors").read_bytes()).hexdigest()[:16]
-    return data_dir() / "cache" / "adapter-lm" / f"{weights}-{precision}"
+    everything the merged weights depend on (the adapter's weights and config, the base LM, the
+    transformers release that lays the weights out), so a promotion gets its own."""
+    import transformers
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for part in ((folder / "weights.safetensors").read_bytes(), (folder / "adapter.json").read_bytes(), BASE_ID.encode(),
+                 transformers.__version__.encode(), (base_lm.config.to_json_string() if base_lm is not None else "").encode()):
+        h.update(hashlib.sha256(part).digest())
+    return data_dir() / "cache" / "adapter-lm" / f"{h.hexdigest()[:16]}-{precision}"
 
 
 def load_lowered(folder: Path, taxonomy: Taxonomy, precision: str = "bf16", lm_and_tokenizer=None) -> AdapterVLM:
@@ -310,7 +314,7 @@ def load_lowered(folder: Path, taxonomy: Taxonomy, precision: str = "bf16", lm_a
 
     if precision != "bf16":
         raise ValueError(f"precision: expected bf16 (the one precision a plain checkpoint can hold), found {precision!r}")
-    cache = lowered_cache_dir(folder, precision)
+    cache = lowered_cache_dir(folder, precision, lm_and_tokenizer[0] if lm_and_tokenizer else None)
     if not (cache / "config.json").is_file():
         _write_lowered(folder, taxonomy, precision, lm_and_tokenizer, cache)
     # Read back even right after writing: every load then runs the very same model (a model
@@ -329,15 +333,18 @@ def _write_lowered(folder: Path, taxonomy: Taxonomy, precision: str, lm_and_toke
     model.quantize(precision)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lowered-", dir=cache.parent))
-    # save_pretrained refuses a model first read from GGUF; its tensors are plain bf16 now, and the
-    # config must drop the GGUF marker so the cache loads as the plain checkpoint it is.
-    config = model.lm.config.to_dict()
-    config.pop("quantization_config", None)
-    save_model(model.lm, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
     try:
+        # save_pretrained refuses a model first read from GGUF; its tensors are plain bf16 now, and
+        # the config must drop the GGUF marker so the cache loads as the plain checkpoint it is.
+        config = model.lm.config.to_dict()
+        config.pop("quantization_config", None)
+        save_model(model.lm, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tmp.rename(cache)
-    except OSError:  # another process wrote it first
+    except OSError:
+        if not (cache / "config.json").is_file():  # not "another process wrote it first": a real failure
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 

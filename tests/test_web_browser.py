@@ -222,3 +222,43 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.screenshot(path=str(tmp_path / "library.png"))
         finally:
             browser.close()
+
+
+def test_compare_an_object_with_its_most_similar_labelled_objects(app_url, samples_yaml, tmp_path):
+    """The rationale's neighbour count, opened in the Review panel: the object and the five
+    labelled objects it counted, side by side, with the same sentence."""
+    url, db = app_url
+    photo = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[3]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            page.goto(url)
+            page.get_by_label("username").fill("ana")
+            page.get_by_label("password").fill("field-secret")
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("#sw-upload", timeout=30_000)
+            page.locator("#sw-upload input[type=file]").set_input_files([str(photo)])
+            page.wait_for_timeout(500)
+            page.locator("#sw-inspect").click()
+            page.wait_for_selector("#sw-message :text('Inspected 1 photo')", timeout=120_000)
+            photo_id = int(page.locator("#sw-last-photo input").input_value())
+            fid = sql(db, "SELECT min(s.finding_id) FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                          "WHERE f.photo_id = ? AND s.object_type != 'vegetation'", photo_id)[0][0]
+            rationale = sql(db, "SELECT rationale FROM finding_state WHERE finding_id = ?", fid)[0][0]
+            page.locator("#sw-review-this").click()
+            page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
+            page.locator(f"#sw-select input[type=radio][value='{fid}']").check()
+            page.wait_for_timeout(500)
+            page.get_by_text("Similar labelled objects").click()
+            page.locator("#sw-compare").click()
+            page.wait_for_selector("#sw-compare-text :text('most similar labelled')", timeout=30_000)
+            sentence = page.locator("#sw-compare-text").inner_text().strip().rstrip(".")
+            assert sentence.lower() in rationale.lower()  # the count the stored rationale cites
+            page.wait_for_function("document.querySelectorAll('#sw-compare-gallery img').length >= 6", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+            page.locator("#sw-compare-gallery img").nth(1).click()  # enlarge one neighbour
+            page.wait_for_timeout(500)
+            page.locator("#sw-compare-gallery").screenshot(path=str(tmp_path / "compare-open.png"))
+        finally:
+            browser.close()

@@ -31,8 +31,10 @@ class ModelHost:
         current_version: reads the registries' current version key; ``None`` turns the swap off.
     """
 
-    def __init__(self, build: Callable[[Hashable], Pipeline], current_version: Callable[[], Hashable] | None = None):
-        self._build, self._current_version = build, current_version
+    def __init__(self, build: Callable[[Hashable], Pipeline], current_version: Callable[[], Hashable] | None = None,
+                 on_request: Callable[[], object] | None = None):
+        """``on_request``: called cheaply at every request for the pipeline (keeps the evidence fresh)."""
+        self._build, self._current_version, self._on_request = build, current_version, on_request
         self._pipeline: Pipeline | None = None
         self._version: Hashable = None
         self._loading: threading.Thread | None = None
@@ -97,7 +99,53 @@ class ModelHost:
             if self.error is not None:
                 raise ModelsLoading(f"the models failed to load: {self.error}")
             raise ModelsLoading("models loading — the page works, inspection starts as soon as they are ready")
+        if self._on_request is not None:
+            self._on_request()
         return self._pipeline
+
+
+class LiveEvidence:
+    """Keeps a served pipeline's evidence index current between model swaps: when reviewers have
+    corrected anything since the last build (checked at most every ``every`` seconds, one small
+    query), the index (shipped + reviewed objects) is rebuilt in a background thread and swapped
+    in, so objects reviewed today are cited by the next photos, not only after a restart."""
+
+    def __init__(self, store, evidencer, every: float = 300.0):
+        import time
+
+        self.store, self.evidencer, self.every = store, evidencer, every
+        self.built_at = self._checked = time.time()
+        self._busy = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def maybe_refresh(self) -> bool:
+        """Start a rebuild when one is due; True when it started."""
+        import time
+
+        now = time.time()
+        if now - self._checked < self.every or not self._busy.acquire(blocking=False):
+            return False
+        self._checked = now
+        if not self.store.corrections_since(self.built_at):
+            self._busy.release()
+            return False
+
+        def work():
+            try:
+                self.evidencer.index = evidence_index(self.store)
+                self.built_at = now  # a correction made during the rebuild counts as new next time
+            except Exception:  # the old index keeps serving; the next check retries
+                log.exception("rebuilding the evidence index failed")
+            finally:
+                self._busy.release()
+
+        self._thread = threading.Thread(target=work, name="slopewatch-evidence", daemon=True)
+        self._thread.start()
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
 def evidence_index(store=None):
@@ -117,7 +165,8 @@ def registry_host(backend: str, store=None, qwen_model: str | None = None) -> Mo
     """The host ``serve`` uses: the detector registry's current version (else the shipped detector)
     and, for the ``adapter`` and ``qwen2vl`` backends, their stage-2 registry's current version (the
     Qwen2-VL LoRA applied on ``qwen_model``); any promotion swaps the pipeline. Rationales cite
-    neighbours from :func:`evidence_index` of ``store``, re-read at each swap."""
+    neighbours from :func:`evidence_index` of ``store``, read at each swap and kept current by
+    :class:`LiveEvidence` in between."""
     from core.model_registry import ModelRegistry
     from core.stage1.detector import Detector, DetectorConfig
     from core.stage2 import registry
@@ -125,6 +174,7 @@ def registry_host(backend: str, store=None, qwen_model: str | None = None) -> Mo
     from core.stage2.evidence import default_evidencer
 
     detectors: dict = {}  # by detector version: a stage-2 swap reuses the loaded detector
+    live: dict[str, LiveEvidence] = {}  # the served pipeline's evidence, kept current between swaps
     detector_registry = ModelRegistry(stage="detector")
     # The trainable backends follow their registry's promotions; other backends never swap.
     classifier_registry = {"adapter": ModelRegistry(), "qwen2vl": ModelRegistry(stage="qwen2vl")}.get(backend)
@@ -141,6 +191,9 @@ def registry_host(backend: str, store=None, qwen_model: str | None = None) -> Mo
         detector = detectors[det_version]
         qwen_adapter = classifier_registry.current_path() if backend == "qwen2vl" else None
         model = registry.create(backend, registry.BackendOptions(detector.taxonomy, qwen_model=qwen_model, qwen_adapter=qwen_adapter))
-        return Pipeline(detector, ConditionClassifier(model, detector.taxonomy, default_evidencer(model, evidence_index(store))))
+        evidencer = default_evidencer(model, evidence_index(store))
+        if store is not None:
+            live["evidence"] = LiveEvidence(store, evidencer)
+        return Pipeline(detector, ConditionClassifier(model, detector.taxonomy, evidencer))
 
-    return ModelHost(build, versions)
+    return ModelHost(build, versions, on_request=lambda: live["evidence"].maybe_refresh() if "evidence" in live else None)

@@ -313,3 +313,22 @@ def test_compare_shows_the_object_beside_the_neighbours_its_rationale_counted(ap
     app.store.correct(drain.finding_id, drain.state.revision, "ana", "delete")
     message, tiles = review.compare_similar(drain.finding_id)
     assert message.startswith("⚠") and "deleted" in message and tiles == []
+
+
+def test_objects_reviewed_today_become_evidence_without_a_restart(app, probe_pipeline):
+    from app.models import LiveEvidence, evidence_index
+    from core.stage2.evidence import Evidencer
+
+    inspect(app, PHOTOS[0])
+    evidencer = Evidencer(evidence_index(app.store), probe_pipeline.classifier.evidencer.features)
+    shipped = len(evidencer.index)
+    live = LiveEvidence(app.store, evidencer, every=0)
+    assert not live.maybe_refresh()  # nothing reviewed since the build
+    drains = [f for f in app.store.photo_findings(1) if app.store.taxonomy.needs_condition(f.state.object_type)]
+    for f in drains:
+        app.store.correct(f.finding_id, f.state.revision, "ana", "accept")
+    assert live.maybe_refresh()
+    live.wait(60)
+    added = [s for s in evidencer.index.sources if s.startswith("review:")]
+    assert len(evidencer.index) == shipped + len(drains) == shipped + len(added)
+    assert not live.maybe_refresh()  # and nothing new since that rebuild

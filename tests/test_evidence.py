@@ -145,3 +145,27 @@ def test_shipped_index_never_saw_a_valid_photo():
     valid = {file_sha256(s.image_path) for s in ds.samples("valid")}
     assert len(index) > 500 and set(index.photos) <= train and not set(index.photos) & valid
     assert set(index.classes) <= set(TAX.class_names) and all(s.startswith("train/") for s in index.sources)
+
+
+def test_a_photo_given_by_path_is_never_its_own_evidence(probe_pipeline, samples_yaml, monkeypatch):
+    """Indexes key photos by file hash; so does ``Pipeline.run`` for a path, so an object of an
+    indexed photo (a training photo run through ``predict``) cannot cite itself."""
+    from core.pipeline import Pipeline
+
+    photos = labeled_photos(load_dataset(samples_yaml), "valid")
+    features = probe_pipeline.classifier.evidencer.features
+    index = index_from_photos(((p, f"valid/{k}") for k, p in enumerate(photos)), TAX, features)
+    classifier = ConditionClassifier(probe_pipeline.classifier.backend, TAX, Evidencer(index, features))
+    path = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[0]
+    assert file_sha256(path) in index.photos
+    cited = []
+    original = Evidencer.for_objects
+
+    def spy(self, image, key, objects):
+        out = original(self, image, key, objects)
+        cited.extend(e for ev in out for e in ev.neighbours)
+        return out
+
+    monkeypatch.setattr(Evidencer, "for_objects", spy)
+    Pipeline(probe_pipeline.detector, classifier).run(path)
+    assert cited and file_sha256(path) not in {e.photo for e in cited}

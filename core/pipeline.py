@@ -66,9 +66,9 @@ class Pipeline:
         """Both stages over one photo. ``key``: its content hash (default: the file's SHA-256 for a
         path, as datasets, the store and the evidence index key photos, so a photo is never its
         own evidence; a hash of the pixels for an image)."""
+        image = photo if isinstance(photo, Image.Image) else load_image(photo)  # a bad file: ImageError, named
         if key is None and not isinstance(photo, Image.Image):
             key = file_sha256(photo)
-        image = photo if isinstance(photo, Image.Image) else load_image(photo)
         dets = self.detector.predict(image)
         ctx = photo_context(image, dets, key)
         findings = tuple(self.classifier.classify_context(ctx)) if self.classifier else ()

@@ -57,6 +57,18 @@ def free_square(boxes, width, height, side=40):
     pytest.skip("no free area on this photo to draw in")
 
 
+def log_in_and_inspect(page, url, photos) -> None:
+    """Log in as ana and start inspecting ``photos`` from the Inspect tab."""
+    page.goto(url)
+    page.get_by_label("username").fill("ana")
+    page.get_by_label("password").fill("field-secret")
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#sw-upload", timeout=30_000)
+    page.locator("#sw-upload input[type=file]").set_input_files([str(p) for p in photos])
+    page.wait_for_timeout(500)
+    page.locator("#sw-inspect").click()
+
+
 def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
     from app.usecases.canvas import canvas_scale
     from core.taxonomy import load_taxonomy
@@ -68,14 +80,7 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         try:
-            page.goto(url)
-            page.get_by_label("username").fill("ana")
-            page.get_by_label("password").fill("field-secret")
-            page.get_by_role("button", name="Login").click()
-            page.wait_for_selector("#sw-upload", timeout=30_000)
-            page.locator("#sw-upload input[type=file]").set_input_files([str(p) for p in photos])
-            page.wait_for_timeout(500)
-            page.locator("#sw-inspect").click()
+            log_in_and_inspect(page, url, photos)
             page.wait_for_selector("#sw-message :text('Inspected 2 photo')", timeout=120_000)
             page.wait_for_selector("#sw-gallery img", timeout=30_000)
             page.screenshot(path=str(tmp_path / "inspect.png"))
@@ -233,14 +238,7 @@ def test_compare_an_object_with_its_most_similar_labelled_objects(app_url, sampl
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         try:
-            page.goto(url)
-            page.get_by_label("username").fill("ana")
-            page.get_by_label("password").fill("field-secret")
-            page.get_by_role("button", name="Login").click()
-            page.wait_for_selector("#sw-upload", timeout=30_000)
-            page.locator("#sw-upload input[type=file]").set_input_files([str(photo)])
-            page.wait_for_timeout(500)
-            page.locator("#sw-inspect").click()
+            log_in_and_inspect(page, url, [photo])
             page.wait_for_selector("#sw-message :text('Inspected 1 photo')", timeout=120_000)
             photo_id = int(page.locator("#sw-last-photo input").input_value())
             fid = sql(db, "SELECT min(s.finding_id) FROM finding_state s JOIN findings f ON f.id = s.finding_id "

@@ -191,6 +191,8 @@ COMMANDS = [
      "train.adapter:AdapterTrainConfig", "train.adapter:train_adapter", ("data_yaml",), None),
     ("train", "calibration", "fit the adapter's calibration on out-of-fold scores of the train split",
      "train.calibrate:CalibrateConfig", "train.calibrate:calibrate", ("data_yaml",), None),
+    ("train", "ensemble", "choose the adapter + probe blend by cross-validation on the train split's out-of-fold scores",
+     "train.ensemble:EnsembleTrainConfig", "train.ensemble:train_ensemble", ("data_yaml",), None),
     ("train", "box-calibration", "fit the detector's box calibration on one hash half of valid, report it on the other",
      "train.box_calibration:BoxCalibrationConfig", "train.box_calibration:calibrate_detector", ("data_yaml",), None),
     ("train", "evidence", "index the labelled objects of a training split: the similar examples rationales cite",
@@ -260,8 +262,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = sub.add_parser("inspect", help="store and inspect a whole flight (files, folders, zips) in the review DB; resumable")
     p.add_argument("photos", nargs="+", type=Path, help="photo files, folders (searched recursively) or .zip archives")
     p.add_argument("--db", type=Path, help="review database (default: in the data dir)")
-    p.add_argument("--backend", default="adapter", choices=registry.names(live_only=True),
-                   help=f"stage-2 backend (default: adapter): {registry.describe(live_only=True)}")
+    p.add_argument("--backend", default=registry.DEFAULT, choices=registry.names(live_only=True),
+                   help=f"stage-2 backend (default: {registry.DEFAULT}): {registry.describe(live_only=True)}")
     p.add_argument("--user", default="field", help="who uploaded the photos (default: field)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.set_defaults(func=_cmd_inspect)
@@ -273,8 +275,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--weights", type=Path, help="detector checkpoint (default: the promoted nightly version, else the shipped one; both hash-checked)")
     p.add_argument("--conf", type=float, default=0.25, help="minimum detection confidence (default: 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--backend", default="adapter", choices=[*registry.names(live_only=True), "none"],
-                   help=f"stage-2 backend, or none for stage 1 only (default: adapter): {registry.describe(live_only=True)}")
+    p.add_argument("--backend", default=registry.DEFAULT, choices=[*registry.names(live_only=True), "none"],
+                   help=f"stage-2 backend, or none for stage 1 only (default: {registry.DEFAULT}): {registry.describe(live_only=True)}")
     p.add_argument("--qwen-model", help="Qwen2-VL hub id or folder (backend qwen2vl)")
     p.add_argument("--qwen-precision", default="auto", help="qwen2vl precision: auto, fp32, fp16, bf16, int8, int4")
     p.add_argument("--clip-model", type=Path, help="CLIP checkpoint folder (backend clip; default: $SLOPEWATCH_CLIP_MODEL)")

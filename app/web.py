@@ -57,7 +57,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     db: Path | None = None
-    backend: str = "adapter"
+    backend: str = registry.DEFAULT
     qwen_model: str | None = None
     auth: str = ""
     auth_file: Path | None = None

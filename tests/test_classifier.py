@@ -145,6 +145,15 @@ def test_probe_learns_a_planted_signal():
     assert all(p.sum() == pytest.approx(1.0) for p in probs)
 
 
+def test_probe_of_a_type_seen_with_one_class_predicts_that_class():
+    # a small fold can hold one class of a type; the probe must still fit and say that class
+    x = np.random.default_rng(1).normal(size=(6, 4))
+    probe = fit_probe(x, ["rock_toe"] * 3 + ["slope_drain"] * 3, ["rock toe damaged"] * 3 + ["slope drain", "slope drain blocked"] * 1 + ["slope drain"],
+                      TAX, c=1.0)
+    [p] = probe.proba_rows(x[:1], ["rock_toe"])
+    assert [c.name for c in TAX.classes_for_type("rock_toe")][int(np.argmax(p))] == "rock toe damaged" and p.max() > 0.99
+
+
 def test_photo_context_facts_match_spatial_module():
     ctx = photo_context(IMAGE, DETS)
     assert list(ctx.facts) == FACTS and len(ctx.image_key) == 64

@@ -44,7 +44,8 @@ def test_probe_calibration_uses_only_its_training_photos(samples_yaml, tmp_path)
 
 
 @pytest.mark.parametrize("path", [calibration_path(assets_dir() / "models" / "probe" / "drainage-probe.npz"),
-                                  assets_dir() / "models" / "adapter" / "calibration.json"], ids=["probe", "adapter"])
+                                  assets_dir() / "models" / "adapter" / "calibration.json",
+                                  assets_dir() / "models" / "ensemble" / "calibration.json"], ids=["probe", "adapter", "ensemble"])
 def test_shipped_calibrations_never_saw_a_valid_photo(path):
     real = datasets_dir() / "drainage-conditions" / "data.yaml"
     if not real.is_file():

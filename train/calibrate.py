@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import load_dataset
-from core.stage2.calibration import confidences, ece, fit_calibration
+from core.stage2.calibration import confidences, ece, fit_calibration, save_scored
 from core.taxonomy import load_taxonomy
 
 BACKENDS = ("adapter",)  # the probe's calibration is fitted by `slopewatch train probe` itself
@@ -32,6 +32,7 @@ class CalibrateConfig:
         folds: folds by photo; each trains one model on the others.
         epochs: training epochs of each fold model.
         out: calibration JSON to write (default: ``calibration.json`` in the shipped adapter folder).
+        scores_out: also write the out-of-fold scores here (JSON), for ``train ensemble``.
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
     """
 
@@ -41,6 +42,7 @@ class CalibrateConfig:
     folds: int = 2
     epochs: int = 3
     out: Path | None = None
+    scores_out: Path | None = None
     taxonomy: Path | None = None
 
     def __post_init__(self) -> None:
@@ -82,5 +84,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
                                   f"adapter recipe with {cfg.epochs} epochs per fold")
     out = Path(cfg.out or default_adapter_dir() / "calibration.json")
     cal.save(out)
-    return {"calibration": str(out), "temperatures": cal.temperatures, "likely_right": cal.likely_right, "folds": per_fold,
+    if cfg.scores_out:
+        save_scored(scored, cfg.scores_out, {p.key: int(f) for p, f in zip(photos, fold)})
+    return {"calibration": str(out), "scores": str(cfg.scores_out or ""), "temperatures": cal.temperatures, "likely_right": cal.likely_right, "folds": per_fold,
             "oof_ece_raw": ece(*confidences(scored)), "oof_ece": ece(*confidences(scored, cal)), "objects": len(scored)}

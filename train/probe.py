@@ -48,22 +48,10 @@ class ProbeTrainConfig:
 
 
 def train_probe(cfg: ProbeTrainConfig) -> dict:
-    from tqdm.auto import tqdm
-
     taxonomy = load_taxonomy(cfg.taxonomy)
-    ds = load_dataset(cfg.data_yaml, taxonomy)
     store = FeatureStore()
-    rows, types, labels, photo_ids = [], [], [], []
-    for _, image, dets, classes, key in tqdm(list(ground_truth(ds, cfg.split)), desc="encode objects"):
-        targets = [i for i, d in enumerate(dets) if taxonomy.needs_condition(d.type)]
-        if not targets:
-            continue
-        rows.append(probe_inputs(store, photo_context(image, dets, key), targets))
-        types += [dets[i].type for i in targets]
-        labels += [classes[i] for i in targets]
-        photo_ids += [key] * len(targets)
-    x = np.concatenate(rows)
-    weights = np.array([cfg.blocked_weight if taxonomy.get_class(y).condition == "blocked" else 1.0 for y in labels])
+    x, types, labels, photo_ids = encode_split(load_dataset(cfg.data_yaml, taxonomy), cfg.split, store)
+    weights = row_weights(labels, taxonomy, cfg.blocked_weight)
     cv = None
     c = cfg.c
     if c is None:
@@ -82,6 +70,28 @@ def train_probe(cfg: ProbeTrainConfig) -> dict:
                             "oof_ece_raw": ece(*raw), "oof_ece": ece(*after)}}
 
 
+def encode_split(ds, split: str, store: FeatureStore) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """Probe inputs, type, class and photo hash of every object of ``split`` that has a condition
+    (in photo order, then detection order: the order out-of-fold scores of any backend come in)."""
+    from tqdm.auto import tqdm
+
+    taxonomy = ds.taxonomy
+    rows, types, labels, photo_ids = [], [], [], []
+    for _, image, dets, classes, key in tqdm(list(ground_truth(ds, split)), desc="encode objects"):
+        targets = [i for i, d in enumerate(dets) if taxonomy.needs_condition(d.type)]
+        if not targets:
+            continue
+        rows.append(probe_inputs(store, photo_context(image, dets, key), targets))
+        types += [dets[i].type for i in targets]
+        labels += [classes[i] for i in targets]
+        photo_ids += [key] * len(targets)
+    return np.concatenate(rows), types, labels, photo_ids
+
+
+def row_weights(labels, taxonomy, blocked_weight: float) -> np.ndarray:
+    return np.array([blocked_weight if taxonomy.get_class(y).condition == "blocked" else 1.0 for y in labels])
+
+
 def folds_by_photo(groups, folds: int = 5) -> np.ndarray:
     """A fold number per row; all rows of one photo share a fold."""
     groups = np.asarray(groups)
@@ -89,12 +99,13 @@ def folds_by_photo(groups, folds: int = 5) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
-def out_of_fold(x, types, labels, groups, weights, taxonomy, c: float, folds: int = 5) -> list[Scored]:
-    """Each row scored by a probe fitted on the other folds."""
-    fold = folds_by_photo(groups, folds)
+def out_of_fold(x, types, labels, groups, weights, taxonomy, c: float, folds: int = 5, fold: np.ndarray | None = None) -> list[Scored]:
+    """Each row scored by a probe fitted on the other folds (``fold``: a given fold per row, e.g.
+    the folds another backend's out-of-fold scores were made on)."""
+    fold = folds_by_photo(groups, folds) if fold is None else np.asarray(fold)
     types, labels, groups = np.asarray(types), np.asarray(labels), np.asarray(groups)
     out = [None] * len(labels)
-    for k in range(folds):
+    for k in np.unique(fold):
         tr, te = fold != k, fold == k
         probe = fit_probe(x[tr], types[tr], labels[tr], taxonomy, c=c, sample_weight=weights[tr])
         for j, p in zip(np.flatnonzero(te), probe.proba_rows(x[te], types[te])):

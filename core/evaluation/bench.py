@@ -13,6 +13,7 @@ from core.data import IMAGE_SUFFIXES, file_sha256
 from core.images import load_image
 from core.paths import samples_dir
 from core.stage1.detector import Detector, DetectorConfig
+from core.stage2 import registry
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class PipelineBenchConfig:
     """
 
     photos: Path | None = None
-    backend: str = "adapter"
+    backend: str = registry.DEFAULT
     qwen_model: str | None = None
     qwen_precision: str = "auto"
     repeats: int = 1
@@ -119,8 +120,6 @@ class PipelineBenchConfig:
     rationale_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        from core.stage2 import registry
-
         registry.check(self.backend, live_only=True)
         if self.repeats < 1:
             raise ValueError(f"repeats: expected >= 1, found {self.repeats}")
@@ -168,7 +167,6 @@ def bench_pipeline(cfg: PipelineBenchConfig) -> dict:
     from tqdm.auto import tqdm
 
     from core.pipeline import Pipeline
-    from core.stage2 import registry
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.evidence import Evidencer, load_default_index
     from core.stage2.features import FeatureStore

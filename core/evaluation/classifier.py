@@ -51,7 +51,7 @@ class ClassifierEvalConfig:
 
     data_yaml: Path
     split: str = "valid"
-    backend: str = "adapter"
+    backend: str = registry.DEFAULT
     compare: str = ""
     probe_weights: Path | None = None
     adapter_dir: Path | None = None

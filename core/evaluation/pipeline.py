@@ -38,7 +38,7 @@ class PipelineEvalConfig:
 
     data_yaml: Path
     split: str = "valid"
-    backend: str = "adapter"
+    backend: str = registry.DEFAULT
     weights: Path | None = None
     conf: float = 0.25
     iou: float = 0.5

@@ -92,6 +92,26 @@ class Calibration:
             raise WeightsError(f"expected a calibration JSON at {path}: {exc}") from None
 
 
+def save_scored(scored: Sequence[Scored], path: Path, fold_of: dict[str, int] | None = None) -> Path:
+    """Out-of-fold scores as JSON (with each photo's fold), so later fits (an ensemble weight, a
+    band) reuse them instead of re-training the fold models."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"type": s.object_type, "probs": [float(v) for v in s.probs], "truth": s.truth, "photo": s.photo} for s in scored]
+    path.write_text(json.dumps({"fold_of": fold_of or {}, "scores": rows}))
+    return path
+
+
+def load_scored(path: Path) -> tuple[list[Scored], dict[str, int]]:
+    """The scores and the fold of each photo written by :func:`save_scored`."""
+    try:
+        data = json.loads(Path(path).read_text())
+        rows = [Scored(r["type"], np.array(r["probs"], float), int(r["truth"]), r["photo"]) for r in data["scores"]]
+        return rows, {k: int(v) for k, v in data["fold_of"].items()}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise WeightsError(f"expected out-of-fold scores (JSON with fold_of and scores) at {path}: {exc}") from None
+
+
 def temper(probs: np.ndarray, t: float) -> np.ndarray:
     """``p ** (1/t)`` renormalised, computed in log space (a 1e-20 probability stays finite)."""
     logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0)) / t

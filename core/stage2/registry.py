@@ -89,6 +89,8 @@ class BackendSpec:
 SPECS = (
     BackendSpec("adapter", "core.stage2.backends.adapter:from_options", "the offline VLM (SmolLM2 + image projector + LoRA)", prompted=True),
     BackendSpec("probe", "core.stage2.backends.probe:from_options", "logistic regression on frozen EfficientNet-Lite0 features"),
+    BackendSpec("ensemble", "core.stage2.backends.ensemble:from_options",
+                "the adapter and the probe blended as chosen by cross-validation (`train ensemble`)", prompted=True),
     BackendSpec("qwen2vl", "core.stage2.backends.qwen2vl:from_options", "Qwen2-VL / Qwen2.5-VL (production; needs --qwen-model)", prompted=True),
     BackendSpec("clip", "core.stage2.backends.clip:from_options", "CLIP zero-shot (needs --clip-model)"),
     BackendSpec("adapter-zeroshot", "core.stage2.backends.adapter:zeroshot_from_options",
@@ -97,6 +99,7 @@ SPECS = (
                 "baseline: the type's most frequent training class (needs a dataset)", live=False),
 )
 BACKENDS: dict[str, BackendSpec] = {s.name: s for s in SPECS}
+DEFAULT = "ensemble"  # what serve, inspect, predict, bench and evaluate run unless told otherwise
 
 
 def names(live_only: bool = False) -> list[str]:

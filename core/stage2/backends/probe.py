@@ -107,10 +107,15 @@ def fit_probe(x: np.ndarray, types: Sequence[str], labels: Sequence[str], taxono
         # Inverse-frequency class weights, multiplied into any per-row weights.
         counts = np.bincount(yt, minlength=len(cands)).astype(float)
         cw = np.where(counts > 0, len(yt) / (len(cands) * np.maximum(counts, 1)), 0.0)
-        model = LogisticRegression(C=c, max_iter=2000)
-        model.fit((xt - mean) / scale, yt, sample_weight=cw[yt] * weights[rows])
         coef = np.zeros((len(cands), x.shape[1]))
         intercept = np.full(len(cands), -30.0)  # a class never seen in training gets ~0 probability
+        if len(set(yt.tolist())) == 1:
+            # One class seen (a small fold): nothing to separate, so that class, whatever the input.
+            intercept[yt[0]] = 0.0
+            params.update({f"{t}/mean": mean, f"{t}/scale": scale, f"{t}/coef": coef, f"{t}/intercept": intercept})
+            continue
+        model = LogisticRegression(C=c, max_iter=2000)
+        model.fit((xt - mean) / scale, yt, sample_weight=cw[yt] * weights[rows])
         if len(model.classes_) == 2:
             # sklearn's binary model is one logit; split it symmetrically for a softmax.
             coef[model.classes_[1]], coef[model.classes_[0]] = model.coef_[0] / 2, -model.coef_[0] / 2

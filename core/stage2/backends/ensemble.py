@@ -1,0 +1,133 @@
+"""The ``ensemble`` backend: the adapter VLM and the probe, their calibrated probabilities blended.
+
+The adapter reads the spatial prompt, the probe reads the same frozen crop features through a
+linear model; they err on different objects, so a blend is right more often than either. How
+they are blended (``rule``: a weighted mean of the probabilities, or of the log-probabilities)
+and the probe's ``weight`` are chosen by ``slopewatch train ensemble`` on out-of-fold scores of
+the train split — each component scored by a model trained without the photo, both on the same
+folds — never on the split that is reported. The blend is then calibrated on those same scores
+(``calibration.json`` beside ``ensemble.json``), so the queue and the likely-right band read
+calibrated numbers.
+
+The components are the served ones: the registry's current adapter (a promoted nightly version
+included) and the shipped probe, each with its own calibration, sharing one feature store so a
+photo's crops are encoded once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.errors import WeightsError
+from core.paths import assets_dir
+from core.stage2.calibration import calibrated
+from core.stage2.registry import BackendOptions
+
+RULES = ("linear", "log")
+
+
+def blend(p_adapter: np.ndarray, p_probe: np.ndarray, weight: float, rule: str) -> np.ndarray:
+    """The probe at ``weight`` and the adapter at ``1 - weight``: ``linear`` averages the
+    probabilities, ``log`` the log-probabilities (a product of experts, renormalised)."""
+    a, b = np.asarray(p_adapter, float), np.asarray(p_probe, float)
+    if a.shape != b.shape:
+        raise ValueError(f"blend: expected two probability vectors of one shape, found {a.shape} and {b.shape}")
+    if rule == "linear":
+        p = (1 - weight) * a + weight * b
+    elif rule == "log":
+        logp = (1 - weight) * np.log(np.clip(a, 1e-12, 1.0)) + weight * np.log(np.clip(b, 1e-12, 1.0))
+        p = np.exp(logp - logp.max())
+    else:
+        raise ValueError(f"blend rule: expected one of {RULES}, found {rule!r}")
+    return p / p.sum()
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """How the two components are blended, and how that was chosen.
+
+    Attributes:
+        weight: the probe's weight in the blend (the adapter's is ``1 - weight``).
+        rule: ``linear`` (mean of probabilities) or ``log`` (mean of log-probabilities).
+        fitted_on: the out-of-fold scores the choice was made on.
+        candidates: every rule and weight tried, with its out-of-fold figures.
+    """
+
+    weight: float
+    rule: str
+    fitted_on: str = ""
+    candidates: tuple[dict, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and 0.0 <= self.weight <= 1.0):
+            raise ValueError(f"EnsembleSpec.weight: expected a number in [0, 1], found {self.weight}")
+        if self.rule not in RULES:
+            raise ValueError(f"EnsembleSpec.rule: expected one of {RULES}, found {self.rule!r}")
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**asdict(self), "candidates": list(self.candidates)}, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "EnsembleSpec":
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**{**data, "candidates": tuple(data.get("candidates", ()))})
+        except (OSError, ValueError, TypeError) as exc:
+            raise WeightsError(f"expected an ensemble spec (weight, rule) at {path}: {exc}; "
+                               "make one with `slopewatch train ensemble`") from None
+
+
+class Ensemble:
+    """Scores with both components and blends; everything else (rationales, MCQ answers, the
+    feature store, quantisation) is the adapter's."""
+
+    name = "ensemble"
+
+    def __init__(self, adapter, probe, spec: EnsembleSpec):
+        self.adapter, self.probe, self.spec = adapter, probe, spec
+        self.version = f"{adapter.version}+{probe.version}+{spec.rule}{spec.weight:g}"
+
+    def score(self, ctx, targets: Sequence[int], **kwargs) -> list[np.ndarray]:
+        a = self.adapter.score(ctx, targets, **kwargs)
+        b = self.probe.score(ctx, targets)
+        return [blend(x, y, self.spec.weight, self.spec.rule) for x, y in zip(a, b)]
+
+    @property
+    def store(self):
+        return self.adapter.store
+
+    @store.setter
+    def store(self, value) -> None:
+        # Both components read one store (a benchmark swaps in one that does not persist); set it
+        # on the models themselves, under any calibration wrapper.
+        for part in (self.adapter, self.probe):
+            getattr(part, "inner", part).store = value
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+
+def default_ensemble_dir() -> Path:
+    return assets_dir() / "models" / "ensemble"
+
+
+def from_options(options: BackendOptions):
+    """The served adapter and probe (each calibrated), blended as ``ensemble.json`` says, with the blend's calibration."""
+    from core.stage2.backends import adapter as adapter_backend
+    from core.stage2.backends.probe import Probe, calibration_path, default_probe_path
+
+    folder = default_ensemble_dir()
+    spec = EnsembleSpec.load(folder / "ensemble.json")
+    adapter = adapter_backend.from_options(options)
+    weights = options.probe_weights or default_probe_path()
+    probe = calibrated(Probe.load(weights, options.taxonomy, store=adapter.store), calibration_path(weights))
+    return calibrated(Ensemble(adapter, probe, spec), folder / "calibration.json")

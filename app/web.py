@@ -103,11 +103,19 @@ class ServeConfig:
         return out
 
 
+# Gradio shows a lone gallery image the full width of the page inside a box capped at 55% of the
+# window, so most of a square photo (and the objects at its bottom) was hidden until one scrolled
+# inside it. Tiles of at least 420 px, a box of 80% of the window: a photo is seen whole, a
+# flight scrolls row by row.
+GALLERY_CSS = ("#sw-gallery .grid-container{grid-template-columns:repeat(auto-fill,minmax(min(100%,420px),1fr)) !important}"
+               "#sw-gallery .fixed-height{max-height:80vh !important}")
+
+
 def page_head() -> str:
-    """The page's extra ``<head>``: the Review tab's keyboard shortcuts."""
+    """The page's extra ``<head>``: the Review tab's keyboard shortcuts and the Inspect gallery's layout."""
     from app.review_tab import REVIEW_KEYS_JS
 
-    return f"<script>{REVIEW_KEYS_JS}</script>"
+    return f"<style>{GALLERY_CSS}</style><script>{REVIEW_KEYS_JS}</script>"
 
 
 def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None, schedule: SchedulerState | None = None):

@@ -84,6 +84,14 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.wait_for_selector("#sw-message :text('Inspected 2 photo')", timeout=120_000)
             page.wait_for_selector("#sw-gallery img", timeout=30_000)
             page.screenshot(path=str(tmp_path / "inspect.png"))
+            # On a laptop-height window each inspected photo is seen whole, not cut at the bottom
+            # of the gallery's scroll box (Gradio's default showed about 40% of a lone photo).
+            page.set_viewport_size({"width": 1400, "height": 900})
+            page.wait_for_timeout(300)
+            view = page.locator("#sw-gallery .grid-wrap").first.evaluate("e => e.clientHeight")
+            shown = [page.locator("#sw-gallery .grid-container img").nth(k).bounding_box()["height"] for k in range(2)]
+            assert max(shown) <= view, f"photos {shown} px tall in a gallery showing {view} px"
+            page.set_viewport_size({"width": 1400, "height": 1500})
 
             # Clicking an object's row in the Inspect table opens its photo in Review, that object selected.
             row_fid = sql(db, "SELECT min(finding_id) FROM finding_state")[0][0]  # the table's first row

@@ -12,7 +12,7 @@ from conftest import db_rows as rows  # noqa: E402
 
 from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers  # noqa: E402
 from app.models import ModelHost  # noqa: E402
-from app.review_tab import ReviewHandlers  # noqa: E402
+from app.review_tab import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
 from app.usecases.canvas import canvas_scale  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 
@@ -207,7 +207,7 @@ def test_accept_likely_right_touches_only_the_band(app):
     threshold = confs[len(confs) // 2]  # half the objects in the band
     served = SimpleNamespace(classifier=SimpleNamespace(backend=SimpleNamespace(calibration=SimpleNamespace(likely_right=threshold))))
     r = ReviewHandlers(app.store, ModelHost.ready(served))
-    band = {f.finding_id for f in pending if f.confidence >= threshold}
+    band = {f.finding_id for f in pending if f.confidence >= threshold and f.detector_confidence >= LIKELY_BOX_SCORE}
     v = view(r.open_photo(photo_id))
     assert sum("likely right" in label for label, _ in v["select"]["choices"]) == len(band) > 0
     out = r.accept_likely_right(photo_id, ANA)
@@ -217,6 +217,20 @@ def test_accept_likely_right_touches_only_the_band(app):
     below = [f for f in app.store.photo_findings(photo_id) if f.finding_id not in band]
     assert all(f.state.status == "pending" for f in below)  # nothing below the band was touched
 
+
+
+def test_likely_right_leaves_boxes_the_detector_doubts_for_a_look(app, monkeypatch):
+    import app.review_tab as review_tab
+
+    *_, photo_id = inspect(app, PHOTOS[1])
+    pending = [f for f in app.store.photo_findings(photo_id) if len(f.probabilities or {}) > 1]
+    floor = sorted(f.detector_confidence for f in pending)[len(pending) // 2]
+    monkeypatch.setattr(review_tab, "LIKELY_BOX_SCORE", floor)
+    threshold = min(f.confidence for f in pending)  # every label confident enough: only the box decides
+    served = SimpleNamespace(classifier=SimpleNamespace(backend=SimpleNamespace(calibration=SimpleNamespace(likely_right=threshold))))
+    r = ReviewHandlers(app.store, ModelHost.ready(served))
+    doubted = {f.finding_id for f in pending if f.detector_confidence < floor}
+    assert doubted and r.likely_right(pending) == {f.finding_id for f in pending} - doubted
 
 def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
     *_, photo_id = inspect(app, PHOTOS[1])

@@ -181,3 +181,11 @@ def test_the_shipped_blend_was_chosen_on_train_folds():
     assert spec.fitted_on.startswith("train split") and "out-of-fold" in spec.fitted_on
     chosen = next(r for r in spec.candidates if (r["rule"], r["weight"]) == (spec.rule, spec.weight))
     assert chosen["balanced_accuracy"] == max(r["balanced_accuracy"] for r in spec.candidates)
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_train_ensemble_refuses_an_evaluation_split(split, tmp_path):
+    from train.ensemble import EnsembleTrainConfig
+
+    with pytest.raises(ValueError, match="training split"):
+        EnsembleTrainConfig(tmp_path / "data.yaml", tmp_path / "oof.json", split=split)

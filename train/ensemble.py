@@ -23,6 +23,7 @@ from core.stage2.backends.ensemble import RULES, EnsembleSpec, blend, default_en
 from core.stage2.calibration import Scored, confidences, ece, fit_calibration, load_scored
 from core.stage2.features import FeatureStore
 from core.taxonomy import load_taxonomy
+from train.evidence import EVALUATION_SPLITS
 from train.probe import encode_split, out_of_fold, row_weights
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # coarse on purpose: 775 objects cannot pick finer without fitting noise
@@ -56,6 +57,8 @@ class EnsembleTrainConfig:
 
     def __post_init__(self) -> None:
         self.data_yaml, self.adapter_scores, self.out = Path(self.data_yaml), Path(self.adapter_scores), Path(self.out)
+        if self.split in EVALUATION_SPLITS:
+            raise ValueError(f"split: expected a training split (the blend is chosen on it), found {self.split!r}")
         if self.probe_c <= 0 or self.blocked_weight <= 0:
             raise ValueError(f"probe_c and blocked_weight: expected > 0, found {self.probe_c} and {self.blocked_weight}")
 

@@ -328,6 +328,8 @@ class ReviewHandlers:
     def accept_likely_right(self, photo_id, request: gr.Request):
         def work(user):
             band = self.likely_right(self.store.photo_findings(int(photo_id)))
+            if not band:
+                return "Nothing saved: no pending object on this photo is in the likely-right band."
             return f"Saved: accepted {len(review.accept_some(self.store, int(photo_id), user, band))} likely-right object(s)."
 
         return self._edit(photo_id, None, work, request)

@@ -216,6 +216,8 @@ def test_accept_likely_right_touches_only_the_band(app):
     assert sorted(fid for fid, _ in accepted) == sorted(band) and {who for _, who in accepted} == {"ana"}
     below = [f for f in app.store.photo_findings(photo_id) if f.finding_id not in band]
     assert all(f.state.status == "pending" for f in below)  # nothing below the band was touched
+    again = r.accept_likely_right(photo_id, ANA)  # the band is spent: said so, nothing written
+    assert again[0].startswith("Nothing saved") and len(rows(app.db, "SELECT 1 FROM corrections WHERE action = 'accept'")) == len(band)
 
 
 

@@ -5,7 +5,8 @@ selected object. Named handlers (:class:`ReviewHandlers`) and the tab's layout; 
 Keys (outside text fields): 1–9 the selected object's classes, ``a`` accept it and select the
 next pending one, ``Shift+A`` accept every pending object of the photo, ``L`` accept the
 objects in the "likely right" band (calibrated confidence at or above the threshold chosen on
-train folds for >= 95% accuracy; the rest "needs a look"), ``→``/``←`` next or previous photo,
+train folds for >= 95% accuracy, on a box the detector scored >= ``LIKELY_BOX_SCORE``; the rest
+"needs a look", vegetation "check the box"), ``→``/``←`` next or previous photo,
 ``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
 draw, move or resize a box, ``Delete`` removes the selected box, ``Space`` resets the zoom.
 """
@@ -154,7 +155,9 @@ class ReviewHandlers:
         table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),
                   None if f.confidence is None else round(f.confidence, 3),
                   None if f.detector_confidence is None else round(f.detector_confidence, 3),
-                  "likely right" if f.finding_id in band else ("" if f.state.status is not Status.PENDING else "needs a look")] for f in live]
+                  "likely right" if f.finding_id in band else ("" if f.state.status is not Status.PENDING else
+                                                               "check the box" if len(f.probabilities or {}) <= 1 else "needs a look")]
+                 for f in live]  # a one-class type (vegetation) has no label to doubt: only its box
         if band:
             header += f" {len(band)} likely right (press L to accept them)."
         seen = {str(f.finding_id): f.state.revision for f in live}

@@ -234,6 +234,17 @@ def test_likely_right_leaves_boxes_the_detector_doubts_for_a_look(app, monkeypat
     doubted = {f.finding_id for f in pending if f.detector_confidence < floor}
     assert doubted and r.likely_right(pending) == {f.finding_id for f in pending} - doubted
 
+
+def test_a_pending_vegetation_box_asks_for_a_box_check_not_a_label_look(app):
+    for photo in PHOTOS:
+        *_, photo_id = inspect(app, photo)
+        table = view(ReviewHandlers(app.store).open_photo(photo_id))["objects"]
+        bands = {r[2]: r[7] for r in table}  # type -> band of the last object of that type (no model: no likely right)
+        if "vegetation" in bands:
+            assert bands["vegetation"] == "check the box" and all(b == "needs a look" for t, b in bands.items() if t != "vegetation")
+            return
+    pytest.fail("expected a detected vegetation box on one of the sample photos")
+
 def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
     *_, photo_id = inspect(app, PHOTOS[1])
     photo = app.store.photo(photo_id)

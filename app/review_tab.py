@@ -137,7 +137,8 @@ class ReviewHandlers:
         photo = self.store.photo(int(photo_id))
         findings = self.store.photo_findings(photo.id)
         live = [f for f in findings if f.state.status is not Status.DELETED]
-        objects = review.canvas_objects(findings)
+        band = self.likely_right(live)
+        objects = review.canvas_objects(findings, band)
         scale = canvas_scale(photo.width, photo.height)
         canvas = {"image": review.canvas_image(photo, scale), "boxes": canvas_boxes(objects, self.colors, self.store.taxonomy, scale)}
         progress = self.store.photo_progress(photo.id)
@@ -149,7 +150,6 @@ class ReviewHandlers:
             f"{progress.n_pending} pending" if progress.n_pending else "all decided — press **Photo done**")
         header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
                   f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
-        band = self.likely_right(live)
         choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else "")
                     + (" · likely right" if f.finding_id in band else ""), f.finding_id) for f in live]
         table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),

@@ -1,5 +1,7 @@
 """The canvas diff, table-driven: what a reviewer's edit on the box canvas means."""
 
+from dataclasses import replace
+
 import pytest
 
 from app.usecases.canvas import (
@@ -78,7 +80,9 @@ def test_unsaveable_edits_are_refused(boxes, message):
 
 @pytest.mark.parametrize("label, parsed", [("#3 Toe drain", (3, "Toe drain")), ("Toe drain", (None, "Toe drain")),
                                            ("#12   slope drain blocked ", (12, "slope drain blocked")), ("", (None, "")),
-                                           (None, (None, "")), ("#x rock toe", (None, "#x rock toe"))])
+                                           (None, (None, "")), ("#x rock toe", (None, "#x rock toe")),
+                                           ("#4 rock toe damaged · likely right", (4, "rock toe damaged")),
+                                           ("rock toe · likely right", (None, "rock toe"))])
 def test_parse_label(label, parsed):
     assert parse_label(label) == parsed
 
@@ -100,3 +104,12 @@ def test_shown_boxes_carry_index_labels_and_condition_colours():
     assert [b["label"] for b in SHOWN] == ["#0 slope drain", "#1 Toe drain", "#2 vegetation"]
     assert SHOWN[0]["color"] == rgb(DEFAULT_COLORS["normal"]) == "rgb(44, 160, 44)" and SHOWN[2]["color"] == rgb(DEFAULT_COLORS["none"])
     assert clamp_box({"xmin": 30, "ymin": 40, "xmax": 10, "ymax": 5}, 100, 100) == Box(10, 5, 30, 40)
+
+
+def test_an_object_in_the_likely_right_band_is_marked_on_the_canvas_and_reads_back_unchanged():
+    marked = [replace(o, likely_right=o.index == 0) for o in OBJECTS]
+    shown = canvas_boxes(marked, DEFAULT_COLORS, TAX)
+    assert [b["label"] for b in shown] == ["#0 slope drain · likely right", "#1 Toe drain", "#2 vegetation"]
+    assert diff(marked, shown, TAX, 312, 312) == [] and diff(OBJECTS, shown, TAX, 312, 312) == []
+    relabelled = [{**shown[0], "label": "#0 slope drain blocked · likely right"}, *shown[1:]]
+    assert diff(marked, relabelled, TAX, 312, 312) == [Change("relabel", OBJECTS[0].finding_id, class_name="slope drain blocked")]

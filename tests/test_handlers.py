@@ -210,6 +210,7 @@ def test_accept_likely_right_touches_only_the_band(app):
     band = {f.finding_id for f in pending if f.confidence >= threshold and f.detector_confidence >= LIKELY_BOX_SCORE}
     v = view(r.open_photo(photo_id))
     assert sum("likely right" in label for label, _ in v["select"]["choices"]) == len(band) > 0
+    assert sum(b["label"].endswith("likely right") for b in v["canvas"]["boxes"]) == len(band)  # marked on the canvas too
     out = r.accept_likely_right(photo_id, ANA)
     assert out[0] == f"Saved: accepted {len(band)} likely-right object(s)."
     accepted = rows(app.db, "SELECT finding_id, reviewer FROM corrections WHERE action = 'accept'")

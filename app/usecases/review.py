@@ -63,9 +63,9 @@ class Saved:
         return bool(self.lines)
 
 
-def canvas_objects(findings: list[StoredFinding]) -> list[CanvasObject]:
-    """The photo's live objects as the canvas shows them (in ``#k`` order)."""
-    return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type)
+def canvas_objects(findings: list[StoredFinding], likely_right: frozenset[int] | set[int] = frozenset()) -> list[CanvasObject]:
+    """The photo's live objects as the canvas shows them (in ``#k`` order; ``likely_right``: ids marked as in the band)."""
+    return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type, f.finding_id in likely_right)
             for f in findings if f.state.status is not Status.DELETED]
 
 

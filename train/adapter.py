@@ -48,6 +48,9 @@ class AdapterTrainConfig:
         blocked_weight: extra label-loss weight for the "blocked" condition.
         rationale_weight: weight of the rationale tokens' loss (0 trains labels only).
         context_dropout: chance of a training prompt without other objects, facts and hints.
+        mcq_share: share of each batch also asked as a lettered question ("... A) normal B) damaged.
+            Answer with one letter.") and trained to answer the right letter, then stop; 0 trains no MCQ.
+        init: start from this adapter folder instead of a fresh projector and LoRA (a continued fine-tune).
         lora_r: LoRA rank.
         lora_alpha: LoRA alpha.
         lora_dropout: LoRA dropout.
@@ -69,6 +72,8 @@ class AdapterTrainConfig:
     blocked_weight: float = 1.5
     rationale_weight: float = 0.3
     context_dropout: float = 0.2
+    mcq_share: float = 0.0
+    init: Path | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
@@ -84,8 +89,11 @@ class AdapterTrainConfig:
         for name in ("lr", "lora_lr", "blocked_weight"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, found {getattr(self, name)}")
-        if not 0.0 <= self.context_dropout <= 1.0:
-            raise ValueError(f"context_dropout: expected [0, 1], found {self.context_dropout}")
+        for name in ("context_dropout", "mcq_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected [0, 1], found {getattr(self, name)}")
+        if self.init is not None and not (Path(self.init) / "adapter.json").is_file():
+            raise ValueError(f"init: expected an adapter folder (with adapter.json), found {self.init}")
         if self.rationale_weight < 0:
             raise ValueError(f"rationale_weight: expected >= 0, found {self.rationale_weight}")
 
@@ -125,6 +133,25 @@ def class_loss_weights(labels: list[str], taxonomy, cfg: AdapterTrainConfig) -> 
     return weights
 
 
+def mcq_loss(model: AdapterVLM, batch: list[Example], taxonomy, eos: int):
+    """Next-token loss of the right letter, then end of text, after each object's lettered
+    question and `` Answer:`` (what ``answer_mcq`` generates from)."""
+    import torch
+
+    from core.stage2.mcq import LETTERS, question_text
+
+    prompts = [question_text(e.ctx, e.index, taxonomy, model.hints) for e in batch]
+    tails = []
+    for e in batch:
+        names = [c.name for c in taxonomy.classes_for_type(e.ctx.detections[e.index].type)]
+        tails.append([model.tokenizer.encode(" " + LETTERS[names.index(e.class_name)], add_special_tokens=False)[0], eos])
+    x, mask, pos = model.embed(prompts, np.stack([e.crop_f for e in batch]), np.stack([e.ctx_f for e in batch]), tails, lead=" Answer:")
+    logits = model.lm(inputs_embeds=x, attention_mask=mask, position_ids=pos).logits
+    length = logits.shape[1]
+    return sum(torch.nn.functional.cross_entropy(logits[k, length - len(t) - 1 : length - 1], torch.tensor(t))
+               for k, t in enumerate(tails)) / len(batch)
+
+
 def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, train_photos: list[LabeledPhoto] | None = None,
                   val_photos: list[LabeledPhoto] | None = None) -> dict:
     """Train, save into ``cfg.out`` and return a summary; the log holds loss/metrics per epoch.
@@ -152,7 +179,7 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
         raise ValueError(f"no verified objects needing a condition among the {len(train_photos)} training photos")
     hints = band_hints([(e.ctx.detections[e.index].type, band(e.ctx.detections[e.index].box, e.ctx.image.height)) for e in examples])
     if model is None:
-        model = AdapterVLM(taxonomy, cfg.adapter_config(), hints, store)
+        model = AdapterVLM.load(cfg.init, taxonomy, store) if cfg.init else AdapterVLM(taxonomy, cfg.adapter_config(), hints, store)
     model.hints = hints
     labels = [e.class_name for e in examples]
     loss_w = class_loss_weights(labels, taxonomy, cfg)
@@ -193,6 +220,10 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
                 target = torch.tensor(cands.index(e.class_name))
                 loss = loss + loss_w[e.class_name] * torch.nn.functional.cross_entropy(z[None], target[None])
             loss = loss / len(batch)
+            # (no draw at all when off: the shipped recipe's random stream stays as it was)
+            asked = [e for e in batch if rng.random() < cfg.mcq_share] if cfg.mcq_share > 0 else []
+            if asked:
+                loss = loss + mcq_loss(model, asked, taxonomy, eos)
             if cfg.rationale_weight > 0:
                 lm_loss = 0.0
                 for k, t in enumerate(tails):

@@ -177,8 +177,8 @@ def registry_host(backend: str, store=None, qwen_model: str | None = None) -> Mo
     live: dict[str, LiveEvidence] = {}  # the served pipeline's evidence, kept current between swaps
     detector_registry = ModelRegistry(stage="detector")
     # The trainable backends follow their registry's promotions; other backends never swap.
-    # (the ensemble's adapter is the classifier registry's current one)
-    classifier_registry = {"adapter": ModelRegistry(), "ensemble": ModelRegistry(), "qwen2vl": ModelRegistry(stage="qwen2vl")}.get(backend)
+    follows = registry.spec(backend).follows
+    classifier_registry = ModelRegistry(stage=follows) if follows else None
 
     def versions() -> tuple[str | None, str | None]:
         return detector_registry.current(), classifier_registry.current() if classifier_registry else None

@@ -77,6 +77,8 @@ class BackendSpec:
         help: one line for ``--backend`` help.
         live: scores live photos; ``False`` means it needs a labelled dataset (evaluation only).
         prompted: a VLM prompted with spatial context (the context ablation and quantisation apply).
+        follows: the model-registry stage whose promotions a running ``serve`` picks up for this
+            backend (the nightly job trains it); None: the backend never swaps.
     """
 
     name: str
@@ -84,14 +86,18 @@ class BackendSpec:
     help: str
     live: bool = True
     prompted: bool = False
+    follows: str | None = None
 
 
 SPECS = (
-    BackendSpec("adapter", "core.stage2.backends.adapter:from_options", "the offline VLM (SmolLM2 + image projector + LoRA)", prompted=True),
+    BackendSpec("adapter", "core.stage2.backends.adapter:from_options", "the offline VLM (SmolLM2 + image projector + LoRA)", prompted=True,
+                follows="classifier"),
     BackendSpec("probe", "core.stage2.backends.probe:from_options", "logistic regression on frozen EfficientNet-Lite0 features"),
     BackendSpec("ensemble", "core.stage2.backends.ensemble:from_options",
-                "the adapter and the probe blended as chosen by cross-validation (`train ensemble`)", prompted=True),
-    BackendSpec("qwen2vl", "core.stage2.backends.qwen2vl:from_options", "Qwen2-VL / Qwen2.5-VL (production; needs --qwen-model)", prompted=True),
+                "the adapter and the probe blended as chosen by cross-validation (`train ensemble`)", prompted=True,
+                follows="classifier"),  # its adapter is the classifier registry's current one
+    BackendSpec("qwen2vl", "core.stage2.backends.qwen2vl:from_options", "Qwen2-VL / Qwen2.5-VL (production; needs --qwen-model)", prompted=True,
+                follows="qwen2vl"),
     BackendSpec("clip", "core.stage2.backends.clip:from_options", "CLIP zero-shot (needs --clip-model)"),
     BackendSpec("adapter-zeroshot", "core.stage2.backends.adapter:zeroshot_from_options",
                 "the adapter VLM before any training (prompting alone)", prompted=True),

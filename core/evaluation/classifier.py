@@ -141,10 +141,10 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
     for photo in photos:
         image, dets, key = photo.image, list(photo.detections), photo.key
         t0 = time.perf_counter()
-        findings = classifier.classify(image, dets, key)
+        ctx = photo_context(image, dets, key)  # built once: the classifier and the checker read the same facts
+        findings = classifier.classify_context(ctx)
         seconds += time.perf_counter() - t0
         n_photos += 1
-        ctx = photo_context(image, dets, key)
         facts = ctx.facts
         modelled = [i for i, f in enumerate(findings) if f.backend != "passthrough"]
         evidence = classifier.evidencer.for_findings(ctx, findings, modelled) if classifier.evidencer else {}

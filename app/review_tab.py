@@ -19,7 +19,7 @@ from gradio_image_annotation import image_annotator
 
 from app.handlers import reviewer
 from app.usecases import review
-from app.usecases.canvas import CHOOSE, CanvasError, canvas_boxes, canvas_scale
+from app.usecases.canvas import CHOOSE, LIKELY_MARK, CanvasError, canvas_boxes, canvas_scale
 from app.usecases.evidence import compare_similar
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
@@ -151,7 +151,7 @@ class ReviewHandlers:
         header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
                   f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
         choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else "")
-                    + (" · likely right" if f.finding_id in band else ""), f.finding_id) for f in live]
+                    + (f" {LIKELY_MARK}" if f.finding_id in band else ""), f.finding_id) for f in live]
         table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),
                   None if f.confidence is None else round(f.confidence, 3),
                   None if f.detector_confidence is None else round(f.detector_confidence, 3),

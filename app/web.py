@@ -89,11 +89,16 @@ class ServeConfig:
             parse_hhmm(self.nightly_at)
 
     def scheduled_nightly_args(self) -> str:
-        """``nightly_args`` for the scheduled job, fine-tuning the stage-2 model this server runs:
-        under ``--backend qwen2vl`` the Qwen2-VL LoRA on the same model (unless the args name a backend)."""
-        if self.backend != "qwen2vl" or "--backend" in shlex.split(self.nightly_args):
-            return self.nightly_args
-        return shlex.join(["--backend", "qwen2vl", "--qwen-model", str(self.qwen_model)]) + (f" {self.nightly_args}" if self.nightly_args else "")
+        """``nightly_args`` for the scheduled job, fine-tuning and judging the stage-2 model this
+        server runs (unless the args say otherwise): under ``--backend qwen2vl`` the Qwen2-VL LoRA
+        on the same model; under ``--backend adapter`` the adapter gated alone, not in the blend."""
+        given = shlex.split(self.nightly_args)
+        extra: list[str] = []
+        if self.backend == "qwen2vl" and "--backend" not in given:
+            extra = ["--backend", "qwen2vl", "--qwen-model", str(self.qwen_model)]
+        elif self.backend == "adapter" and "--gate-on" not in given:
+            extra = ["--gate-on", "adapter"]
+        return shlex.join(extra + given)
 
     def users(self) -> list[tuple[str, str]]:
         """``(user, secret)`` pairs: ``auth`` first, then ``auth_file`` (a user's later line wins)."""

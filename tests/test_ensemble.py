@@ -156,11 +156,13 @@ def test_the_registry_builds_the_shipped_blend_of_the_served_adapter_and_probe(s
     from core.stage2.lm import load_tokenizer
 
     tax, tokenizer = load_taxonomy(), load_tokenizer()
-    lm = (tiny_llama(tokenizer), tokenizer)
-    AdapterVLM(tax, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=lm).save(tmp_path / "adapter")
-    options = registry.BackendOptions(tax, adapter_dir=tmp_path / "adapter", base_lm=lm, adapter_precision="fp32")
-    model = registry.create("ensemble", options)
-    adapter, probe = registry.create("adapter", options), registry.create("probe", options)
+    AdapterVLM(tax, AdapterConfig(rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer)).save(tmp_path / "adapter")
+
+    def options():  # each model on its own copy of the (seeded) base LM, as separate loads would be
+        return registry.BackendOptions(tax, adapter_dir=tmp_path / "adapter", base_lm=(tiny_llama(tokenizer), tokenizer), adapter_precision="fp32")
+
+    model = registry.create("ensemble", options())
+    adapter, probe = registry.create("adapter", options()), registry.create("probe", options())
     spec = EnsembleSpec.load(default_ensemble_dir() / "ensemble.json")
     cal = Calibration.load(default_ensemble_dir() / "calibration.json")
     unwrapped = [getattr(part, "inner", part) for part in (model.inner.adapter, model.inner.probe)]  # under any calibration

@@ -155,3 +155,53 @@ def test_one_nightly_at_a_time_whatever_backend_it_trains(tmp_path, monkeypatch,
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(SlopewatchError, match="another nightly run holds"):
             nightly(NightlyConfig(db=tmp_path / "review.db", backend=backend, qwen_model="unused" if backend == "qwen2vl" else None))
+
+
+def _served(name, folder, lm_factory):
+    from core.stage2 import registry as backends
+
+    return backends.create(name, backends.BackendOptions(TAX, adapter_dir=folder, base_lm=lm_factory(), adapter_precision="fp32"))
+
+
+@pytest.mark.parametrize("gate_on", ["ensemble", "adapter"])
+def test_the_gate_scores_the_current_model_as_reviewers_are_served_it(world, lm_factory, gate_on):
+    """By default reviewers see the adapter blended with the probe, so that blend (with its
+    calibration) is what the gate scores; a server running the adapter alone gates it alone."""
+    from core.evaluation.classifier import score_photos
+    from core.stage2.classifier import ConditionClassifier
+    from core.stage2.labeled import reviewed_photos
+
+    reg, tmp = world
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50,
+                                   epochs=1, gate_on=gate_on), lm_factory)
+    assert result["judged_as"] == gate_on
+    frozen = [p for p in reviewed_photos(Store(tmp / "review.db", TAX)) if held_out(p.key, 50)]
+    expected = {name: score_photos(ConditionClassifier(_served(name, tmp / "v0", lm_factory), TAX), frozen) for name in ("ensemble", "adapter")}
+    keys = ("accuracy", "balanced_accuracy", "macro_f1")
+    assert [expected["ensemble"][k] for k in keys] != [expected["adapter"][k] for k in keys]  # else this test could not tell
+    assert [result["current_metrics"][k] for k in keys] == pytest.approx([expected[gate_on][k] for k in keys])
+
+
+def test_a_candidate_carries_a_blend_calibration_refitted_for_it_which_the_served_ensemble_reads(world, lm_factory):
+    from core.evaluation.classifier import scored_objects
+    from core.stage2.backends.ensemble import VERSION_CALIBRATION, default_ensemble_dir, with_probe
+    from core.stage2.calibration import Calibration, fit_calibration
+    from core.stage2.classifier import ConditionClassifier
+    from core.stage2.labeled import reviewed_photos
+    from train.candidates import calibrate_candidate
+
+    reg, tmp = world
+    folder = tmp / "v0"
+    photos = list(reviewed_photos(Store(tmp / "review.db", TAX)))  # 6 photos, 35 objects with a choice: enough to refit
+    blend = with_probe(_served("adapter", folder, lm_factory), TAX)
+    shipped = Calibration.load(default_ensemble_dir() / "calibration.json")
+    _, note, refitted = calibrate_candidate(blend, photos, shipped, folder / VERSION_CALIBRATION, TAX)
+    own = Calibration.load(folder / VERSION_CALIBRATION)
+    assert refitted and own.temperatures != shipped.temperatures and own.n
+    # The tiny model's slice supports no likely-right band of its own, so the current threshold is kept.
+    assert fit_calibration(scored_objects(ConditionClassifier(blend, TAX), photos), "check").likely_right is None
+    assert own.likely_right == shipped.likely_right and "kept" in note
+
+    assert _served("ensemble", folder, lm_factory).calibration == own
+    (folder / VERSION_CALIBRATION).unlink()
+    assert _served("ensemble", folder, lm_factory).calibration == shipped  # a version without one: the shipped blend's

@@ -71,7 +71,10 @@ def test_the_scheduled_nightly_trains_the_model_serve_runs():
     assert qwen.scheduled_nightly_args() == "--backend qwen2vl --qwen-model '/models/qwen 2b' --epochs 1"
     chosen = ServeConfig(no_auth=True, backend="qwen2vl", qwen_model="/m", nightly_at="02:00", nightly_args="--backend adapter")
     assert chosen.scheduled_nightly_args() == "--backend adapter"  # the operator's choice stands
-    adapter = ServeConfig(no_auth=True, nightly_at="02:00", nightly_args="--epochs 1")
-    assert adapter.scheduled_nightly_args() == "--epochs 1"
+    default = ServeConfig(no_auth=True, nightly_at="02:00", nightly_args="--epochs 1")
+    assert default.scheduled_nightly_args() == "--epochs 1"  # the ensemble: the nightly's default gate
+    alone = ServeConfig(no_auth=True, backend="adapter", nightly_at="02:00", nightly_args="--epochs 1")
+    assert alone.scheduled_nightly_args() == "--gate-on adapter --epochs 1"  # judged as it is served
+    assert ServeConfig(no_auth=True, backend="adapter", nightly_args="--gate-on ensemble").scheduled_nightly_args() == "--gate-on ensemble"
     with pytest.raises(ValueError, match="qwen_model"):
         ServeConfig(no_auth=True, backend="qwen2vl")

@@ -11,7 +11,8 @@ Condition corrections train the stage-2 adapter (here); box corrections train th
    of reviewed photos chosen by content hash (held out on first sight, forever). Any photo hash
    in both aborts the run.
 4. Fine-tune a copy of the current model; score current and candidate on the frozen set in one
-   run; promote only past the gate; record everything in ``training_runs``.
+   run, each as it would be served (an adapter inside the default ensemble, unless the server
+   runs the adapter alone); promote only past the gate; record everything in ``training_runs``.
 A kill at any point leaves the current model untouched: the candidate lives in a temp folder
 and promotion is one ``os.replace`` of the pointer file.
 """
@@ -31,6 +32,8 @@ from pathlib import Path
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from train.holdout import LeakError, held_out
+
+GATE_ON = ("ensemble", "adapter")
 
 
 @dataclass
@@ -75,6 +78,10 @@ class NightlyConfig:
             versions live in the ``qwen2vl`` registry, which ``serve --backend qwen2vl`` follows).
         qwen_model: Qwen2-VL / Qwen2.5-VL hub id or folder (backend qwen2vl).
         qwen_lr: learning rate of the Qwen2-VL LoRA.
+        gate_on: what the stage-2 gate scores for the adapter backend, as reviewers are served it:
+            ``ensemble`` (the default backend: the adapter blended with the probe, the blend's
+            calibration refitted for the candidate) or ``adapter`` (a server run with
+            ``--backend adapter``).
     """
 
     db: Path
@@ -108,9 +115,12 @@ class NightlyConfig:
     backend: str = field(default="adapter", metadata={"choices": ("adapter", "qwen2vl")})
     qwen_model: str | None = None
     qwen_lr: float = 1e-4
+    gate_on: str = field(default="ensemble", metadata={"choices": GATE_ON})
 
     def __post_init__(self) -> None:
         self.db = Path(self.db)
+        if self.gate_on not in GATE_ON:
+            raise ValueError(f"gate_on: expected one of {GATE_ON}, found {self.gate_on!r}")
         if self.backend not in ("adapter", "qwen2vl"):
             raise ValueError(f"backend: expected adapter or qwen2vl, found {self.backend!r}")
         if self.backend == "qwen2vl" and not self.qwen_model:
@@ -136,35 +146,6 @@ class NightlyConfig:
     @property
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
-
-
-MIN_CALIBRATION_OBJECTS = 20
-
-
-def labelled_objects(photos, taxonomy) -> int:
-    """Objects of ``photos`` with a known class and a type that has a choice of classes."""
-    return sum(c is not None and taxonomy.needs_condition(d.type) for p in photos for d, c in zip(p.detections, p.classes))
-
-
-def calibrate_candidate(model, photos, current, path: Path, taxonomy):
-    """The trained candidate wrapped with a calibration refitted on the calibration slice (photos
-    no model trained on), written to ``path`` so it is promoted with the weights. With too few
-    objects there, the current model's calibration is kept (or none). Returns ``(backend, note, refitted)``."""
-    from core.evaluation.classifier import scored_objects
-    from core.stage2.calibration import Calibrated, fit_calibration
-    from core.stage2.classifier import ConditionClassifier
-
-    scored = scored_objects(ConditionClassifier(model, taxonomy), photos) if photos else []
-    if len(scored) >= MIN_CALIBRATION_OBJECTS:
-        cal = fit_calibration(scored, f"nightly calibration slice: {len(photos)} reviewed photos held out by hash, {len(scored)} objects")
-        note = f"calibration refitted on {len(scored)} held-out objects: temperatures {cal.temperatures}"
-    elif current is not None:
-        cal = current
-        note = f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}); ECE not gated"
-    else:
-        return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before); ECE not gated", False
-    cal.save(path)
-    return Calibrated(model, cal), note, len(scored) >= MIN_CALIBRATION_OBJECTS
 
 
 def ensure_current(registry, taxonomy) -> str:
@@ -232,9 +213,12 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     from core.data import load_dataset
     from core.evaluation.classifier import score_photos
     from core.stage2 import registry as backends
+    from core.stage2.backends.ensemble import VERSION_CALIBRATION, blend_calibration_path, with_probe
+    from core.stage2.calibration import calibrated
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import labeled_photos, reviewed_photos
     from train.adapter import AdapterTrainConfig, train_adapter
+    from train.candidates import MIN_CALIBRATION_OBJECTS, calibrate_candidate, labelled_objects, qwen_candidate, qwen_current
     from train.gate import GateConfig, decide
 
     # A Qwen2-VL starts from its base model (no LoRA): version None until the first promotion.
@@ -268,11 +252,11 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     data_hash = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
 
     if cfg.backend == "qwen2vl":
-        current_model = _qwen_current(cfg, registry, taxonomy)
+        current_model = qwen_current(cfg, registry, taxonomy)
         cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
         current_calibration = getattr(current_model, "calibration", None)
         del current_model  # scored: let it go before training loads the base again
-        candidate = _qwen_candidate(cfg, registry, taxonomy, train, work / "candidate")
+        candidate = qwen_candidate(cfg, registry, taxonomy, train, work / "candidate")
     else:
         lm = lm_factory or (lambda: None)
 
@@ -283,8 +267,13 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
                                                                       adapter_precision="fp32"))
 
         current_model = current_adapter()
-        cur_metrics = score_photos(ConditionClassifier(current_model, taxonomy), frozen)
         current_calibration = getattr(current_model, "calibration", None)
+        current_judged = current_model
+        if cfg.gate_on == "ensemble":
+            current_judged = calibrated(with_probe(current_model, taxonomy), blend_calibration_path(registry.current_path()))
+        cur_metrics = score_photos(ConditionClassifier(current_judged, taxonomy), frozen)
+        current_blend = getattr(current_judged, "calibration", None) if cfg.gate_on == "ensemble" else None
+        del current_judged, current_model  # scored: the candidate is trained from a fresh copy
         served = current_adapter()
         candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
         tcfg = AdapterTrainConfig(data_yaml=Path(cfg.train_yaml or "."), out=work / "candidate", epochs=cfg.epochs, batch=cfg.batch,
@@ -293,6 +282,12 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         train_adapter(tcfg, candidate, train_photos=train)
     candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, current_calibration,
                                                                 work / "candidate" / "calibration.json", taxonomy)
+    if cfg.backend == "adapter" and cfg.gate_on == "ensemble":
+        # Judged as served: the candidate inside the blend, whose calibration is refitted for it too.
+        candidate, blend_note, blend_refitted = calibrate_candidate(with_probe(candidate, taxonomy), calibrate, current_blend,
+                                                                    work / "candidate" / VERSION_CALIBRATION, taxonomy)
+        calibration_note += f"; blend {blend_note}"
+        refitted = refitted and blend_refitted
     cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
     promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
                                                                     # ECE is judged only for a calibration fitted to this candidate
@@ -303,6 +298,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     result = {
         "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
         "current": current or f"base:{cfg.qwen_model}", "candidate": version if promote else None, "backend": cfg.backend,
+        "judged_as": cfg.gate_on if cfg.backend == "adapter" else cfg.backend,
         "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
         "counts": {"train_photos": len(train), "calibration_photos": len(calibrate),
                    "train_objects": labelled_objects(train, taxonomy),
@@ -320,40 +316,3 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
                              result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"])
     return result
-
-
-def _qwen_config(cfg: NightlyConfig, adapter: Path | None):
-    from core.stage2.backends.qwen2vl import Qwen2VLConfig
-
-    return Qwen2VLConfig(model=cfg.qwen_model, adapter=adapter, rationale_tokens=0)  # the gate judges labels
-
-
-def _qwen_current(cfg: NightlyConfig, registry, taxonomy):
-    """The current Qwen2-VL backend: the base model, or the base with the promoted LoRA and its calibration."""
-    from core.stage2.backends.qwen2vl import Qwen2VLBackend
-    from core.stage2.calibration import calibrated
-
-    adapter = registry.current_path()
-    return calibrated(Qwen2VLBackend(_qwen_config(cfg, adapter), taxonomy), adapter / "calibration.json" if adapter else None)
-
-
-def _qwen_candidate(cfg: NightlyConfig, registry, taxonomy, train: list, out: Path):
-    """A LoRA fine-tuned from the current model on ``train``, saved in ``out`` and loaded back from
-    there on a fresh base, exactly as ``serve`` will load it. The caller has let go of the current
-    model: on a GPU, two copies of the base beside the one training would not fit."""
-    import gc
-
-    import torch
-
-    from core.stage2.backends.qwen2vl import Qwen2VLBackend
-    from train.qwen2vl import QwenTrainConfig, train_qwen2vl
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    model_cfg = _qwen_config(cfg, registry.current_path())  # resumed from the promoted LoRA, if any
-    # QLoRA where bitsandbytes can run it (CUDA); a plain LoRA elsewhere (tiny models on a CPU).
-    train_qwen2vl(model_cfg, QwenTrainConfig(out=out, epochs=cfg.epochs, lr=cfg.qwen_lr, qlora=torch.cuda.is_available(),
-                                             class_weights=cfg.class_weights, blocked_weight=cfg.blocked_weight), train, taxonomy)
-    gc.collect()
-    return Qwen2VLBackend(_qwen_config(cfg, out), taxonomy)

@@ -10,8 +10,10 @@ train split as replay) and is judged on half B, which it never sees.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from train.nightly import GATE_ON
 
 
 @dataclass
@@ -27,6 +29,8 @@ class SimulateConfig:
         stage: ``classifier`` (reviewers relabel conditions) or ``detector`` (reviewers fix boxes).
         review_half: the hash half of valid that reviewers see (A or B); the other one judges.
             Swapping it checks a recipe on photos that were not used to choose it.
+        served: what reviewers are shown and the gate judges (classifier stage): ``ensemble``
+            (the default backend) or ``adapter`` (alone); the nightly fine-tunes the adapter either way.
     """
 
     data_yaml: Path
@@ -36,6 +40,7 @@ class SimulateConfig:
     max_recall_drop: float = 0.10
     stage: str = "classifier"
     review_half: str = "A"
+    served: str = field(default="ensemble", metadata={"choices": GATE_ON})
 
     def __post_init__(self) -> None:
         self.data_yaml, self.work = Path(self.data_yaml), Path(self.work)
@@ -43,6 +48,8 @@ class SimulateConfig:
             raise ValueError(f"stage: expected classifier or detector, found {self.stage!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs: expected >= 1, found {self.epochs}")
+        if self.served not in GATE_ON:
+            raise ValueError(f"served: expected one of {GATE_ON}, found {self.served!r}")
         if self.review_half not in ("A", "B"):
             raise ValueError(f"review_half: expected A or B, found {self.review_half!r}")
 
@@ -64,7 +71,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     tax = ds.taxonomy
     store = Store(cfg.work / "review.db", tax)
     store.ensure_user("simulated-reviewer")
-    model = backends.create("adapter", backends.BackendOptions(tax))
+    model = backends.create(cfg.served, backends.BackendOptions(tax))
     model.config.rationale_tokens = 0  # reviewers judge labels here; rationales would only cost time
     classifier = ConditionClassifier(model, tax)
     judged = []
@@ -88,6 +95,6 @@ def simulate(cfg: SimulateConfig) -> dict:
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", train_yaml=str(cfg.data_yaml) if cfg.replay else "",
                                    frozen_yaml=str(frozen), holdout_percent=0, registry=cfg.work / "registry", stages="classifier",
-                                   epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop))
+                                   epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop, gate_on=cfg.served))
     result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
     return result

@@ -11,14 +11,16 @@ calibrated numbers.
 
 The components are the served ones: the registry's current adapter (a promoted nightly version
 included) and the shipped probe, each with its own calibration, sharing one feature store so a
-photo's crops are encoded once.
+photo's crops are encoded once. A nightly version carries the blend's calibration refitted for it
+(``ensemble-calibration.json`` in its folder), since the shipped one was fitted for the shipped
+adapter; a version without one (and the shipped adapter) uses the shipped blend calibration.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +32,7 @@ from core.stage2.calibration import calibrated
 from core.stage2.registry import BackendOptions
 
 RULES = ("linear", "log")
+VERSION_CALIBRATION = "ensemble-calibration.json"  # the blend's calibration a nightly adapter version carries
 
 
 def blend(p_adapter: np.ndarray, p_probe: np.ndarray, weight: float, rule: str) -> np.ndarray:
@@ -120,14 +123,28 @@ def default_ensemble_dir() -> Path:
     return assets_dir() / "models" / "ensemble"
 
 
-def from_options(options: BackendOptions):
-    """The served adapter and probe (each calibrated), blended as ``ensemble.json`` says, with the blend's calibration."""
-    from core.stage2.backends import adapter as adapter_backend
+def blend_calibration_path(adapter_folder: Path) -> Path:
+    """The blend calibration for the adapter in ``adapter_folder``: the one a nightly refitted
+    for that version, else the shipped one."""
+    own = Path(adapter_folder) / VERSION_CALIBRATION
+    return own if own.is_file() else default_ensemble_dir() / "calibration.json"
+
+
+def with_probe(adapter, taxonomy, probe_weights: Path | None = None) -> Ensemble:
+    """``adapter`` (as served: calibrated when it has a calibration) blended with the calibrated
+    probe on the adapter's feature store, as ``ensemble.json`` says; the blend itself uncalibrated."""
     from core.stage2.backends.probe import Probe, calibration_path, default_probe_path
 
-    folder = default_ensemble_dir()
-    spec = EnsembleSpec.load(folder / "ensemble.json")
-    adapter = adapter_backend.from_options(options)
-    weights = options.probe_weights or default_probe_path()
-    probe = calibrated(Probe.load(weights, options.taxonomy, store=adapter.store), calibration_path(weights))
-    return calibrated(Ensemble(adapter, probe, spec), folder / "calibration.json")
+    weights = probe_weights or default_probe_path()
+    probe = calibrated(Probe.load(weights, taxonomy, store=adapter.store), calibration_path(weights))
+    return Ensemble(adapter, probe, EnsembleSpec.load(default_ensemble_dir() / "ensemble.json"))
+
+
+def from_options(options: BackendOptions):
+    """The served adapter and probe (each calibrated), blended as ``ensemble.json`` says, with the
+    blend calibration of that adapter version."""
+    from core.stage2.backends import adapter as adapter_backend
+
+    folder = Path(options.adapter_dir or adapter_backend.current_adapter_dir())
+    adapter = adapter_backend.from_options(replace(options, adapter_dir=folder))
+    return calibrated(with_probe(adapter, options.taxonomy, options.probe_weights), blend_calibration_path(folder))

@@ -195,9 +195,9 @@ def test_a_candidate_carries_a_blend_calibration_refitted_for_it_which_the_serve
     photos = list(reviewed_photos(Store(tmp / "review.db", TAX)))  # 6 photos, 35 objects with a choice: enough to refit
     blend = with_probe(_served("adapter", folder, lm_factory), TAX)
     shipped = Calibration.load(default_ensemble_dir() / "calibration.json")
-    _, note, refitted = calibrate_candidate(blend, photos, shipped, folder / VERSION_CALIBRATION, TAX)
+    _, note = calibrate_candidate(blend, photos, shipped, folder / VERSION_CALIBRATION, TAX)
     own = Calibration.load(folder / VERSION_CALIBRATION)
-    assert refitted and own.temperatures != shipped.temperatures and own.n
+    assert note.startswith("calibration refitted on 35") and own.temperatures != shipped.temperatures and own.n
     # The tiny model's slice supports no likely-right band of its own, so the current threshold is kept.
     assert fit_calibration(scored_objects(ConditionClassifier(blend, TAX), photos), "check").likely_right is None
     assert own.likely_right == shipped.likely_right and "kept" in note
@@ -205,3 +205,18 @@ def test_a_candidate_carries_a_blend_calibration_refitted_for_it_which_the_serve
     assert _served("ensemble", folder, lm_factory).calibration == own
     (folder / VERSION_CALIBRATION).unlink()
     assert _served("ensemble", folder, lm_factory).calibration == shipped  # a version without one: the shipped blend's
+
+
+def test_ece_is_gated_when_the_calibration_slice_is_too_small_and_the_current_temperatures_are_kept(world, lm_factory, monkeypatch):
+    """Kept temperatures are what the candidate would be served with: its ECE is still judged."""
+    import train.gate
+
+    reg, tmp = world
+    seen = []
+    real_decide = train.gate.decide
+    monkeypatch.setattr(train.gate, "decide", lambda cand, cur, cfg: seen.append(cfg) or real_decide(cand, cur, cfg))
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1,
+                                   max_ece_increase=0.02), lm_factory)
+    assert result["counts"]["calibration_photos"] == 0  # 3 photos left after the frozen half: too few to refit on
+    assert [c.max_ece_increase for c in seen] == [0.02]
+    assert any(r.startswith("ECE ") for r in result["reasons"])

@@ -25,7 +25,7 @@ def calibrate_candidate(model, photos, current, path: Path, taxonomy):
     objects there, the current model's calibration is kept (or none). A slice too small to choose
     a likely-right threshold keeps the current one: calibrated confidences mean the same after a
     refit, and dropping the band would leave reviewers nothing to accept in bulk.
-    Returns ``(backend, note, refitted)``."""
+    Returns ``(backend, note)``."""
     from core.evaluation.classifier import scored_objects
     from core.stage2.calibration import Calibrated, fit_calibration
     from core.stage2.classifier import ConditionClassifier
@@ -39,11 +39,11 @@ def calibrate_candidate(model, photos, current, path: Path, taxonomy):
             note += f", likely-right threshold {current.likely_right:.3f} kept (the slice chose none)"
     elif current is not None:
         cal = current
-        note = f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}); ECE not gated"
+        note = f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS})"
     else:
-        return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before); ECE not gated", False
+        return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before)"
     cal.save(path)
-    return Calibrated(model, cal), note, len(scored) >= MIN_CALIBRATION_OBJECTS
+    return Calibrated(model, cal), note
 
 
 def qwen_config(cfg, adapter: Path | None):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -280,18 +279,18 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
                                   class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
                                   lr=3e-4, lora_lr=1e-4, val_split="")
         train_adapter(tcfg, candidate, train_photos=train)
-    candidate, calibration_note, refitted = calibrate_candidate(candidate, calibrate, current_calibration,
+    candidate, calibration_note = calibrate_candidate(candidate, calibrate, current_calibration,
                                                                 work / "candidate" / "calibration.json", taxonomy)
     if cfg.backend == "adapter" and cfg.gate_on == "ensemble":
         # Judged as served: the candidate inside the blend, whose calibration is refitted for it too.
-        candidate, blend_note, blend_refitted = calibrate_candidate(with_probe(candidate, taxonomy), calibrate, current_blend,
+        candidate, blend_note = calibrate_candidate(with_probe(candidate, taxonomy), calibrate, current_blend,
                                                                     work / "candidate" / VERSION_CALIBRATION, taxonomy)
         calibration_note += f"; blend {blend_note}"
-        refitted = refitted and blend_refitted
     cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
-    promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop,
-                                                                    # ECE is judged only for a calibration fitted to this candidate
-                                                                    max_ece_increase=cfg.max_ece_increase if refitted else math.inf))
+    # ECE is gated whether the calibration was refitted or kept: kept temperatures are what the
+    # candidate would be served with, and an over-confident model fills the likely-right band
+    # with wrong labels that a bulk accept then confirms.
+    promote, reasons = decide(cand_metrics, cur_metrics, GateConfig(max_recall_drop=cfg.max_recall_drop, max_ece_increase=cfg.max_ece_increase))
     reasons.append(calibration_note)
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")

@@ -26,6 +26,7 @@ class SimulateConfig:
         epochs: nightly fine-tuning epochs.
         replay: also replay the dataset's train split during the nightly fine-tune.
         max_recall_drop: largest per-class recall drop the nightly gate tolerates.
+        max_ece_increase: largest rise in expected calibration error the nightly gate tolerates.
         stage: ``classifier`` (reviewers relabel conditions) or ``detector`` (reviewers fix boxes).
         review_half: the hash half of valid that reviewers see (A or B); the other one judges.
             Swapping it checks a recipe on photos that were not used to choose it.
@@ -38,6 +39,7 @@ class SimulateConfig:
     epochs: int = 2
     replay: bool = True
     max_recall_drop: float = 0.10
+    max_ece_increase: float = 0.03
     stage: str = "classifier"
     review_half: str = "A"
     served: str = field(default="ensemble", metadata={"choices": GATE_ON})
@@ -95,6 +97,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     started = time.time()
     result = nightly(NightlyConfig(db=cfg.work / "review.db", train_yaml=str(cfg.data_yaml) if cfg.replay else "",
                                    frozen_yaml=str(frozen), holdout_percent=0, registry=cfg.work / "registry", stages="classifier",
-                                   epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop, gate_on=cfg.served))
+                                   epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop,
+                                   max_ece_increase=cfg.max_ece_increase, gate_on=cfg.served))
     result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
     return result

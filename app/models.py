@@ -163,8 +163,9 @@ def evidence_index(store=None):
 
 def registry_host(backend: str, store=None, qwen_model: str | None = None) -> ModelHost:
     """The host ``serve`` uses: the detector registry's current version (else the shipped detector)
-    and, for the ``adapter`` and ``qwen2vl`` backends, their stage-2 registry's current version (the
-    Qwen2-VL LoRA applied on ``qwen_model``); any promotion swaps the pipeline. Rationales cite
+    and, for a backend that follows a stage-2 registry (``ensemble`` and ``adapter``: the classifier
+    registry; ``qwen2vl``: its own, the LoRA applied on ``qwen_model``), that registry's current
+    version; any promotion swaps the pipeline. Rationales cite
     neighbours from :func:`evidence_index` of ``store``, read at each swap and kept current by
     :class:`LiveEvidence` in between."""
     from core.model_registry import ModelRegistry

@@ -29,7 +29,8 @@ class ServeConfig:
         host: interface to listen on.
         port: TCP port.
         db: review database (default: in the data dir).
-        backend: stage-2 backend (a live one of ``core.stage2.registry``: adapter, probe, qwen2vl, clip).
+        backend: stage-2 backend (a live one of ``core.stage2.registry``: ensemble, the default,
+            adapter, probe, qwen2vl, clip).
         qwen_model: Qwen2-VL / Qwen2.5-VL hub id or folder (backend qwen2vl); the LoRA the nightly
             promoted (``train nightly --backend qwen2vl``) is applied and followed without a restart.
         auth: comma-separated user:password pairs, for local trials only: the command line (and

@@ -95,3 +95,17 @@ def test_calibrated_backend_and_file_round_trip(tmp_path):
     softened, untouched = Calibrated(Sharp(), cal).score(ctx, [0, 1])
     assert softened[0] < 0.9 and untouched[0] == pytest.approx(0.9)  # a type without a temperature is unchanged
     assert Calibrated(Sharp(), cal).version == f"1+T{cal.version}" and fit_temperature([]) == 1.0
+
+
+@pytest.mark.parametrize("n_band, n_right, expected", [
+    (30, 27, "30 objects at >= 0.900 were right 90.0% (< 95%)"),  # enough objects, too often wrong: refuted
+    (30, 29, None),  # right 96.7%: holds
+    (10, 0, None),  # too few objects in the band to say anything
+    (0, 0, None),
+])
+def test_a_band_is_contradicted_only_by_enough_objects_right_too_rarely(n_band, n_right, expected):
+    from core.stage2.calibration import band_contradicted
+
+    conf = np.array([0.95] * n_band + [0.5] * 40)
+    correct = np.array([1] * n_right + [0] * (n_band - n_right) + [1] * 40)
+    assert band_contradicted(conf, correct, 0.9, 0.95) == expected

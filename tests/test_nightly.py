@@ -82,6 +82,8 @@ def test_the_promoted_model_is_the_trained_candidate(world, lm_factory, samples_
     monkeypatch.setattr(train.gate, "decide", lambda *a, **k: (True, ["forced open by the test"]))
     result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1), lm_factory)
     assert result["decision"] == "promoted" and reg.current() == result["candidate"] and len(trained) == 1
+    assert list(reg.current_path().glob("ensemble-calibration-*.json")), "the promoted version lacks the blend's calibration"
+    assert Store(tmp / "review.db").query("SELECT counts_json FROM training_runs")[0]["counts_json"].count('"judged_as": "ensemble"') == 1
 
     candidate = trained[0]
     promoted = AdapterVLM.load(reg.current_path(), TAX, lm_and_tokenizer=lm_factory())
@@ -174,17 +176,20 @@ def test_the_gate_scores_the_current_model_as_reviewers_are_served_it(world, lm_
     reg, tmp = world
     result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50,
                                    epochs=1, gate_on=gate_on), lm_factory)
-    assert result["judged_as"] == gate_on
+    assert result["counts"]["judged_as"] == gate_on
     frozen = [p for p in reviewed_photos(Store(tmp / "review.db", TAX)) if held_out(p.key, 50)]
     expected = {name: score_photos(ConditionClassifier(_served(name, tmp / "v0", lm_factory), TAX), frozen) for name in ("ensemble", "adapter")}
-    keys = ("accuracy", "balanced_accuracy", "macro_f1")
-    assert [expected["ensemble"][k] for k in keys] != [expected["adapter"][k] for k in keys]  # else this test could not tell
-    assert [result["current_metrics"][k] for k in keys] == pytest.approx([expected[gate_on][k] for k in keys])
+    def figures(m):  # the calibration's ECE too: temperatures never change which class wins
+        return [m["accuracy"], m["balanced_accuracy"], m["macro_f1"], m["calibration"]["ece"], m["calibration"]["brier"]]
+
+    assert figures(expected["ensemble"]) != figures(expected["adapter"])  # else this test could not tell
+    assert figures(result["current_metrics"]) == pytest.approx(figures(expected[gate_on]))
 
 
-def test_a_candidate_carries_a_blend_calibration_refitted_for_it_which_the_served_ensemble_reads(world, lm_factory):
+def test_a_candidate_carries_a_blend_calibration_refitted_for_it_which_the_served_ensemble_reads(world, lm_factory, monkeypatch):
+    import core.stage2.calibration
     from core.evaluation.classifier import scored_objects
-    from core.stage2.backends.ensemble import VERSION_CALIBRATION, default_ensemble_dir, with_probe
+    from core.stage2.backends.ensemble import default_ensemble_dir, version_calibration_path, with_probe
     from core.stage2.calibration import Calibration, fit_calibration
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import reviewed_photos
@@ -194,17 +199,37 @@ def test_a_candidate_carries_a_blend_calibration_refitted_for_it_which_the_serve
     folder = tmp / "v0"
     photos = list(reviewed_photos(Store(tmp / "review.db", TAX)))  # 6 photos, 35 objects with a choice: enough to refit
     blend = with_probe(_served("adapter", folder, lm_factory), TAX)
+    path = version_calibration_path(folder, blend)
     shipped = Calibration.load(default_ensemble_dir() / "calibration.json")
-    _, note = calibrate_candidate(blend, photos, shipped, folder / VERSION_CALIBRATION, TAX)
-    own = Calibration.load(folder / VERSION_CALIBRATION)
+    _, note = calibrate_candidate(blend, photos, shipped, path, TAX)
+    own = Calibration.load(path)
     assert note.startswith("calibration refitted on 35") and own.temperatures != shipped.temperatures and own.n
-    # The tiny model's slice supports no likely-right band of its own, so the current threshold is kept.
+    # The tiny model's slice chooses no likely-right band of its own and cannot refute the current one: it is kept, and said so.
     assert fit_calibration(scored_objects(ConditionClassifier(blend, TAX), photos), "check").likely_right is None
-    assert own.likely_right == shipped.likely_right and "kept" in note
+    assert own.likely_right == shipped.likely_right and "threshold 0.895 kept" in note and "kept from the current" in own.fitted_on
 
     assert _served("ensemble", folder, lm_factory).calibration == own
-    (folder / VERSION_CALIBRATION).unlink()
+    path.unlink()
     assert _served("ensemble", folder, lm_factory).calibration == shipped  # a version without one: the shipped blend's
+
+    # A slice whose objects refute the current band drops it rather than carry it.
+    monkeypatch.setattr(core.stage2.calibration, "band_contradicted", lambda *a, **k: "30 objects at >= 0.895 were right 80.0% (< 95%)")
+    _, note = calibrate_candidate(blend, photos, shipped, path, TAX)
+    assert Calibration.load(path).likely_right is None and "no likely-right band: on the slice 30 objects" in note
+
+
+def test_a_blend_calibration_belongs_to_its_blend(world, lm_factory, tmp_path):
+    """A version's blend calibration is for the probe, rule and weight it was fitted with: after a
+    new `train ensemble` or `train probe` the version falls back to the shipped blend calibration."""
+    from dataclasses import replace
+
+    from core.stage2.backends.ensemble import Ensemble, version_calibration_path, with_probe
+
+    reg, tmp = world
+    blend = with_probe(_served("adapter", tmp / "v0", lm_factory), TAX)
+    reweighted = Ensemble(blend.adapter, blend.probe, replace(blend.spec, weight=0.5))
+    other_probe = Ensemble(blend.adapter, blend.adapter, blend.spec)  # any other component: another version
+    assert len({version_calibration_path(tmp, e) for e in (blend, reweighted, other_probe)}) == 3
 
 
 def test_ece_is_gated_when_the_calibration_slice_is_too_small_and_the_current_temperatures_are_kept(world, lm_factory, monkeypatch):

@@ -22,12 +22,13 @@ def labelled_objects(photos, taxonomy) -> int:
 def calibrate_candidate(model, photos, current, path: Path, taxonomy):
     """The trained candidate wrapped with a calibration refitted on the calibration slice (photos
     no model trained on), written to ``path`` so it is promoted with the weights. With too few
-    objects there, the current model's calibration is kept (or none). A slice too small to choose
-    a likely-right threshold keeps the current one: calibrated confidences mean the same after a
-    refit, and dropping the band would leave reviewers nothing to accept in bulk.
-    Returns ``(backend, note)``."""
+    objects there, the current model's calibration is kept (or none). A refit that chooses no
+    likely-right threshold keeps the current one unless the slice contradicts it (enough objects
+    in its band, right less often than the target): calibrated confidences mean the same after a
+    refit, and dropping the band on too little evidence would leave reviewers nothing to accept
+    in bulk. Returns ``(backend, note)``."""
     from core.evaluation.classifier import scored_objects
-    from core.stage2.calibration import Calibrated, fit_calibration
+    from core.stage2.calibration import Calibrated, band_contradicted, confidences, fit_calibration
     from core.stage2.classifier import ConditionClassifier
 
     scored = scored_objects(ConditionClassifier(model, taxonomy), photos) if photos else []
@@ -35,8 +36,13 @@ def calibrate_candidate(model, photos, current, path: Path, taxonomy):
         cal = fit_calibration(scored, f"nightly calibration slice: {len(photos)} reviewed photos held out by hash, {len(scored)} objects")
         note = f"calibration refitted on {len(scored)} held-out objects: temperatures {cal.temperatures}"
         if cal.likely_right is None and current is not None and current.likely_right is not None:
-            cal = replace(cal, likely_right=current.likely_right)
-            note += f", likely-right threshold {current.likely_right:.3f} kept (the slice chose none)"
+            why = band_contradicted(*confidences(scored, cal), current.likely_right, cal.target)
+            if why is None:
+                kept = f"likely-right threshold {current.likely_right:.3f} kept from the current calibration (the slice chose none and does not contradict it)"
+                cal = replace(cal, likely_right=current.likely_right, fitted_on=f"{cal.fitted_on}; {kept}")
+                note += f", {kept}"
+            else:
+                note += f", no likely-right band: on the slice {why}"
     elif current is not None:
         cal = current
         note = f"calibration kept from the current model ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS})"

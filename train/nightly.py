@@ -212,8 +212,8 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     from core.data import load_dataset
     from core.evaluation.classifier import score_photos
     from core.stage2 import registry as backends
-    from core.stage2.backends.ensemble import VERSION_CALIBRATION, blend_calibration_path, with_probe
-    from core.stage2.calibration import calibrated
+    from core.stage2.backends.ensemble import blend_calibration_path, version_calibration_path, with_probe
+    from core.stage2.calibration import Calibrated, calibrated
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import labeled_photos, reviewed_photos
     from train.adapter import AdapterTrainConfig, train_adapter
@@ -268,10 +268,13 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         current_model = current_adapter()
         current_calibration = getattr(current_model, "calibration", None)
         current_judged = current_model
+        current_blend = None
         if cfg.gate_on == "ensemble":
-            current_judged = calibrated(with_probe(current_model, taxonomy), blend_calibration_path(registry.current_path()))
+            ensemble = with_probe(current_model, taxonomy)
+            current_judged = calibrated(ensemble, blend_calibration_path(registry.current_path(), ensemble))
+            # Not getattr: an uncalibrated Ensemble would answer with its adapter's calibration.
+            current_blend = current_judged.calibration if isinstance(current_judged, Calibrated) else None
         cur_metrics = score_photos(ConditionClassifier(current_judged, taxonomy), frozen)
-        current_blend = getattr(current_judged, "calibration", None) if cfg.gate_on == "ensemble" else None
         del current_judged, current_model  # scored: the candidate is trained from a fresh copy
         served = current_adapter()
         candidate = getattr(served, "inner", served)  # train the model itself, not its calibration wrapper
@@ -283,8 +286,9 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
                                                                 work / "candidate" / "calibration.json", taxonomy)
     if cfg.backend == "adapter" and cfg.gate_on == "ensemble":
         # Judged as served: the candidate inside the blend, whose calibration is refitted for it too.
-        candidate, blend_note = calibrate_candidate(with_probe(candidate, taxonomy), calibrate, current_blend,
-                                                                    work / "candidate" / VERSION_CALIBRATION, taxonomy)
+        ensemble = with_probe(candidate, taxonomy)
+        candidate, blend_note = calibrate_candidate(ensemble, calibrate, current_blend, version_calibration_path(work / "candidate", ensemble),
+                                                    taxonomy)
         calibration_note += f"; blend {blend_note}"
     cand_metrics = score_photos(ConditionClassifier(candidate, taxonomy), frozen)
     # ECE is gated whether the calibration was refitted or kept: kept temperatures are what the
@@ -294,12 +298,14 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     reasons.append(calibration_note)
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + data_hash[:8]
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "calibration")
+    judged_as = cfg.gate_on if cfg.backend == "adapter" else cfg.backend
     result = {
         "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
         "current": current or f"base:{cfg.qwen_model}", "candidate": version if promote else None, "backend": cfg.backend,
-        "judged_as": cfg.gate_on if cfg.backend == "adapter" else cfg.backend,
+
         "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
-        "counts": {"train_photos": len(train), "calibration_photos": len(calibrate),
+        # What the gate scored travels with the run's record and the version's metrics.
+        "counts": {"judged_as": judged_as, "train_photos": len(train), "calibration_photos": len(calibrate),
                    "train_objects": labelled_objects(train, taxonomy),
                    "frozen_photos": len(frozen),
                    "frozen_objects": cur_metrics["n"]},
@@ -307,7 +313,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         "data_hash": data_hash, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
     if promote:
-        registry.add(work / "candidate", version, result["candidate_metrics"])
+        registry.add(work / "candidate", version, {**result["candidate_metrics"], "judged_as": judged_as})
         # Cut at the run's start, before the snapshot: a correction made meanwhile counts as new next time.
         registry.promote(version, "; ".join(reasons), data_until=started)
     result["duration_s"] = round(time.time() - started, 1)

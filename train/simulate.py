@@ -59,6 +59,7 @@ class SimulateConfig:
 def simulate(cfg: SimulateConfig) -> dict:
     from core.data import load_dataset
     from core.stage2 import registry as backends
+    from core.stage2.backends.adapter import default_adapter_dir
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import ground_truth
     from db.store import Store
@@ -73,7 +74,8 @@ def simulate(cfg: SimulateConfig) -> dict:
     tax = ds.taxonomy
     store = Store(cfg.work / "review.db", tax)
     store.ensure_user("simulated-reviewer")
-    model = backends.create(cfg.served, backends.BackendOptions(tax))
+    # The shipped adapter: the nightly below starts from it (its registry is new), whatever the data dir's registry serves.
+    model = backends.create(cfg.served, backends.BackendOptions(tax, adapter_dir=default_adapter_dir()))
     model.config.rationale_tokens = 0  # reviewers judge labels here; rationales would only cost time
     classifier = ConditionClassifier(model, tax)
     judged = []

@@ -173,6 +173,18 @@ def likely_right_threshold(conf: np.ndarray, correct: np.ndarray, target: float,
     return None
 
 
+def band_contradicted(conf: np.ndarray, correct: np.ndarray, threshold: float, target: float, min_objects: int = 20) -> str | None:
+    """Why the band ``conf >= threshold`` fails ``target`` on these objects, or None when it does
+    not: it holds enough of them (>= ``min_objects``, as a threshold is chosen) and they are right
+    less often than ``target``. Fewer objects than that say nothing either way."""
+    band = np.asarray(conf, float) >= threshold
+    n = int(band.sum())
+    if n < min_objects:
+        return None
+    accuracy = float(np.asarray(correct, float)[band].mean())
+    return None if accuracy >= target else f"{n} objects at >= {threshold:.3f} were right {accuracy:.1%} (< {target:.0%})"
+
+
 class Calibrated:
     """A backend whose scores are re-tempered per object type (name unchanged, version marked)."""
 

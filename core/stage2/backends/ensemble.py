@@ -12,12 +12,16 @@ calibrated numbers.
 The components are the served ones: the registry's current adapter (a promoted nightly version
 included) and the shipped probe, each with its own calibration, sharing one feature store so a
 photo's crops are encoded once. A nightly version carries the blend's calibration refitted for it
-(``ensemble-calibration.json`` in its folder), since the shipped one was fitted for the shipped
-adapter; a version without one (and the shipped adapter) uses the shipped blend calibration.
+(``ensemble-calibration-<blend id>.json`` in its folder), since the shipped one was fitted for the
+shipped adapter. The blend id names the probe and the rule and weight it was fitted with, so a
+later ``train ensemble`` or ``train probe`` does not inherit temperatures fitted for another
+blend: a version without a file for the current blend (and the shipped adapter) uses the shipped
+blend calibration.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +36,6 @@ from core.stage2.calibration import calibrated
 from core.stage2.registry import BackendOptions
 
 RULES = ("linear", "log")
-VERSION_CALIBRATION = "ensemble-calibration.json"  # the blend's calibration a nightly adapter version carries
 
 
 def blend(p_adapter: np.ndarray, p_probe: np.ndarray, weight: float, rule: str) -> np.ndarray:
@@ -99,6 +102,12 @@ class Ensemble:
         self.adapter, self.probe, self.spec = adapter, probe, spec
         self.version = f"{adapter.version}+{probe.version}+{spec.rule}{spec.weight:g}"
 
+    @property
+    def blend_id(self) -> str:
+        """What the blend's calibration depends on besides the adapter: the probe (with its
+        calibration), the rule and the weight."""
+        return hashlib.sha256(f"{self.probe.version}|{self.spec.rule}|{self.spec.weight!r}".encode()).hexdigest()[:10]
+
     def score(self, ctx, targets: Sequence[int], **kwargs) -> list[np.ndarray]:
         a = self.adapter.score(ctx, targets, **kwargs)
         b = self.probe.score(ctx, targets)
@@ -123,11 +132,16 @@ def default_ensemble_dir() -> Path:
     return assets_dir() / "models" / "ensemble"
 
 
-def blend_calibration_path(adapter_folder: Path) -> Path:
-    """The blend calibration for the adapter in ``adapter_folder``: the one a nightly refitted
-    for that version, else the shipped one."""
-    own = Path(adapter_folder) / VERSION_CALIBRATION
-    return own if own.is_file() else default_ensemble_dir() / "calibration.json"
+def version_calibration_path(adapter_folder: Path, ensemble: Ensemble) -> Path:
+    """Where a nightly writes the blend calibration it refitted for the adapter version in ``adapter_folder``."""
+    return Path(adapter_folder) / f"ensemble-calibration-{ensemble.blend_id}.json"
+
+
+def blend_calibration_path(adapter_folder: Path | None, ensemble: Ensemble) -> Path:
+    """The blend calibration for ``ensemble`` over the adapter version in ``adapter_folder``: the
+    one a nightly refitted for that version and this blend, else the shipped one."""
+    own = version_calibration_path(adapter_folder, ensemble) if adapter_folder else None
+    return own if own is not None and own.is_file() else default_ensemble_dir() / "calibration.json"
 
 
 def with_probe(adapter, taxonomy, probe_weights: Path | None = None) -> Ensemble:
@@ -147,4 +161,5 @@ def from_options(options: BackendOptions):
 
     folder = Path(options.adapter_dir or adapter_backend.current_adapter_dir())
     adapter = adapter_backend.from_options(replace(options, adapter_dir=folder))
-    return calibrated(with_probe(adapter, options.taxonomy, options.probe_weights), blend_calibration_path(folder))
+    ensemble = with_probe(adapter, options.taxonomy, options.probe_weights)
+    return calibrated(ensemble, blend_calibration_path(folder, ensemble))

@@ -1,5 +1,8 @@
 """The adapter VLM with a tiny randomly initialised Llama (SmolLM2's real tokenizer) on real photos."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -180,8 +183,14 @@ def test_bf16_adapter_is_cached_merged_and_scores_as_when_first_lowered(samples_
 
     cache = lowered_cache_dir(tmp_path / "adapter", "bf16", tiny_llama(tokenizer))
     assert not cache.exists() and cache != lowered_cache_dir(tmp_path / "adapter", "bf16")  # keyed by the base LM too
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stale = [cache.parent / f"stale-{k}-bf16" for k in range(3)]  # merged LMs of versions nobody served for a month
+    for k, d in enumerate(stale):
+        d.mkdir(exist_ok=True)
+        os.utime(d, (time.time() - (30 + k) * 86400,) * 2)
     first = load_lowered(tmp_path / "adapter", TAX, "bf16", (tiny_llama(tokenizer), tokenizer))
     assert (cache / "model.safetensors").is_file() and not [p for p in cache.parent.iterdir() if p.name.startswith(".")]
+    assert not stale[-1].exists()  # writing a new one pruned the least recently used
     second = load_lowered(tmp_path / "adapter", TAX, "bf16", (tiny_llama(tokenizer), tokenizer))
     assert {p.dtype for p in second.lm.parameters()} == {torch.bfloat16}
     assert not [n for n, _ in second.lm.named_parameters() if "lora_" in n]
@@ -224,3 +233,21 @@ def test_mcq_share_trains_the_letter_answer(samples_yaml, tmp_path, tokenizer):
 def test_train_config_refuses(samples_yaml, field, value):
     with pytest.raises(ValueError, match=field):
         AdapterTrainConfig(data_yaml=samples_yaml, **{field: value})
+
+
+@pytest.mark.parametrize("ages_days, removed", [
+    ([0, 1, 2, 8, 9, 10], [8, 9, 10]),  # beyond the 3 most recent and idle for over a week
+    ([0, 1, 2, 3, 8], [8]),  # 3 days idle: maybe still read by another process, kept
+    ([20, 30], []),  # never fewer than 3
+])
+def test_merged_lm_caches_are_pruned_to_the_most_recently_used(tmp_path, ages_days, removed):
+    from core.stage2.backends.adapter import prune_lowered
+
+    now = time.time()
+    for age in ages_days:
+        (tmp_path / f"v{age}-bf16").mkdir()
+        os.utime(tmp_path / f"v{age}-bf16", (now - age * 86400,) * 2)
+    (tmp_path / ".lowered-being-written").mkdir()
+    os.utime(tmp_path / ".lowered-being-written", (now - 40 * 86400,) * 2)
+    assert sorted(p.name for p in prune_lowered(tmp_path)) == sorted(f"v{age}-bf16" for age in removed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lowered-being-written"] + [f"v{a}-bf16" for a in ages_days if a not in removed])

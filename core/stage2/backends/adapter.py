@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +37,8 @@ from core.stage2.prompts import Hints, object_prompt
 from core.stage2.rationale import trim_unfinished
 from core.stage2.registry import BackendOptions
 from core.taxonomy import Taxonomy
+
+log = logging.getLogger("slopewatch.adapter")
 
 
 @dataclass
@@ -291,6 +296,10 @@ class AdapterVLM:
         return answers
 
 
+KEEP_LOWERED = 3  # merged LMs kept besides any used in the last LOWERED_MIN_IDLE_S
+LOWERED_MIN_IDLE_S = 7 * 86400  # a week: an LM another process may be reading is never removed
+
+
 def lowered_cache_dir(folder: Path, precision: str, base_lm=None) -> Path:
     """Where the LM of the adapter in ``folder``, LoRA merged, is kept at ``precision``: keyed by
     everything the merged weights depend on (the adapter's weights and config, the base LM, the
@@ -317,6 +326,8 @@ def load_lowered(folder: Path, taxonomy: Taxonomy, precision: str = "bf16", lm_a
     cache = lowered_cache_dir(folder, precision, lm_and_tokenizer[0] if lm_and_tokenizer else None)
     if not (cache / "config.json").is_file():
         _write_lowered(folder, taxonomy, precision, lm_and_tokenizer, cache)
+        prune_lowered(cache.parent)
+    os.utime(cache)  # marks it used: pruning keeps the most recently used
     # Read back even right after writing: every load then runs the very same model (a model
     # lowered in memory keeps its rotary buffers in bf16, one read from the file in fp32).
     lm = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.bfloat16).eval()
@@ -324,6 +335,31 @@ def load_lowered(folder: Path, taxonomy: Taxonomy, precision: str = "bf16", lm_a
     model = AdapterVLM.load(folder, taxonomy, lm_and_tokenizer=(lm, tokenizer), merged=True)
     model.version += f"+{precision}"
     return model
+
+
+def prune_lowered(root: Path, keep: int = KEEP_LOWERED, min_idle_s: float = LOWERED_MIN_IDLE_S) -> list[Path]:
+    """Remove merged LMs beyond the ``keep`` most recently used that nobody used for ``min_idle_s``:
+    each promotion writes one (257 MB for SmolLM2), and a nightly promotes up to once a day.
+    Serving an old version again rebuilds its LM (about 10 s). Returns what was removed."""
+    used = {}
+    for entry in Path(root).iterdir():
+        try:
+            if entry.is_dir() and not entry.name.startswith("."):  # "." entries: being written
+                used[entry] = entry.stat().st_mtime
+        except FileNotFoundError:  # another process pruned it meanwhile
+            pass
+    now, removed = time.time(), []
+    for old in sorted(used, key=used.get, reverse=True)[keep:]:
+        if now - used[old] <= min_idle_s:
+            continue
+        try:
+            shutil.rmtree(old)
+            removed.append(old)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # housekeeping: a cache that cannot be removed must not stop serving
+            log.warning("could not remove the merged LM cache %s: %s", old, exc)
+    return removed
 
 
 def _write_lowered(folder: Path, taxonomy: Taxonomy, precision: str, lm_and_tokenizer, cache: Path) -> None:

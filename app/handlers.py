@@ -11,6 +11,7 @@ result back into component values; the rules live in the use cases and the store
 import contextlib
 import hashlib
 import html
+import json
 import os
 import shutil
 import tempfile
@@ -285,8 +286,11 @@ class Handlers:
             lines += ["### Scheduled nightly job", *self.schedule.lines()]
         if d["training_runs"]:
             lines.append("### Nightly runs")
-            lines += [f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['started_at']))} {r['stage']}: {r['decision']} "
-                      f"({r['candidate_version'] or '-'}, {r['duration_s'] or 0:.0f} s)" for r in d["training_runs"]]
+            for r in d["training_runs"]:
+                lines.append(f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['started_at']))} {r['stage']}: {r['decision']} "
+                             f"({r['candidate_version'] or '-'}, {r['duration_s'] or 0:.0f} s)")
+                # Why, as the gate said it (runs recorded before migration 8 have no reasons).
+                lines += [f"  - {reason}" for reason in json.loads(r["reasons_json"] or "[]")]
         return "\n".join(lines)
 
     def export(self, fmt, include_unreviewed, valid_percent):

@@ -216,6 +216,13 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         ALTER TABLE findings ADD COLUMN box_probability REAL CHECK (box_probability IS NULL OR box_probability BETWEEN 0 AND 1)
         """,
     )),
+    (8, "nightly gate reasons", (
+        """
+        -- Why the gate promoted or refused (a JSON list of its reasons), so a refusal is explained
+        -- where operators look (the Dashboard), not only in the job's log. NULL for older runs.
+        ALTER TABLE training_runs ADD COLUMN reasons_json TEXT
+        """,
+    )),
 ]
 
 

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -712,8 +712,8 @@ class Store:
             by_condition[cond] = by_condition.get(cond, 0) + n
         status = {r["status"]: r["n"] for r in self.query("SELECT status, count(*) AS n FROM finding_state GROUP BY status")}
         reviewers = {r["reviewer"]: r["n"] for r in self.query("SELECT reviewer, count(*) AS n FROM corrections GROUP BY reviewer")}
-        runs = self.query("SELECT started_at, stage, decision, candidate_version, duration_s, candidate_metrics_json, current_metrics_json "
-                          "FROM training_runs ORDER BY started_at DESC LIMIT 20")
+        runs = self.query("SELECT started_at, stage, decision, candidate_version, duration_s, candidate_metrics_json, current_metrics_json, "
+                          "reasons_json FROM training_runs ORDER BY started_at DESC LIMIT 20")
         return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,
                 "training_runs": runs, "kinds": self.correction_kinds()}
 
@@ -754,13 +754,15 @@ class Store:
         return self._rows("SELECT count(*) AS n FROM photo_reviews WHERE created_at > ?", (t,))[0]["n"]
 
     def record_training_run(self, started_at: float, data_hash: str, counts: dict, candidate_metrics: dict, current_metrics: dict,
-                            decision: str, candidate_version: str, duration_s: float, stage: str = "classifier") -> int:
-        """Append one nightly run's record for one stage (shown on the dashboard)."""
+                            decision: str, candidate_version: str, duration_s: float, stage: str = "classifier",
+                            reasons: Sequence[str] = ()) -> int:
+        """Append one nightly run's record for one stage, with the gate's reasons (shown on the dashboard)."""
         with self.write() as conn:
             return _insert(conn, "training_runs", {
                 "started_at": started_at, "finished_at": time.time(), "data_hash": data_hash, "counts_json": json.dumps(counts),
                 "candidate_metrics_json": json.dumps(candidate_metrics), "current_metrics_json": json.dumps(current_metrics),
-                "decision": decision, "candidate_version": candidate_version, "duration_s": duration_s, "stage": stage})
+                "decision": decision, "candidate_version": candidate_version, "duration_s": duration_s, "stage": stage,
+                "reasons_json": json.dumps(list(reasons))})
 
     # --- library embeddings ----------------------------------------------------------------
     def save_vectors(self, kind: str, model: str, rows) -> int:

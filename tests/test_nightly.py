@@ -1,5 +1,7 @@
 """The nightly job on real sample photos with a tiny LM behind the adapter."""
 
+import json
+
 import pytest
 from conftest import tiny_lm_factory
 
@@ -54,6 +56,7 @@ def test_nightly_trains_and_records_the_run(world, lm_factory):
     assert 0 <= result["candidate_metrics"]["balanced_accuracy"] <= 1
     runs = Store(tmp / "review.db").query("SELECT * FROM training_runs")
     assert len(runs) == 1 and runs[0]["decision"] == result["decision"] and runs[0]["duration_s"] > 0
+    assert json.loads(runs[0]["reasons_json"]) == result["reasons"]  # why, recorded with the run
     assert reg.current() == (result["candidate"] if result["decision"] == "promoted" else "v0")
     assert set(result["current_metrics"]["per_class"]) == set(TAX.class_names)
 

@@ -377,10 +377,11 @@ def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(pho
 
 # --- migration 3 -------------------------------------------------------------------------------
 
-def test_fresh_db_has_versions_1_to_7(tmp_path):
+def test_fresh_db_has_versions_1_to_8(tmp_path):
     Store(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "fresh.db")
-    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7]
+    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert "reasons_json" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
     assert "box_probability" in {r[1] for r in conn.execute("PRAGMA table_info(findings)")}
     assert "stage" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
     assert "kind" in {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
@@ -407,7 +408,7 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     conn.close()
 
     store = Store(path)
-    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8]
     # Migration 4: a photo stored before downscaling existed is its own original.
     assert (store.photo(1).original_width, store.photo(1).original_height) == (100, 100)
     [old] = store.history(1)

@@ -319,5 +319,6 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     result["duration_s"] = round(time.time() - started, 1)
     # The stored record carries the kinds of the corrections made since the current model's cut-off.
     live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
-                             result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"])
+                             result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"],
+                             reasons=reasons)
     return result

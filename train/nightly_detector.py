@@ -206,5 +206,5 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     # The stored record carries the kinds of the corrections made since the current model's cut-off.
     live.record_training_run(started, data_hash, {**result["counts"], "correction_kinds": result["correction_kinds"]},
                              result["candidate_metrics"], result["current_metrics"], result["decision"], version, result["duration_s"],
-                             stage="detector")
+                             stage="detector", reasons=reasons)
     return result

@@ -265,6 +265,13 @@ class ReviewHandlers:
     def prev_photo(self, photo_id):
         return self.step(photo_id, -1)
 
+    def open_first(self, photo_id):
+        """The Review tab opened with no photo open: the next photo to review, so a reviewer starts
+        at once; with a photo open, nothing changes (another tab may just have opened it)."""
+        if photo_id:  # ids start at 1; an empty Number reads as None or 0
+            return tuple(gr.skip() for _ in self.VIEW + self.PANEL)
+        return self.next_in_queue(None)
+
     def next_in_queue(self, photo_id):
         for row in self.store.photo_queue():
             if not row.done and row.photo_id != photo_id:
@@ -382,7 +389,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     """The Review tab's components, wired; returns the photo-id input and the view outputs, for
     other tabs that open a photo here."""
     tax = store.taxonomy
-    with gr.Tab("Review", id="review"):
+    with gr.Tab("Review", id="review") as review_tab:
         with gr.Row():
             photo = gr.Number(label="Photo id (Enter opens it)", precision=0, elem_id="sw-photo", scale=1)
             prev_btn = gr.Button("← Previous photo", elem_id="sw-prev-photo", scale=1)
@@ -447,6 +454,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
     next_btn.click(h.next_photo, photo, view, api_name="next_photo", **quiet)
     queue_btn.click(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet)
+    review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
     select.input(h.select, [photo, select], panel, api_name="select_object", **quiet)
     click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
     for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click):  # a new photo: last photo's message goes

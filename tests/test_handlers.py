@@ -4,6 +4,7 @@ undo, photo done, next photo), and the photo queue. Each asserts the correction 
 
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 
 pytest.importorskip("gradio")
@@ -146,6 +147,9 @@ def test_next_photo_and_queue_by_photo(app):
     app.r.photo_done(ids[0], ANA)
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
     assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]
+    # Opening the Review tab with no photo open starts on the next one to review; with one open it changes nothing.
+    assert view(app.r.open_first(None))["photo"] == ids[1] and view(app.r.open_first(0))["photo"] == ids[1]
+    assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)
 
 
 def test_no_label_control_starts_on_a_real_class(app):

@@ -252,7 +252,12 @@ def test_compare_an_object_with_its_most_similar_labelled_objects(app_url, sampl
             fid = sql(db, "SELECT min(s.finding_id) FROM finding_state s JOIN findings f ON f.id = s.finding_id "
                           "WHERE f.photo_id = ? AND s.object_type != 'vegetation'", photo_id)[0][0]
             rationale = sql(db, "SELECT rationale FROM finding_state WHERE finding_id = ?", fid)[0][0]
-            page.locator("#sw-review-this").click()
+            # A fresh page: opening the Review tab starts on a photo to review, not on an empty canvas.
+            page.get_by_role("tab", name="Review", exact=True).click()
+            page.wait_for_function("Number(document.querySelector('#sw-photo input').value) > 0", timeout=30_000)
+            page.wait_for_selector("#sw-header :text('Photo ')", timeout=30_000)
+            page.get_by_role("tab", name="Inspect").click()
+            page.locator("#sw-review-this").click()  # a photo already open: this one replaces it
             page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
             page.locator(f"#sw-select input[type=radio][value='{fid}']").check()
             page.wait_for_timeout(500)

@@ -32,7 +32,10 @@ OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector"
 # were real 92.7% of the time on hash half A of valid (where 0.7 was chosen: the lowest score
 # above 0.9) and 89.9% on half B; at 0.25, 69% and 61%.
 LIKELY_BOX_SCORE = 0.7
-HISTORY_HEADERS = ["revision", "reviewer", "action", "when", "before → after"]
+# Widths given: in the narrow side column Gradio's auto widths wrapped "revision" letter by
+# letter and cut the before → after column, the one a reviewer reads.
+HISTORY_COLUMNS = [("rev", "10%"), ("by", "21%"), ("action", "16%"), ("when", "15%"), ("before → after", "38%")]
+HISTORY_HEADERS = [name for name, _ in HISTORY_COLUMNS]
 
 REVIEW_KEYS_JS = """
 // Rotation is a view aid the canvas offers, but boxes are stored on the upright photo: hidden.
@@ -182,7 +185,7 @@ class ReviewHandlers:
                  + (f" — `{f.model_version}`" if f.model_version else "")]
         if s.class_name != f.model_class and f.model_class:
             lines.append(f"The model said **{f.model_class}**.")
-        history = [[h.revision, h.reviewer, h.action, time.strftime("%Y-%m-%d %H:%M", time.localtime(h.created_at)), _changes(h.before, h.after)]
+        history = [[h.revision, h.reviewer, h.action, time.strftime("%m-%d %H:%M", time.localtime(h.created_at)), _changes(h.before, h.after)]
                    for h in self.store.history(f.finding_id)]
         classes = [c.name for c in tax.classes_for_type(s.object_type)]
         return ("\n\n".join(lines), gr.update(choices=[(f"{k + 1} {c}", c) for k, c in enumerate(classes)], value=s.class_name),
@@ -439,7 +442,8 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                                                  object_fit="contain", elem_id="sw-compare-gallery")
                 note = gr.Textbox(label="Note (replaces the object's note)", lines=1, elem_id="sw-note")
                 save_note = gr.Button("Save note", elem_id="sw-save-note")
-                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History", wrap=True)
+                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History", wrap=True,
+                                       column_widths=[w for _, w in HISTORY_COLUMNS], elem_id="sw-history")
         objects = gr.Dataframe(headers=OBJECT_HEADERS, interactive=False, label="Objects on this photo", elem_id="sw-photo-objects")
         click = gr.Textbox(elem_id="sw-click", elem_classes=["sw-hidden"], container=False, show_label=False)
 

@@ -84,7 +84,7 @@ def test_unfaithful_claims_table(rationale, problems):
 def test_template_rationale_is_faithful_for_every_object():
     for i in range(len(DETS)):
         text = template_rationale({"a": 0.55, "b": 0.45}, i, DETS, FACTS, 300)
-        assert "a at 55%, close to b at 45%" in text
+        assert "a at 55%, runner-up b at 45%" in text
         assert f"#{i}" in text and not unfaithful_claims(text, i, DETS, FACTS, TAX)
 
 
@@ -92,7 +92,7 @@ TOE = {"Toe drain": 0.07, "Toe drain- Blocked": 0.52, "Toe drain- Damaged": 0.41
 
 
 @pytest.mark.parametrize("rationale, problems", [
-    ("Toe drain #1 in the bottom band; Toe drain- Blocked at 52%, close to Toe drain- Damaged at 41%.", []),
+    ("Toe drain #1 in the bottom band; Toe drain- Blocked at 52%, runner-up Toe drain- Damaged at 41%.", []),
     ("Toe drain- Blocked at 51%.", ["its probability is 52%"]),  # a margin must match the numbers
     ("Toe drain- Damaged at 52%.", ["gives Toe drain- Damaged 52%, but its probability is 41%"]),
     ("Toe drain at 7%.", []),
@@ -108,8 +108,8 @@ def test_probability_claims_must_match_the_finding(rationale, problems):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("Toe drain #1 in the bottom band", "Toe drain #1 in the bottom band. Toe drain- Blocked at 52%, close to Toe drain- Damaged at 41%."),
-    ("Toe drain #1 in the bottom band.", "Toe drain #1 in the bottom band. Toe drain- Blocked at 52%, close to Toe drain- Damaged at 41%."),
+    ("Toe drain #1 in the bottom band", "Toe drain #1 in the bottom band. Toe drain- Blocked at 52%, runner-up Toe drain- Damaged at 41%."),
+    ("Toe drain #1 in the bottom band.", "Toe drain #1 in the bottom band. Toe drain- Blocked at 52%, runner-up Toe drain- Damaged at 41%."),
 ])
 def test_a_model_written_rationale_gets_the_verdict_and_stays_faithful(text, expected):
     out = with_verdict(text, TOE)
@@ -181,6 +181,6 @@ def test_the_classifier_appends_the_verdict_to_a_backends_own_rationale():
 
     findings = ConditionClassifier(Writer(), TAX).classify(IMAGE, DETS)
     toe = findings[1]
-    assert toe.rationale.startswith("Toe drain #1 in the bottom band. Toe drain- Damaged at 50%, close to Toe drain- Blocked at 33%")
+    assert toe.rationale.startswith("Toe drain #1 in the bottom band. Toe drain- Damaged at 50%, runner-up Toe drain- Blocked at 33%")
     assert not unfaithful_claims(toe.rationale, 1, DETS, FACTS, TAX, toe.probabilities)
     assert findings[0].rationale == template_rationale(findings[0].probabilities, 0, DETS, FACTS, 300)  # none written: template

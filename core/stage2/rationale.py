@@ -56,16 +56,17 @@ def trim_unfinished(text: str | None) -> str | None:
     return (text[:cut].rstrip() + ".") if cut > 0 else text + "…"
 
 
-CLOSE_MARGIN = 0.3  # a runner-up within this of the verdict is named: the call is close
+CLOSE_MARGIN = 0.3  # a runner-up within this of the verdict is named: the call is not clear-cut
 
 
 def verdict(probabilities: dict[str, float]) -> str:
-    """``"blocked at 52%, close to damaged at 41%"``: the verdict's probability, and the runner-up
-    when the call is close. True by construction; ``unfaithful_claims`` checks it against the numbers."""
+    """``"blocked at 52%, runner-up damaged at 41%"``: the verdict's probability, and the runner-up
+    when it is within ``CLOSE_MARGIN``; its number says how close ("close to" read as a near tie
+    at 57% vs 28%). True by construction; ``unfaithful_claims`` checks it against the numbers."""
     ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
     text = f"{ranked[0][0]} at {ranked[0][1]:.0%}"
     if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < CLOSE_MARGIN:
-        text += f", close to {ranked[1][0]} at {ranked[1][1]:.0%}"
+        text += f", runner-up {ranked[1][0]} at {ranked[1][1]:.0%}"
     return text
 
 

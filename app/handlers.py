@@ -37,6 +37,9 @@ from db.store import Store
 TABLE_COLUMNS = [("photo", "6%"), ("#", "4%"), ("id", "5%"), ("type", "10%"), ("class", "13%"), ("confidence", "9%"),
                  ("detector", "8%"), ("top 3", "22%"), ("rationale", "23%")]
 TABLE_HEADERS = [name for name, _ in TABLE_COLUMNS]
+# What "passthrough:1" is, where the Dashboard counts corrections by model version: a type with
+# one class (vegetation) gets its label without a stage-2 model.
+PASSTHROUGH_NOTE = " (types with one class, such as vegetation: labelled without a stage-2 model)"
 QUEUE_HEADERS = ["photo", "name", "objects", "pending", "expected errors", "lowest margin", "lowest detector", "done"]
 
 
@@ -271,7 +274,8 @@ class Handlers:
                  "### What the corrections indict", "(stage 1: detector_miss, detector_false_positive, localisation, type_error; "
                  "stage 2: condition_error, rationale)",
                  *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],
-                 *[f"- model `{m}`: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for m, c in sorted(d["kinds"]["by_model"].items())],
+                 *[f"- model `{m}`{PASSTHROUGH_NOTE if m.startswith('passthrough:') else ''}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+                   for m, c in sorted(d["kinds"]["by_model"].items())],
                  *[f"- week {w}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for w, c in sorted(d["kinds"]["by_week"].items())],
                  "### Models"]
         if self.models.is_ready:

@@ -307,7 +307,10 @@ def test_a_promoted_detector_is_served_without_a_restart(tmp_path, monkeypatch):
 def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
     from app.scheduler import SchedulerState
 
-    inspect(app, PHOTOS[0])
+    inspect(app, *PHOTOS)
+    vegetation = app.store.query("SELECT id FROM findings WHERE model_version LIKE 'passthrough:%' LIMIT 1")
+    assert vegetation, "the sample photos hold vegetation"
+    app.store.correct(vegetation[0]["id"], 0, "ana", "accept")
     app.store.record_training_run(1.0, "h", {}, {}, {}, "refused", "v-det", 12.0, stage="detector",
                                   reasons=["mAP50 0.641 -> 0.630", "mAP50 dropped"])
     app.store.record_training_run(2.0, "h", {}, {}, {}, "promoted", "v-cls", 30.0)
@@ -316,6 +319,7 @@ def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
     assert "### Scheduled nightly job" in text and "scheduled daily at 02:00" in text and "exited with code 0" in text
     assert "detector: refused (v-det" in text and "classifier: promoted (v-cls" in text
     assert "detector: refused (v-det, 12 s)\n  - mAP50 0.641 -> 0.630\n  - mAP50 dropped" in text  # why, under the run
+    assert "- model `passthrough:1` (types with one class, such as vegetation: labelled without a stage-2 model): accept 1" in text
     detector = app.h.models.pipeline().detector
     assert f"detector: version `{detector.version}`" in text and detector.runtime in text
     assert "Scheduled" not in app.h.dashboard()  # no --nightly-at: nothing about a schedule

@@ -282,8 +282,8 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
                                   class_weights=cfg.class_weights, oversample=cfg.oversample, blocked_weight=cfg.blocked_weight,
                                   lr=3e-4, lora_lr=1e-4, val_split="")
         train_adapter(tcfg, candidate, train_photos=train)
-    candidate, calibration_note = calibrate_candidate(candidate, calibrate, current_calibration,
-                                                                work / "candidate" / "calibration.json", taxonomy)
+    candidate, calibration_note = calibrate_candidate(candidate, calibrate, current_calibration, work / "candidate" / "calibration.json",
+                                                      taxonomy)
     if cfg.backend == "adapter" and cfg.gate_on == "ensemble":
         # Judged as served: the candidate inside the blend, whose calibration is refitted for it too.
         ensemble = with_probe(candidate, taxonomy)
@@ -302,7 +302,6 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     result = {
         "decision": "promoted" if promote else "refused", "reasons": reasons, "new_corrections": new,
         "current": current or f"base:{cfg.qwen_model}", "candidate": version if promote else None, "backend": cfg.backend,
-
         "correction_kinds": live.correction_kinds(registry.data_until(current))["total"],
         # What the gate scored travels with the run's record and the version's metrics.
         "counts": {"judged_as": judged_as, "train_photos": len(train), "calibration_photos": len(calibrate),

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from core.errors import WeightsError
+from core.jsonfile import load_record, save_record
 
 MIN_OBJECTS_PER_TYPE = 30
 LIKELY_RIGHT_TARGET = 0.95
@@ -76,20 +77,11 @@ class Calibration:
         return hashlib.sha256(json.dumps(sorted(self.temperatures.items())).encode()).hexdigest()[:8]
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**asdict(self), "photos": list(self.photos)}, indent=1))
-        tmp.replace(path)
-        return path
+        return save_record(self, path)
 
     @classmethod
     def load(cls, path: Path) -> "Calibration":
-        try:
-            data = json.loads(Path(path).read_text())
-            return cls(**{**data, "photos": tuple(data.get("photos", ()))})
-        except (OSError, ValueError, TypeError) as exc:
-            raise WeightsError(f"expected a calibration JSON at {path}: {exc}") from None
+        return load_record(cls, path, ("photos",), "a calibration JSON")
 
 
 def save_scored(scored: Sequence[Scored], path: Path, fold_of: dict[str, int] | None = None) -> Path:

@@ -22,15 +22,14 @@ blend calibration.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from core.errors import WeightsError
+from core.jsonfile import load_record, save_record
 from core.paths import assets_dir
 from core.stage2.calibration import calibrated
 from core.stage2.registry import BackendOptions
@@ -77,19 +76,11 @@ class EnsembleSpec:
             raise ValueError(f"EnsembleSpec.rule: expected one of {RULES}, found {self.rule!r}")
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**asdict(self), "candidates": list(self.candidates)}, indent=1))
-        return path
+        return save_record(self, path)
 
     @classmethod
     def load(cls, path: Path) -> "EnsembleSpec":
-        try:
-            data = json.loads(Path(path).read_text())
-            return cls(**{**data, "candidates": tuple(data.get("candidates", ()))})
-        except (OSError, ValueError, TypeError) as exc:
-            raise WeightsError(f"expected an ensemble spec (weight, rule) at {path}: {exc}; "
-                               "make one with `slopewatch train ensemble`") from None
+        return load_record(cls, path, ("candidates",), "an ensemble spec (weight, rule)", "make one with `slopewatch train ensemble`")
 
 
 class Ensemble:

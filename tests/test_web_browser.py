@@ -201,8 +201,11 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             # Accept everything still pending with Shift+A: one 'accept' row each.
             pending = sql(db, "SELECT count(*) FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE f.photo_id = ? "
                               "AND s.status = 'pending'", photo_id)[0][0]
+            accepted = sql(db, "SELECT count(*) FROM corrections WHERE action = 'accept'")[0][0]  # the earlier tests' and `a`'s
             page.keyboard.press("Shift+A")
-            wait_rows(db, "SELECT id FROM corrections WHERE action = 'accept'", n=pending)
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'accept'", n=accepted + pending)
+            # The next key follows what the reviewer sees: the bulk accept's answer on the page.
+            page.wait_for_selector(f"#sw-status :text('Saved: accepted {pending} object(s)')", timeout=20_000)
             assert sql(db, "SELECT count(*) FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE f.photo_id = ? "
                            "AND s.status = 'pending'", photo_id) == [(0,)]
 

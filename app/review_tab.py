@@ -2,7 +2,8 @@
 selected object. Named handlers (:class:`ReviewHandlers`) and the tab's layout; the rules are in
 ``app.usecases.review`` (saving the canvas, accept, undo, photo done) and ``db``.
 
-Keys (outside text fields): 1–9 the selected object's classes, ``a`` accept it and select the
+Keys (outside text fields): 1–9 the selected object's classes, ``a`` accept it (nothing is written
+when it is already your own decision, e.g. right after your relabel) and select the
 next pending one, ``Shift+A`` accept every pending object of the photo, ``L`` accept the
 objects in the "likely right" band (calibrated confidence at or above the threshold chosen on
 train folds for >= 95% accuracy, on a box the detector scored >= ``LIKELY_BOX_SCORE``; the rest
@@ -24,7 +25,7 @@ from app.usecases.evidence import compare_similar
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
 from core.types import Status
-from db.store import InvalidEdit, StaleEdit, Store
+from db.store import AlreadyDecided, InvalidEdit, StaleEdit, Store
 
 OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector", "band"]
 # The band's label confidence says nothing about whether the box is real, and accepting a false
@@ -295,6 +296,8 @@ class ReviewHandlers:
             return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and try again.")
         except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
             return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
+        except AlreadyDecided:
+            raise  # the caller decides what an accept of one's own decision means
         except (InvalidEdit, ValueError) as exc:
             return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
         return self._after(photo_id, selected, message)
@@ -333,7 +336,12 @@ class ReviewHandlers:
     def accept(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
             return self._after(photo_id, None, "Select an object first.")
-        out = self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "accept"), request)
+        try:
+            out = self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "accept"), request)
+        except AlreadyDecided:
+            # `a` right after the reviewer's own relabel (or box edit) means "done with it, next":
+            # nothing to write, so move on instead of recording the same decision twice.
+            return self._after(photo_id, None, f"#{self._index(finding_id)} is already decided by you; next object selected.")
         if not str(out[0]).startswith("Saved"):
             return out  # refused: stay on the same object, so the reviewer sees nothing was saved
         return self._after(photo_id, None, out[0])  # None selects the next pending object

@@ -63,6 +63,11 @@ class InvalidEdit(SlopewatchError):
     """An edit that does not fit the taxonomy or the finding."""
 
 
+class AlreadyDecided(InvalidEdit):
+    """An accept of a finding whose current state is this reviewer's own decision: it would add a
+    history row that records no change and count as a second, independent agreement."""
+
+
 class NotFound(InvalidEdit):
     """No photo or finding with that id (an id outside SQLite's integer range included)."""
 
@@ -429,6 +434,8 @@ class Store:
             StaleEdit: the finding is no longer at ``expected_revision``.
             InvalidEdit: an unknown action, a label outside the taxonomy, or a relabel/retype to
                 the label the finding already has (nothing is written).
+            AlreadyDecided: an accept of a finding whose current state is the reviewer's own
+                decision (nothing is written; another reviewer's accept is a second opinion).
         """
         if action not in ACTIONS or action in _OWN_ENTRY:
             raise InvalidEdit(f"expected an action among {[a for a in ACTIONS if a not in _OWN_ENTRY]}, found {_shown(action)}")
@@ -443,6 +450,8 @@ class Store:
             before = FindingState.from_row(row)
             if before.revision != expected_revision:
                 raise StaleEdit(finding_id, expected_revision, before)
+            if action == "accept" and before.status == Status.REVIEWED and before.updated_by == reviewer:
+                raise AlreadyDecided(f"#{finding_id} is already decided by you ({before.class_name}); nothing to accept")
             after = self._apply(before.to_json(), action, changes, self._photo_size(conn, row["photo_id"]))
             after.update(revision=before.revision + 1, updated_at=time.time(), updated_by=reviewer)
             return self._append(conn, reviewer, action, before.to_json(), after)

@@ -105,16 +105,23 @@ def test_canvas_edits_each_write_one_correction(app):
 
 def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     *_, photo_id = inspect(app, PHOTOS[2])
-    v = view(app.r.open_photo(photo_id))
-    first = v["select"]["value"]
+    app.r.open_photo(photo_id)
+    tax = app.store.taxonomy
+    # An object whose type has several classes, so a class key can change it.
+    first = next(f.finding_id for f in app.store.photo_findings(photo_id) if len(tax.classes_for_type(f.state.object_type)) > 1)
+    panel = dict(zip(ReviewHandlers.PANEL, app.r.select(photo_id, first)))
     state = app.store.state(first)
-    classes = [c.name for c in app.store.taxonomy.classes_for_type(state.object_type)]
-    if len(classes) > 1:
-        other = next(c for c in classes if c != state.class_name)
-        out = app.r.set_class(photo_id, first, v["revision"], other, ANA)
-        assert out[0].startswith("Saved") and app.store.state(first).class_name == other
-        # Choosing the class it already has writes nothing.
-        assert "already" in app.r.set_class(photo_id, first, app.store.state(first).revision, other, ANA)[0]
+    other = next(c.name for c in tax.classes_for_type(state.object_type) if c.name != state.class_name)
+    out = app.r.set_class(photo_id, first, panel["revision"], other, ANA)
+    assert out[0].startswith("Saved") and app.store.state(first).class_name == other
+    # Choosing the class it already has writes nothing.
+    assert "already" in app.r.set_class(photo_id, first, app.store.state(first).revision, other, ANA)[0]
+    # `a` right after one's own relabel writes nothing and selects the next pending object.
+    n = len(rows(app.db, "SELECT id FROM corrections"))
+    moved = app.r.accept(photo_id, first, app.store.state(first).revision, ANA)
+    pending = [f.finding_id for f in app.store.photo_findings(photo_id) if f.state.status == "pending"]
+    assert "already decided by you" in moved[0] and len(rows(app.db, "SELECT id FROM corrections")) == n
+    assert view(moved, 1)["select"]["value"] == pending[0] != first
     # A stale accept is refused and stays on the same object.
     stale = app.r.accept(photo_id, first, -1, ANA)
     assert stale[0].startswith("⚠ Not saved") and view(stale, 1)["select"]["value"] == first

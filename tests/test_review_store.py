@@ -8,7 +8,7 @@ import pytest
 from core.types import Box, Detection, Finding
 from db import migrations
 from db.migrations import MIGRATIONS, applied_versions, migrate
-from db.store import InvalidEdit, StaleEdit, Store
+from db.store import AlreadyDecided, InvalidEdit, StaleEdit, Store
 
 BOOKKEEPING = ("revision", "updated_at", "updated_by")
 
@@ -75,6 +75,30 @@ def test_retype_and_relabel_rows(env, k, action, changes, expected):
     assert row.before["rationale"] == "why" and row.before["status"] == "pending"
     assert {key: row.after[key] for key in expected} == expected and row.after["status"] == "reviewed"
     assert store.state(fid).to_json() == row.after
+
+
+@pytest.mark.parametrize("first, by, written", [
+    ({"action": "relabel", "class_name": "slope drain blocked"}, "ana", False),  # her own decision: nothing new
+    ({"action": "edit_rationale", "rationale": "silt"}, "ana", False),
+    ({"action": "accept"}, "ana", False),
+    ({"action": "relabel", "class_name": "slope drain blocked"}, "bo", True),  # a second reviewer agrees: recorded
+    (None, "ana", True),  # pending: the model's label accepted
+])
+def test_accept_of_ones_own_decision_writes_nothing(env, first, by, written):
+    store, _, ids = env
+    fid = ids[0]
+    if first:
+        first = dict(first)
+        store.correct(fid, 0, "ana", first.pop("action"), **first)
+    before = store.state(fid)
+    n = len(store.history(fid))
+    if written:
+        assert store.correct(fid, before.revision, by, "accept").updated_by == by
+        assert len(store.history(fid)) == n + 1
+    else:
+        with pytest.raises(AlreadyDecided, match=f"^#{fid} is already decided by you"):
+            store.correct(fid, before.revision, by, "accept")
+        assert len(store.history(fid)) == n and store.state(fid) == before
 
 
 @pytest.mark.parametrize("action", ["add", "undo"])

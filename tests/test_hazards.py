@@ -37,7 +37,8 @@ from app.models import ModelHost  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 from core.photos import photos_dir  # noqa: E402
 from core.types import Box, Detection, Finding  # noqa: E402
-from db.store import MAX_TEXT_CHARS, InvalidBox, InvalidEdit, NotFound, Store, TextTooLong, snapshot  # noqa: E402
+from db.checks import MAX_TEXT_CHARS, InvalidBox, InvalidEdit, NotFound, TextTooLong  # noqa: E402
+from db.store import Store, snapshot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ANA, BO = SimpleNamespace(username="ana"), SimpleNamespace(username="bo")
@@ -186,7 +187,8 @@ def test_notes_and_rationales_are_capped(app, handler, size, accepted):
         what = "note" if handler == "add_note" else "rationale"
         assert out[0] == f"⚠ Not saved: {what}: expected at most {MAX_TEXT_CHARS:,} characters, found {size:,}"
         assert count(app.db, "SELECT count(*) FROM corrections") == 0 and app.store.state(fid).revision == rev
-    assert app.r.accept(photo_id, fid, app.store.state(fid).revision, ANA)[0].startswith("Saved")  # still answers
+    # Still answers: another reviewer's accept is written (ana's own would be her decision again).
+    assert app.r.accept(photo_id, fid, app.store.state(fid).revision, BO)[0].startswith("Saved")
 
 
 def test_history_grows_linearly_with_capped_texts(tmp_path):
@@ -195,8 +197,8 @@ def test_history_grows_linearly_with_capped_texts(tmp_path):
     with pytest.raises(TextTooLong):
         store.correct(fid, 1, "ana", "edit_rationale", rationale="r" * (MAX_TEXT_CHARS + 1))
     store.correct(fid, 1, "ana", "edit_rationale", rationale="r" * MAX_TEXT_CHARS)
-    for k in range(2, 42):
-        store.correct(fid, k, "bo" if k % 2 else "ana", "accept")
+    for k in range(2, 42):  # reviewers take turns: an accept of one's own decision writes nothing
+        store.correct(fid, k, "ana" if k % 2 else "bo", "accept")
     sizes = [len(json.dumps(c.before)) + len(json.dumps(c.after)) for c in store.history(fid)]
     # Each row carries the two capped texts twice at most (before and after): bounded, whatever came before.
     assert max(sizes) < 4 * MAX_TEXT_CHARS + 2000 and len(sizes) == 42

@@ -25,7 +25,8 @@ from app.usecases.evidence import compare_similar
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
 from core.types import Status
-from db.store import AlreadyDecided, InvalidEdit, StaleEdit, Store
+from db.checks import AlreadyDecided, InvalidEdit, StaleEdit
+from db.store import Store
 
 OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector", "band"]
 # The band's label confidence says nothing about whether the box is real, and accepting a false

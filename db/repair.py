@@ -1,12 +1,13 @@
 """``slopewatch repair``: a one-off pass that brings rows stored before boxes and texts were
-checked (``db.store.check_box``, ``check_text``) inside the rules, as appended corrections."""
+checked (``db.checks.check_box``, ``check_text``) inside the rules, as appended corrections."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from db.store import REPAIR_REVIEWER, Store
+from db.corrections import REPAIR_REVIEWER
+from db.store import Store
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ import pytest
 
 from core.types import Box, Detection, Finding
 from db import migrations
+from db.checks import AlreadyDecided, InvalidEdit, StaleEdit
 from db.migrations import MIGRATIONS, applied_versions, migrate
-from db.store import AlreadyDecided, InvalidEdit, StaleEdit, Store
+from db.store import Store
 
 BOOKKEEPING = ("revision", "updated_at", "updated_by")
 

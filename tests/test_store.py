@@ -7,8 +7,9 @@ import pytest
 
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection, Finding
+from db.checks import InvalidEdit, StaleEdit
 from db.migrations import MIGRATIONS, applied_versions, migrate
-from db.store import InvalidEdit, StaleEdit, Store, wal_reset_bug
+from db.store import Store, wal_reset_bug
 
 TAX = load_taxonomy()
 

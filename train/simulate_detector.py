@@ -27,7 +27,8 @@ def simulate_box_reviews(cfg) -> dict:
     from core.stage1.detector import Detector, DetectorConfig, shipped_detector_path
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
-    from db.store import MIN_BOX_SIDE_PX, Store
+    from db.checks import MIN_BOX_SIDE_PX
+    from db.store import Store
     from train.holdout import half, write_judge_set
     from train.nightly import NightlyConfig, nightly
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core.taxonomy import Taxonomy
 from core.types import Box
-from db.store import InvalidBox, check_box
+from db.checks import InvalidBox, check_box
 
 LABEL = re.compile(r"^#(\d+)\s+(.*)$")
 # First entry of the canvas's label list, so a drawn box never starts on a real class: a class

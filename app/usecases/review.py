@@ -18,8 +18,10 @@ from app.usecases.canvas import CanvasObject, canvas_scale, diff, waiting
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from core.types import Status
+from db.checks import InvalidEdit
+from db.corrections import ACTIONS
 from db.rows import FindingState, StoredFinding
-from db.store import ACTIONS, InvalidEdit, Store
+from db.store import Store
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class ReviewAction:
         finding_id: the finding acted on.
         revision: the revision the reviewer saw.
         reviewer: who acts.
-        action: one of ``db.store.ACTIONS`` except ``add`` (see :func:`add_missed`).
+        action: one of ``db.corrections.ACTIONS`` except ``add`` (see :func:`add_missed`).
         changes: ``class_name``, ``object_type``, ``box``, ``rationale`` or ``note``, as the action needs.
     """
 

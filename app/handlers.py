@@ -11,7 +11,6 @@ result back into component values; the rules live in the use cases and the store
 import contextlib
 import hashlib
 import html
-import json
 import os
 import shutil
 import tempfile
@@ -291,10 +290,11 @@ class Handlers:
         if d["training_runs"]:
             lines.append("### Nightly runs")
             for r in d["training_runs"]:
-                lines.append(f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['started_at']))} {r['stage']}: {r['decision']} "
-                             f"({r['candidate_version'] or '-'}, {r['duration_s'] or 0:.0f} s)")
-                # Why, as the gate said it (runs recorded before migration 8 have no reasons).
-                lines += [f"  - {reason}" for reason in json.loads(r["reasons_json"] or "[]")]
+                # A stage-2 gate may score the blend reviewers are served, not the model it trained.
+                judged = f", judged as {r.counts['judged_as']}" if r.counts.get("judged_as") else ""
+                lines.append(f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.started_at))} {r.stage}: {r.decision} "
+                             f"({r.candidate_version or '-'}, {r.duration_s or 0:.0f} s{judged})")
+                lines += [f"  - {reason}" for reason in r.reasons]  # why, as the gate said it
         return "\n".join(lines)
 
     def export(self, fmt, include_unreviewed, valid_percent):

@@ -1,5 +1,5 @@
 """Typed rows the store returns: what a finding looks like now, its history, a reviewed photo,
-a photo's review progress and its line in the photo queue.
+a photo's review progress, its line in the photo queue and a nightly run's record.
 
 Rows are small frozen dataclasses built with ``from_row`` from ``sqlite3.Row``; nothing outside
 ``db/`` sees a raw row, a column name or a status string.
@@ -208,6 +208,25 @@ class PhotoQueueRow:
         name = row["original_name"] or PurePath(row["path"]).name
         return cls(row["photo_id"], name, row["n_objects"], row["n_pending"], row["min_margin"],
                    row["min_detector_confidence"], float(row["expected_errors"]), bool(row["done"]))
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One nightly run of one stage as recorded: its decision, the gate's reasons and what it
+    counted (``counts["judged_as"]``: the stage-2 model the gate scored, e.g. the blend)."""
+
+    started_at: float
+    stage: str
+    decision: str
+    candidate_version: str | None
+    duration_s: float | None
+    counts: dict
+    reasons: tuple[str, ...]  # empty for runs recorded before migration 8
+
+    @classmethod
+    def from_row(cls, row) -> "TrainingRun":
+        return cls(row["started_at"], row["stage"], row["decision"], row["candidate_version"], row["duration_s"],
+                   json.loads(row["counts_json"] or "{}"), tuple(json.loads(row["reasons_json"] or "[]")))
 
 
 @dataclass(frozen=True)

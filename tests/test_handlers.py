@@ -320,11 +320,11 @@ def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
     app.store.correct(vegetation[0]["id"], 0, "ana", "accept")
     app.store.record_training_run(1.0, "h", {}, {}, {}, "refused", "v-det", 12.0, stage="detector",
                                   reasons=["mAP50 0.641 -> 0.630", "mAP50 dropped"])
-    app.store.record_training_run(2.0, "h", {}, {}, {}, "promoted", "v-cls", 30.0)
+    app.store.record_training_run(2.0, "h", {"judged_as": "ensemble"}, {}, {}, "promoted", "v-cls", 30.0)
     h = Handlers(app.h.models, app.store, schedule=SchedulerState("02:00", next_start=3 * 86400.0, last_exit=0, last_log="/x.log"))
     text = h.dashboard()
     assert "### Scheduled nightly job" in text and "scheduled daily at 02:00" in text and "exited with code 0" in text
-    assert "detector: refused (v-det" in text and "classifier: promoted (v-cls" in text
+    assert "detector: refused (v-det" in text and "classifier: promoted (v-cls, 30 s, judged as ensemble)" in text
     assert "detector: refused (v-det, 12 s)\n  - mAP50 0.641 -> 0.630\n  - mAP50 dropped" in text  # why, under the run
     assert "- model `passthrough:1` (types with one class, such as vegetation: labelled without a stage-2 model): accept 1" in text
     detector = app.h.models.pipeline().detector

@@ -28,6 +28,7 @@ from core.errors import SlopewatchError
 from core.overlay import render_overlay
 from core.paths import data_dir
 from core.photos import WORKING_SIZE_PX
+from core.types import Status
 from db.store import Store
 
 # "#" is the object's index within its photo: the number rationales, the overlay and the Review
@@ -209,7 +210,7 @@ class Handlers:
     def _inspect(self, pipeline, files, user, progress):
         from app.usecases.flight import count_sources, photo_sources
 
-        gallery, rows, problems, last, reused = [], [], [], None, 0
+        gallery, rows, problems, last, reused, pending = [], [], [], None, 0, 0
         names: dict[int, str] = {}  # photo id -> the name it was first uploaded under in this request
         # The same file given twice (an upload box that kept the last flight) is one file.
         uploads = list(dict.fromkeys(Path(f if isinstance(f, str) else f.name) for f in files))
@@ -238,13 +239,17 @@ class Handlers:
             reused += not done.ran
             last = done.photo_id
             gallery.append((overlay_file(self.store, done.photo_id), f"photo {done.photo_id}: {name}"))
-            rows += object_rows(self.store.photo_findings(done.photo_id))
+            found = self.store.photo_findings(done.photo_id)
+            rows += object_rows(found)
+            pending += sum(f.state.status is Status.PENDING for f in found)
             yield list(gallery), list(rows), "\n\n".join([*problems, f"Inspected {k + 1} of {total} photo(s)… "
                                                                          "(review the first ones meanwhile)"]), last
         for upload in uploads:
             if upload.suffix.lower() == ".zip":  # every member has been read: the archive is not needed any more
                 _discard_upload(str(upload))
-        summary = f"Inspected {len(gallery)} photo(s)." + (f" {reused} had been inspected before (same content)." if reused else "")
+        # The time and counts tell one run's answer from the last one's (the same photos give the same count).
+        summary = (f"Inspected {len(gallery)} photo(s) at {time.strftime('%H:%M:%S')}: {len(rows)} object(s), {pending} to review."
+                   + (f" {reused} had been inspected before (same content)." if reused else ""))
         yield gallery, rows, "\n\n".join([*problems, summary] if gallery else problems), last
 
     @staticmethod

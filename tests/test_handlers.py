@@ -45,6 +45,7 @@ def test_inspect_lists_objects_with_their_photo_numbering_and_skips_bad_files(ap
     assert [r[1] for r in table] == list(range(len(table)))  # "#k", as the overlay and canvas show it
     assert "✗ not_a_photo.jpg: expected" in message and "<" not in message  # the file's name and its reason, no raw "<bytes>"
     assert "Inspected 1 photo(s)" in message and last == table[0][0]
+    assert f": {len(table)} object(s), {len(table)} to review." in message  # a fresh photo: every object pending
     assert rows(app.db, "SELECT count(*) FROM photos") == [(1,)]
 
 
@@ -62,7 +63,7 @@ def test_a_zipped_flight_streams_photo_by_photo_with_bad_members_listed(app, tmp
     assert [len(g) for g, *_ in steps] == [1, 2, 3, 4, 4]
     assert "Inspected 1 of 5 photo(s)" in steps[0][2] and steps[0][3] is not None
     gallery, table, message, last = steps[-1]
-    assert "Inspected 4 photo(s)." in message and message.count("✗") == 1
+    assert "Inspected 4 photo(s) at " in message and message.count("✗") == 1
     assert "✗ flight.zip: broken.jpg" in message or "✗ flight.zip:DCIM/broken.jpg" in message  # which archive, which member
     names = [r[0] for r in rows(app.db, "SELECT original_name FROM photos ORDER BY id")]
     assert names == [p.name for p in PHOTOS[:3]] + [PHOTOS[4].name]  # members keep their own names

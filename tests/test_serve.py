@@ -73,6 +73,6 @@ def test_a_reviewer_logs_in_inspects_and_opens_the_photo_in_review(served):
     client = Client(url, auth=("ana", PASSWORD), verbose=False)
     photo = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))[0]
     gallery, _, message, photo_id = client.predict([handle_file(str(photo))], api_name="/inspect")
-    assert message == "Inspected 1 photo(s)." and len(gallery) == 1
+    assert message.startswith("Inspected 1 photo(s) at ") and len(gallery) == 1
     view = client.predict(photo_id, api_name="/open_photo")
     assert view[0]["image"] and view[0]["boxes"] and f"**Photo {photo_id}**" in view[1]

@@ -2,7 +2,7 @@
 
 The photos are inspected by the served pipeline into a fresh SQLite file, then a reviewer who
 knows the ground truth (a labelled dataset's split) reviews each photo in queue order through
-the Review tab's own handlers (:class:`app.review_tab.ReviewHandlers`): a detection matching a
+the Review tab's own handlers (:class:`app.review_handlers.ReviewHandlers`): a detection matching a
 true object of the same class is accepted, one of another class gets its class key, one that
 overlaps its object badly is moved on the canvas, one matching nothing is deleted, a missed
 object is drawn; then "Photo done" and "Next photo to review". Server time per action is the
@@ -90,7 +90,7 @@ def bench_review(cfg: ReviewBenchConfig) -> dict:
 
     from app.handlers import Handlers
     from app.models import ModelHost
-    from app.review_tab import ReviewHandlers
+    from app.review_handlers import ReviewHandlers
     from app.usecases.canvas import canvas_scale
     from core.data import load_dataset
     from core.paths import samples_dir

@@ -1,6 +1,6 @@
 """The browser app (Gradio Blocks): page layout and wiring only.
 
-Handlers are the named methods of ``app.handlers.Handlers``, ``app.review_tab.ReviewHandlers``
+Handlers are the named methods of ``app.handlers.Handlers``, ``app.review_handlers.ReviewHandlers``
 and ``app.library_tab.LibraryHandlers``, wired with explicit ``api_name``s; they call the use
 cases in ``app.usecases``; the rules live there and in ``db``. Review keys: ``app.review_tab``.
 """
@@ -131,7 +131,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
 
     from app.handlers import QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
     from app.library_tab import build_library_tab
-    from app.review_tab import ReviewHandlers, build_review_tab
+    from app.review_handlers import ReviewHandlers
+    from app.review_tab import build_review_tab
 
     tax = store.taxonomy
     config = config or ServeConfig(no_auth=True)

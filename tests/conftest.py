@@ -79,7 +79,7 @@ def app(probe_pipeline, tmp_path):
 
     from app.handlers import Handlers
     from app.models import ModelHost
-    from app.review_tab import ReviewHandlers
+    from app.review_handlers import ReviewHandlers
     from db.store import Store
 
     store = Store(tmp_path / "review.db")

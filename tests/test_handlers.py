@@ -13,7 +13,7 @@ from conftest import db_rows as rows  # noqa: E402
 
 from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers  # noqa: E402
 from app.models import ModelHost  # noqa: E402
-from app.review_tab import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
+from app.review_handlers import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
 from app.usecases.canvas import canvas_scale  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 
@@ -235,12 +235,12 @@ def test_accept_likely_right_touches_only_the_band(app):
 
 
 def test_likely_right_leaves_boxes_the_detector_doubts_for_a_look(app, monkeypatch):
-    import app.review_tab as review_tab
+    import app.review_handlers as review_handlers
 
     *_, photo_id = inspect(app, PHOTOS[1])
     pending = [f for f in app.store.photo_findings(photo_id) if len(f.probabilities or {}) > 1]
     floor = sorted(f.detector_confidence for f in pending)[len(pending) // 2]
-    monkeypatch.setattr(review_tab, "LIKELY_BOX_SCORE", floor)
+    monkeypatch.setattr(review_handlers, "LIKELY_BOX_SCORE", floor)
     threshold = min(f.confidence for f in pending)  # every label confident enough: only the box decides
     served = SimpleNamespace(classifier=SimpleNamespace(backend=SimpleNamespace(calibration=SimpleNamespace(likely_right=threshold))))
     r = ReviewHandlers(app.store, ModelHost.ready(served))

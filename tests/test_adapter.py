@@ -167,7 +167,7 @@ def test_base_lm_loads_from_its_fp32_cache_as_saved(tmp_path, tokenizer):
 def test_bf16_adapter_is_cached_merged_and_scores_as_when_first_lowered(samples_yaml, tmp_path, tokenizer):
     """The first bf16 load merges the LoRA and writes the bf16 LM; every load reads only that file
     (no LoRA modules, no fp32 weights) and scores like the fp32 model, not like the base LM."""
-    from core.stage2.backends.adapter import load_lowered, lowered_cache_dir
+    from core.stage2.backends.adapter_serving import load_lowered, lowered_cache_dir
 
     model = AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
     gen = torch.Generator().manual_seed(1)
@@ -241,7 +241,7 @@ def test_train_config_refuses(samples_yaml, field, value):
     ([20, 30], []),  # never fewer than 3
 ])
 def test_merged_lm_caches_are_pruned_to_the_most_recently_used(tmp_path, ages_days, removed):
-    from core.stage2.backends.adapter import prune_lowered
+    from core.stage2.backends.adapter_serving import prune_lowered
 
     now = time.time()
     for age in ages_days:

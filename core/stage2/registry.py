@@ -90,7 +90,7 @@ class BackendSpec:
 
 
 SPECS = (
-    BackendSpec("adapter", "core.stage2.backends.adapter:from_options", "the offline VLM (SmolLM2 + image projector + LoRA)", prompted=True,
+    BackendSpec("adapter", "core.stage2.backends.adapter_serving:from_options", "the offline VLM (SmolLM2 + image projector + LoRA)", prompted=True,
                 follows="classifier"),
     BackendSpec("probe", "core.stage2.backends.probe:from_options", "logistic regression on frozen EfficientNet-Lite0 features"),
     BackendSpec("ensemble", "core.stage2.backends.ensemble:from_options",
@@ -99,7 +99,7 @@ SPECS = (
     BackendSpec("qwen2vl", "core.stage2.backends.qwen2vl:from_options", "Qwen2-VL / Qwen2.5-VL (production; needs --qwen-model)", prompted=True,
                 follows="qwen2vl"),
     BackendSpec("clip", "core.stage2.backends.clip:from_options", "CLIP zero-shot (needs --clip-model)"),
-    BackendSpec("adapter-zeroshot", "core.stage2.backends.adapter:zeroshot_from_options",
+    BackendSpec("adapter-zeroshot", "core.stage2.backends.adapter_serving:zeroshot_from_options",
                 "the adapter VLM before any training (prompting alone)", prompted=True),
     BackendSpec("type-majority", "core.stage2.backends.type_majority:from_options",
                 "baseline: the type's most frequent training class (needs a dataset)", live=False),

@@ -148,7 +148,7 @@ def with_probe(adapter, taxonomy, probe_weights: Path | None = None) -> Ensemble
 def from_options(options: BackendOptions):
     """The served adapter and probe (each calibrated), blended as ``ensemble.json`` says, with the
     blend calibration of that adapter version."""
-    from core.stage2.backends import adapter as adapter_backend
+    from core.stage2.backends import adapter_serving as adapter_backend
 
     folder = Path(options.adapter_dir or adapter_backend.current_adapter_dir())
     adapter = adapter_backend.from_options(replace(options, adapter_dir=folder))

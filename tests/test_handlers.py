@@ -160,6 +160,27 @@ def test_next_photo_and_queue_by_photo(app):
     assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)
 
 
+def test_a_box_drawn_on_a_photo_changed_meanwhile_is_refused_not_given_to_another_object(app):
+    """A walk-through's defect: bo deleted #1 while ana had the photo open; ana drew a box. The
+    drawn box's first event reloaded her canvas with the class dialog open, and the class she
+    then picked relabelled #0 ('Saved: #0 retype → vegetation'), her box lost."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    v = view(app.r.open_photo(photo_id))
+    boxes = v["canvas"]["boxes"]
+    ids = [fid for fid, _ in sorted(((int(k), r) for k, r in v["seen"].items()))]
+    app.store.ensure_user("bo")
+    app.store.correct(ids[1], 0, "bo", "delete")
+    drawn = {"xmin": 5, "ymin": 5, "xmax": 60, "ymax": 50, "label": ""}
+    waiting = app.r.save_canvas(photo_id, {"boxes": [*boxes, drawn]}, v["seen"], ANA)
+    # Nothing written and nothing redrawn while the class dialog is open: only the hint.
+    assert "waits for its class" in waiting[0]
+    assert isinstance(view(waiting, 1)["canvas"], type(gr.skip()))
+    chosen = app.r.save_canvas(photo_id, {"boxes": [*boxes, {**drawn, "label": "vegetation"}]}, v["seen"], ANA)
+    assert chosen[0].startswith("⚠ Not saved") and "#1 deleted by bo" in chosen[0]
+    assert rows(app.db, "SELECT reviewer, action FROM corrections") == [("bo", "delete")]
+    assert view(chosen, 1)["seen"] == {str(f): app.store.state(f).revision for f in ids if f != ids[1]}  # reloaded as it is
+
+
 def test_no_label_control_starts_on_a_real_class(app):
     """Gradio starts a dropdown on its first choice unless told otherwise; a class or type that
     nobody picked must never be what a button saves."""

@@ -104,6 +104,11 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     if not changes:
         return Saved((), waiting(boxes))
     changed = photo_changes(findings, seen)
+    if changed and waiting(boxes):
+        # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
+        # the dialog on whichever box takes that place in the reloaded list, and the class the
+        # reviewer picks next would relabel that object. Refused once the class is chosen instead.
+        return Saved((), waiting(boxes))
     if changed:
         raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(changed)}")
     revisions = {f.finding_id: f.state.revision for f in findings}

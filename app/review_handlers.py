@@ -30,6 +30,14 @@ HISTORY_COLUMNS = [("rev", "10%"), ("by", "21%"), ("action", "16%"), ("when", "1
 HISTORY_HEADERS = [name for name, _ in HISTORY_COLUMNS]
 
 
+# The status line after a reviewer's own action, and what another reviewer's latest action did.
+DONE = {"accept": "accepted", "relabel": "relabelled → {cls}", "retype": "retyped → {cls}", "delete": "deleted",
+        "edit_box": "moved/resized", "edit_rationale": "rationale saved", "note": "note saved"}
+BY_OTHERS = {"accept": "accepted it", "relabel": "relabelled it", "retype": "changed its type", "delete": "deleted it",
+             "edit_box": "moved its box", "edit_rationale": "edited its rationale", "note": "added a note", "undo": "undid a change",
+             "repair": "repaired it", "add": "drew it"}
+
+
 def _changes(before: dict, after: dict) -> str:
     """``class: a → b; status: pending → reviewed`` for a history row."""
     out = []
@@ -232,17 +240,17 @@ class ReviewHandlers:
         return self.view(photo_id)
 
     # --- edits --------------------------------------------------------------------------------
-    def _edit(self, photo_id, selected, work, request):
+    def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None):
         if photo_id is None:
             return self._after(None, None, "Open a photo first.")
         try:
             message = work(reviewer(request))
         except StaleEdit as exc:
-            now = exc.current
-            return self._after(photo_id, selected, f"⚠ Not saved: #{self._index(now.finding_id)} changed since you loaded it (now "
-                                                   f"{now.class_name}, by {now.updated_by}). The photo has been reloaded; check it and try again.")
+            return self._keep_draft(self._after(photo_id, selected, f"⚠ Not saved: {self._changed_since(exc.current)}. The photo has "
+                                                                    "been reloaded; check it and try again."), draft)
         except review.StalePhoto as exc:
-            return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and try again.")
+            return self._keep_draft(self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
+                                                                    "try again."), draft)
         except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
             return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
         except AlreadyDecided:
@@ -316,12 +324,14 @@ class ReviewHandlers:
     def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
         if not (text or "").strip():
             return self._after(photo_id, finding_id, "Write the rationale first (an empty one is not saved).")
-        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text), request)
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text), request,
+                          draft=("rationale", text))
 
     def add_note(self, photo_id, finding_id, revision, text, request: gr.Request):
         if not (text or "").strip():
             return self._after(photo_id, finding_id, "Write the note first (an empty one is not saved).")
-        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request)
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request,
+                          draft=("note", text))
 
     def undo(self, photo_id, request: gr.Request):
         def work(user):
@@ -337,8 +347,28 @@ class ReviewHandlers:
     def _apply(self, finding_id, revision, user, action, **changes) -> str:
         if revision is None:
             raise ValueError("expected the revision you saw; reload the photo")
+        pending = self.store.state(int(finding_id)).status is Status.PENDING
         state = review.apply(self.store, review.ReviewAction(int(finding_id), int(revision), user, action, changes))
-        return f"Saved: {action} on #{self._index(state.finding_id)}."
+        said = DONE[action].format(cls=state.class_name)
+        # Any edit decides a pending object: say so, or a rationale fix reads as leaving it open.
+        decided = " (it now counts as reviewed)" if pending and action in ("edit_rationale", "note") else ""
+        return f"Saved: #{self._index(state.finding_id)} {said}{decided}."
+
+    def _changed_since(self, now) -> str:
+        """What another reviewer did to an object since it was loaded, from its latest correction."""
+        last = self.store.history(now.finding_id)[-1:]
+        what = f"{last[0].reviewer} {BY_OTHERS.get(last[0].action, last[0].action).format(cls=now.class_name)}" if last else "it was edited"
+        return f"#{self._index(now.finding_id)} changed since you loaded it: {what} (now {now.class_name})"
+
+    def _keep_draft(self, out: tuple, draft: tuple[str, str] | None) -> tuple:
+        """A stale edit reloads the panel; the reviewer's unsaved text (``draft``: the panel field
+        and its text) stays in its box instead of being replaced by the other reviewer's."""
+        if draft is None:
+            return out
+        field, text = draft
+        k = 1 + len(self.VIEW) + self.PANEL.index(field)
+        return (f"{out[0]} Your {field} is still in its box: save it again to replace theirs.", *out[1:k], gr.update(value=text),
+                *out[k + 1:])
 
     def _index(self, finding_id: int) -> int:
         photo_id = self.store.photo_of(finding_id)

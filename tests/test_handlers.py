@@ -181,6 +181,34 @@ def test_a_box_drawn_on_a_photo_changed_meanwhile_is_refused_not_given_to_anothe
     assert view(chosen, 1)["seen"] == {str(f): app.store.state(f).revision for f in ids if f != ids[1]}  # reloaded as it is
 
 
+def test_a_stale_rationale_save_keeps_the_draft_and_says_what_the_other_reviewer_did(app):
+    *_, photo_id = inspect(app, PHOTOS[1])
+    v = view(app.r.open_photo(photo_id))
+    fid = v["select"]["value"]
+    app.store.ensure_user("bo")
+    app.store.correct(fid, 0, "bo", "edit_rationale", rationale="bo's reason")
+    out = app.r.edit_rationale(photo_id, fid, 0, "ana's reason", ANA)
+    state = app.store.state(fid)
+    assert out[0].startswith(f"⚠ Not saved: #{app.r._index(fid)} changed since you loaded it: bo edited its rationale (now {state.class_name})")
+    assert out[0].endswith("Your rationale is still in its box: save it again to replace theirs.")
+    assert view(out, 1)["rationale"]["value"] == "ana's reason"  # her draft, not bo's text
+    assert app.store.state(fid).rationale == "bo's reason" and len(rows(app.db, "SELECT id FROM corrections")) == 1
+    # Saved again over the reloaded revision: hers replaces his, and the line says what was saved.
+    saved = app.r.edit_rationale(photo_id, fid, app.store.state(fid).revision, "ana's reason", ANA)
+    assert saved[0] == f"Saved: #{app.r._index(fid)} rationale saved." and app.store.state(fid).rationale == "ana's reason"
+
+
+def test_status_lines_name_what_was_saved(app):
+    *_, photo_id = inspect(app, PHOTOS[2])
+    pending = [f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1]
+    first, second = pending[:2]
+    other = next(c.name for c in app.store.taxonomy.classes_for_type(first.state.object_type) if c.name != first.state.class_name)
+    assert app.r.set_class(photo_id, first.finding_id, 0, other, ANA)[0] == f"Saved: #{first.index} relabelled → {other}."
+    assert app.r.add_note(photo_id, second.finding_id, 0, "silt at the outlet", ANA)[0] == (
+        f"Saved: #{second.index} note saved (it now counts as reviewed).")
+    assert app.r.delete(photo_id, second.finding_id, 1, ANA)[0] == f"Saved: #{second.index} deleted."
+
+
 def test_no_label_control_starts_on_a_real_class(app):
     """Gradio starts a dropdown on its first choice unless told otherwise; a class or type that
     nobody picked must never be what a button saves."""

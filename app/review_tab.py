@@ -2,7 +2,8 @@
 selected object: the tab's layout, keys and wiring. The named handlers are
 ``app.review_handlers.ReviewHandlers``; the rules are in ``app.usecases.review`` and ``db``.
 
-Keys (outside text fields): 1–9 the selected object's classes, ``a`` accept it (nothing is written
+Keys (outside text fields): 1–9 the selected object's classes (the key of its current class
+accepts it), ``a`` accept it (nothing is written
 when it is already your own decision, e.g. right after your relabel) and select the
 next pending one, ``Shift+A`` accept every pending object of the photo, ``L`` accept the
 objects in the "likely right" band (calibrated confidence at or above the threshold chosen on
@@ -56,6 +57,9 @@ document.addEventListener('keydown', (e) => {
   if (/^[1-9]$/.test(e.key)) {
     const options = document.querySelectorAll('#sw-class input[type=radio]');
     const option = options[Number(e.key) - 1];
+    // The key of the class the object already has means "right as it is": accept it. (Clicking
+    // the checked option fires no event, so the key used to do nothing and say nothing.)
+    if (option && option.checked) return click('sw-accept');
     if (option) { e.preventDefault(); option.click(); }
   }
 });

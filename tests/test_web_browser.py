@@ -177,6 +177,17 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             rel = wait_rows(db, "SELECT reviewer, after_json FROM corrections WHERE action = 'relabel' AND finding_id = ?", fid)[0]
             assert rel[0] == "ana" and f'"class_name": "{classes[key]}"' in rel[1]
 
+            # The key of the class an object already has accepts it (it used to do nothing, silently).
+            objects = sql(db, "SELECT s.finding_id, s.class_name, s.object_type FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                              "WHERE f.photo_id = ? AND s.status = 'pending' ORDER BY s.finding_id DESC", photo_id)
+            same, same_cls, same_typ = next(o for o in objects if len(tax.classes_for_type(o[2])) > 1)
+            page.locator(f"#sw-select input[type=radio][value='{same}']").check()
+            page.wait_for_selector(f"#sw-class input[type=radio][value='{same_cls}']:checked", timeout=20_000)
+            page.mouse.click(5, 5)
+            page.keyboard.press(str([c.name for c in tax.classes_for_type(same_typ)].index(same_cls) + 1))
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'accept' AND finding_id = ?", same)
+            page.wait_for_selector("#sw-status :text('accepted')", timeout=20_000)
+
             # Clicking a box on the canvas selects that object in the panel, so `a` accepts that one.
             live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2, s.status FROM finding_state s JOIN findings f ON f.id = s.finding_id "
                            "WHERE f.photo_id = ? AND s.status != 'deleted' ORDER BY s.finding_id", photo_id)

@@ -89,7 +89,8 @@ class Progress:
                 "training_runs": runs, "kinds": self.correction_kinds()}
 
     def correction_kinds(self, since: float = 0.0) -> dict:
-        """Corrections by kind (what they indict) after ``since``: in all, per model version, per ISO week."""
+        """Corrections that stand (not undone, not undos) by kind (what they indict) after ``since``:
+        in all, per model version, per ISO week."""
         # A box correction indicts the detector run that produced the photo's boxes (for a drawn
         # box, the photo's latest run: the detector that missed it); other kinds the stage-2 model.
         stage1 = sorted(k.value for k in STAGE1)
@@ -99,7 +100,9 @@ class Progress:
             "ELSE c.model_version END, 'drawn by a reviewer') AS model, "
             "strftime('%Y-W%W', c.created_at, 'unixepoch') AS week, count(*) AS n "
             "FROM corrections c JOIN findings f ON f.id = c.finding_id LEFT JOIN inference_runs r ON r.id = f.run_id "
-            "WHERE c.created_at > ? GROUP BY c.kind, model, week", (*stage1, since))
+            # Only corrections that stand: an undone one indicts nothing, and an undo is no model's error.
+            "WHERE c.created_at > ? AND c.action != 'undo' AND NOT EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id) "
+            "GROUP BY c.kind, model, week", (*stage1, since))
         out: dict = {"total": {}, "by_model": {}, "by_week": {}}
         for r in rows:
             for key, group in (("total", None), ("by_model", r["model"]), ("by_week", r["week"])):

@@ -57,3 +57,7 @@ def test_the_store_records_each_correction_s_kind_and_the_dashboard_counts_them(
     assert d["by_model"]["probe:v1"] == {"condition_error": 1}
     assert d["by_model"]["det"] == {"localisation": 1, "detector_false_positive": 1, "detector_miss": 1}
     assert len(d["by_week"]) == 1
+    # An undone correction no longer indicts anything, and the undo itself is no error of a model.
+    store.undo_last(photo.id, "ana")  # the drawn box
+    store.undo_last(photo.id, "ana")  # the delete
+    assert store.dashboard()["kinds"]["total"] == {"condition_error": 1, "localisation": 1}

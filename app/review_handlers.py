@@ -142,7 +142,8 @@ class ReviewHandlers:
                  + (f" — detector {f.detector_confidence:.2f}" if f.detector_confidence is not None else "")
                  + (f" — `{f.model_version}`" if f.model_version else "")]
         if s.class_name != f.model_class and f.model_class:
-            lines.append(f"The model said **{f.model_class}**.")
+            said = f": {f.model_rationale}" if f.model_rationale else "."
+            lines.append(f"The model said **{f.model_class}**{said}")
         history = [[h.revision, h.reviewer, h.action, time.strftime("%m-%d %H:%M", time.localtime(h.created_at)), _changes(h.before, h.after)]
                    for h in self.store.history(f.finding_id)]
         classes = [c.name for c in tax.classes_for_type(s.object_type)]

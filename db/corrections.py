@@ -100,9 +100,10 @@ class Corrections:
             # records no change; "accept" is the action for agreeing with the label.
             if (new_type, new_class) == (before["object_type"], before["class_name"]):
                 raise InvalidEdit(f"#{before['finding_id']} is already {new_class}; nothing to change")
-            if new_type != before["object_type"]:
-                # The rationale explained the old type's condition; kept, it would describe another object.
-                after["rationale"] = check_text(changes.get("rationale", ""), "rationale")
+            # The rationale argued for the old label ("blocked at 61%, 4 of the 5 most similar …");
+            # kept, it would contradict the new one on the panel and in every export. The model's
+            # own text stays with its output (``StoredFinding.model_rationale``) and in the history.
+            after["rationale"] = check_text(changes.get("rationale", ""), "rationale")
             after.update(object_type=new_type, class_name=new_class)
         elif action == "edit_box":
             box = check_box(changes.get("box"), *photo_size)

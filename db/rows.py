@@ -99,13 +99,14 @@ class StoredFinding:
     model_version: str | None
     probabilities: dict | None = None  # the model's probability per candidate class (None: drawn by a reviewer)
     box_probability: float | None = None  # calibrated chance the box is real (None: uncalibrated detector, or drawn)
+    model_rationale: str | None = None  # what the model said about its own label (the state's may have been edited or cleared)
 
     @classmethod
     def from_row(cls, row) -> "StoredFinding":
         probs = row["probabilities_json"]
         return cls(FindingState.from_row(row), row["photo_id"], row["idx"], row["model_class"], row["confidence"],
                    row["margin"], row["detector_confidence"], row["model_version"], json.loads(probs) if probs else None,
-                   row["box_probability"])
+                   row["box_probability"], row["model_rationale"])
 
     @property
     def finding_id(self) -> int:

@@ -203,7 +203,13 @@ def test_status_lines_name_what_was_saved(app):
     pending = [f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1]
     first, second = pending[:2]
     other = next(c.name for c in app.store.taxonomy.classes_for_type(first.state.object_type) if c.name != first.state.class_name)
-    assert app.r.set_class(photo_id, first.finding_id, 0, other, ANA)[0] == f"Saved: #{first.index} relabelled → {other}."
+    relabelled = app.r.set_class(photo_id, first.finding_id, 0, other, ANA)
+    assert relabelled[0] == f"Saved: #{first.index} relabelled → {other}."
+    # The model's rationale argued for its own label: it leaves the editable box (and the stored
+    # state) and is shown as what the model said.
+    panel = view(relabelled, 1)
+    assert first.state.rationale and panel["rationale"] == "" and app.store.state(first.finding_id).rationale == ""
+    assert f"The model said **{first.state.class_name}**: {first.state.rationale}" in panel["detail"]
     assert app.r.add_note(photo_id, second.finding_id, 0, "silt at the outlet", ANA)[0] == (
         f"Saved: #{second.index} note saved (it now counts as reviewed).")
     assert app.r.delete(photo_id, second.finding_id, 1, ANA)[0] == f"Saved: #{second.index} deleted."

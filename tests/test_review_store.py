@@ -1,4 +1,4 @@
-"""Review store on a real SQLite file: no-op edits, retype rationale, undo, photo confirmation,
+"""Review store on a real SQLite file: no-op edits, the rationale on a class change, undo, photo confirmation,
 the photo queue and migration 3. Each case asserts the correction rows written."""
 
 import sqlite3
@@ -39,7 +39,7 @@ def env(tmp_path):
     return store, photo, ids
 
 
-# --- correct(): no-op relabels and retype rationale -------------------------------------------
+# --- correct(): no-op relabels and the rationale on a class change ---------------------------
 
 @pytest.mark.parametrize("k, action, changes, current", [
     (0, "relabel", {"class_name": "slope drain"}, "slope drain"),
@@ -56,16 +56,18 @@ def test_relabel_to_the_label_it_has_is_refused_and_writes_nothing(env, k, actio
 
 
 @pytest.mark.parametrize("k, action, changes, expected", [
-    # A new type: the old type's rationale is dropped unless a new one comes with the edit.
+    # Another label: the model's rationale for the old one is dropped unless a new one comes with the edit.
     (0, "retype", {"object_type": "vegetation"}, {"object_type": "vegetation", "class_name": "vegetation", "rationale": ""}),
     (0, "retype", {"object_type": "vegetation", "rationale": "grass over it"},
      {"object_type": "vegetation", "class_name": "vegetation", "rationale": "grass over it"}),
     (2, "retype", {"object_type": "rock_toe", "class_name": "rock toe damaged"},
      {"object_type": "rock_toe", "class_name": "rock toe damaged", "rationale": ""}),
-    # Same type (only the condition changes): the rationale stays.
+    # Same type, another condition: the rationale argued for the old label, so it goes too.
     (0, "retype", {"object_type": "slope_drain", "class_name": "slope drain blocked"},
-     {"object_type": "slope_drain", "class_name": "slope drain blocked", "rationale": "why"}),
-    (0, "relabel", {"class_name": "slope drain damaged"}, {"class_name": "slope drain damaged", "rationale": "why"}),
+     {"object_type": "slope_drain", "class_name": "slope drain blocked", "rationale": ""}),
+    (0, "relabel", {"class_name": "slope drain damaged"}, {"class_name": "slope drain damaged", "rationale": ""}),
+    (0, "relabel", {"class_name": "slope drain damaged", "rationale": "cracked pipe"},
+     {"class_name": "slope drain damaged", "rationale": "cracked pipe"}),
 ])
 def test_retype_and_relabel_rows(env, k, action, changes, expected):
     store, _, ids = env

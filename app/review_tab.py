@@ -42,6 +42,19 @@ document.addEventListener('pointerup', (e) => {
   box.value = [(e.clientX - r.left) / r.width, (e.clientY - r.top) / r.height, r.width, r.height, ++swClicks].join(',');
   box.dispatchEvent(new Event('input', {bubbles: true}));
 }, true);
+// After a drawn box is saved the canvas stays in draw mode, so the reviewer's next click on a box
+// starts another box instead of selecting it: back to drag/select mode when the add is saved.
+// Edge-triggered on a new status line, so pressing C again to draw another box is left alone.
+let swLastStatus = '';
+new MutationObserver(() => {
+  const s = document.querySelector('#sw-status');
+  const text = s ? s.innerText : '';
+  if (text === swLastStatus) return;
+  swLastStatus = text;
+  if (!/Saved: .*added #/.test(text)) return;
+  const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
+  if (drag && !drag.classList.contains('selected')) drag.click();
+}).observe(document.body, {subtree: true, childList: true, characterData: true});
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (t.closest && t.closest('input, textarea, select, [contenteditable=true]')) return;

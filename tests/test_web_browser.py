@@ -138,8 +138,10 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.wait_for_selector("#sw-status :text('Saved: added')", timeout=20_000)
             page.wait_for_timeout(1500)  # the canvas redraws with the new box's "#k" label
 
+            # The canvas is back in drag/select mode by itself once the box is saved, so the next
+            # click selects a box instead of starting another one.
+            page.wait_for_selector("#sw-canvas button[aria-label='Drag boxes'].selected", timeout=10_000)
             # Resize it by its lower-right handle: one 'edit_box' row, the box grew.
-            page.locator("#sw-canvas button[aria-label='Drag boxes']").click()
             page.mouse.click(*screen(fx + 20, fy + 20))  # select it: the side panel follows the canvas
             page.wait_for_selector(f"#sw-select input[type=radio][value='{new_id}']:checked", timeout=20_000)
             page.wait_for_timeout(600)  # a second press within the double-click time would open the box's label dialog

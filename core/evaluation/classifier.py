@@ -142,12 +142,10 @@ def score_photos(classifier: ConditionClassifier, photos: Iterable[LabeledPhoto]
         image, dets, key = photo.image, list(photo.detections), photo.key
         t0 = time.perf_counter()
         ctx = photo_context(image, dets, key)  # built once: the classifier and the checker read the same facts
-        findings = classifier.classify_context(ctx)
+        findings, evidence = classifier.classify_with_evidence(ctx)  # the checker reads the evidence the rationale was given
         seconds += time.perf_counter() - t0
         n_photos += 1
         facts = ctx.facts
-        modelled = [i for i, f in enumerate(findings) if f.backend != "passthrough"]
-        evidence = classifier.evidencer.for_findings(ctx, findings, modelled) if classifier.evidencer else {}
         for i, (f, truth) in enumerate(zip(findings, photo.classes)):
             if truth is None:
                 continue

@@ -63,6 +63,11 @@ class ConditionClassifier:
 
     def classify_context(self, ctx: PhotoContext) -> list[Finding]:
         """One finding per detection of an already built context (its facts are computed once)."""
+        return self.classify_with_evidence(ctx)[0]
+
+    def classify_with_evidence(self, ctx: PhotoContext) -> tuple[list[Finding], dict]:
+        """The findings and, by detection index, the evidence their rationales cite (what the
+        faithfulness checker compares them with)."""
         image, detections = ctx.image, ctx.detections
         targets = [i for i, d in enumerate(detections) if self.taxonomy.needs_condition(d.type)]
         scored = dict(zip(targets, self.backend.score(ctx, targets))) if targets else {}
@@ -91,4 +96,4 @@ class ConditionClassifier:
                     else template_rationale(f.probabilities, i, ctx.detections, ctx.facts, image.height, said.get(i, "")),
                     f.backend, f.version)
             for i, (f, text) in enumerate(zip(findings, texts))
-        ]
+        ], evidence

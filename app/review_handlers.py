@@ -359,6 +359,10 @@ class ReviewHandlers:
         """What another reviewer did to an object since it was loaded, from its latest correction."""
         last = self.store.history(now.finding_id)[-1:]
         what = f"{last[0].reviewer} {BY_OTHERS.get(last[0].action, last[0].action).format(cls=now.class_name)}" if last else "it was edited"
+        if last and last[0].action in ("edit_rationale", "note"):  # their words, so the reviewer sees what a save would replace
+            field = "rationale" if last[0].action == "edit_rationale" else "note"
+            text = (getattr(now, field) or "").strip()
+            what += f": “{text[:120]}{'…' if len(text) > 120 else ''}”"
         return f"#{self._index(now.finding_id)} changed since you loaded it: {what} (now {now.class_name})"
 
     def _keep_draft(self, out: tuple, draft: tuple[str, str] | None) -> tuple:

@@ -51,7 +51,8 @@ new MutationObserver(() => {
   const text = s ? s.innerText : '';
   if (text === swLastStatus) return;
   swLastStatus = text;
-  if (!/Saved: .*added #/.test(text)) return;
+  // A drawn box refused on a photo that changed meanwhile leaves draw mode too (the photo reloaded).
+  if (!/Saved: .*added #|Not saved: photo [0-9]+ changed/.test(text)) return;
   const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
   if (drag && !drag.classList.contains('selected')) drag.click();
 }).observe(document.body, {subtree: true, childList: true, characterData: true});

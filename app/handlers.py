@@ -276,7 +276,7 @@ class Handlers:
                  "### Corrections per reviewer", *([f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())]
                                                    or ["- none yet"]),
                  "### What the corrections indict", "(stage 1: detector_miss, detector_false_positive, localisation, type_error; "
-                 "stage 2: condition_error, rationale; undone corrections are not counted)",
+                 "stage 2: condition_error, rationale; accept and note blame no model; undone corrections are not counted)",
                  *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],
                  *[f"- model `{m}`{PASSTHROUGH_NOTE if m.startswith('passthrough:') else ''}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
                    for m, c in sorted(d["kinds"]["by_model"].items())],

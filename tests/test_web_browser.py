@@ -184,6 +184,10 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
                               "WHERE f.photo_id = ? AND s.status = 'pending' ORDER BY s.finding_id DESC", photo_id)
             same, same_cls, same_typ = next(o for o in objects if len(tax.classes_for_type(o[2])) > 1)
             page.locator(f"#sw-select input[type=radio][value='{same}']").check()
+            # Wait for this object's panel, not only its class: the relabelled object's panel may show
+            # the same class, and a key pressed on it would send that object's revision (refused as stale).
+            index = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id", photo_id)].index(same)
+            page.wait_for_selector(f"#sw-detail :text('#{index} {same_cls}')", timeout=20_000)
             page.wait_for_selector(f"#sw-class input[type=radio][value='{same_cls}']:checked", timeout=20_000)
             page.mouse.click(5, 5)
             page.keyboard.press(str([c.name for c in tax.classes_for_type(same_typ)].index(same_cls) + 1))

@@ -44,7 +44,6 @@ class Findings:
                 ids.append(fid)
         return ids
 
-
     def state(self, finding_id: int) -> FindingState:
         finding_id = check_id(finding_id, "finding")
         rows = self._rows("SELECT * FROM finding_state WHERE finding_id = ?", (finding_id,))
@@ -94,7 +93,6 @@ class Findings:
         """Photos a reviewer confirmed with nothing pending and no edit since (complete labels), with
         their live findings in detection order. A confirmed photo may have no live finding at all."""
         return [photo for photo, done in self.labelled_photos() if done]
-
 
     def history(self, finding_id: int) -> list[Correction]:
         return [Correction.from_row(r) for r in self._rows("SELECT * FROM corrections WHERE finding_id = ? ORDER BY revision",

@@ -110,7 +110,6 @@ class Progress:
                 bucket[r["kind"]] = bucket.get(r["kind"], 0) + r["n"]
         return out
 
-
     def corrections_since(self, t: float, kinds=None) -> int:
         """How many corrections were made after time ``t`` (what is new to a model cut at ``t``);
         with ``kinds``, only corrections of those kinds (``core.attribution.Kind``)."""

@@ -47,7 +47,6 @@ def default_db_path() -> Path:
     return data_dir() / "slopewatch.db"
 
 
-
 class Store(Findings, Corrections, Progress):
     """Thread-safe access to one SQLite file (``":memory:"`` for tests: one shared connection)."""
 

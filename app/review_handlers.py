@@ -241,7 +241,9 @@ class ReviewHandlers:
         return self.view(photo_id)
 
     # --- edits --------------------------------------------------------------------------------
-    def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None):
+    def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None, advance: bool = False):
+        """Run ``work(reviewer)`` (returns the status line) and answer with the view. ``selected``
+        stays selected, except after a save with ``advance``: then the next pending object is."""
         if photo_id is None:
             return self._after(None, None, "Open a photo first.")
         try:
@@ -254,11 +256,9 @@ class ReviewHandlers:
                                                                     "try again."), draft)
         except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
             return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
-        except AlreadyDecided:
-            raise  # the caller decides what an accept of one's own decision means
         except (InvalidEdit, ValueError) as exc:
             return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
-        return self._after(photo_id, selected, message)
+        return self._after(photo_id, None if advance else selected, message)
 
     def save_canvas(self, photo_id, canvas, seen, request: gr.Request):
         """Every canvas change (draw, move, resize, delete, relabel in the box dialog) is saved at once.
@@ -294,15 +294,17 @@ class ReviewHandlers:
     def accept(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
             return self._after(photo_id, None, "Select an object first.")
-        try:
-            out = self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "accept"), request)
-        except AlreadyDecided:
-            # `a` right after the reviewer's own relabel (or box edit) means "done with it, next":
-            # nothing to write, so move on instead of recording the same decision twice.
-            return self._after(photo_id, None, f"#{self._index(finding_id)} is already decided by you; next object selected.")
-        if not str(out[0]).startswith("Saved"):
-            return out  # refused: stay on the same object, so the reviewer sees nothing was saved
-        return self._after(photo_id, None, out[0])  # None selects the next pending object
+
+        def work(user):
+            try:
+                return self._apply(finding_id, revision, user, "accept")
+            except AlreadyDecided:
+                # `a` right after the reviewer's own relabel (or box edit) means "done with it, next":
+                # nothing to write, so move on instead of recording the same decision twice.
+                return f"#{self._index(finding_id)} is already decided by you; next object selected."
+
+        # Saved: the next pending object is selected; refused: the same one stays, so the reviewer sees nothing was saved.
+        return self._edit(photo_id, finding_id, work, request, advance=True)
 
     def accept_likely_right(self, photo_id, request: gr.Request):
         def work(user):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from core.attribution import STAGE1
 from core.types import Status
 from db.checks import NotFound, check_id
-from db.rows import PhotoProgress, PhotoQueueRow, StoredFinding, TrainingRun
+from db.rows import PhotoProgress, PhotoQueueRow, ReviewerActivity, StoredFinding, TrainingRun
 from db.sql import FINDINGS_SQL, STATUS, progress_sql
 
 
@@ -74,8 +74,8 @@ class Progress:
         return [PhotoQueueRow.from_row(r) for r in rows]
 
     def dashboard(self) -> dict:
-        """Counts for the dashboard: by class and condition, reviewed vs pending, per reviewer, and the
-        last 20 nightly runs (``TrainingRun``, newest first)."""
+        """Counts for the dashboard: by class and condition, reviewed vs pending, per reviewer
+        (``ReviewerActivity``), and the last 20 nightly runs (``TrainingRun``, newest first)."""
         by_class = {r["class_name"]: r["n"] for r in self.query(
             "SELECT class_name, count(*) AS n FROM finding_state WHERE status != ? GROUP BY class_name", (Status.DELETED.value,))}
         by_condition: dict[str, int] = {}
@@ -83,7 +83,12 @@ class Progress:
             cond = self.taxonomy.condition_key(name)
             by_condition[cond] = by_condition.get(cond, 0) + n
         status = {r["status"]: r["n"] for r in self.query("SELECT status, count(*) AS n FROM finding_state GROUP BY status")}
-        reviewers = {r["reviewer"]: r["n"] for r in self.query("SELECT reviewer, count(*) AS n FROM corrections GROUP BY reviewer")}
+        # Activity is not the same as errors found: an undone correction teaches and blames nothing.
+        reviewers = {r.reviewer: r for r in map(ReviewerActivity.from_row, self._rows(
+            "SELECT c.reviewer, "
+            "sum(c.action != 'undo' AND NOT EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id)) AS standing, "
+            "sum(c.action != 'undo' AND EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id)) AS undone, "
+            "sum(c.action = 'undo') AS undos FROM corrections c GROUP BY c.reviewer"))}
         runs = [TrainingRun.from_row(r) for r in self._rows("SELECT * FROM training_runs ORDER BY started_at DESC LIMIT 20")]
         return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,
                 "training_runs": runs, "kinds": self.correction_kinds()}

@@ -212,6 +212,31 @@ class PhotoQueueRow:
 
 
 @dataclass(frozen=True)
+class ReviewerActivity:
+    """What one reviewer's corrections came to (the Dashboard's "Corrections per reviewer").
+
+    Attributes:
+        reviewer: who.
+        standing: corrections of theirs that stand (what the models learn from and are blamed for).
+        undone: corrections of theirs that were later undone (by them or another reviewer).
+        undos: undo actions they made.
+    """
+
+    reviewer: str
+    standing: int
+    undone: int
+    undos: int
+
+    @classmethod
+    def from_row(cls, row) -> "ReviewerActivity":
+        return cls(row["reviewer"], int(row["standing"]), int(row["undone"]), int(row["undos"]))
+
+    def __str__(self) -> str:
+        extra = [f"{n} {word}" for n, word in ((self.undone, "undone"), (self.undos, "undo" if self.undos == 1 else "undos")) if n]
+        return f"{self.standing} standing" + (f" ({', '.join(extra)})" if extra else "")
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     """One nightly run of one stage as recorded: its decision, the gate's reasons and what it
     counted (``counts["judged_as"]``: the stage-2 model the gate scored, e.g. the blend)."""

@@ -12,6 +12,7 @@ from core.photos import ingest
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection, Finding
 from db.export import export
+from db.rows import ReviewerActivity
 from db.store import Store
 
 TAX = load_taxonomy()
@@ -74,7 +75,14 @@ def test_dashboard_counts(store):
     d = store.dashboard()
     assert d["by_class"] == {"slope drain": 1, "rock toe": 1, "vegetation": 1}
     assert d["by_condition"] == {"normal": 2, "none": 1}
-    assert d["status"] == {"pending": 2, "reviewed": 1} and d["corrections_per_reviewer"] == {"ana": 1}
+    assert d["status"] == {"pending": 2, "reviewed": 1} and d["corrections_per_reviewer"] == {"ana": ReviewerActivity("ana", 1, 0, 0)}
+    # An undone correction is activity, not a standing correction, and the undo is counted apart.
+    store.ensure_user("bo")
+    store.correct(slope, 0, "bo", "accept")
+    store.undo_last(rec.id, "bo")
+    d = store.dashboard()["corrections_per_reviewer"]
+    assert d == {"ana": ReviewerActivity("ana", 1, 0, 0), "bo": ReviewerActivity("bo", 0, 1, 1)}
+    assert (str(d["ana"]), str(d["bo"])) == ("1 standing", "0 standing (1 undone, 1 undo)")
 
 
 @pytest.mark.parametrize("fmt", ["yolo", "coco"])

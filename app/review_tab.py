@@ -155,6 +155,10 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
     for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click):  # a new photo: last photo's message goes
         nav(lambda: "", None, status, api_name=False, **quiet)
+    # Another object picked by hand: the last object's message goes ("Saved: #2 …" would read as
+    # news about the object now shown). A save that advances keeps its line: it sets no "input".
+    for pick in (select.input, objects.select):
+        pick(lambda: "", None, status, api_name=False, **quiet)
     objects.select(h.pick_object, None, select, api_name=False, **quiet).then(
         h.select, [photo, select], panel, api_name=False, **quiet)
     canvas.change(h.save_canvas, [photo, canvas, seen], edit_out, api_name="save_canvas", **edit)

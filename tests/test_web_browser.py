@@ -183,7 +183,11 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             objects = sql(db, "SELECT s.finding_id, s.class_name, s.object_type FROM finding_state s JOIN findings f ON f.id = s.finding_id "
                               "WHERE f.photo_id = ? AND s.status = 'pending' ORDER BY s.finding_id DESC", photo_id)
             same, same_cls, same_typ = next(o for o in objects if len(tax.classes_for_type(o[2])) > 1)
+            status_has = "t => document.querySelector('#sw-status').innerText.includes(t)"
+            page.wait_for_function(status_has, arg="relabelled", timeout=20_000)
             page.locator(f"#sw-select input[type=radio][value='{same}']").check()
+            # Another object picked by hand: the relabel's line, about another object, goes.
+            page.wait_for_function(f"t => !({status_has})(t)", arg="relabelled", timeout=20_000)
             # Wait for this object's panel, not only its class: the relabelled object's panel may show
             # the same class, and a key pressed on it would send that object's revision (refused as stale).
             index = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id", photo_id)].index(same)

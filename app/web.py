@@ -153,7 +153,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                 gallery = gr.Gallery(label="Findings", columns=2, height="auto", object_fit="contain", elem_id="sw-gallery")
                 gr.HTML("Colours: " + "".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;'
                                               for k, c in sorted(rh.colors.items())), elem_id="sw-inspect-legend")
-                with gr.Row():
+                # Shown once a photo is inspected: before that the field read 0 and the button opened nothing.
+                with gr.Row(visible=False) as last_row:
                     last_photo = gr.Number(label="Last inspected photo", value=None, precision=0, interactive=False, elem_id="sw-last-photo")
                     review_this = gr.Button("Review this photo", elem_id="sw-review-this")
                 objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects",
@@ -189,6 +190,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         # photo by photo, so the first photos can be reviewed while the rest are processed.
         run.click(h.inspect_stream, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
                   concurrency_id="inspect", api_name="inspect", show_progress_on=message)
+        last_photo.change(lambda pid: gr.Row(visible=bool(pid)), last_photo, last_row, api_name=False, show_progress="hidden")
         review_this.click(rh.open_photo, last_photo, view, api_name="review_photo").then(*to_review, tabs, api_name=False)
         objects.select(h.pick_object, None, picked, api_name=False).then(
             rh.open_finding, picked, view, api_name=False).then(*to_review, tabs, api_name=False)

@@ -64,6 +64,8 @@ def log_in_and_inspect(page, url, photos) -> None:
     page.get_by_label("password").fill("field-secret")
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#sw-upload", timeout=30_000)
+    # Nothing inspected yet: no "last inspected photo" to open (the field used to read 0).
+    assert not page.locator("#sw-review-this").is_visible() and not page.locator("#sw-last-photo").is_visible()
     page.locator("#sw-upload input[type=file]").set_input_files([str(p) for p in photos])
     page.wait_for_timeout(500)
     page.locator("#sw-inspect").click()

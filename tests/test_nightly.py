@@ -248,3 +248,75 @@ def test_ece_is_gated_when_the_calibration_slice_is_too_small_and_the_current_te
     assert result["counts"]["calibration_photos"] == 0  # 3 photos left after the frozen half: too few to refit on
     assert [c.max_ece_increase for c in seen] == [0.02]
     assert any(r.startswith("ECE ") for r in result["reasons"])
+
+
+@pytest.fixture
+def mirrored_train_yaml(tmp_path, samples_yaml):
+    """A train split that is not the reviewed photos: the samples mirrored left to right (other
+    content hashes, labels mirrored with them)."""
+    from PIL import Image, ImageOps
+
+    root = tmp_path / "mirrored"
+    for sub in ("images", "labels"):
+        (root / "train" / sub).mkdir(parents=True)
+    for image in sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg")):
+        ImageOps.mirror(Image.open(image)).save(root / "train" / "images" / image.name, quality=95)
+        lines = (samples_yaml.parent / "valid" / "labels" / f"{image.stem}.txt").read_text().split("\n")
+        mirrored = [" ".join([c, f"{1 - float(x):.6f}", *rest]) for c, x, *rest in (ln.split() for ln in lines if ln.strip())]
+        (root / "train" / "labels" / f"{image.stem}.txt").write_text("\n".join(mirrored) + "\n")
+    text = (samples_yaml.parent / "data.yaml").read_text().replace("valid: valid/images", "train: train/images")
+    (root / "data.yaml").write_text(text)
+    return root / "data.yaml"
+
+
+def _served_probe_version(folder, lm_factory) -> str:
+    probe = _served("ensemble", folder, lm_factory).inner.probe  # Calibrated(Ensemble(adapter, probe))
+    return getattr(probe, "inner", probe).version  # the probe, calibrated when it has a calibration file
+
+
+def test_the_nightly_refits_the_probe_on_the_same_training_data_and_the_served_blend_uses_it(world, lm_factory, mirrored_train_yaml,
+                                                                                          monkeypatch):
+    """Reviewers are served the blend, so their labels teach both its parts: with the train split
+    replayed, the candidate carries a probe refitted on the night's training photos (train split
+    and reviewed), and once promoted the served ensemble blends that probe, not the shipped one."""
+    import train.gate
+    from core.stage2.backends.ensemble import version_probe_path
+    from core.stage2.backends.probe import Probe, calibration_path, default_probe_path
+
+    reg, tmp = world
+    shipped = Probe.load(default_probe_path(), TAX).version
+    assert _served_probe_version(reg.current_path(), lm_factory) == shipped
+    monkeypatch.setattr(train.gate, "decide", lambda *a, **k: (True, ["forced open by the test"]))
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1,
+                                   train_yaml=str(mirrored_train_yaml)), lm_factory)
+    assert result["decision"] == "promoted"
+    # Every labelled training object, reviewed ones included, taught the probe.
+    assert f"probe refitted on {result['counts']['train_objects']} objects" in " ".join(result["reasons"])
+    probe_file = version_probe_path(reg.current_path())
+    assert probe_file.is_file() and calibration_path(probe_file).is_file()
+    refit = Probe.load(probe_file, TAX).version
+    assert refit != shipped and _served_probe_version(reg.current_path(), lm_factory) == refit
+
+
+def test_without_the_train_split_the_probe_is_carried_over_not_refitted(world, lm_factory, monkeypatch):
+    """A probe fitted on a few reviewed objects alone would be worse than the one it replaces; and
+    a promotion must not drop the probe an earlier night refitted (serving falls back to the shipped one)."""
+    import numpy as np
+
+    import train.gate
+    from core.stage2.backends.ensemble import version_probe_path
+    from core.stage2.backends.probe import Probe, default_probe_path
+
+    reg, tmp = world
+    earlier = Probe.load(default_probe_path(), TAX)
+    earlier = Probe({k: v + 0.01 if k.endswith("/intercept") else v for k, v in earlier.params.items()}, TAX)
+    earlier.save(version_probe_path(reg.current_path()))  # v0 as if an earlier night had refitted its probe
+    assert _served_probe_version(reg.current_path(), lm_factory) == earlier.version
+    monkeypatch.setattr(train.gate, "decide", lambda *a, **k: (True, ["forced open by the test"]))
+    result = nightly(NightlyConfig(db=tmp / "review.db", registry=tmp / "registry", stages="classifier", holdout_percent=50, epochs=1),
+                     lm_factory)
+    assert result["decision"] == "promoted" and reg.current() != "v0"
+    assert "probe carried over from the current model" in " ".join(result["reasons"])
+    assert _served_probe_version(reg.current_path(), lm_factory) == earlier.version
+    assert np.array_equal(Probe.load(version_probe_path(reg.current_path()), TAX).params["rock_toe/intercept"],
+                          earlier.params["rock_toe/intercept"])

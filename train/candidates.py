@@ -1,9 +1,9 @@
 """The stage-2 models a nightly run compares, and their calibrations.
 
 The current model and the fine-tuned candidate of each backend (the Qwen2-VL LoRA here; the
-adapter's is fine-tuned in ``train.nightly``), and :func:`calibrate_candidate`, which refits a
-candidate's temperatures on the calibration slice: reviewed photos held out by hash that no
-model trains on. ``cfg`` is a :class:`train.nightly.NightlyConfig`.
+adapter's is fine-tuned in ``train.nightly``), the probe blended with a candidate adapter
+(:func:`candidate_probe`), and :func:`calibrate_candidate`, which refits a candidate's
+temperatures on the calibration slice: reviewed photos held out by hash that no model trains on. ``cfg`` is a :class:`train.nightly.NightlyConfig`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,35 @@ def calibrate_candidate(model, photos, current, path: Path, taxonomy):
         return model, f"no calibration ({len(scored)} held-out objects < {MIN_CALIBRATION_OBJECTS}, and none before)"
     cal.save(path)
     return Calibrated(model, cal), note
+
+
+def candidate_probe(cfg, registry, taxonomy, train: list, store, folder: Path, refit: bool = True) -> tuple[Path, str]:
+    """The probe blended with the candidate adapter, in the candidate's ``folder``: with ``refit``,
+    refitted on the night's training photos when they replay the train split (``cfg.train_yaml``;
+    C by 5-fold CV and temperatures out of fold, as ``slopewatch train probe`` does), since
+    reviewers' labels teach the whole blend they are served; else the current version's probe,
+    carried over. A few reviewed objects alone would make a worse probe than the one they
+    replace. Returns ``(weights, note)``."""
+    import shutil
+
+    from core.stage2.backends.ensemble import served_probe_path, version_probe_path
+    from core.stage2.backends.probe import calibration_path, default_probe_path
+    from train.probe import encode_photos, fit_and_save
+
+    out = version_probe_path(folder)
+    if refit and cfg.train_yaml:
+        rows = encode_photos(((p.image, p.detections, p.classes, p.key) for p in train), taxonomy, store)
+        fit = fit_and_save(rows, taxonomy, out, f"nightly: {len(train)} training photos (train split and reviewed)", cfg.blocked_weight)
+        return out, f"probe refitted on {fit['objects']} objects of {fit['photos']} photos (C={fit['c']:g} by 5-fold CV)"
+    current = served_probe_path(registry.current_path())
+    why = "refitted only with --train-yaml" if refit else "refitted only when the gate judges the blend"
+    if current == default_probe_path():
+        return current, f"shipped probe kept ({why})"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in (current, calibration_path(current)):
+        if path.is_file():
+            shutil.copyfile(path, out if path == current else calibration_path(out))
+    return out, f"probe carried over from the current model ({current.parent.name}/{current.name}; {why})"
 
 
 def qwen_config(cfg, adapter: Path | None):

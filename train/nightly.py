@@ -79,8 +79,8 @@ class NightlyConfig:
         qwen_lr: learning rate of the Qwen2-VL LoRA.
         gate_on: what the stage-2 gate scores for the adapter backend, as reviewers are served it:
             ``ensemble`` (the default backend: the adapter blended with the probe, the blend's
-            calibration refitted for the candidate) or ``adapter`` (a server run with
-            ``--backend adapter``).
+            calibration refitted for the candidate; with ``train_yaml`` the probe is refitted on
+            the same training data too) or ``adapter`` (a server run with ``--backend adapter``).
     """
 
     db: Path
@@ -212,12 +212,19 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     from core.data import load_dataset
     from core.evaluation.classifier import score_photos
     from core.stage2 import registry as backends
-    from core.stage2.backends.ensemble import blend_calibration_path, version_calibration_path, with_probe
+    from core.stage2.backends.ensemble import blend_calibration_path, served_probe_path, version_calibration_path, with_probe
     from core.stage2.calibration import Calibrated, calibrated
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import labeled_photos, reviewed_photos
     from train.adapter import AdapterTrainConfig, train_adapter
-    from train.candidates import MIN_CALIBRATION_OBJECTS, calibrate_candidate, labelled_objects, qwen_candidate, qwen_current
+    from train.candidates import (
+        MIN_CALIBRATION_OBJECTS,
+        calibrate_candidate,
+        candidate_probe,
+        labelled_objects,
+        qwen_candidate,
+        qwen_current,
+    )
     from train.gate import GateConfig, decide
 
     # A Qwen2-VL starts from its base model (no LoRA): version None until the first promotion.
@@ -270,7 +277,7 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         current_judged = current_model
         current_blend = None
         if cfg.gate_on == "ensemble":
-            ensemble = with_probe(current_model, taxonomy)
+            ensemble = with_probe(current_model, taxonomy, served_probe_path(registry.current_path()))
             current_judged = calibrated(ensemble, blend_calibration_path(registry.current_path(), ensemble))
             # Not getattr: an uncalibrated Ensemble would answer with its adapter's calibration.
             current_blend = current_judged.calibration if isinstance(current_judged, Calibrated) else None
@@ -284,9 +291,15 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         train_adapter(tcfg, candidate, train_photos=train)
     candidate, calibration_note = calibrate_candidate(candidate, calibrate, current_calibration, work / "candidate" / "calibration.json",
                                                       taxonomy)
+    if cfg.backend == "adapter":
+        # Refitted only where the gate judges the blend; carried over otherwise, so a version
+        # promoted under --gate-on adapter does not drop the probe a former night refitted.
+        probe, probe_note = candidate_probe(cfg, registry, taxonomy, train, candidate.store, work / "candidate",
+                                            refit=cfg.gate_on == "ensemble")
+        calibration_note += f"; {probe_note}"
     if cfg.backend == "adapter" and cfg.gate_on == "ensemble":
         # Judged as served: the candidate inside the blend, whose calibration is refitted for it too.
-        ensemble = with_probe(candidate, taxonomy)
+        ensemble = with_probe(candidate, taxonomy, probe)
         candidate, blend_note = calibrate_candidate(ensemble, calibrate, current_blend, version_calibration_path(work / "candidate", ensemble),
                                                     taxonomy)
         calibration_note += f"; blend {blend_note}"

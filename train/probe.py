@@ -49,36 +49,47 @@ class ProbeTrainConfig:
 
 def train_probe(cfg: ProbeTrainConfig) -> dict:
     taxonomy = load_taxonomy(cfg.taxonomy)
-    store = FeatureStore()
-    x, types, labels, photo_ids = encode_split(load_dataset(cfg.data_yaml, taxonomy), cfg.split, store)
-    weights = row_weights(labels, taxonomy, cfg.blocked_weight)
+    rows = encode_split(load_dataset(cfg.data_yaml, taxonomy), cfg.split, FeatureStore())
+    return fit_and_save(rows, taxonomy, cfg.out, f"{cfg.split} split of {cfg.data_yaml.parent.name}", cfg.blocked_weight, cfg.c)
+
+
+def fit_and_save(rows, taxonomy, out: Path, source: str, blocked_weight: float = 1.5, c: float | None = None) -> dict:
+    """Fit the probe on ``rows`` (``encode_split``/``encode_photos``: inputs, types, classes, photo
+    hashes), C chosen by 5-fold CV by photo unless given, and save it with its calibration."""
+    x, types, labels, photo_ids = rows
+    weights = row_weights(labels, taxonomy, blocked_weight)
     cv = None
-    c = cfg.c
     if c is None:
         cv = {str(k): v for k, v in cross_validate_c(x, types, labels, photo_ids, weights, taxonomy).items()}
         c = float(max(cv, key=lambda k: cv[k]))
-    probe = fit_probe(x, types, labels, taxonomy, c=c, sample_weight=weights, store=store)
-    probe.save(cfg.out)
+    probe = fit_probe(x, types, labels, taxonomy, c=c, sample_weight=weights)
+    probe.save(out)
     # Calibration from out-of-fold scores at the chosen C: every object scored by a probe that
     # never saw its photo, so the temperatures correct the confidence the probe has on new photos.
     scored = out_of_fold(x, types, labels, photo_ids, weights, taxonomy, c)
-    cal = fit_calibration(scored, f"{cfg.split} split of {cfg.data_yaml.parent.name}, 5-fold out-of-fold by photo, probe C={c}")
-    cal.save(calibration_path(cfg.out))
+    cal = fit_calibration(scored, f"{source}, 5-fold out-of-fold by photo, probe C={c}")
+    cal.save(calibration_path(out))
     raw, after = confidences(scored), confidences(scored, cal)
-    return {"weights": str(cfg.out), "objects": len(labels), "c": c, "cv_balanced_accuracy": cv, "version": probe.version,
-            "calibration": {"file": str(calibration_path(cfg.out)), "temperatures": cal.temperatures, "likely_right": cal.likely_right,
+    return {"weights": str(out), "objects": len(labels), "photos": len(set(photo_ids)), "c": c, "cv_balanced_accuracy": cv,
+            "version": probe.version,
+            "calibration": {"file": str(calibration_path(out)), "temperatures": cal.temperatures, "likely_right": cal.likely_right,
                             "oof_ece_raw": ece(*raw), "oof_ece": ece(*after)}}
 
 
 def encode_split(ds, split: str, store: FeatureStore) -> tuple[np.ndarray, list[str], list[str], list[str]]:
     """Probe inputs, type, class and photo hash of every object of ``split`` that has a condition
     (in photo order, then detection order: the order out-of-fold scores of any backend come in)."""
+    return encode_photos(((image, dets, classes, key) for _, image, dets, classes, key in ground_truth(ds, split)), ds.taxonomy, store)
+
+
+def encode_photos(photos, taxonomy, store: FeatureStore) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """As ``encode_split``, for ``(image, detections, classes, key)`` per photo; objects whose
+    class is None (on a reviewed photo: not reviewed yet) are left out."""
     from tqdm.auto import tqdm
 
-    taxonomy = ds.taxonomy
     rows, types, labels, photo_ids = [], [], [], []
-    for _, image, dets, classes, key in tqdm(list(ground_truth(ds, split)), desc="encode objects"):
-        targets = [i for i, d in enumerate(dets) if taxonomy.needs_condition(d.type)]
+    for image, dets, classes, key in tqdm(list(photos), desc="encode objects"):
+        targets = [i for i, d in enumerate(dets) if classes[i] is not None and taxonomy.needs_condition(d.type)]
         if not targets:
             continue
         rows.append(probe_inputs(store, photo_context(image, dets, key), targets))

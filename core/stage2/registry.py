@@ -31,7 +31,8 @@ class BackendOptions:
 
     Attributes:
         taxonomy: the label space.
-        probe_weights: probe ``.npz`` (default: the shipped one).
+        probe_weights: probe ``.npz`` (default: the shipped one; under ``ensemble``, the probe the served
+            adapter version carries when a nightly refitted one).
         adapter_dir: adapter VLM folder (default: the registry's current version, else the shipped one).
         qwen_model: Qwen2-VL hub id or local folder (qwen2vl).
         qwen_precision: qwen2vl precision: auto, fp32, fp16, bf16, int8 or int4.

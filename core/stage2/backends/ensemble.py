@@ -10,8 +10,9 @@ folds — never on the split that is reported. The blend is then calibrated on t
 calibrated numbers.
 
 The components are the served ones: the registry's current adapter (a promoted nightly version
-included) and the shipped probe, each with its own calibration, sharing one feature store so a
-photo's crops are encoded once. A nightly version carries the blend's calibration refitted for it
+included) and the probe that version carries (a nightly refits it on the same corrections, when
+it replays the train split: ``probe/`` in the version folder), else the shipped probe, each with
+its own calibration, sharing one feature store so a photo's crops are encoded once. A nightly version carries the blend's calibration refitted for it
 (``ensemble-calibration-<blend id>.json`` in its folder), since the shipped one was fitted for the
 shipped adapter. The blend id names the probe and the rule and weight it was fitted with, so a
 later ``train ensemble`` or ``train probe`` does not inherit temperatures fitted for another
@@ -135,6 +136,23 @@ def blend_calibration_path(adapter_folder: Path | None, ensemble: Ensemble) -> P
     return own if own is not None and own.is_file() else default_ensemble_dir() / "calibration.json"
 
 
+def version_probe_path(adapter_folder: Path) -> Path:
+    """Where a nightly writes the probe it refitted, with its calibration, beside the adapter
+    version in ``adapter_folder`` (the probe learns from the same corrections)."""
+    return Path(adapter_folder) / "probe" / "drainage-probe.npz"
+
+
+def served_probe_path(adapter_folder: Path | None, probe_weights: Path | None = None) -> Path:
+    """The probe blended with the adapter version in ``adapter_folder``: ``probe_weights`` when
+    given, else the one a nightly refitted with that version, else the shipped probe."""
+    from core.stage2.backends.probe import default_probe_path
+
+    if probe_weights:
+        return Path(probe_weights)
+    own = version_probe_path(adapter_folder) if adapter_folder else None
+    return own if own is not None and own.is_file() else default_probe_path()
+
+
 def with_probe(adapter, taxonomy, probe_weights: Path | None = None) -> Ensemble:
     """``adapter`` (as served: calibrated when it has a calibration) blended with the calibrated
     probe on the adapter's feature store, as ``ensemble.json`` says; the blend itself uncalibrated."""
@@ -146,11 +164,12 @@ def with_probe(adapter, taxonomy, probe_weights: Path | None = None) -> Ensemble
 
 
 def from_options(options: BackendOptions):
-    """The served adapter and probe (each calibrated), blended as ``ensemble.json`` says, with the
-    blend calibration of that adapter version."""
+    """The served adapter and probe (each calibrated; the probe refitted with that adapter version
+    when a nightly refitted one), blended as ``ensemble.json`` says, with the blend calibration of
+    that adapter version."""
     from core.stage2.backends import adapter_serving as adapter_backend
 
     folder = Path(options.adapter_dir or adapter_backend.current_adapter_dir())
     adapter = adapter_backend.from_options(replace(options, adapter_dir=folder))
-    ensemble = with_probe(adapter, options.taxonomy, options.probe_weights)
+    ensemble = with_probe(adapter, options.taxonomy, served_probe_path(folder, options.probe_weights))
     return calibrated(ensemble, blend_calibration_path(folder, ensemble))

@@ -78,7 +78,7 @@ def candidate_probe(cfg, registry, taxonomy, train: list, store, folder: Path, r
     for path in (current, calibration_path(current)):
         if path.is_file():
             shutil.copyfile(path, out if path == current else calibration_path(out))
-    return out, f"probe carried over from the current model ({current.parent.name}/{current.name}; {why})"
+    return out, f"probe carried over from the current model {registry.current()} ({why})"
 
 
 def qwen_config(cfg, adapter: Path | None):

@@ -24,7 +24,8 @@ class SimulateConfig:
         data_yaml: condition-labelled dataset (its valid split is halved, its train split replayed).
         work: folder for the review DB, the half-B dataset and the model registry.
         epochs: nightly fine-tuning epochs.
-        replay: also replay the dataset's train split during the nightly fine-tune.
+        replay: also replay the dataset's train split during the nightly fine-tune (and, when the
+            blend is served, refit the probe on it and the reviewed objects).
         max_recall_drop: largest per-class recall drop the nightly gate tolerates.
         max_ece_increase: largest rise in expected calibration error the nightly gate tolerates.
         stage: ``classifier`` (reviewers relabel conditions) or ``detector`` (reviewers fix boxes).

@@ -63,6 +63,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     from core.stage2.backends.adapter import default_adapter_dir
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import ground_truth
+    from db.checks import MIN_BOX_SIDE_PX
     from db.store import Store
     from train.holdout import half, write_judge_set
     from train.nightly import NightlyConfig, nightly
@@ -80,11 +81,16 @@ def simulate(cfg: SimulateConfig) -> dict:
     model.config.rationale_tokens = 0  # reviewers judge labels here; rationales would only cost time
     classifier = ConditionClassifier(model, tax)
     judged = []
-    corrected = accepted = 0
+    corrected = accepted = degenerate = 0
     for sample, image, dets, classes, key in ground_truth(ds, "valid"):
         if half(key) != cfg.review_half:
             judged.append(sample)
             continue
+        # A label under the store's minimum box (half B holds a sub-pixel one) is no object a
+        # reviewer could see or the store keep: it is left out, and counted.
+        keep = [i for i, d in enumerate(dets) if min(d.box.width, d.box.height) >= MIN_BOX_SIDE_PX]
+        degenerate += len(dets) - len(keep)
+        dets, classes = [dets[i] for i in keep], [classes[i] for i in keep]
         photo, _ = store.add_photo(key, str(sample.image_path), image.width, image.height, sample.image_path.name, "simulated-reviewer")
         t0 = time.perf_counter()
         findings = classifier.classify(image, dets, key)
@@ -102,5 +108,6 @@ def simulate(cfg: SimulateConfig) -> dict:
                                    frozen_yaml=str(frozen), holdout_percent=0, registry=cfg.work / "registry", stages="classifier",
                                    epochs=cfg.epochs, max_recall_drop=cfg.max_recall_drop,
                                    max_ece_increase=cfg.max_ece_increase, gate_on=cfg.served))
-    result["simulation"] = {"accepted": accepted, "corrected": corrected, "nightly_wall_s": round(time.time() - started, 1)}
+    result["simulation"] = {"accepted": accepted, "corrected": corrected, "degenerate_labels": degenerate,
+                            "nightly_wall_s": round(time.time() - started, 1)}
     return result

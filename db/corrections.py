@@ -14,7 +14,7 @@ from core.attribution import Kind, attribute
 from core.types import Box, Status
 from db.checks import MAX_TEXT_CHARS, AlreadyDecided, InvalidBox, InvalidEdit, NotFound, StaleEdit, check_box, check_id, check_text, shown
 from db.rows import BoxRepair, Correction, FindingState, PhotoProgress
-from db.sql import FINDINGS_SQL, STATUS, insert, progress_sql
+from db.sql import FINDINGS_SQL, STATUS, UNDONE_SQL, insert, progress_sql
 
 ACTIONS = ("accept", "relabel", "retype", "delete", "add", "edit_box", "edit_rationale", "note", "undo", "repair")
 # Actions with their own entry point (add_missed, undo_last, repair), not accepted by Store.correct.
@@ -135,7 +135,7 @@ class Corrections:
             row = conn.execute(
                 "SELECT c.* FROM corrections c JOIN findings f ON f.id = c.finding_id "
                 "WHERE f.photo_id = ? AND c.reviewer = ? AND c.action != 'undo' "
-                "AND NOT EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id) ORDER BY c.id DESC LIMIT 1",
+                f"AND NOT {UNDONE_SQL} ORDER BY c.id DESC LIMIT 1",
                 (photo_id, reviewer)).fetchone()
             if row is None:
                 return None
@@ -146,7 +146,7 @@ class Corrections:
             # netted out: undone, or an undo of something after the target. (Comparing revisions
             # alone would refuse the second of two undos on one finding: the first bumped it.)
             later = conn.execute(
-                "SELECT c.action, c.undoes, EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id) AS undone "
+                f"SELECT c.action, c.undoes, {UNDONE_SQL} AS undone "
                 "FROM corrections c WHERE c.finding_id = ? AND c.id > ?", (target.finding_id, target.id)).fetchall()
             if any(not (r["undoes"] > target.id if r["action"] == "undo" else r["undone"]) for r in later):
                 raise StaleEdit(target.finding_id, target.revision, current)

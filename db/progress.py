@@ -8,7 +8,7 @@ from core.attribution import STAGE1
 from core.types import Status
 from db.checks import NotFound, check_id
 from db.rows import PhotoProgress, PhotoQueueRow, ReviewerActivity, StoredFinding, TrainingRun
-from db.sql import FINDINGS_SQL, STATUS, progress_sql
+from db.sql import FINDINGS_SQL, STATUS, UNDONE_SQL, progress_sql
 
 
 class Progress:
@@ -85,10 +85,9 @@ class Progress:
         status = {r["status"]: r["n"] for r in self.query("SELECT status, count(*) AS n FROM finding_state GROUP BY status")}
         # Activity is not the same as errors found: an undone correction teaches and blames nothing.
         reviewers = {r.reviewer: r for r in map(ReviewerActivity.from_row, self._rows(
-            "SELECT c.reviewer, "
-            "sum(c.action != 'undo' AND NOT EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id)) AS standing, "
-            "sum(c.action != 'undo' AND EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id)) AS undone, "
-            "sum(c.action = 'undo') AS undos FROM corrections c GROUP BY c.reviewer"))}
+            "SELECT reviewer, sum(action != 'undo' AND NOT undone) AS standing, sum(action != 'undo' AND undone) AS undone, "
+            f"sum(action = 'undo') AS undos FROM (SELECT c.reviewer, c.action, {UNDONE_SQL} AS undone FROM corrections c) "
+            "GROUP BY reviewer"))}
         runs = [TrainingRun.from_row(r) for r in self._rows("SELECT * FROM training_runs ORDER BY started_at DESC LIMIT 20")]
         return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,
                 "training_runs": runs, "kinds": self.correction_kinds()}
@@ -106,7 +105,7 @@ class Progress:
             "strftime('%Y-W%W', c.created_at, 'unixepoch') AS week, count(*) AS n "
             "FROM corrections c JOIN findings f ON f.id = c.finding_id LEFT JOIN inference_runs r ON r.id = f.run_id "
             # Only corrections that stand: an undone one indicts nothing, and an undo is no model's error.
-            "WHERE c.created_at > ? AND c.action != 'undo' AND NOT EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id) "
+            f"WHERE c.created_at > ? AND c.action != 'undo' AND NOT {UNDONE_SQL} "
             "GROUP BY c.kind, model, week", (*stage1, since))
         out: dict = {"total": {}, "by_model": {}, "by_week": {}}
         for r in rows:

@@ -16,6 +16,11 @@ FINDINGS_SQL = (
 )
 
 
+# Whether correction ``c`` was undone (an undo row points at it): such a correction no longer
+# stands, teaches nothing and indicts no model.
+UNDONE_SQL = "EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id)"
+
+
 def progress_sql(where: str = "") -> str:
     """Per-photo review progress (``PhotoProgress`` columns plus ``last_confirmer``), one row per photo.
 

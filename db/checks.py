@@ -84,6 +84,12 @@ def check_text(value, what: str) -> str:
     return text
 
 
+def storable(box: Box) -> bool:
+    """Whether a box inside its photo is large enough to store (``MIN_BOX_SIDE_PX`` a side): a
+    dataset label under it (the data has a sub-pixel one) is no object a reviewer could draw."""
+    return min(box.width, box.height) >= MIN_BOX_SIDE_PX
+
+
 def check_box(box, width: int, height: int) -> Box:
     """The one rule for every box stored (model output, a drawn box, a moved box).
 

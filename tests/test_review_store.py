@@ -448,3 +448,17 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     store.correct(1, 2, "ana", "accept")
     assert store.confirm_photo(1, "ana").done
     assert store.integrity_ok()
+
+
+@pytest.mark.parametrize("xyxy", [(190.849, 132.127, 191.678, 132.937), (0, 0, 2, 2), (0, 0, 1.9, 50), (10, 10, 60, 11.5), (5, 5, 300, 300)])
+def test_storable_says_what_check_box_accepts_for_a_box_inside_its_photo(xyxy):
+    """The simulations leave out dataset labels the store would refuse: one rule for both."""
+    from core.types import Box
+    from db.checks import InvalidBox, check_box, storable
+
+    try:
+        check_box(Box(*xyxy), 312, 312)
+        accepted = True
+    except InvalidBox:
+        accepted = False
+    assert storable(Box(*xyxy)) is accepted

@@ -63,7 +63,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     from core.stage2.backends.adapter import default_adapter_dir
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import ground_truth
-    from db.checks import MIN_BOX_SIDE_PX
+    from db.checks import storable
     from db.store import Store
     from train.holdout import half, write_judge_set
     from train.nightly import NightlyConfig, nightly
@@ -88,7 +88,7 @@ def simulate(cfg: SimulateConfig) -> dict:
             continue
         # A label under the store's minimum box (half B holds a sub-pixel one) is no object a
         # reviewer could see or the store keep: it is left out, and counted.
-        keep = [i for i, d in enumerate(dets) if min(d.box.width, d.box.height) >= MIN_BOX_SIDE_PX]
+        keep = [i for i, d in enumerate(dets) if storable(d.box)]
         degenerate += len(dets) - len(keep)
         dets, classes = [dets[i] for i in keep], [classes[i] for i in keep]
         photo, _ = store.add_photo(key, str(sample.image_path), image.width, image.height, sample.image_path.name, "simulated-reviewer")

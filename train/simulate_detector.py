@@ -27,7 +27,7 @@ def simulate_box_reviews(cfg) -> dict:
     from core.stage1.detector import Detector, DetectorConfig, shipped_detector_path
     from core.stage2 import registry as backends
     from core.stage2.classifier import ConditionClassifier
-    from db.checks import MIN_BOX_SIDE_PX
+    from db.checks import storable
     from db.store import Store
     from train.holdout import half, write_judge_set
     from train.nightly import NightlyConfig, nightly
@@ -56,7 +56,7 @@ def simulate_box_reviews(cfg) -> dict:
         findings = [f.state for f in store.photo_findings(photo.id)]
         # A label under the store's minimum box (the dataset has a sub-pixel one) is one no reviewer
         # could draw: it is left out, and counted.
-        objects = [o for o in s.objects if min(o.box.width, o.box.height) >= MIN_BOX_SIDE_PX]
+        objects = [o for o in s.objects if storable(o.box)]
         counts["degenerate_labels"] += len(s.objects) - len(objects)
         truth = [(o.type, o.box) for o in objects]
         matched, false_pos, missed = match_boxes([(f.object_type, f.box) for f in findings], truth)

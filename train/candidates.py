@@ -3,7 +3,8 @@
 The current model and the fine-tuned candidate of each backend (the Qwen2-VL LoRA here; the
 adapter's is fine-tuned in ``train.nightly``), the probe blended with a candidate adapter
 (:func:`candidate_probe`), and :func:`calibrate_candidate`, which refits a candidate's
-temperatures on the calibration slice: reviewed photos held out by hash that no model trains on. ``cfg`` is a :class:`train.nightly.NightlyConfig`.
+temperatures on the calibration slice: reviewed photos held out by hash that no model trains on.
+``cfg`` is a :class:`train.nightly.NightlyConfig`.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def candidate_probe(cfg, registry, taxonomy, train: list, store, folder: Path, r
     if current == default_probe_path():
         return current, f"shipped probe kept ({why})"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path in (current, calibration_path(current)):
-        if path.is_file():
-            shutil.copyfile(path, out if path == current else calibration_path(out))
+    for source, target in ((current, out), (calibration_path(current), calibration_path(out))):
+        if source.is_file():  # a probe may have no calibration file
+            shutil.copyfile(source, target)
     return out, f"probe carried over from the current model {registry.current()} ({why})"
 
 

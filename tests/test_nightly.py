@@ -280,8 +280,7 @@ def test_the_nightly_refits_the_probe_on_the_same_training_data_and_the_served_b
     replayed, the candidate carries a probe refitted on the night's training photos (train split
     and reviewed), and once promoted the served ensemble blends that probe, not the shipped one."""
     import train.gate
-    from core.stage2.backends.ensemble import version_probe_path
-    from core.stage2.backends.probe import Probe, calibration_path, default_probe_path
+    from core.stage2.backends.probe import Probe, calibration_path, default_probe_path, version_probe_path
 
     reg, tmp = world
     shipped = Probe.load(default_probe_path(), TAX).version
@@ -296,6 +295,8 @@ def test_the_nightly_refits_the_probe_on_the_same_training_data_and_the_served_b
     assert probe_file.is_file() and calibration_path(probe_file).is_file()
     refit = Probe.load(probe_file, TAX).version
     assert refit != shipped and _served_probe_version(reg.current_path(), lm_factory) == refit
+    # A server running the probe alone learns from the same reviews.
+    assert _served("probe", reg.current_path(), lm_factory).inner.version == refit
 
 
 def test_without_the_train_split_the_probe_is_carried_over_not_refitted(world, lm_factory, monkeypatch):
@@ -304,8 +305,7 @@ def test_without_the_train_split_the_probe_is_carried_over_not_refitted(world, l
     import numpy as np
 
     import train.gate
-    from core.stage2.backends.ensemble import version_probe_path
-    from core.stage2.backends.probe import Probe, default_probe_path
+    from core.stage2.backends.probe import Probe, default_probe_path, version_probe_path
 
     reg, tmp = world
     earlier = Probe.load(default_probe_path(), TAX)

@@ -62,8 +62,7 @@ def candidate_probe(cfg, registry, taxonomy, train: list, store, folder: Path, r
     replace. Returns ``(weights, note)``."""
     import shutil
 
-    from core.stage2.backends.ensemble import served_probe_path, version_probe_path
-    from core.stage2.backends.probe import calibration_path, default_probe_path
+    from core.stage2.backends.probe import calibration_path, default_probe_path, served_probe_path, version_probe_path
     from train.probe import encode_photos, fit_and_save
 
     out = version_probe_path(folder)

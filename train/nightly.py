@@ -212,7 +212,8 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     from core.data import load_dataset
     from core.evaluation.classifier import score_photos
     from core.stage2 import registry as backends
-    from core.stage2.backends.ensemble import blend_calibration_path, served_probe_path, version_calibration_path, with_probe
+    from core.stage2.backends.ensemble import blend_calibration_path, version_calibration_path, with_probe
+    from core.stage2.backends.probe import served_probe_path
     from core.stage2.calibration import Calibrated, calibrated
     from core.stage2.classifier import ConditionClassifier
     from core.stage2.labeled import labeled_photos, reviewed_photos

@@ -136,23 +136,6 @@ def blend_calibration_path(adapter_folder: Path | None, ensemble: Ensemble) -> P
     return own if own is not None and own.is_file() else default_ensemble_dir() / "calibration.json"
 
 
-def version_probe_path(adapter_folder: Path) -> Path:
-    """Where a nightly writes the probe it refitted, with its calibration, beside the adapter
-    version in ``adapter_folder`` (the probe learns from the same corrections)."""
-    return Path(adapter_folder) / "probe" / "drainage-probe.npz"
-
-
-def served_probe_path(adapter_folder: Path | None, probe_weights: Path | None = None) -> Path:
-    """The probe blended with the adapter version in ``adapter_folder``: ``probe_weights`` when
-    given, else the one a nightly refitted with that version, else the shipped probe."""
-    from core.stage2.backends.probe import default_probe_path
-
-    if probe_weights:
-        return Path(probe_weights)
-    own = version_probe_path(adapter_folder) if adapter_folder else None
-    return own if own is not None and own.is_file() else default_probe_path()
-
-
 def with_probe(adapter, taxonomy, probe_weights: Path | None = None) -> Ensemble:
     """``adapter`` (as served: calibrated when it has a calibration) blended with the calibrated
     probe on the adapter's feature store, as ``ensemble.json`` says; the blend itself uncalibrated."""
@@ -168,6 +151,7 @@ def from_options(options: BackendOptions):
     when a nightly refitted one), blended as ``ensemble.json`` says, with the blend calibration of
     that adapter version."""
     from core.stage2.backends import adapter_serving as adapter_backend
+    from core.stage2.backends.probe import served_probe_path
 
     folder = Path(options.adapter_dir or adapter_backend.current_adapter_dir())
     adapter = adapter_backend.from_options(replace(options, adapter_dir=folder))

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import WeightsError
+from core.model_registry import ModelRegistry
 from core.paths import assets_dir
 from core.stage2.calibration import calibrated
 from core.stage2.classifier import PhotoContext
@@ -136,7 +137,25 @@ def calibration_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".calibration.json")
 
 
+def version_probe_path(adapter_folder: Path) -> Path:
+    """Where a nightly writes the probe it refitted, with its calibration, beside the adapter
+    version in ``adapter_folder`` (the probe learns from the same corrections)."""
+    return Path(adapter_folder) / "probe" / "drainage-probe.npz"
+
+
+def served_probe_path(adapter_folder: Path | None, probe_weights: Path | None = None) -> Path:
+    """The probe served with the stage-2 version in ``adapter_folder``: ``probe_weights`` when
+    given, else the one a nightly refitted with that version, else the shipped probe."""
+    if probe_weights:
+        return Path(probe_weights)
+    own = version_probe_path(adapter_folder) if adapter_folder else None
+    return own if own is not None and own.is_file() else default_probe_path()
+
+
 def from_options(options: BackendOptions):
-    """The probe, calibrated when its calibration file exists (``slopewatch train probe`` writes both)."""
-    path = options.probe_weights or default_probe_path()
+    """The served probe (the one refitted with the promoted stage-2 version when a nightly refitted
+    one, so ``--backend probe`` learns from reviews as the blend does), calibrated when its
+    calibration file exists (``slopewatch train probe`` and the nightly write both)."""
+    folder = options.adapter_dir or ModelRegistry().current_path()
+    path = served_probe_path(folder, options.probe_weights)
     return calibrated(Probe.load(path, options.taxonomy), calibration_path(path))

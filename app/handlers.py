@@ -24,6 +24,7 @@ from PIL import Image
 from app.models import ModelHost, ModelsLoading
 from app.scheduler import SchedulerState
 from app.usecases.inspect import inspect_photo, overlay_items
+from core.attribution import STAGE1, STAGE2
 from core.errors import SlopewatchError
 from core.overlay import render_overlay
 from core.paths import data_dir
@@ -275,8 +276,8 @@ class Handlers:
                  "### Review status", *[f"- {k}: {v}" for k, v in sorted(d["status"].items())],
                  "### Corrections per reviewer", *([f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())]
                                                    or ["- none yet"]),
-                 "### What the corrections indict", "(stage 1: detector_miss, detector_false_positive, localisation, type_error; "
-                 "stage 2: condition_error, rationale; accept and note blame no model; undone corrections are not counted)",
+                 "### What the corrections indict", f"(stage 1: {', '.join(sorted(STAGE1))}; stage 2: {', '.join(sorted(STAGE2))}; "
+                 "the rest blame no model, e.g. revising a box a reviewer drew; undone corrections and drawn boxes deleted again are not counted)",
                  *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],
                  *[f"- model `{m}`{PASSTHROUGH_NOTE if m.startswith('passthrough:') else ''}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
                    for m, c in sorted(d["kinds"]["by_model"].items())],

@@ -8,6 +8,8 @@ changed (never typed by hand), and each kind trains the stage it blames.
 * ``condition_error`` — the class changed within the type (stage 2);
 * ``rationale`` — the rationale was edited (stage 2's text);
 * ``accept`` — the model was right (both stages, for the record);
+* ``revision`` — a reviewer changed a box a reviewer drew (moved, retyped, relabelled, re-explained
+  or deleted it): no model made it, so it indicts none;
 * ``note``, ``undo`` and ``repair`` (a stored box clamped by ``slopewatch repair``) indict nothing.
 """
 
@@ -30,6 +32,7 @@ class Kind(StrEnum):
     CONDITION_ERROR = "condition_error"
     RATIONALE = "rationale"
     ACCEPT = "accept"
+    REVISION = "revision"
     NOTE = "note"
     UNDO = "undo"
     REPAIR = "repair"
@@ -51,8 +54,15 @@ _BY_ACTION = {"add": Kind.DETECTOR_MISS, "delete": Kind.DETECTOR_FALSE_POSITIVE,
               "repair": Kind.REPAIR, "edit_rationale": Kind.RATIONALE, "accept": Kind.ACCEPT}
 
 
-def attribute(action: str, before: dict, after: dict) -> Kind:
-    """The kind of one correction from its action and its before/after states."""
+# What a reviewer may do again to a box a reviewer drew; none of it is a model's error.
+_REVISIONS = frozenset({"delete", "edit_box", "retype", "relabel", "edit_rationale"})
+
+
+def attribute(action: str, before: dict, after: dict, drawn: bool = False) -> Kind:
+    """The kind of one correction from its action and its before/after states; ``drawn``: the
+    box was drawn by a reviewer (``add``), not output by a model."""
+    if drawn and action in _REVISIONS:
+        return Kind.REVISION
     if action in _BY_ACTION:
         return _BY_ACTION[action]
     if action in ("retype", "relabel"):

@@ -66,12 +66,12 @@ class Corrections:
                 undoes: int | None = None) -> FindingState:
         """Append one correction and move the finding's state to ``after``; the caller holds ``write()``."""
         finding_id = after["finding_id"]
-        model_version = conn.execute("SELECT model_version FROM findings WHERE id = ?", (finding_id,)).fetchone()[0]
+        model_version, source = conn.execute("SELECT model_version, source FROM findings WHERE id = ?", (finding_id,)).fetchone()
         insert(conn, "corrections", {"finding_id": finding_id, "reviewer": reviewer, "action": action,
                                       "before_json": json.dumps(before), "after_json": json.dumps(after),
                                       "model_version": model_version, "revision": after["revision"],
                                       "created_at": after["updated_at"], "undoes": undoes,
-                                      "kind": attribute(action, before, after).value})
+                                      "kind": attribute(action, before, after, drawn=source == "reviewer").value})
         cols = ", ".join(f"{k} = :{k}" for k in after if k != "finding_id")
         conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
         return FindingState.from_row(after)

@@ -223,6 +223,15 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         ALTER TABLE training_runs ADD COLUMN reasons_json TEXT
         """,
     )),
+    (9, "revisions of drawn boxes", (
+        """
+        -- Moving, retyping, relabelling or deleting a box a reviewer drew is no model's error
+        -- (core.attribution: 'revision'); rows written before this counted against the detector.
+        UPDATE corrections SET kind = 'revision'
+        WHERE action IN ('delete', 'edit_box', 'retype', 'relabel', 'edit_rationale')
+          AND finding_id IN (SELECT id FROM findings WHERE source = 'reviewer')
+        """,
+    )),
 ]
 
 

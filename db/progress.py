@@ -4,11 +4,20 @@ Mixed into ``db.store.Store``, which supplies ``_rows()``, ``query()`` and ``tax
 
 from __future__ import annotations
 
+import datetime
+
 from core.attribution import STAGE1
 from core.types import Status
 from db.checks import NotFound, check_id
 from db.rows import PhotoProgress, PhotoQueueRow, ReviewerActivity, StoredFinding, TrainingRun
-from db.sql import FINDINGS_SQL, STATUS, UNDONE_SQL, progress_sql
+from db.sql import FINDINGS_SQL, RETRACTED_ADD_SQL, STATUS, UNDONE_SQL, progress_sql
+
+
+def iso_week(day: str) -> str:
+    """``2026-W48`` for a ``YYYY-MM-DD`` day (UTC): the ISO week, which SQLite's ``%W`` is not
+    (it counts from the first Monday, so it ran a week behind in 2026)."""
+    year, week, _ = datetime.date.fromisoformat(day).isocalendar()
+    return f"{year}-W{week:02d}"
 
 
 class Progress:
@@ -102,14 +111,15 @@ class Progress:
             "SELECT c.kind, COALESCE(CASE WHEN c.kind IN (" + ",".join("?" * len(stage1)) + ") THEN COALESCE(r.detector_version, "
             "(SELECT lr.detector_version FROM inference_runs lr WHERE lr.photo_id = f.photo_id ORDER BY lr.id DESC LIMIT 1)) "
             "ELSE c.model_version END, 'drawn by a reviewer') AS model, "
-            "strftime('%Y-W%W', c.created_at, 'unixepoch') AS week, count(*) AS n "
+            "date(c.created_at, 'unixepoch') AS day, count(*) AS n "
             "FROM corrections c JOIN findings f ON f.id = c.finding_id LEFT JOIN inference_runs r ON r.id = f.run_id "
-            # Only corrections that stand: an undone one indicts nothing, and an undo is no model's error.
-            f"WHERE c.created_at > ? AND c.action != 'undo' AND NOT {UNDONE_SQL} "
-            "GROUP BY c.kind, model, week", (*stage1, since))
+            # Only corrections that stand: an undone one indicts nothing, an undo is no model's error,
+            # and a box drawn and then deleted again was no miss.
+            f"WHERE c.created_at > ? AND c.action != 'undo' AND NOT {UNDONE_SQL} AND NOT {RETRACTED_ADD_SQL} "
+            "GROUP BY c.kind, model, day", (*stage1, since))
         out: dict = {"total": {}, "by_model": {}, "by_week": {}}
         for r in rows:
-            for key, group in (("total", None), ("by_model", r["model"]), ("by_week", r["week"])):
+            for key, group in (("total", None), ("by_model", r["model"]), ("by_week", iso_week(r["day"]))):
                 bucket = out[key] if group is None else out[key].setdefault(group, {})
                 bucket[r["kind"]] = bucket.get(r["kind"], 0) + r["n"]
         return out
@@ -121,7 +131,8 @@ class Progress:
             return self._rows("SELECT count(*) AS n FROM corrections WHERE created_at > ?", (t,))[0]["n"]
         kinds = sorted(str(k) for k in kinds)
         marks = ",".join("?" * len(kinds))
-        return self._rows(f"SELECT count(*) AS n FROM corrections WHERE created_at > ? AND kind IN ({marks})", (t, *kinds))[0]["n"]
+        return self._rows(f"SELECT count(*) AS n FROM corrections c WHERE c.created_at > ? AND c.kind IN ({marks}) "
+                          f"AND NOT {RETRACTED_ADD_SQL}", (t, *kinds))[0]["n"]
 
     def confirmations_since(self, t: float) -> int:
         """How many times a reviewer marked a photo done after time ``t`` (new complete labels)."""

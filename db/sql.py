@@ -21,6 +21,12 @@ FINDINGS_SQL = (
 UNDONE_SQL = "EXISTS (SELECT 1 FROM corrections u WHERE u.undoes = c.id)"
 
 
+# Whether correction ``c`` drew a box that is deleted now (a reviewer drew it and took it back):
+# the detector missed nothing there.
+RETRACTED_ADD_SQL = ("(c.action = 'add' AND EXISTS (SELECT 1 FROM finding_state rs WHERE rs.finding_id = c.finding_id "
+                     f"AND rs.status = '{Status.DELETED.value}'))")
+
+
 def progress_sql(where: str = "") -> str:
     """Per-photo review progress (``PhotoProgress`` columns plus ``last_confirmer``), one row per photo.
 

@@ -28,6 +28,31 @@ def test_attribution(action, before, after, kind, stage):
     assert indicted_stage(kind) == stage
 
 
+DRAWN = [  # the same actions on a box a reviewer drew: no model made it, so none is indicted
+    ("delete", BOX, {**BOX, "status": "deleted"}, Kind.REVISION),
+    ("edit_box", BOX, {**BOX, "x2": 160}, Kind.REVISION),
+    ("retype", BOX, {**BOX, "object_type": "toe_drain", "class_name": "Toe drain"}, Kind.REVISION),
+    ("relabel", BOX, {**BOX, "class_name": "slope drain blocked"}, Kind.REVISION),
+    ("edit_rationale", BOX, {**BOX, "rationale": "outlet silted"}, Kind.REVISION),
+    ("accept", BOX, BOX, Kind.ACCEPT),
+    ("note", BOX, {**BOX, "note": "mine"}, Kind.NOTE),
+    ("undo", BOX, BOX, Kind.UNDO),
+]
+
+
+@pytest.mark.parametrize("action, before, after, kind", DRAWN, ids=[f"drawn {c[0]}->{c[3]}" for c in DRAWN])
+def test_revising_a_drawn_box_indicts_no_model(action, before, after, kind):
+    assert attribute(action, before, after, drawn=True) is kind
+    assert indicted_stage(kind) is None
+
+
+@pytest.mark.parametrize("day, week", [("2026-11-28", "2026-W48"), ("2021-01-01", "2020-W53"), ("2024-12-30", "2025-W01")])
+def test_dashboard_weeks_are_iso_weeks(day, week):
+    from db.progress import iso_week
+
+    assert iso_week(day) == week
+
+
 def test_unknown_action_is_refused():
     with pytest.raises(ValueError, match="expected a review action"):
         attribute("bless", BOX, BOX)
@@ -61,3 +86,31 @@ def test_the_store_records_each_correction_s_kind_and_the_dashboard_counts_them(
     store.undo_last(photo.id, "ana")  # the drawn box
     store.undo_last(photo.id, "ana")  # the delete
     assert store.dashboard()["kinds"]["total"] == {"condition_error": 1, "localisation": 1}
+
+
+def test_a_box_drawn_moved_and_deleted_again_indicts_nothing(tmp_path):
+    """A reviewer who draws a box, moves it, then deletes it changed their own mind: the detector
+    neither missed it nor produced a false positive, and no nightly is owed a detector run."""
+    import datetime
+
+    from core.attribution import STAGE1
+    from core.types import Box
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    store.ensure_user("ana")
+    photo, _ = store.add_photo("a" * 64, str(tmp_path / "a.png"), 312, 312, "a.jpg", "ana")
+    drawn = store.add_missed(photo.id, "ana", Box(20, 200, 60, 240), "Toe drain")
+    assert store.dashboard()["kinds"]["total"] == {"detector_miss": 1}
+    assert store.corrections_since(0, kinds=STAGE1) == 1
+    store.correct(drawn.finding_id, 1, "ana", "edit_box", box=Box(20, 150, 90, 240))
+    store.correct(drawn.finding_id, 2, "ana", "delete")
+    assert [c.kind for c in store.history(drawn.finding_id)] == ["detector_miss", "revision", "revision"]
+    d = store.dashboard()["kinds"]
+    assert d["total"] == {"revision": 2}
+    assert store.corrections_since(0, kinds=STAGE1) == 0
+    # Undoing the delete brings the box, and so the miss, back.
+    store.undo_last(photo.id, "ana")
+    assert store.dashboard()["kinds"]["total"] == {"detector_miss": 1, "revision": 1}
+    year, week, _ = datetime.datetime.now(datetime.timezone.utc).isocalendar()
+    assert list(store.dashboard()["kinds"]["by_week"]) == [f"{year}-W{week:02d}"]

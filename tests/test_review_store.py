@@ -404,10 +404,10 @@ def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(pho
 
 # --- migration 3 -------------------------------------------------------------------------------
 
-def test_fresh_db_has_versions_1_to_8(tmp_path):
+def test_fresh_db_has_versions_1_to_9(tmp_path):
     Store(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "fresh.db")
-    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert "reasons_json" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
     assert "box_probability" in {r[1] for r in conn.execute("PRAGMA table_info(findings)")}
     assert "stage" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
@@ -432,15 +432,28 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
                  ('{"finding_id": 1, "object_type": "rock_toe", "class_name": "rock toe", "x1": 0, "y1": 0, "x2": 10, "y2": 10, '
                   '"rationale": "r", "note": null, "status": "pending", "revision": 0, "updated_at": 1.0, "updated_by": null}',
                   '{"class_name": "rock toe damaged"}'))
+    # A box a reviewer drew and deleted again: the delete was counted against the detector then.
+    conn.execute("INSERT INTO photos VALUES (2, ?, '/p/b.png', 100, 100, 'b.jpg', 'ana', 1.0)", ("b" * 64,))
+    conn.execute("INSERT INTO findings(id, photo_id, object_type, class_name, x1, y1, x2, y2, source, created_at) "
+                 "VALUES (2, 2, 'vegetation', 'vegetation', 20, 20, 40, 40, 'reviewer', 3.0)")
+    conn.execute("INSERT INTO finding_state VALUES (2, 'vegetation', 'vegetation', 20, 20, 40, 40, '', NULL, 'deleted', 2, 4.0, 'ana')")
+    drawn = ('{"finding_id": 2, "object_type": "vegetation", "class_name": "vegetation", "x1": 20, "y1": 20, "x2": 40, "y2": 40, '
+             '"rationale": "", "note": null, "status": "%s", "revision": %d, "updated_at": %.1f, "updated_by": "ana"}')
+    for cid, action, before, after, at in ((2, "add", "{}", drawn % ("reviewed", 1, 3.0), 3.0),
+                                           (3, "delete", drawn % ("reviewed", 1, 3.0), drawn % ("deleted", 2, 4.0), 4.0)):
+        conn.execute("INSERT INTO corrections(id, finding_id, reviewer, action, before_json, after_json, revision, created_at) "
+                     "VALUES (?, 2, 'ana', ?, ?, ?, ?, ?)", (cid, action, before, after, cid - 1, at))
     conn.close()
 
     store = Store(path)
-    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     # Migration 4: a photo stored before downscaling existed is its own original.
     assert (store.photo(1).original_width, store.photo(1).original_height) == (100, 100)
     [old] = store.history(1)
     assert (old.action, old.reviewer, old.revision, old.undoes, old.after) == ("relabel", "ana", 1, None, {"class_name": "rock toe damaged"})
     assert old.kind == "condition_error"  # migration 5 backfilled its kind (a class change within the type)
+    # Migration 9: deleting one's own drawn box is a revision, no detector false positive.
+    assert [c.kind for c in store.history(2)] == ["detector_miss", "revision"]
     assert store.state(1).class_name == "rock toe damaged" and store.photo(1).original_name == "a.jpg"
     # The old correction can be undone and the photo confirmed: the new columns and table work on it.
     assert store.undo_last(1, "ana").class_name == "rock toe"

@@ -175,6 +175,15 @@ class ReviewHandlers:
         except (SlopewatchError, ValueError, OverflowError) as exc:  # an unknown or absurd id: say so, keep the page
             return (None, f"⚠ {exc if isinstance(exc, SlopewatchError) else f'expected a photo id, found {photo_id!r}'}", *self.view(None)[2:])
 
+    def show_photo(self, photo_id):
+        """``open_photo`` from elsewhere (Inspect, the Queue): the status line about the photo
+        reviewed before goes with it ("Saved: #0 relabelled" would read as news about this one)."""
+        return ("", *self.open_photo(photo_id))
+
+    def show_finding(self, finding_id):
+        """``open_finding`` from elsewhere (the Inspect table, the library map), status line cleared."""
+        return ("", *self.open_finding(finding_id))
+
     def open_finding(self, finding_id):
         """The photo of one object, with that object selected."""
         if finding_id is None:
@@ -243,26 +252,31 @@ class ReviewHandlers:
     # --- edits --------------------------------------------------------------------------------
     def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None, advance: bool = False):
         """Run ``work(reviewer)`` (returns the status line) and answer with the view. ``selected``
-        stays selected, except after a save with ``advance``: then the next pending object is."""
+        (or what it returns, called after the work: the object the work touched) stays selected,
+        except after a save with ``advance``: then the next pending object is."""
         if photo_id is None:
             return self._after(None, None, "Open a photo first.")
+        chosen = selected if callable(selected) else lambda: selected
         try:
             message = work(reviewer(request))
         except StaleEdit as exc:
-            return self._keep_draft(self._after(photo_id, selected, f"⚠ Not saved: {self._changed_since(exc.current)}. The photo has "
+            return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {self._changed_since(exc.current)}. The photo has "
                                                                     "been reloaded; check it and try again."), draft)
         except review.StalePhoto as exc:
-            return self._keep_draft(self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
+            return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
                                                                     "try again."), draft)
         except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
-            return self._after(photo_id, selected, f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
+            return self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
         except (InvalidEdit, ValueError) as exc:
             return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
-        return self._after(photo_id, None if advance else selected, message)
+        return self._after(photo_id, None if advance else chosen(), message)
 
     def save_canvas(self, photo_id, canvas, seen, request: gr.Request):
         """Every canvas change (draw, move, resize, delete, relabel in the box dialog) is saved at once.
-        The canvas also reports the value the server just drew; that diff is empty and changes nothing."""
+        The canvas also reports the value the server just drew; that diff is empty and changes nothing.
+        The box just drawn, moved or relabelled is selected next. (The selected object is no input:
+        the canvas reports its value while the object list is being redrawn, and Gradio would
+        refuse a selection outside the list it holds at that moment.)"""
         if photo_id is None or not canvas:
             return (gr.skip(), *(gr.skip() for _ in self.VIEW + self.PANEL))
         saved = []
@@ -273,7 +287,7 @@ class ReviewHandlers:
             saved.append(review.save_canvas(self.store, int(photo_id), canvas.get("boxes") or [], seen or {}, user))
             return "Saved: " + "; ".join(saved[0].lines) + "." if saved[0].changed else ""
 
-        out = self._edit(photo_id, None, work, request)
+        out = self._edit(photo_id, lambda: saved[0].touched if saved else None, work, request)
         if saved and not saved[0].changed:  # nothing new: keep the last status line and the view as they are
             hint = ("A drawn box waits for its class: pick it in the box's dialog, or select the grey box and use the canvas's "
                     "Edit label button (Delete removes it)." if saved[0].waiting else gr.skip())
@@ -337,11 +351,15 @@ class ReviewHandlers:
                           draft=("note", text))
 
     def undo(self, photo_id, request: gr.Request):
+        """Take back the reviewer's last action on the photo; the object it restored is shown."""
+        undone = []
+
         def work(user):
             state = review.undo(self.store, int(photo_id), user)
+            undone.append(state.finding_id if state else None)
             return f"Undone: your last action on #{self._index(state.finding_id)}." if state else "Nothing of yours to undo on this photo."
 
-        return self._edit(photo_id, None, work, request)
+        return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
 
     def photo_done(self, photo_id, request: gr.Request):
         return self._edit(photo_id, None, lambda user: (review.confirm(self.store, int(photo_id), user), "Saved: photo reviewed ✓.")[1],

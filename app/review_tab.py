@@ -177,4 +177,4 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     # Another object selected: the last comparison no longer applies.
     select.change(lambda _: ("", []), select, [compare_text, compare_gallery], api_name=False, **quiet)
     done.click(h.photo_done, photo, edit_out, api_name="photo_done", **edit)
-    return photo, view
+    return photo, view, status

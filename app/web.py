@@ -159,7 +159,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                     review_this = gr.Button("Review this photo", elem_id="sw-review-this")
                 objects = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="sw-objects",
                                        label="Objects (click a row to review it)", column_widths=[w for _, w in TABLE_COLUMNS])
-            photo, view = build_review_tab(store, rh)
+            photo, view, review_status = build_review_tab(store, rh)
+            shown = [review_status, *view]  # a photo opened from another tab: its status line starts empty
             with gr.Tab("Queue", id="queue") as queue_tab:
                 with gr.Row():
                     f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
@@ -180,7 +181,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                 export_btn = gr.Button("Export reviewed photos")
                 export_file = gr.File(label="Dataset")
                 export_msg = gr.Markdown()
-            build_library_tab(store, tabs, rh.open_finding, view, config.clip_model or clip_model_dir())
+            build_library_tab(store, tabs, rh.show_finding, shown, config.clip_model or clip_model_dir())
 
         picked = gr.Number(visible=False)
         # Inspections have their own lane, several requests wide so that one over a reviewer's cap
@@ -191,11 +192,11 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         run.click(h.inspect_stream, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
                   concurrency_id="inspect", api_name="inspect", show_progress_on=message)
         last_photo.change(lambda pid: gr.Row(visible=bool(pid)), last_photo, last_row, api_name=False, show_progress="hidden")
-        review_this.click(rh.open_photo, last_photo, view, api_name="review_photo").then(*to_review, tabs, api_name=False)
+        review_this.click(rh.show_photo, last_photo, shown, api_name="review_photo").then(*to_review, tabs, api_name=False)
         objects.select(h.pick_object, None, picked, api_name=False).then(
-            rh.open_finding, picked, view, api_name=False).then(*to_review, tabs, api_name=False)
+            rh.show_finding, picked, shown, api_name=False).then(*to_review, tabs, api_name=False)
         refresh.click(h.queue_rows, [f_type, f_class, f_cond, f_model, f_reviewer], queue_table, api_name="queue_rows")
-        queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.open_photo, photo, view, api_name=False).then(
+        queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.show_photo, photo, shown, api_name=False).then(
             *to_review, tabs, api_name=False)
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")
         export_btn.click(h.export, [fmt, include_unreviewed, valid_percent], [export_file, export_msg], api_name="export")

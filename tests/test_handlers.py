@@ -104,6 +104,25 @@ def test_canvas_edits_each_write_one_correction(app):
     assert "changed" in stale[0] and len(rows(app.db, "SELECT id FROM corrections")) == 3
 
 
+def test_the_panel_follows_the_object_a_canvas_edit_or_an_undo_touched(app):
+    """A walk-through's defect: with #3 selected, moving #2 said "Saved: #2 moved/resized" while
+    the panel switched to #0; undoing a delete of #1 left the panel on #0 too."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    v = view(app.r.open_photo(photo_id))
+    boxes = v["canvas"]["boxes"]
+    ids = [fid for fid, _ in sorted(((int(k), r) for k, r in v["seen"].items()))]
+    assert len(ids) >= 3
+    moved = [*boxes[:1], {**boxes[1], "xmin": boxes[1]["xmin"] + 8, "xmax": boxes[1]["xmax"] + 8}, *boxes[2:]]
+    out = app.r.save_canvas(photo_id, {"boxes": moved}, v["seen"], ANA)
+    assert "#1 moved/resized" in out[0] and view(out, 1)["select"]["value"] == ids[1]
+    after = view(out, 1)
+    out = app.r.save_canvas(photo_id, {"boxes": [b for k, b in enumerate(after["canvas"]["boxes"]) if k != 2]}, after["seen"], ANA)
+    assert "#2 deleted" in out[0]
+    # Undoing the delete shows the box it brought back.
+    out = app.r.undo(photo_id, ANA)
+    assert out[0] == "Undone: your last action on #2." and view(out, 1)["select"]["value"] == ids[2]
+
+
 def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     *_, photo_id = inspect(app, PHOTOS[2])
     app.r.open_photo(photo_id)

@@ -240,6 +240,14 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             # The row is written before the page shows it: a reviewer's next key follows what they see.
             page.wait_for_selector("#sw-status :text('Undone: your last action')", timeout=20_000)
 
+            # A photo opened from the Queue starts with an empty status line: "Undone: …" was about
+            # the photo reviewed before, and read as news about this one.
+            page.get_by_role("tab", name="Queue").click()
+            page.locator("#sw-queue [data-testid=cell-0-0]").click()
+            page.wait_for_selector("[role=tab][aria-selected=true]:has-text('Review')", timeout=30_000)
+            page.wait_for_function("() => document.querySelector('#sw-status').innerText.trim() === ''", timeout=20_000)
+            page.wait_for_selector("#sw-header :text('Photo ')", timeout=20_000)
+
             # → goes to the next photo.
             page.keyboard.press("ArrowRight")
             page.wait_for_function(f"!document.querySelector('#sw-header').innerText.includes('Photo {photo_id} ')", timeout=20_000)

@@ -59,6 +59,7 @@ class Saved:
 
     lines: tuple[str, ...]
     waiting: int = 0  # drawn boxes still waiting for the reviewer to choose their class
+    touched: int | None = None  # the last object drawn, moved or relabelled (not deleted): the one to show next
 
     @property
     def changed(self) -> bool:
@@ -115,11 +116,13 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     index = {f.finding_id: f.index for f in findings}
     store.ensure_user(reviewer)
     lines = []
+    touched = None
     for c in changes:
         if c.action == "add":
             state = store.add_missed(photo_id, reviewer, c.box, c.class_name)
             lines.append(f"added #{len(index)} {c.class_name}")
             index[state.finding_id] = len(index)
+            touched = state.finding_id
             continue
         if c.action == "edit_box":
             changes_kw = {"box": c.box}
@@ -131,7 +134,8 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         revisions[c.finding_id] = state.revision
         what = {"edit_box": "moved/resized", "delete": "deleted"}.get(c.action, f"{c.action} → {c.class_name}")
         lines.append(f"#{index[c.finding_id]} {what}")
-    return Saved(tuple(lines), waiting(boxes))
+        touched = touched if c.action == "delete" else c.finding_id
+    return Saved(tuple(lines), waiting(boxes), touched)
 
 
 def canvas_image(photo, scale: int) -> str:

@@ -311,4 +311,4 @@ class Handlers:
         zipped = shutil.make_archive(str(out / f"slopewatch-{fmt}"), "zip", out / "dataset")
         extra = f" and {counts['unreviewed_photos']} unreviewed (marked in manifest.json)" if include_unreviewed else ""
         return zipped, (f"Exported {counts['reviewed_photos']} reviewed photo(s){extra}, {counts['objects']} object(s) as {fmt} "
-                        f"(splits: {counts['splits']}).")
+                        f"(splits: {', '.join(f'{k} {v}' for k, v in sorted(counts['splits'].items()))}).")

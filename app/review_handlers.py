@@ -15,7 +15,7 @@ from app.usecases.evidence import compare_similar
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
 from core.types import Status
-from db.checks import AlreadyDecided, InvalidEdit, StaleEdit
+from db.checks import AlreadyDecided, InvalidEdit, StaleEdit, StillPending
 from db.store import Store
 
 OBJECT_HEADERS = ["#", "id", "type", "class", "status", "confidence", "detector", "band"]
@@ -362,8 +362,18 @@ class ReviewHandlers:
         return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
 
     def photo_done(self, photo_id, request: gr.Request):
-        return self._edit(photo_id, None, lambda user: (review.confirm(self.store, int(photo_id), user), "Saved: photo reviewed ✓.")[1],
-                          request)
+        """Mark the photo reviewed; while objects are pending, say which, and show the first."""
+        def work(user):
+            try:
+                review.confirm(self.store, int(photo_id), user)
+            except StillPending as exc:
+                left = [f"#{i}" for i in exc.pending]
+                named = f"{', '.join(left[:-1])} and {left[-1]} are" if len(left) > 1 else f"{left[0]} is"
+                return (f"⚠ Not done yet: {named} still pending. Decide {'them' if len(left) > 1 else 'it'} (a accepts the selected "
+                        "object, Shift+A every pending one), then press Photo done.")
+            return "Saved: photo reviewed ✓."
+
+        return self._edit(photo_id, None, work, request)
 
     def _apply(self, finding_id, revision, user, action, **changes) -> str:
         if revision is None:

@@ -133,12 +133,12 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     from app.library_tab import build_library_tab
     from app.review_handlers import ReviewHandlers
     from app.review_tab import build_review_tab
+    from core.images import ACCEPTED
 
     tax = store.taxonomy
     config = config or ServeConfig(no_auth=True)
     h = Handlers(models, store, InspectLane(config.inspect_per_user), config.working_size, schedule)
     rh = ReviewHandlers(store, models)
-    to_review = (lambda: gr.Tabs(selected="review"), None)
 
     # Uploads (refused ones included) and returned images live in Gradio's cache until deleted.
     age = config.cache_minutes * 60
@@ -146,7 +146,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         gr.Markdown("# slopewatch — embankment drainage inspection")
         with gr.Tabs() as tabs:
             with gr.Tab("Inspect", id="inspect"):
-                files = gr.File(label="Inspection photos (JPEG, PNG, HEIC) or zip archives of a flight", file_count="multiple",
+                files = gr.File(label=f"Inspection photos ({ACCEPTED}) or zip archives of a flight", file_count="multiple",
                                 file_types=["image", ".zip"], elem_id="sw-upload")
                 run = gr.Button("Inspect", variant="primary", elem_id="sw-inspect")
                 message = gr.Markdown(elem_id="sw-message")
@@ -178,12 +178,16 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                 fmt = gr.Radio(["yolo", "coco"], value="yolo", label="Format")
                 include_unreviewed = gr.Checkbox(label="Also export photos not yet marked done (marked unreviewed in manifest.json)", value=False)
                 valid_percent = gr.Slider(0, 50, value=0, step=5, label="Photos held out as valid (%; by photo hash)")
-                export_btn = gr.Button("Export reviewed photos")
+                export_btn = gr.Button("Export")
                 export_file = gr.File(label="Dataset")
                 export_msg = gr.Markdown()
             build_library_tab(store, tabs, rh.show_finding, shown, config.clip_model or clip_model_dir())
 
         picked = gr.Number(visible=False)
+        # The Review tab, opened at its top: a row clicked far down the Inspect table or the Queue
+        # left the page scrolled there, the canvas out of view.
+        to_review = {"fn": lambda: gr.Tabs(selected="review"), "inputs": None, "outputs": tabs, "api_name": False,
+                     "js": "() => { window.scrollTo(0, 0); }"}
         # Inspections have their own lane, several requests wide so that one over a reviewer's cap
         # is answered at once; InspectLane runs one at a time. Review actions have theirs
         # ("review", app/review_tab.py) and every other event its own: none waits on an inspection.
@@ -192,17 +196,20 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         run.click(h.inspect_stream, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
                   concurrency_id="inspect", api_name="inspect", show_progress_on=message)
         last_photo.change(lambda pid: gr.Row(visible=bool(pid)), last_photo, last_row, api_name=False, show_progress="hidden")
-        review_this.click(rh.show_photo, last_photo, shown, api_name="review_photo").then(*to_review, tabs, api_name=False)
+        review_this.click(rh.show_photo, last_photo, shown, api_name="review_photo").then(**to_review)
         objects.select(h.pick_object, None, picked, api_name=False).then(
-            rh.show_finding, picked, shown, api_name=False).then(*to_review, tabs, api_name=False)
-        refresh.click(h.queue_rows, [f_type, f_class, f_cond, f_model, f_reviewer], queue_table, api_name="queue_rows")
+            rh.show_finding, picked, shown, api_name=False).then(**to_review)
+        queue_filters = [f_type, f_class, f_cond, f_model, f_reviewer]
+        refresh.click(h.queue_rows, queue_filters, queue_table, api_name="queue_rows")
+        for chosen in (f_type.input, f_class.input, f_cond.input, f_model.submit, f_reviewer.submit):  # a filter applies when set
+            chosen(h.queue_rows, queue_filters, queue_table, api_name=False)
         queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.show_photo, photo, shown, api_name=False).then(
-            *to_review, tabs, api_name=False)
+            **to_review)
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")
         export_btn.click(h.export, [fmt, include_unreviewed, valid_percent], [export_file, export_msg], api_name="export")
         demo.load(h.dashboard, None, dash, api_name=False)
         # Opening a tab shows it as it is now, not as it was when the page loaded.
-        queue_tab.select(h.queue_rows, [f_type, f_class, f_cond, f_model, f_reviewer], queue_table, api_name=False)
+        queue_tab.select(h.queue_rows, queue_filters, queue_table, api_name=False)
         dash_tab.select(h.dashboard, None, dash, api_name=False)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=2)
     return demo

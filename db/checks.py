@@ -39,6 +39,15 @@ class AlreadyDecided(InvalidEdit):
     history row that records no change and count as a second, independent agreement."""
 
 
+class StillPending(InvalidEdit):
+    """A photo marked done while objects on it are undecided; ``pending`` holds their ``#k``."""
+
+    def __init__(self, photo_id: int, pending: list[int]):
+        self.pending = pending
+        super().__init__(f"photo {photo_id}: expected no pending object to confirm, found "
+                         f"{', '.join(f'#{i}' for i in pending)} still pending")
+
+
 class NotFound(InvalidEdit):
     """No photo or finding with that id (an id outside SQLite's integer range included)."""
 

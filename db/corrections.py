@@ -12,7 +12,19 @@ import time
 
 from core.attribution import Kind, attribute
 from core.types import Box, Status
-from db.checks import MAX_TEXT_CHARS, AlreadyDecided, InvalidBox, InvalidEdit, NotFound, StaleEdit, check_box, check_id, check_text, shown
+from db.checks import (
+    MAX_TEXT_CHARS,
+    AlreadyDecided,
+    InvalidBox,
+    InvalidEdit,
+    NotFound,
+    StaleEdit,
+    StillPending,
+    check_box,
+    check_id,
+    check_text,
+    shown,
+)
 from db.rows import BoxRepair, Correction, FindingState, PhotoProgress
 from db.sql import FINDINGS_SQL, STATUS, UNDONE_SQL, insert, progress_sql
 
@@ -240,7 +252,7 @@ class Corrections:
         """Record that a reviewer checked the whole photo (appended; earlier confirmations stay).
 
         Raises:
-            InvalidEdit: no such photo, or a live finding is still pending (named by its ``#k``).
+            NotFound: no such photo. StillPending: a live finding is still pending (named by its ``#k``).
         """
         photo_id = check_id(photo_id, "photo")
         with self.write() as conn:
@@ -249,8 +261,7 @@ class Corrections:
             pending = [r["idx"] for r in conn.execute(
                 f"SELECT idx FROM ({FINDINGS_SQL}) WHERE photo_id = ? AND status = ? ORDER BY idx", (photo_id, Status.PENDING.value))]
             if pending:
-                raise InvalidEdit(f"photo {photo_id}: expected no pending object to confirm, found "
-                                  f"{', '.join(f'#{i}' for i in pending)} still pending")
+                raise StillPending(photo_id, pending)
             last_edit = conn.execute("SELECT MAX(c.created_at) FROM corrections c JOIN findings f ON f.id = c.finding_id "
                                      "WHERE f.photo_id = ?", (photo_id,)).fetchone()[0]
             # Never older than the edits it confirms: done compares the two times, and a wall clock

@@ -147,7 +147,9 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     assert stale[0].startswith("⚠ Not saved") and view(stale, 1)["select"]["value"] == first
     n_before = len(rows(app.db, "SELECT id FROM corrections"))
     done_early = app.r.photo_done(photo_id, ANA)
-    assert "pending" in done_early[0] and len(rows(app.db, "SELECT id FROM photo_reviews")) == 0
+    still = sorted(f.index for f in app.store.photo_findings(photo_id) if f.state.status == "pending")
+    assert done_early[0].startswith(f"⚠ Not done yet: #{still[0]}") and "still pending" in done_early[0]
+    assert len(rows(app.db, "SELECT id FROM photo_reviews")) == 0
     out = app.r.accept_all(photo_id, ANA)
     pending = [f for f in app.store.photo_findings(photo_id) if f.state.status == "pending"]
     assert out[0].startswith("Saved: accepted") and not pending

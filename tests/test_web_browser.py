@@ -97,9 +97,14 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
 
             # Clicking an object's row in the Inspect table opens its photo in Review, that object selected.
             row_fid = sql(db, "SELECT min(finding_id) FROM finding_state")[0][0]  # the table's first row
+            page.set_viewport_size({"width": 1400, "height": 600})  # a laptop: the table sits below the fold
+            page.locator("#sw-objects [data-testid=cell-0-3]").scroll_into_view_if_needed()
+            assert page.evaluate("window.scrollY") > 0
             page.locator("#sw-objects [data-testid=cell-0-3]").click()
             page.wait_for_selector("[role=tab][aria-selected=true]:has-text('Review')", timeout=30_000)
             page.wait_for_selector(f"#sw-select input[type=radio][value='{row_fid}']:checked", timeout=30_000)
+            assert page.evaluate("window.scrollY") == 0  # the Review tab opens at its top, the canvas in view
+            page.set_viewport_size({"width": 1400, "height": 1500})
 
             # "Review this photo" opens the last inspected photo on the canvas.
             page.get_by_role("tab", name="Inspect").click()

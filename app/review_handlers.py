@@ -355,9 +355,12 @@ class ReviewHandlers:
         undone = []
 
         def work(user):
-            state = review.undo(self.store, int(photo_id), user)
-            undone.append(state.finding_id if state else None)
-            return f"Undone: your last action on #{self._index(state.finding_id)}." if state else "Nothing of yours to undo on this photo."
+            states = review.undo(self.store, int(photo_id), user)
+            if not states:
+                return "Nothing of yours to undo on this photo."
+            undone.append(states[-1].finding_id)
+            marks = [f"#{self._index(st.finding_id)}" for st in sorted(states, key=lambda st: st.finding_id)]
+            return f"Undone: your last action on {', '.join(marks[:-1]) + ' and ' + marks[-1] if len(marks) > 1 else marks[0]}."
 
         return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
 

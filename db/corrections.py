@@ -75,14 +75,14 @@ class Corrections:
             return self._append(conn, reviewer, action, before.to_json(), after)
 
     def _append(self, conn: sqlite3.Connection, reviewer: str, action: str, before: dict, after: dict,
-                undoes: int | None = None) -> FindingState:
+                undoes: int | None = None, batch: int | None = None) -> FindingState:
         """Append one correction and move the finding's state to ``after``; the caller holds ``write()``."""
         finding_id = after["finding_id"]
         model_version, source = conn.execute("SELECT model_version, source FROM findings WHERE id = ?", (finding_id,)).fetchone()
         insert(conn, "corrections", {"finding_id": finding_id, "reviewer": reviewer, "action": action,
                                       "before_json": json.dumps(before), "after_json": json.dumps(after),
                                       "model_version": model_version, "revision": after["revision"],
-                                      "created_at": after["updated_at"], "undoes": undoes,
+                                      "created_at": after["updated_at"], "undoes": undoes, "batch": batch,
                                       "kind": attribute(action, before, after, drawn=source == "reviewer").value})
         cols = ", ".join(f"{k} = :{k}" for k in after if k != "finding_id")
         conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
@@ -127,19 +127,40 @@ class Corrections:
         after["status"] = Status.REVIEWED.value
         return after
 
-    def undo_last(self, photo_id: int, reviewer: str) -> FindingState | None:
-        """Undo this reviewer's latest correction on the photo that is not an undo and not yet undone.
+    def accept_pending(self, photo_id: int, reviewer: str, finding_ids: set[int] | None = None) -> list[FindingState]:
+        """Accept the photo's pending objects (those among ``finding_ids``; None: all) in one
+        transaction: one ``accept`` correction each, all in one batch, so that one undo takes the
+        whole action back ("Accept all" by mistake on 12 objects used to take 12 undos)."""
+        photo_id = check_id(photo_id, "photo")
+        with self.write() as conn:
+            rows = conn.execute("SELECT s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                                "WHERE f.photo_id = ? AND s.status = ? ORDER BY s.finding_id", (photo_id, Status.PENDING.value)).fetchall()
+            chosen = [FindingState.from_row(r) for r in rows if finding_ids is None or r["finding_id"] in finding_ids]
+            if not chosen:
+                return []
+            batch = conn.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM corrections").fetchone()[0]
+            out = []
+            for state in chosen:
+                before = state.to_json()
+                after = {**before, "status": Status.REVIEWED.value, "revision": state.revision + 1, "updated_at": time.time(),
+                         "updated_by": reviewer}
+                out.append(self._append(conn, reviewer, "accept", before, after, batch=batch))
+            return out
 
-        The undo is appended as its own correction (action "undo", ``undoes`` = the reversed row):
+    def undo_last(self, photo_id: int, reviewer: str) -> list[FindingState]:
+        """Undo this reviewer's latest action on the photo that is not an undo and not yet undone:
+        one correction, or every correction of its batch (``accept_pending``), in one transaction.
+
+        Each undo is appended as its own correction (action "undo", ``undoes`` = the reversed row):
         its after-state is the undone correction's before-state, or, for an "add", the added
-        finding deleted. Repeated calls walk back through the reviewer's corrections, newest first.
+        finding deleted. Repeated calls walk back through the reviewer's actions, newest first.
 
         Returns:
-            The finding's new state, or None when the reviewer has nothing left to undo on the photo.
+            The restored findings' new states; empty when the reviewer has nothing left to undo on the photo.
 
         Raises:
-            StaleEdit: the finding changed since that correction (a later correction on it that was
-                not itself undone), e.g. another reviewer relabelled it.
+            StaleEdit: a finding changed since that correction (a later correction on it that was
+                not itself undone), e.g. another reviewer relabelled it; nothing is undone then.
         """
         photo_id = check_id(photo_id, "photo")
         with self.write() as conn:
@@ -150,24 +171,31 @@ class Corrections:
                 f"AND NOT {UNDONE_SQL} ORDER BY c.id DESC LIMIT 1",
                 (photo_id, reviewer)).fetchone()
             if row is None:
-                return None
+                return []
             target = Correction.from_row(row)
-            current = FindingState.from_row(conn.execute("SELECT * FROM finding_state WHERE finding_id = ?",
-                                                         (target.finding_id,)).fetchone())
-            # The finding still shows the target's result when every later correction on it is
-            # netted out: undone, or an undo of something after the target. (Comparing revisions
-            # alone would refuse the second of two undos on one finding: the first bumped it.)
-            later = conn.execute(
-                f"SELECT c.action, c.undoes, {UNDONE_SQL} AS undone "
-                "FROM corrections c WHERE c.finding_id = ? AND c.id > ?", (target.finding_id, target.id)).fetchall()
-            if any(not (r["undoes"] > target.id if r["action"] == "undo" else r["undone"]) for r in later):
-                raise StaleEdit(target.finding_id, target.revision, current)
-            if target.action == "add":
-                after = {**current.to_json(), "status": Status.DELETED.value}
-            else:
-                after = {**target.before, "finding_id": target.finding_id}
-            after.update(revision=current.revision + 1, updated_at=time.time(), updated_by=reviewer)
-            return self._append(conn, reviewer, "undo", current.to_json(), after, undoes=target.id)
+            targets = [target] if target.batch is None else [Correction.from_row(r) for r in conn.execute(
+                f"SELECT c.* FROM corrections c WHERE c.batch = ? AND c.reviewer = ? AND c.action != 'undo' AND NOT {UNDONE_SQL} "
+                "ORDER BY c.id DESC", (target.batch, reviewer))]
+            return [self._undo(conn, t, reviewer) for t in targets]
+
+    def _undo(self, conn: sqlite3.Connection, target: Correction, reviewer: str) -> FindingState:
+        """Append the undo of ``target``; the caller holds ``write()``."""
+        current = FindingState.from_row(conn.execute("SELECT * FROM finding_state WHERE finding_id = ?",
+                                                     (target.finding_id,)).fetchone())
+        # The finding still shows the target's result when every later correction on it is
+        # netted out: undone, or an undo of something after the target. (Comparing revisions
+        # alone would refuse the second of two undos on one finding: the first bumped it.)
+        later = conn.execute(
+            f"SELECT c.action, c.undoes, {UNDONE_SQL} AS undone "
+            "FROM corrections c WHERE c.finding_id = ? AND c.id > ?", (target.finding_id, target.id)).fetchall()
+        if any(not (r["undoes"] > target.id if r["action"] == "undo" else r["undone"]) for r in later):
+            raise StaleEdit(target.finding_id, target.revision, current)
+        if target.action == "add":
+            after = {**current.to_json(), "status": Status.DELETED.value}
+        else:
+            after = {**target.before, "finding_id": target.finding_id}
+        after.update(revision=current.revision + 1, updated_at=time.time(), updated_by=reviewer)
+        return self._append(conn, reviewer, "undo", current.to_json(), after, undoes=target.id)
 
     def add_missed(self, photo_id: int, reviewer: str, box: Box, class_name: str, rationale: str = "") -> FindingState:
         """A box the detector missed, drawn by a reviewer: a reviewer-sourced finding plus its 'add' correction.

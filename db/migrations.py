@@ -232,6 +232,16 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
           AND finding_id IN (SELECT id FROM findings WHERE source = 'reviewer')
         """,
     )),
+    (10, "correction batches", (
+        """
+        -- Corrections one reviewer action wrote together (Accept all, Accept likely right) share a
+        -- batch number, so one undo takes the whole action back. NULL: a single correction.
+        ALTER TABLE corrections ADD COLUMN batch INTEGER
+        """,
+        """
+        CREATE INDEX corrections_batch ON corrections(batch)
+        """,
+    )),
 ]
 
 

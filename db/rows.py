@@ -128,12 +128,13 @@ class Correction:
     created_at: float
     undoes: int | None = None  # on an "undo" row: the id of the correction it reverses
     kind: str | None = None  # what it indicts (core.attribution.Kind): detector kinds train stage 1, condition kinds stage 2
+    batch: int | None = None  # corrections one action wrote together ("Accept all"): undone together
 
     @classmethod
     def from_row(cls, row) -> "Correction":
         return cls(row["id"], row["finding_id"], row["reviewer"], row["action"], json.loads(row["before_json"]),
                    json.loads(row["after_json"]), row["model_version"], row["revision"], row["created_at"], row["undoes"],
-                   row["kind"])
+                   row["kind"], row["batch"])
 
 
 @dataclass(frozen=True)

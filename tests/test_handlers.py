@@ -155,11 +155,11 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     assert out[0].startswith("Saved: accepted") and not pending
     accepted = len(rows(app.db, "SELECT id FROM corrections")) - n_before
     assert accepted == len(rows(app.db, "SELECT id FROM corrections WHERE action = 'accept'"))
-    # Undo is itself a correction row: the last accept is undone, nothing is deleted.
+    # One undo takes the whole "Accept all" back, one undo row per accept; nothing is deleted.
     undone = app.r.undo(photo_id, ANA)
-    assert undone[0].startswith("Undone")
-    last = rows(app.db, "SELECT action, reviewer, undoes FROM corrections ORDER BY id DESC LIMIT 1")[0]
-    assert last[0] == "undo" and last[1] == "ana" and last[2] is not None
+    assert undone[0].startswith("Undone: your last action on #") and undone[0].count("#") == accepted
+    assert rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo' AND reviewer = 'ana'") == [(accepted,)]
+    assert sorted(f.state.status for f in app.store.photo_findings(photo_id)).count("pending") == accepted
     app.r.accept_all(photo_id, ANA)
     done = view(app.r.photo_done(photo_id, ANA), 1)
     assert "reviewed" in done["header"] and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("ana",)]

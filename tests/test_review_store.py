@@ -145,7 +145,7 @@ def test_undo_appends_a_row_restoring_the_state_before(env, do, field, done_valu
     store, photo, ids = env
     fid = do(store, photo, ids)
     [target] = store.history(fid)
-    state = store.undo_last(photo.id, "ana")
+    [state] = store.undo_last(photo.id, "ana")
 
     target_after, [target_again, undo] = target.after, store.history(fid)
     assert target_again == target  # the undone row itself is untouched
@@ -176,7 +176,7 @@ def test_consecutive_undos_walk_back_newest_first(env, steps, expected_undone):
         undo = store.history(ids[k])[-1]
         target = next(c for c in store.history(ids[k]) if c.id == undo.undoes)
         assert (undo.action, target.action, undo.reviewer) == ("undo", action, "ana")
-    assert store.undo_last(photo.id, "ana") is None
+    assert store.undo_last(photo.id, "ana") == []
     for fid, original in originals.items():
         assert _content(store.state(fid).to_json()) == _content(original)
     assert store.query("SELECT count(*) AS n FROM corrections")[0]["n"] == 2 * len(steps)  # nothing deleted
@@ -193,12 +193,37 @@ def test_undo_refused_when_another_reviewer_changed_the_finding_since(env):
     assert store.state(ids[0]).revision == 2
 
 
+def test_one_undo_takes_back_a_whole_bulk_accept_and_nothing_before_it(env):
+    """"Accept all" writes one accept per object; pressed by mistake on a photo of 12 objects it
+    took 12 undos. The accepts share a batch, and one undo reverses all of them, only them."""
+    store, photo, ids = env
+    store.correct(ids[0], 0, "ana", "relabel", class_name="slope drain blocked")
+    accepted = store.accept_pending(photo.id, "ana")
+    assert sorted(s.finding_id for s in accepted) == ids[1:]
+    batch = {c.batch for f in ids[1:] for c in store.history(f)}
+    assert len(batch) == 1 and None not in batch
+    restored = store.undo_last(photo.id, "ana")
+    assert sorted(s.finding_id for s in restored) == ids[1:] and all(s.status == "pending" for s in restored)
+    assert store.state(ids[0]).class_name == "slope drain blocked"  # the relabel before it stands
+    assert [s.finding_id for s in store.undo_last(photo.id, "ana")] == [ids[0]]  # the next undo takes that back
+
+
+def test_a_bulk_undo_is_refused_whole_when_one_object_changed_since(env):
+    store, photo, ids = env
+    store.accept_pending(photo.id, "ana", {ids[0], ids[1]})
+    store.correct(ids[1], 1, "bo", "relabel", class_name="rock toe damaged")
+    with pytest.raises(StaleEdit):
+        store.undo_last(photo.id, "ana")
+    assert store.state(ids[0]).status == "reviewed"  # nothing undone: the batch is one action
+    assert [c.action for c in store.history(ids[0])] == ["accept"]
+
+
 def test_undo_allowed_once_the_other_reviewers_change_is_undone(env):
     store, photo, ids = env
     store.correct(ids[0], 0, "ana", "relabel", class_name="slope drain blocked")
     store.correct(ids[0], 1, "bo", "note", note="silt")
-    assert store.undo_last(photo.id, "bo").note is None
-    state = store.undo_last(photo.id, "ana")
+    assert store.undo_last(photo.id, "bo")[0].note is None
+    [state] = store.undo_last(photo.id, "ana")
     assert (state.class_name, state.status, state.revision) == ("slope drain", "pending", 4)
     assert [(c.action, c.reviewer, c.revision, c.undoes) for c in store.history(ids[0])] == [
         ("relabel", "ana", 1, None), ("note", "bo", 2, None), ("undo", "bo", 3, store.history(ids[0])[1].id),
@@ -214,7 +239,7 @@ def test_undo_with_nothing_to_undo_returns_none_and_writes_nothing(env, setup):
     store, photo, ids = env
     setup(store, photo, ids)
     n = store.query("SELECT count(*) AS n FROM corrections")[0]["n"]
-    assert store.undo_last(photo.id, "ana") is None
+    assert store.undo_last(photo.id, "ana") == []
     assert store.query("SELECT count(*) AS n FROM corrections")[0]["n"] == n
 
 
@@ -404,10 +429,10 @@ def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(pho
 
 # --- migration 3 -------------------------------------------------------------------------------
 
-def test_fresh_db_has_versions_1_to_9(tmp_path):
+def test_fresh_db_has_versions_1_to_10(tmp_path):
     Store(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "fresh.db")
-    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert "reasons_json" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
     assert "box_probability" in {r[1] for r in conn.execute("PRAGMA table_info(findings)")}
     assert "stage" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
@@ -446,7 +471,7 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     conn.close()
 
     store = Store(path)
-    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     # Migration 4: a photo stored before downscaling existed is its own original.
     assert (store.photo(1).original_width, store.photo(1).original_height) == (100, 100)
     [old] = store.history(1)
@@ -456,7 +481,7 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     assert [c.kind for c in store.history(2)] == ["detector_miss", "revision"]
     assert store.state(1).class_name == "rock toe damaged" and store.photo(1).original_name == "a.jpg"
     # The old correction can be undone and the photo confirmed: the new columns and table work on it.
-    assert store.undo_last(1, "ana").class_name == "rock toe"
+    assert store.undo_last(1, "ana")[0].class_name == "rock toe"
     assert store.history(1)[-1].undoes == 1
     store.correct(1, 2, "ana", "accept")
     assert store.confirm_photo(1, "ana").done

@@ -160,14 +160,15 @@ def accept_all(store: Store, photo_id: int, reviewer: str) -> list[FindingState]
 
 
 def accept_some(store: Store, photo_id: int, reviewer: str, finding_ids: set[int] | None) -> list[FindingState]:
-    """Accept the photo's pending objects among ``finding_ids`` (None: all): one ``accept`` correction each."""
+    """Accept the photo's pending objects among ``finding_ids`` (None: all): one ``accept``
+    correction each, written together and undone together."""
     store.ensure_user(reviewer)
-    return [store.correct(f.finding_id, f.state.revision, reviewer, "accept") for f in store.photo_findings(photo_id)
-            if f.state.status is Status.PENDING and (finding_ids is None or f.finding_id in finding_ids)]
+    return store.accept_pending(photo_id, reviewer, finding_ids)
 
 
-def undo(store: Store, photo_id: int, reviewer: str) -> FindingState | None:
-    """Undo the reviewer's last action on this photo (itself a correction row); None: nothing to undo."""
+def undo(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:
+    """Undo the reviewer's last action on this photo (each undone correction gets its own undo
+    row); the restored objects' states, none when there is nothing to undo."""
     return store.undo_last(photo_id, reviewer)
 
 

@@ -384,8 +384,9 @@ class ReviewHandlers:
         pending = self.store.state(int(finding_id)).status is Status.PENDING
         state = review.apply(self.store, review.ReviewAction(int(finding_id), int(revision), user, action, changes))
         said = DONE[action].format(cls=state.class_name)
-        # Any edit decides a pending object: say so, or a rationale fix reads as leaving it open.
-        decided = " (it now counts as reviewed)" if pending and action in ("edit_rationale", "note") else ""
+        # A rationale edit decides a pending object and a note does not: say which, as neither is obvious.
+        decided = (" (it now counts as reviewed)" if action == "edit_rationale" else " (the object is still pending: a note decides "
+                   "nothing)" if action == "note" else "") if pending else ""
         return f"Saved: #{self._index(state.finding_id)} {said}{decided}."
 
     def _changed_since(self, now) -> str:

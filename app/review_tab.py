@@ -132,7 +132,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                     compare_text = gr.Markdown(elem_id="sw-compare-text")
                     compare_gallery = gr.Gallery(label="This object, then its nearest labelled neighbours", columns=3, height=340,
                                                  object_fit="contain", elem_id="sw-compare-gallery")
-                note = gr.Textbox(label="Note (replaces the object's note)", lines=1, elem_id="sw-note")
+                note = gr.Textbox(label="Note (replaces the object's note; the object stays as decided or pending)", lines=1, elem_id="sw-note")
                 save_note = gr.Button("Save note", elem_id="sw-save-note")
                 history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, label="History", wrap=True,
                                        column_widths=[w for _, w in HISTORY_COLUMNS], elem_id="sw-history")

@@ -123,7 +123,10 @@ class Corrections:
         elif action == "edit_rationale":
             after["rationale"] = check_text(changes.get("rationale", ""), "rationale")
         elif action == "note":
+            # A note ("not sure", "check in spring") decides nothing: were it to mark the object
+            # reviewed, the model's label would become a training label nobody chose.
             after["note"] = check_text(changes.get("note", ""), "note")
+            return after
         after["status"] = Status.REVIEWED.value
         return after
 

@@ -32,7 +32,8 @@ def progress_sql(where: str = "") -> str:
 
     Parameters ``:pending``, ``:reviewed`` and ``:deleted`` are the status values (``STATUS``).
     Done: nothing live is pending, and the latest confirmation is no older than the latest
-    correction on any of the photo's findings (an edit after confirming reopens the photo).
+    correction on any of the photo's findings (an edit after confirming reopens the photo; a note
+    changes no label, so it does not).
     """
     return (
         "SELECT *, (n_pending = 0 AND last_confirmed IS NOT NULL AND last_confirmed >= COALESCE(last_edit, last_confirmed)) AS done "
@@ -41,7 +42,8 @@ def progress_sql(where: str = "") -> str:
         "COUNT(CASE WHEN s.status = :pending THEN 1 END) AS n_pending, "
         "COUNT(CASE WHEN s.status = :reviewed THEN 1 END) AS n_reviewed, "
         "COUNT(CASE WHEN s.status = :deleted THEN 1 END) AS n_deleted, "
-        "(SELECT MAX(c.created_at) FROM corrections c JOIN findings cf ON cf.id = c.finding_id WHERE cf.photo_id = p.id) AS last_edit, "
+        "(SELECT MAX(c.created_at) FROM corrections c JOIN findings cf ON cf.id = c.finding_id "
+        "WHERE cf.photo_id = p.id AND c.action != 'note') AS last_edit, "
         "(SELECT MAX(r.created_at) FROM photo_reviews r WHERE r.photo_id = p.id) AS last_confirmed, "
         "(SELECT r.reviewer FROM photo_reviews r WHERE r.photo_id = p.id ORDER BY r.created_at DESC, r.id DESC LIMIT 1) AS last_confirmer "
         "FROM photos p LEFT JOIN findings f ON f.photo_id = p.id LEFT JOIN finding_state s ON s.finding_id = f.id "

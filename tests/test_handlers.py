@@ -232,8 +232,11 @@ def test_status_lines_name_what_was_saved(app):
     panel = view(relabelled, 1)
     assert first.state.rationale and panel["rationale"] == "" and app.store.state(first.finding_id).rationale == ""
     assert f"The model said **{first.state.class_name}**: {first.state.rationale}" in panel["detail"]
-    assert app.r.add_note(photo_id, second.finding_id, 0, "silt at the outlet", ANA)[0] == (
-        f"Saved: #{second.index} note saved (it now counts as reviewed).")
+    # A note decides nothing: the object stays pending, so the model's label does not become a
+    # training label because a reviewer wrote "not sure".
+    assert app.r.add_note(photo_id, second.finding_id, 0, "not sure", ANA)[0] == (
+        f"Saved: #{second.index} note saved (the object is still pending: a note decides nothing).")
+    assert app.store.state(second.finding_id).status == "pending"
     assert app.r.delete(photo_id, second.finding_id, 1, ANA)[0] == f"Saved: #{second.index} deleted."
 
 

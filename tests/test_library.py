@@ -117,6 +117,7 @@ def test_text_search_with_filters(tmp_path, samples_yaml, text_encoder):
     _add_sample_photos(store, samples_yaml, tmp_path, 3)
     target = store.query("SELECT * FROM finding_state WHERE object_type = 'toe_drain' LIMIT 1")[0]
     store.correct(target["finding_id"], target["revision"], "ana", "note", note="outlet choked with silt and reeds under vegetation")
+    store.correct(target["finding_id"], target["revision"] + 1, "ana", "accept")  # a note alone decides nothing
     counts = embed_library(store, text=text_encoder)
     assert counts.texts == store.query("SELECT count(*) AS n FROM finding_state")[0]["n"]
     hits = text_search(store, text_encoder, "drain choked with silt", k=5)

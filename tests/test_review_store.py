@@ -271,7 +271,7 @@ def test_confirm_refused_while_objects_are_pending(env):
 
 
 @pytest.mark.parametrize("edit, reopens", [
-    (lambda s, ids: s.correct(ids[0], s.state(ids[0]).revision, "bo", "note", note="later"), True),
+    (lambda s, ids: s.correct(ids[0], s.state(ids[0]).revision, "bo", "note", note="later"), False),  # a note changes no label
     (lambda s, ids: s.correct(ids[0], s.state(ids[0]).revision, "bo", "delete"), True),
     (lambda s, ids: s.undo_last(s.photo_of(ids[0]), "ana"), True),  # an undo is an edit too
     (lambda s, ids: None, False),

@@ -1,0 +1,187 @@
+"""The Review tab's edit handlers (:class:`ReviewEdits`): every change a reviewer makes, each
+written through ``app.usecases.review`` and answered with a status line and the new view.
+Mixed into ``app.review_handlers.ReviewHandlers``, which supplies ``store``, ``view()``,
+``_after()``, ``likely_right()`` and the ``VIEW`` / ``PANEL`` names."""
+
+# No `from __future__ import annotations`: Gradio reads the gr.Request annotation.
+import gradio as gr
+
+from app.handlers import reviewer
+from app.usecases import review
+from app.usecases.canvas import CanvasError
+from core.types import Status
+from db.checks import AlreadyDecided, InvalidEdit, StaleEdit, StillPending
+
+# The status line after a reviewer's own action, and what another reviewer's latest action did.
+DONE = {"accept": "accepted", "relabel": "relabelled → {cls}", "retype": "retyped → {cls}", "delete": "deleted",
+        "edit_box": "moved/resized", "edit_rationale": "rationale saved", "note": "note saved"}
+BY_OTHERS = {"accept": "accepted it", "relabel": "relabelled it", "retype": "changed its type", "delete": "deleted it",
+             "edit_box": "moved its box", "edit_rationale": "edited its rationale", "note": "added a note", "undo": "undid a change",
+             "repair": "repaired it", "add": "drew it"}
+
+
+class ReviewEdits:
+    """The Review tab's edits (see the module docstring)."""
+
+    def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None, advance: bool = False):
+        """Run ``work(reviewer)`` (returns the status line) and answer with the view. ``selected``
+        (or what it returns, called after the work: the object the work touched) stays selected,
+        except after a save with ``advance``: then the next pending object is."""
+        if photo_id is None:
+            return self._after(None, None, "Open a photo first.")
+        chosen = selected if callable(selected) else lambda: selected
+        try:
+            message = work(reviewer(request))
+        except StaleEdit as exc:
+            return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {self._changed_since(exc.current)}. The photo has "
+                                                                    "been reloaded; check it and try again."), draft)
+        except review.StalePhoto as exc:
+            return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
+                                                                    "try again."), draft)
+        except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
+            return self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
+        except (InvalidEdit, ValueError) as exc:
+            return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
+        return self._after(photo_id, None if advance else chosen(), message)
+
+    def save_canvas(self, photo_id, canvas, seen, request: gr.Request):
+        """Every canvas change (draw, move, resize, delete, relabel in the box dialog) is saved at once.
+        The canvas also reports the value the server just drew; that diff is empty and changes nothing.
+        The box just drawn, moved or relabelled is selected next. (The selected object is no input:
+        the canvas reports its value while the object list is being redrawn, and Gradio would
+        refuse a selection outside the list it holds at that moment.)"""
+        if photo_id is None or not canvas:
+            return (gr.skip(), *(gr.skip() for _ in self.VIEW + self.PANEL))
+        saved = []
+
+        def work(user):
+            if canvas.get("orientation"):  # rotation is not a labelling operation: boxes would be stored rotated
+                raise CanvasError("the canvas was rotated; boxes are edited on the upright photo only")
+            saved.append(review.save_canvas(self.store, int(photo_id), canvas.get("boxes") or [], seen or {}, user))
+            return "Saved: " + "; ".join(saved[0].lines) + "." if saved[0].changed else ""
+
+        out = self._edit(photo_id, lambda: saved[0].touched if saved else None, work, request)
+        if saved and not saved[0].changed:  # nothing new: keep the last status line and the view as they are
+            hint = ("A drawn box waits for its class: pick it in the box's dialog, or select the grey box and use the canvas's "
+                    "Edit label button (Delete removes it)." if saved[0].waiting else gr.skip())
+            return (hint, *(gr.skip() for _ in self.VIEW + self.PANEL))
+        return out
+
+    def set_class(self, photo_id, finding_id, revision, class_name, request: gr.Request):
+        if finding_id is None or not class_name:
+            return self._after(photo_id, finding_id, "Select an object, then its class.")
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "relabel", class_name=class_name), request)
+
+    def retype(self, photo_id, finding_id, revision, object_type, class_name, request: gr.Request):
+        if finding_id is None or not object_type:
+            return self._after(photo_id, finding_id, "Select an object and the type it really is.")
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "retype", object_type=object_type,
+                                                                          class_name=class_name or None), request)
+
+    def accept(self, photo_id, finding_id, revision, request: gr.Request):
+        if finding_id is None:
+            return self._after(photo_id, None, "Select an object first.")
+
+        def work(user):
+            try:
+                return self._apply(finding_id, revision, user, "accept")
+            except AlreadyDecided:
+                # `a` right after the reviewer's own relabel (or box edit) means "done with it, next":
+                # nothing to write, so move on instead of recording the same decision twice.
+                return f"#{self._index(finding_id)} is already decided by you; next object selected."
+
+        # Saved: the next pending object is selected; refused: the same one stays, so the reviewer sees nothing was saved.
+        return self._edit(photo_id, finding_id, work, request, advance=True)
+
+    def accept_likely_right(self, photo_id, request: gr.Request):
+        def work(user):
+            band = self.likely_right(self.store.photo_findings(int(photo_id)))
+            if not band:
+                return "Nothing saved: no pending object on this photo is in the likely-right band."
+            return f"Saved: accepted {len(review.accept_some(self.store, int(photo_id), user, band))} likely-right object(s)."
+
+        return self._edit(photo_id, None, work, request)
+
+    def accept_all(self, photo_id, request: gr.Request):
+        return self._edit(photo_id, None, lambda user: f"Saved: accepted {len(review.accept_all(self.store, int(photo_id), user))} object(s).",
+                          request)
+
+    def delete(self, photo_id, finding_id, revision, request: gr.Request):
+        if finding_id is None:
+            return self._after(photo_id, None, "Select an object first.")
+        return self._edit(photo_id, None, lambda user: self._apply(finding_id, revision, user, "delete"), request)
+
+    def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
+        if not (text or "").strip():
+            return self._after(photo_id, finding_id, "Write the rationale first (an empty one is not saved).")
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text), request,
+                          draft=("rationale", text))
+
+    def add_note(self, photo_id, finding_id, revision, text, request: gr.Request):
+        if not (text or "").strip():
+            return self._after(photo_id, finding_id, "Write the note first (an empty one is not saved).")
+        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request,
+                          draft=("note", text))
+
+    def undo(self, photo_id, request: gr.Request):
+        """Take back the reviewer's last action on the photo; the object it restored is shown."""
+        undone = []
+
+        def work(user):
+            states = review.undo(self.store, int(photo_id), user)
+            if not states:
+                return "Nothing of yours to undo on this photo."
+            undone.append(states[-1].finding_id)
+            marks = [f"#{self._index(st.finding_id)}" for st in sorted(states, key=lambda st: st.finding_id)]
+            return f"Undone: your last action on {', '.join(marks[:-1]) + ' and ' + marks[-1] if len(marks) > 1 else marks[0]}."
+
+        return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
+
+    def photo_done(self, photo_id, request: gr.Request):
+        """Mark the photo reviewed; while objects are pending, say which, and show the first."""
+        def work(user):
+            try:
+                review.confirm(self.store, int(photo_id), user)
+            except StillPending as exc:
+                left = [f"#{i}" for i in exc.pending]
+                named = f"{', '.join(left[:-1])} and {left[-1]} are" if len(left) > 1 else f"{left[0]} is"
+                return (f"⚠ Not done yet: {named} still pending. Decide {'them' if len(left) > 1 else 'it'} (a accepts the selected "
+                        "object, Shift+A every pending one), then press Photo done.")
+            return "Saved: photo reviewed ✓."
+
+        return self._edit(photo_id, None, work, request)
+
+    def _apply(self, finding_id, revision, user, action, **changes) -> str:
+        if revision is None:
+            raise ValueError("expected the revision you saw; reload the photo")
+        pending = self.store.state(int(finding_id)).status is Status.PENDING
+        state = review.apply(self.store, review.ReviewAction(int(finding_id), int(revision), user, action, changes))
+        said = DONE[action].format(cls=state.class_name)
+        # A rationale edit decides a pending object and a note does not: say which, as neither is obvious.
+        decided = (" (it now counts as reviewed)" if action == "edit_rationale" else " (the object is still pending: a note decides "
+                   "nothing)" if action == "note" else "") if pending else ""
+        return f"Saved: #{self._index(state.finding_id)} {said}{decided}."
+
+    def _changed_since(self, now) -> str:
+        """What another reviewer did to an object since it was loaded, from its latest correction."""
+        last = self.store.history(now.finding_id)[-1:]
+        what = f"{last[0].reviewer} {BY_OTHERS.get(last[0].action, last[0].action).format(cls=now.class_name)}" if last else "it was edited"
+        if last and last[0].action in ("edit_rationale", "note"):  # their words, so the reviewer sees what a save would replace
+            field = "rationale" if last[0].action == "edit_rationale" else "note"
+            text = (getattr(now, field) or "").strip()
+            what += f": “{text[:120]}{'…' if len(text) > 120 else ''}”"
+        return f"#{self._index(now.finding_id)} changed since you loaded it: {what} (now {now.class_name})"
+
+    def _keep_draft(self, out: tuple, draft: tuple[str, str] | None) -> tuple:
+        """A stale edit reloads the panel; the reviewer's unsaved text (``draft``: the panel field
+        and its text) stays in its box instead of being replaced by the other reviewer's."""
+        if draft is None:
+            return out
+        field, text = draft
+        k = 1 + len(self.VIEW) + self.PANEL.index(field)
+        return (f"{out[0]} Your {field} is still in its box: save it again to replace theirs.", *out[1:k], gr.update(value=text),
+                *out[k + 1:])
+
+    def _index(self, finding_id: int) -> int:
+        photo_id = self.store.photo_of(finding_id)
+        return next(f.index for f in self.store.photo_findings(photo_id) if f.finding_id == finding_id)

@@ -139,12 +139,12 @@ class LibraryHandlers:
         return [(Image.open(h["path"]).convert("RGB"), f"photo {h['photo_id']} ({h['score']:.2f})") for h in hits], f"{len(hits)} photo(s)."
 
 
-def build_library_tab(store, tabs, open_finding, review_view, clip_folder=None):
+def build_library_tab(store, to_review: dict, open_finding, review_view, clip_folder=None):
     """Add the Library tab's components and wire its handlers inside the open ``gr.Tabs``.
 
     Args:
         store: the review store.
-        tabs: the ``gr.Tabs`` to switch to the Review tab.
+        to_review: the ``.then`` arguments that switch to the Review tab (at its top).
         open_finding: the Review tab's handler opening an object's photo, and ``review_view`` its outputs.
         clip_folder: CLIP checkpoint folder; None hides photo search.
     """
@@ -193,7 +193,7 @@ def build_library_tab(store, tabs, open_finding, review_view, clip_folder=None):
     embed_btn.click(h.embed, None, embed_msg, concurrency_limit=1, api_name="embed")
     draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw")
     map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
-        lambda: gr.Tabs(selected="review"), None, tabs, api_name=False)
+        **to_review)
     sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")
     sim_apply.click(h.bulk, [sim_pick, sim_class], sim_status, api_name="bulk")
     q_btn.click(h.search, [query, q_class, q_status, q_days], [q_gallery, q_table, q_msg], api_name="search")

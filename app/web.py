@@ -145,6 +145,10 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     with gr.Blocks(title="slopewatch", delete_cache=(max(60, age // 4), age)) as demo:
         gr.Markdown("# slopewatch — embankment drainage inspection")
         with gr.Tabs() as tabs:
+            # The Review tab, opened at its top: a row clicked far down the Inspect table, the Queue
+            # or the library map left the page scrolled there, the canvas out of view.
+            to_review = {"fn": lambda: gr.Tabs(selected="review"), "inputs": None, "outputs": tabs, "api_name": False,
+                         "js": "() => { window.scrollTo(0, 0); }"}
             with gr.Tab("Inspect", id="inspect"):
                 files = gr.File(label=f"Inspection photos ({ACCEPTED}) or zip archives of a flight", file_count="multiple",
                                 file_types=["image", ".zip"], elem_id="sw-upload")
@@ -181,13 +185,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                 export_btn = gr.Button("Export")
                 export_file = gr.File(label="Dataset")
                 export_msg = gr.Markdown()
-            build_library_tab(store, tabs, rh.show_finding, shown, config.clip_model or clip_model_dir())
+            build_library_tab(store, to_review, rh.show_finding, shown, config.clip_model or clip_model_dir())
 
         picked = gr.Number(visible=False)
-        # The Review tab, opened at its top: a row clicked far down the Inspect table or the Queue
-        # left the page scrolled there, the canvas out of view.
-        to_review = {"fn": lambda: gr.Tabs(selected="review"), "inputs": None, "outputs": tabs, "api_name": False,
-                     "js": "() => { window.scrollTo(0, 0); }"}
         # Inspections have their own lane, several requests wide so that one over a reviewer's cap
         # is answered at once; InspectLane runs one at a time. Review actions have theirs
         # ("review", app/review_tab.py) and every other event its own: none waits on an inspection.

@@ -103,8 +103,11 @@ class ReviewEdits:
         return self._edit(photo_id, None, work, request)
 
     def accept_all(self, photo_id, request: gr.Request):
-        return self._edit(photo_id, None, lambda user: f"Saved: accepted {len(review.accept_all(self.store, int(photo_id), user))} object(s).",
-                          request)
+        def work(user):
+            accepted = review.accept_all(self.store, int(photo_id), user)
+            return f"Saved: accepted {len(accepted)} object(s)." if accepted else "Nothing saved: no object on this photo is pending."
+
+        return self._edit(photo_id, None, work, request)
 
     def delete(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
@@ -128,7 +131,11 @@ class ReviewEdits:
         undone = []
 
         def work(user):
-            states = review.undo(self.store, int(photo_id), user)
+            try:
+                states = review.undo(self.store, int(photo_id), user)
+            except StaleEdit as exc:  # retrying cannot help: the other reviewer's change stands until they undo it
+                return (f"⚠ Not undone: {self._changed_since(exc.current)}. Your last action on this photo can no longer be "
+                        "undone; change the object directly instead.")
             if not states:
                 return "Nothing of yours to undo on this photo."
             undone.append(states[-1].finding_id)

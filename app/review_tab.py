@@ -158,7 +158,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
         nav(lambda: "", None, status, api_name=False, **quiet)
     # Another object picked by hand: the last object's message goes ("Saved: #2 …" would read as
     # news about the object now shown). A save that advances keeps its line: it sets no "input".
-    for pick in (select.input, objects.select):
+    for pick in (select.input, objects.select, click.change):
         pick(lambda: "", None, status, api_name=False, **quiet)
     objects.select(h.pick_object, None, select, api_name=False, **quiet).then(
         h.select, [photo, select], panel, api_name=False, **quiet)

@@ -123,6 +123,20 @@ def test_the_panel_follows_the_object_a_canvas_edit_or_an_undo_touched(app):
     assert out[0] == "Undone: your last action on #2." and view(out, 1)["select"]["value"] == ids[2]
 
 
+def test_an_undo_another_reviewer_overtook_says_so_and_that_retrying_cannot_help(app):
+    *_, photo_id = inspect(app, PHOTOS[1])
+    app.r.open_photo(photo_id)
+    assert app.r.accept_all(photo_id, ANA)[0].startswith("Saved: accepted")
+    assert app.r.accept_all(photo_id, ANA)[0] == "Nothing saved: no object on this photo is pending."
+    target = next(f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1)
+    other = next(c.name for c in app.store.taxonomy.classes_for_type(target.state.object_type) if c.name != target.state.class_name)
+    app.store.ensure_user("bo")
+    app.store.correct(target.finding_id, target.state.revision, "bo", "relabel", class_name=other)
+    out = app.r.undo(photo_id, ANA)
+    assert out[0].startswith(f"⚠ Not undone: #{target.index} changed since you loaded it: bo relabelled it")
+    assert "can no longer be undone" in out[0] and rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo'") == [(0,)]
+
+
 def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     *_, photo_id = inspect(app, PHOTOS[2])
     app.r.open_photo(photo_id)

@@ -147,6 +147,8 @@ class ReviewEdits:
     def photo_done(self, photo_id, request: gr.Request):
         """Mark the photo reviewed; while objects are pending, say which, and show the first."""
         def work(user):
+            if self.store.photo_progress(int(photo_id)).done:
+                return "Nothing saved: this photo is already done ✓ and nothing changed since."
             try:
                 review.confirm(self.store, int(photo_id), user)
             except StillPending as exc:

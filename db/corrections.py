@@ -120,13 +120,16 @@ class Corrections:
         elif action == "edit_box":
             box = check_box(changes.get("box"), *photo_size)
             after.update(x1=box.x1, y1=box.y1, x2=box.x2, y2=box.y2)
-        elif action == "edit_rationale":
-            after["rationale"] = check_text(changes.get("rationale", ""), "rationale")
-        elif action == "note":
-            # A note ("not sure", "check in spring") decides nothing: were it to mark the object
-            # reviewed, the model's label would become a training label nobody chose.
-            after["note"] = check_text(changes.get("note", ""), "note")
-            return after
+        elif action in ("edit_rationale", "note"):
+            field = "rationale" if action == "edit_rationale" else "note"
+            after[field] = check_text(changes.get(field, ""), field)
+            # Saving the same text again would add a history row that records no change.
+            if (after[field] or "") == (before.get(field) or ""):
+                raise InvalidEdit(f"#{before['finding_id']} already has that {field}; nothing to change")
+            if action == "note":
+                # A note ("not sure", "check in spring") decides nothing: were it to mark the object
+                # reviewed, the model's label would become a training label nobody chose.
+                return after
         after["status"] = Status.REVIEWED.value
         return after
 
@@ -280,7 +283,8 @@ class Corrections:
 
     # --- photos as a unit of review ---------------------------------------------------------
     def confirm_photo(self, photo_id: int, reviewer: str) -> PhotoProgress:
-        """Record that a reviewer checked the whole photo (appended; earlier confirmations stay).
+        """Record that a reviewer checked the whole photo (appended; earlier confirmations stay). A
+        photo already done, with no edit since, is left as it is: nothing new was checked.
 
         Raises:
             NotFound: no such photo. StillPending: a live finding is still pending (named by its ``#k``).
@@ -298,5 +302,8 @@ class Corrections:
             # Never older than the edits it confirms: done compares the two times, and a wall clock
             # (or another process's) can lag the last correction's.
             now = max(time.time(), last_edit or 0.0)
+            progress = PhotoProgress.from_row(conn.execute(progress_sql("WHERE p.id = :photo_id"), {**STATUS, "photo_id": photo_id}).fetchone())
+            if progress.done:  # nothing changed since it was confirmed: another row would count as new complete labels
+                return progress
             insert(conn, "photo_reviews", {"photo_id": photo_id, "reviewer": reviewer, "created_at": now})
             return PhotoProgress.from_row(conn.execute(progress_sql("WHERE p.id = :photo_id"), {**STATUS, "photo_id": photo_id}).fetchone())

@@ -177,6 +177,8 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     app.r.accept_all(photo_id, ANA)
     done = view(app.r.photo_done(photo_id, ANA), 1)
     assert "reviewed" in done["header"] and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("ana",)]
+    again = app.r.photo_done(photo_id, ANA)
+    assert again[0].startswith("Nothing saved: this photo is already done") and rows(app.db, "SELECT count(*) FROM photo_reviews") == [(1,)]
 
 
 def test_next_photo_and_queue_by_photo(app):

@@ -270,6 +270,29 @@ def test_confirm_refused_while_objects_are_pending(env):
     assert (p.n_objects, p.n_pending, p.n_reviewed, p.n_deleted, p.done, p.confirmed_by) == (3, 2, 1, 0, False, None)
 
 
+@pytest.mark.parametrize("action, field", [("note", "note"), ("edit_rationale", "rationale")])
+def test_saving_the_same_text_again_writes_nothing(env, action, field):
+    store, photo, ids = env
+    store.correct(ids[0], 0, "ana", action, **{field: "silt at the outlet"})
+    with pytest.raises(InvalidEdit, match=f"already has that {field}"):
+        store.correct(ids[0], 1, "ana", action, **{field: "silt at the outlet"})
+    assert len(store.history(ids[0])) == 1
+
+
+def test_confirming_a_done_photo_again_records_nothing_new(env):
+    """Photo done pressed twice wrote a second confirmation, which the nightly reads as new
+    complete labels (``confirmations_since``); nothing was checked anew."""
+    store, photo, ids = env
+    for f in ids:
+        store.correct(f, 0, "ana", "accept")
+    assert store.confirm_photo(photo.id, "ana").done and store.confirmations_since(0) == 1
+    assert store.confirm_photo(photo.id, "bo").done and store.confirmations_since(0) == 1
+    assert store.photo_progress(photo.id).confirmed_by == "ana"
+    store.correct(ids[0], 1, "bo", "relabel", class_name="slope drain blocked")  # an edit reopens it: confirming counts again
+    assert not store.photo_progress(photo.id).done
+    assert store.confirm_photo(photo.id, "bo").done and store.confirmations_since(0) == 2
+
+
 @pytest.mark.parametrize("edit, reopens", [
     (lambda s, ids: s.correct(ids[0], s.state(ids[0]).revision, "bo", "note", note="later"), False),  # a note changes no label
     (lambda s, ids: s.correct(ids[0], s.state(ids[0]).revision, "bo", "delete"), True),

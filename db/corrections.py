@@ -297,13 +297,17 @@ class Corrections:
                 f"SELECT idx FROM ({FINDINGS_SQL}) WHERE photo_id = ? AND status = ? ORDER BY idx", (photo_id, Status.PENDING.value))]
             if pending:
                 raise StillPending(photo_id, pending)
+
+            def progress() -> PhotoProgress:
+                row = conn.execute(progress_sql("WHERE p.id = :photo_id"), {**STATUS, "photo_id": photo_id}).fetchone()
+                return PhotoProgress.from_row(row)
+
+            # Nothing changed since it was confirmed: another row would count as new complete labels.
+            if (before := progress()).done:
+                return before
             last_edit = conn.execute("SELECT MAX(c.created_at) FROM corrections c JOIN findings f ON f.id = c.finding_id "
                                      "WHERE f.photo_id = ?", (photo_id,)).fetchone()[0]
             # Never older than the edits it confirms: done compares the two times, and a wall clock
             # (or another process's) can lag the last correction's.
-            now = max(time.time(), last_edit or 0.0)
-            progress = PhotoProgress.from_row(conn.execute(progress_sql("WHERE p.id = :photo_id"), {**STATUS, "photo_id": photo_id}).fetchone())
-            if progress.done:  # nothing changed since it was confirmed: another row would count as new complete labels
-                return progress
-            insert(conn, "photo_reviews", {"photo_id": photo_id, "reviewer": reviewer, "created_at": now})
-            return PhotoProgress.from_row(conn.execute(progress_sql("WHERE p.id = :photo_id"), {**STATUS, "photo_id": photo_id}).fetchone())
+            insert(conn, "photo_reviews", {"photo_id": photo_id, "reviewer": reviewer, "created_at": max(time.time(), last_edit or 0.0)})
+            return progress()

@@ -20,6 +20,11 @@ BY_OTHERS = {"accept": "accepted it", "relabel": "relabelled it", "retype": "cha
              "repair": "repaired it", "add": "drew it"}
 
 
+def listed(marks: list[str]) -> str:
+    """``#0``, ``#0 and #1``, ``#0, #1 and #2``: objects named in a status line."""
+    return f"{', '.join(marks[:-1])} and {marks[-1]}" if len(marks) > 1 else marks[0]
+
+
 class ReviewEdits:
     """The Review tab's edits (see the module docstring)."""
 
@@ -139,8 +144,9 @@ class ReviewEdits:
             if not states:
                 return "Nothing of yours to undo on this photo."
             undone.append(states[-1].finding_id)
-            marks = [f"#{self._index(st.finding_id)}" for st in sorted(states, key=lambda st: st.finding_id)]
-            return f"Undone: your last action on {', '.join(marks[:-1]) + ' and ' + marks[-1] if len(marks) > 1 else marks[0]}."
+            index = {f.finding_id: f.index for f in self.store.photo_findings(int(photo_id))}  # one read for a whole batch
+            restored = sorted(index[st.finding_id] for st in states)
+            return f"Undone: your last action on {listed([f'#{k}' for k in restored])}."
 
         return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
 
@@ -152,10 +158,10 @@ class ReviewEdits:
             try:
                 review.confirm(self.store, int(photo_id), user)
             except StillPending as exc:
-                left = [f"#{i}" for i in exc.pending]
-                named = f"{', '.join(left[:-1])} and {left[-1]} are" if len(left) > 1 else f"{left[0]} is"
-                return (f"⚠ Not done yet: {named} still pending. Decide {'them' if len(left) > 1 else 'it'} (a accepts the selected "
-                        "object, Shift+A every pending one), then press Photo done.")
+                several = len(exc.pending) > 1
+                return (f"⚠ Not done yet: {listed([f'#{i}' for i in exc.pending])} {'are' if several else 'is'} still pending. "
+                        f"Decide {'them' if several else 'it'} (a accepts the selected object, Shift+A every pending one), then press "
+                        "Photo done.")
             return "Saved: photo reviewed ✓."
 
         return self._edit(photo_id, None, work, request)

@@ -14,10 +14,10 @@ included) and the probe that version carries (a nightly refits it on the same co
 it replays the train split: ``probe/`` in the version folder), else the shipped probe, each with
 its own calibration, sharing one feature store so a photo's crops are encoded once. A nightly
 version carries the blend's calibration refitted for it (``ensemble-calibration-<blend id>.json``
-in its folder), since the shipped one was fitted for the shipped adapter. The blend id names the probe and the rule and weight it was fitted with, so a
-later ``train ensemble`` or ``train probe`` does not inherit temperatures fitted for another
-blend: a version without a file for the current blend (and the shipped adapter) uses the shipped
-blend calibration.
+in its folder), since the shipped one was fitted for the shipped adapter. The blend id names the
+probe and the rule and weight it was fitted with, so a later ``train ensemble`` or ``train
+probe`` does not inherit temperatures fitted for another blend: a version without a file for the
+current blend (and the shipped adapter) uses the shipped blend calibration.
 """
 
 from __future__ import annotations

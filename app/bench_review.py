@@ -78,7 +78,7 @@ def _plan(findings, truth, taxonomy) -> list[tuple[str, object]]:
             actions.append(("move", (f, t)))
         if t.class_name and t.class_name != f.state.class_name:
             actions.append(("relabel", (f, t)))
-        elif best_iou >= 0.7:
+        else:  # a move decides only the box: the class is accepted too
             actions.append(("accept", f))
     # Sliver boxes (under 4 px a side) in the labels are not something a reviewer would draw.
     actions += [("add", t) for k, t in enumerate(truth) if k not in used and t.class_name and min(t.box.width, t.box.height) >= 4]

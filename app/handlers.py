@@ -259,6 +259,10 @@ class Handlers:
         return evt.row_value[2] if evt.row_value else None
 
     # --- Queue, Dashboard, Export -----------------------------------------------------------
+    def queue_filter_choices(self):
+        """The model-version and reviewer filters list what the store holds (both match exactly)."""
+        return gr.update(choices=["", *self.store.model_versions()]), gr.update(choices=["", *self.store.reviewers()])
+
     def queue_rows(self, object_type, class_name, condition, model_version, reviewer_name):
         rows = self.store.photo_queue(object_type or None, class_name or None, condition or None, model_version or None, reviewer_name or None)
         return [[r.photo_id, r.name, r.n_objects, r.n_pending, round(r.expected_errors, 2), None if r.min_margin is None else round(r.min_margin, 3),

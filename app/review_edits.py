@@ -91,7 +91,7 @@ class ReviewEdits:
             try:
                 return self._apply(finding_id, revision, user, "accept")
             except AlreadyDecided:
-                # `a` right after the reviewer's own relabel (or box edit) means "done with it, next":
+                # `a` right after the reviewer's own relabel means "done with it, next":
                 # nothing to write, so move on instead of recording the same decision twice.
                 return f"#{self._index(finding_id)} is already decided by you; next object selected."
 

@@ -130,7 +130,8 @@ class ReviewHandlers(ReviewEdits):
         tax = self.store.taxonomy
         top = sorted((f.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
         lines = [f"**#{f.index} {s.class_name}** ({s.object_type}) — {s.status}, revision {s.revision}"
-                 + (f", by {s.updated_by}" if s.updated_by else ""),
+                 # "last changed": a pending object may carry a reviewer's box move or undo, not a decision
+                 + (f", last changed by {s.updated_by}" if s.updated_by else ""),
                  "Model: " + (" · ".join(f"{k} {v:.2f}" for k, v in top) if top else "drawn by a reviewer")
                  + (f" — detector {f.detector_confidence:.2f}" if f.detector_confidence is not None else "")
                  + (f" — `{f.model_version}`" if f.model_version else "")]

@@ -170,8 +170,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                     f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
                     f_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
                     f_cond = gr.Dropdown(label="Condition", choices=["", *tax.conditions, "none"], value="")
-                    f_model = gr.Textbox(label="Model version")
-                    f_reviewer = gr.Textbox(label="Reviewer")
+                    # Choices filled from the store when the tab opens (queue_filter_choices).
+                    f_model = gr.Dropdown(label="Model version", choices=[""], value="")
+                    f_reviewer = gr.Dropdown(label="Reviewer (last changed by)", choices=[""], value="")
                 refresh = gr.Button("Refresh queue", elem_id="sw-refresh-queue")
                 queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, elem_id="sw-queue",
                                            label="Photos by need: unreviewed first, then least certain (click a row to review it)")
@@ -201,7 +202,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
             rh.show_finding, picked, shown, api_name=False).then(**to_review)
         queue_filters = [f_type, f_class, f_cond, f_model, f_reviewer]
         refresh.click(h.queue_rows, queue_filters, queue_table, api_name="queue_rows")
-        for chosen in (f_type.input, f_class.input, f_cond.input, f_model.submit, f_reviewer.submit):  # a filter applies when set
+        for chosen in (f_type.input, f_class.input, f_cond.input, f_model.input, f_reviewer.input):  # a filter applies when set
             chosen(h.queue_rows, queue_filters, queue_table, api_name=False)
         queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.show_photo, photo, shown, api_name=False).then(
             **to_review)
@@ -210,6 +211,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         demo.load(h.dashboard, None, dash, api_name=False)
         # Opening a tab shows it as it is now, not as it was when the page loaded.
         queue_tab.select(h.queue_rows, queue_filters, queue_table, api_name=False)
+        for opened in (queue_tab.select, refresh.click):
+            opened(h.queue_filter_choices, None, [f_model, f_reviewer], api_name=False, show_progress="hidden")
         dash_tab.select(h.dashboard, None, dash, api_name=False)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=2)
     return demo

@@ -7,7 +7,8 @@ changed (never typed by hand), and each kind trains the stage it blames.
 * ``type_error`` — the object's type was changed (stage 1: the detector names the type);
 * ``condition_error`` — the class changed within the type (stage 2);
 * ``rationale`` — the rationale was edited (stage 2's text);
-* ``accept`` — the model was right (both stages, for the record);
+* ``accept`` — the model was right (an accept: both stages, for the record; a box nudged within
+  IoU 0.9: the detector's box, while the class stays pending until accepted);
 * ``revision`` — a reviewer changed a box a reviewer drew (moved, retyped, relabelled, re-explained
   or deleted it): no model made it, so it indicts none;
 * ``note``, ``undo`` and ``repair`` (a stored box clamped by ``slopewatch repair``) indict nothing.

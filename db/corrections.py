@@ -120,6 +120,9 @@ class Corrections:
         elif action == "edit_box":
             box = check_box(changes.get("box"), *photo_size)
             after.update(x1=box.x1, y1=box.y1, x2=box.x2, y2=box.y2)
+            # A move decides the box, not the class: were it to mark a pending object reviewed, the
+            # model's class (never looked at) would become a stage-2 training label.
+            return after
         elif action in ("edit_rationale", "note"):
             field = "rationale" if action == "edit_rationale" else "note"
             after[field] = check_text(changes.get(field, ""), field)

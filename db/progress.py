@@ -46,6 +46,19 @@ class Progress:
             params.update(zip(keys, names))
         return " AND ".join(where), params
 
+    def model_versions(self) -> list[str]:
+        """The stage-2 versions of live findings, sorted: the queue's model filter matches exactly,
+        and nobody could type ``ensemble:0f3a…``."""
+        return self._distinct("model_version")
+
+    def reviewers(self) -> list[str]:
+        """Who last changed a live finding, sorted: the queue's reviewer filter matches exactly."""
+        return self._distinct("updated_by")
+
+    def _distinct(self, column: str) -> list[str]:
+        return [r[column] for r in self._rows(f"SELECT DISTINCT {column} FROM ({FINDINGS_SQL}) WHERE status != :deleted "
+                                              f"AND {column} IS NOT NULL ORDER BY {column}", {"deleted": Status.DELETED.value})]
+
     def queue(self, object_type: str | None = None, class_name: str | None = None, condition: str | None = None,
               model_version: str | None = None, reviewer: str | None = None, limit: int = 200) -> list[StoredFinding]:
         """The review queue across photos: unreviewed first, then lowest margin (top-1 minus top-2) first."""

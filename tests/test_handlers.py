@@ -89,7 +89,13 @@ def test_canvas_edits_each_write_one_correction(app):
     edited = [{**boxes[0], "xmin": boxes[0]["xmin"] + 6, "xmax": boxes[0]["xmax"] + 6}, *boxes[2:],
               {"xmin": 5, "ymin": 5, "xmax": 60, "ymax": 50, "label": "rock toe damaged"}]
     out = app.r.save_canvas(photo_id, {"boxes": edited}, v["seen"], ANA)
-    assert out[0].startswith("Saved") and "#0 moved/resized" in out[0] and "#1 deleted" in out[0] and "added" in out[0]
+    assert out[0].startswith("Saved") and "#1 deleted" in out[0] and "added" in out[0]
+    # A move decides the box only: the reviewer is told the class still waits for an accept.
+    cls = app.store.state(ids[0]).class_name
+    assert f"#0 moved/resized (its class, {cls}, is still pending: a accepts it)" in out[0]
+    assert app.store.state(ids[0]).status.value == "pending"
+    moved = dict(zip(ReviewHandlers.PANEL, app.r.select(photo_id, ids[0])))
+    assert "— pending, revision 1, last changed by ana" in moved["detail"]  # not "by ana", which reads as her decision
     got = rows(app.db, "SELECT finding_id, action, reviewer FROM corrections ORDER BY id")
     assert got == [(ids[1], "delete", "ana"), (ids[0], "edit_box", "ana"), (max(ids) + 1, "add", "ana")]
     x1 = rows(app.db, "SELECT x1 FROM finding_state WHERE finding_id = ?", ids[0])[0][0]
@@ -192,6 +198,14 @@ def test_next_photo_and_queue_by_photo(app):
     app.r.photo_done(ids[0], ANA)
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
     assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]
+    # The model and reviewer filters offer what the store holds (exact values nobody could type), and each filters.
+    models, reviewers = (u["choices"] for u in app.h.queue_filter_choices())
+    held = sorted({f.model_version for i in ids for f in app.store.photo_findings(i)})
+    assert models == ["", *held] and len(held) > 1 and reviewers == ["", "ana"]
+    assert [r[0] for r in app.h.queue_rows("", "", "", "", "ana")] == [ids[0]]
+    for version in held:
+        assert app.h.queue_rows("", "", "", version, ""), version
+    assert app.h.queue_rows("", "", "", "nope", "") == []
     # Opening the Review tab with no photo open starts on the next one to review; with one open it changes nothing.
     assert view(app.r.open_first(None))["photo"] == ids[1] and view(app.r.open_first(0))["photo"] == ids[1]
     assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)

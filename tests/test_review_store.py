@@ -270,6 +270,24 @@ def test_confirm_refused_while_objects_are_pending(env):
     assert (p.n_objects, p.n_pending, p.n_reviewed, p.n_deleted, p.done, p.confirmed_by) == (3, 2, 1, 0, False, None)
 
 
+def test_a_box_move_decides_the_box_not_the_class(env):
+    """Moving a pending box used to mark it reviewed, so the model's class, which nobody looked
+    at, became a stage-2 training label (``core.stage2.labeled.reviewed_photos`` labels reviewed objects)."""
+    store, photo, ids = env
+    moved = store.correct(ids[0], 0, "ana", "edit_box", box=Box(12, 10, 60, 120))
+    store.accept_pending(photo.id, "ana", {ids[1], ids[2]})
+    assert (moved.status.value, moved.x2, moved.updated_by) == ("pending", 60, "ana")
+    assert [c.kind for c in store.history(ids[0])] == ["localisation"]
+    assert [f.status.value for f in store.reviewed_photos()[0].findings] == ["pending", "reviewed", "reviewed"]  # #0 trains nothing yet
+    with pytest.raises(InvalidEdit, match="found #0 still pending$"):
+        store.confirm_photo(photo.id, "ana")
+    assert store.correct(ids[0], moved.revision, "ana", "accept").status.value == "reviewed"  # the class decided by an accept
+    [reviewed] = store.reviewed_photos()
+    assert [(f.class_name, f.status.value) for f in reviewed.findings][0] == ("slope drain", "reviewed")
+    # A reviewed object stays reviewed when its box moves.
+    assert store.correct(ids[0], moved.revision + 1, "bo", "edit_box", box=Box(12, 10, 70, 120)).status.value == "reviewed"
+
+
 @pytest.mark.parametrize("action, field", [("note", "note"), ("edit_rationale", "rationale")])
 def test_saving_the_same_text_again_writes_nothing(env, action, field):
     store, photo, ids = env

@@ -133,6 +133,8 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         state = store.correct(c.finding_id, revisions[c.finding_id], reviewer, c.action, **changes_kw)
         revisions[c.finding_id] = state.revision
         what = {"edit_box": "moved/resized", "delete": "deleted"}.get(c.action, f"{c.action} → {c.class_name}")
+        if c.action == "edit_box" and state.status is Status.PENDING:
+            what += f" (its class, {state.class_name}, is still pending: a accepts it)"
         lines.append(f"#{index[c.finding_id]} {what}")
         touched = touched if c.action == "delete" else c.finding_id
     return Saved(tuple(lines), waiting(boxes), touched)

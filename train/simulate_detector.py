@@ -2,13 +2,14 @@
 nightly job fine-tunes the detector on them, and both detectors are scored on photos it never saw.
 
 Valid photos are halved by content hash (``train.holdout.half``). On one half (``review_half``,
-A by default) the current detector
-runs as in the app (both stages, stored in a real review DB); a simulated reviewer then does what
-a careful one would on the canvas: a detected box that matches a true object of its type (IoU ≥
-0.5, best match first) is moved onto it (``edit_box``: a localisation correction when the move is
-large; a move decides only the box, so it is then accepted) or accepted, every other detected box is deleted (false positive), every true object left
-unmatched is drawn (missed), and the photo is marked done. The nightly job's detector stage
-(``train.nightly_detector``) then trains on those photos plus the train split as replay and is
+A by default) the current detector runs as in the app (both stages, stored in a real review DB);
+a simulated reviewer then does what a careful one would on the canvas (``review_boxes``): a
+detected box that matches a true object of its type (IoU ≥ 0.5, best match first) is moved onto
+it (``edit_box``: a localisation correction when the move is large; a move decides only the box,
+so it is then accepted) or accepted, every other detected box is deleted (false positive), every
+true object left unmatched is drawn (missed), and the photo is marked done. The nightly job's
+detector stage (``train.nightly_detector``) then trains on those photos plus the train split as
+replay and is
 judged, with the gate, on the other half.
 """
 

@@ -9,8 +9,7 @@ it (``edit_box``: a localisation correction when the move is large; a move decid
 so it is then accepted) or accepted, every other detected box is deleted (false positive), every
 true object left unmatched is drawn (missed), and the photo is marked done. The nightly job's
 detector stage (``train.nightly_detector``) then trains on those photos plus the train split as
-replay and is
-judged, with the gate, on the other half.
+replay and is judged, with the gate, on the other half.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from app.handlers import reviewer
 from app.usecases import review
 from app.usecases.canvas import CanvasError
 from core.types import Status
-from db.checks import AlreadyDecided, InvalidEdit, StaleEdit, StillPending
+from db.checks import AlreadyDecided, AlreadyDone, InvalidEdit, StaleEdit, StillPending
 
 # The status line after a reviewer's own action, and what another reviewer's latest action did.
 DONE = {"accept": "accepted", "relabel": "relabelled → {cls}", "retype": "retyped → {cls}", "delete": "deleted",
@@ -153,10 +153,10 @@ class ReviewEdits:
     def photo_done(self, photo_id, request: gr.Request):
         """Mark the photo reviewed; while objects are pending, say which, and show the first."""
         def work(user):
-            if self.store.photo_progress(int(photo_id)).done:
-                return "Nothing saved: this photo is already done ✓ and nothing changed since."
             try:
                 review.confirm(self.store, int(photo_id), user)
+            except AlreadyDone:
+                return "Nothing saved: this photo is already done ✓ and nothing changed since."
             except StillPending as exc:
                 several = len(exc.pending) > 1
                 return (f"⚠ Not done yet: {listed([f'#{i}' for i in exc.pending])} {'are' if several else 'is'} still pending. "

@@ -39,6 +39,11 @@ class AlreadyDecided(InvalidEdit):
     history row that records no change and count as a second, independent agreement."""
 
 
+class AlreadyDone(InvalidEdit):
+    """Photo done on a photo that is done with no edit since: another confirmation would count,
+    in ``confirmations_since``, as new complete labels for the detector nightly."""
+
+
 class StillPending(InvalidEdit):
     """A photo marked done while objects on it are undecided; ``pending`` holds their ``#k``."""
 

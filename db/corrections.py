@@ -15,6 +15,7 @@ from core.types import Box, Status
 from db.checks import (
     MAX_TEXT_CHARS,
     AlreadyDecided,
+    AlreadyDone,
     InvalidBox,
     InvalidEdit,
     NotFound,
@@ -286,11 +287,11 @@ class Corrections:
 
     # --- photos as a unit of review ---------------------------------------------------------
     def confirm_photo(self, photo_id: int, reviewer: str) -> PhotoProgress:
-        """Record that a reviewer checked the whole photo (appended; earlier confirmations stay). A
-        photo already done, with no edit since, is left as it is: nothing new was checked.
+        """Record that a reviewer checked the whole photo (appended; earlier confirmations stay).
 
         Raises:
             NotFound: no such photo. StillPending: a live finding is still pending (named by its ``#k``).
+            AlreadyDone: the photo is done with no edit since, so nothing new was checked (nothing is written).
         """
         photo_id = check_id(photo_id, "photo")
         with self.write() as conn:
@@ -305,9 +306,8 @@ class Corrections:
                 row = conn.execute(progress_sql("WHERE p.id = :photo_id"), {**STATUS, "photo_id": photo_id}).fetchone()
                 return PhotoProgress.from_row(row)
 
-            # Nothing changed since it was confirmed: another row would count as new complete labels.
-            if (before := progress()).done:
-                return before
+            if progress().done:
+                raise AlreadyDone(f"photo {photo_id} is already done and nothing changed since; nothing to confirm")
             last_edit = conn.execute("SELECT MAX(c.created_at) FROM corrections c JOIN findings f ON f.id = c.finding_id "
                                      "WHERE f.photo_id = ?", (photo_id,)).fetchone()[0]
             # Never older than the edits it confirms: done compares the two times, and a wall clock

@@ -7,7 +7,7 @@ import pytest
 
 from core.types import Box, Detection, Finding
 from db import migrations
-from db.checks import AlreadyDecided, InvalidEdit, StaleEdit
+from db.checks import AlreadyDecided, AlreadyDone, InvalidEdit, StaleEdit
 from db.migrations import MIGRATIONS, applied_versions, migrate
 from db.store import Store
 
@@ -304,7 +304,9 @@ def test_confirming_a_done_photo_again_records_nothing_new(env):
     for f in ids:
         store.correct(f, 0, "ana", "accept")
     assert store.confirm_photo(photo.id, "ana").done and store.confirmations_since(0) == 1
-    assert store.confirm_photo(photo.id, "bo").done and store.confirmations_since(0) == 1
+    with pytest.raises(AlreadyDone, match=f"^photo {photo.id} is already done and nothing changed since"):
+        store.confirm_photo(photo.id, "bo")
+    assert store.confirmations_since(0) == 1
     assert store.photo_progress(photo.id).confirmed_by == "ana"
     store.correct(ids[0], 1, "bo", "relabel", class_name="slope drain blocked")  # an edit reopens it: confirming counts again
     assert not store.photo_progress(photo.id).done

@@ -54,3 +54,20 @@ def test_shipped_calibrations_never_saw_a_valid_photo(path):
     valid = {file_sha256(s.image_path) for s in load_dataset(real).samples("valid")}
     assert len(cal.photos) > 100 and not set(cal.photos) & valid
     assert json.loads(path.read_text())["fitted_on"].startswith("train split")
+
+
+def test_named_probe_weights_load_without_reading_the_registry(monkeypatch):
+    """``--probe-weights`` names the probe: a registry that cannot be read must not stop it."""
+    from core.stage2.backends import probe
+    from core.stage2.registry import BackendOptions
+    from core.taxonomy import load_taxonomy
+
+    class Unreadable:
+        def current_path(self):
+            raise RuntimeError("registry unreadable")
+
+    monkeypatch.setattr(probe, "ModelRegistry", Unreadable)
+    backend = probe.from_options(BackendOptions(load_taxonomy(), probe_weights=probe.default_probe_path()))
+    assert backend.version
+    with pytest.raises(RuntimeError, match="registry unreadable"):  # without named weights the registry says which
+        probe.from_options(BackendOptions(load_taxonomy()))

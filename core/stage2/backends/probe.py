@@ -156,6 +156,7 @@ def from_options(options: BackendOptions):
     """The served probe (the one refitted with the promoted stage-2 version when a nightly refitted
     one, so ``--backend probe`` learns from reviews as the blend does), calibrated when its
     calibration file exists (``slopewatch train probe`` and the nightly write both)."""
-    folder = options.adapter_dir or ModelRegistry().current_path()
+    # Named weights need no registry read (a broken registry must not stop an explicit probe).
+    folder = None if options.probe_weights else options.adapter_dir or ModelRegistry().current_path()
     path = served_probe_path(folder, options.probe_weights)
     return calibrated(Probe.load(path, options.taxonomy), calibration_path(path))

@@ -281,8 +281,8 @@ class Handlers:
                  "### Corrections per reviewer", *([f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())]
                                                    or ["- none yet"]),
                  "### What the corrections indict", f"(stage 1: {', '.join(sorted(STAGE1))}; stage 2: {', '.join(sorted(STAGE2))}; "
-                 "accept, note and revision (a change to a box a reviewer drew) blame no model; undone corrections are not counted, nor "
-                 "is a drawn box deleted again counted as a miss)",
+                 "accept, note and revision (a change to a box a reviewer drew, or to what a reviewer already changed) blame no model; "
+                 "undone corrections are not counted, nor is a drawn box deleted again counted as a miss)",
                  *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],
                  *[f"- model `{m}`{PASSTHROUGH_NOTE if m.startswith('passthrough:') else ''}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
                    for m, c in sorted(d["kinds"]["by_model"].items())],

@@ -9,8 +9,10 @@ changed (never typed by hand), and each kind trains the stage it blames.
 * ``rationale`` — the rationale was edited (stage 2's text);
 * ``accept`` — the model was right (an accept: both stages, for the record; a box nudged within
   IoU 0.9: the detector's box, while the class stays pending until accepted);
-* ``revision`` — a reviewer changed a box a reviewer drew (moved, retyped, relabelled, re-explained
-  or deleted it): no model made it, so it indicts none;
+* ``revision`` — a reviewer changed what a reviewer decided: a box a reviewer drew (moved,
+  retyped, relabelled, re-explained or deleted), or a label, box or rationale a reviewer had
+  already changed (the model's error, if any, was counted by that first change; counting the
+  second too would charge one wrong answer twice): it indicts no model;
 * ``note``, ``undo`` and ``repair`` (a stored box clamped by ``slopewatch repair``) indict nothing.
 """
 
@@ -59,10 +61,25 @@ _BY_ACTION = {"add": Kind.DETECTOR_MISS, "delete": Kind.DETECTOR_FALSE_POSITIVE,
 _REVISIONS = frozenset({"delete", "edit_box", "retype", "relabel", "edit_rationale"})
 
 
-def attribute(action: str, before: dict, after: dict, drawn: bool = False) -> Kind:
+def _reviewers_own(action: str, before: dict, model: dict) -> bool:
+    """The part of the object ``action`` changes no longer holds what the model output (``model``)."""
+    if action in ("retype", "relabel"):
+        return (before.get("object_type"), before.get("class_name")) != (model.get("object_type"), model.get("class_name"))
+    if action == "edit_box":
+        a, b = _box(before), _box(model)
+        return a is not None and b is not None and a.iou(b) < NUDGE_IOU
+    if action == "edit_rationale":
+        return (before.get("rationale") or "") != (model.get("rationale") or "")
+    return False
+
+
+def attribute(action: str, before: dict, after: dict, drawn: bool = False, model: dict | None = None) -> Kind:
     """The kind of one correction from its action and its before/after states; ``drawn``: the
-    box was drawn by a reviewer (``add``), not output by a model."""
+    box was drawn by a reviewer (``add``), not output by a model; ``model``: what the model
+    output for this object (its type, class, box and rationale), when known."""
     if drawn and action in _REVISIONS:
+        return Kind.REVISION
+    if model is not None and _reviewers_own(action, before, model):
         return Kind.REVISION
     if action in _BY_ACTION:
         return _BY_ACTION[action]

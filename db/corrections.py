@@ -79,12 +79,13 @@ class Corrections:
                 undoes: int | None = None, batch: int | None = None) -> FindingState:
         """Append one correction and move the finding's state to ``after``; the caller holds ``write()``."""
         finding_id = after["finding_id"]
-        model_version, source = conn.execute("SELECT model_version, source FROM findings WHERE id = ?", (finding_id,)).fetchone()
+        model = conn.execute("SELECT model_version, source, object_type, class_name, x1, y1, x2, y2, rationale FROM findings "
+                             "WHERE id = ?", (finding_id,)).fetchone()
+        kind = attribute(action, before, after, drawn=model["source"] == "reviewer", model=dict(model))
         insert(conn, "corrections", {"finding_id": finding_id, "reviewer": reviewer, "action": action,
                                       "before_json": json.dumps(before), "after_json": json.dumps(after),
-                                      "model_version": model_version, "revision": after["revision"],
-                                      "created_at": after["updated_at"], "undoes": undoes, "batch": batch,
-                                      "kind": attribute(action, before, after, drawn=source == "reviewer").value})
+                                      "model_version": model["model_version"], "revision": after["revision"],
+                                      "created_at": after["updated_at"], "undoes": undoes, "batch": batch, "kind": kind.value})
         cols = ", ".join(f"{k} = :{k}" for k in after if k != "finding_id")
         conn.execute(f"UPDATE finding_state SET {cols} WHERE finding_id = :finding_id", after)
         return FindingState.from_row(after)

@@ -1,15 +1,34 @@
 """The SQLite schema, built by numbered migrations. Append new ones; never edit an applied one.
 
 Each migration is a tuple of single statements, run in one transaction (``executescript``
-would commit the transaction it runs in, and splitting a script on ``;`` breaks on literals).
+would commit the transaction it runs in, and splitting a script on ``;`` breaks on literals). A
+statement may instead be a function of the connection, where the rule it applies lives in Python
+(migration 11 re-derives correction kinds with ``core.attribution``'s own rule).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from typing import Callable
 
-MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
+from core.attribution import Kind, attribute
+
+
+def _rekind_revisions(conn: sqlite3.Connection) -> None:
+    """Migration 11: re-derive, by ``core.attribution``'s own rule, which kinded rows changed a reviewer's decision."""
+    rows = conn.execute(
+        "SELECT c.id, c.action, c.before_json, c.after_json, f.object_type, f.class_name, f.x1, f.y1, f.x2, f.y2, f.rationale "
+        "FROM corrections c JOIN findings f ON f.id = c.finding_id "
+        "WHERE f.source = 'model' AND c.kind IN ('type_error', 'condition_error', 'localisation', 'rationale')").fetchall()
+    for cid, action, before, after, *output in rows:
+        model = dict(zip(("object_type", "class_name", "x1", "y1", "x2", "y2", "rationale"), output))
+        if attribute(action, json.loads(before), json.loads(after), model=model) is Kind.REVISION:
+            conn.execute("UPDATE corrections SET kind = ? WHERE id = ?", (Kind.REVISION.value, cid))
+
+
+MIGRATIONS: list[tuple[int, str, tuple[str | Callable[[sqlite3.Connection], None], ...]]] = [
     (1, "initial schema", (
         """
         CREATE TABLE users (
@@ -242,6 +261,12 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         CREATE INDEX corrections_batch ON corrections(batch)
         """,
     )),
+    (11, "revisions of reviewers' decisions", (
+        # Changing a label, box or rationale a reviewer had already changed is no model's error
+        # (core.attribution: 'revision'): the first change counted it, and rows written before
+        # this counted it again. Re-derived by the store's own rule rather than restated in SQL.
+        _rekind_revisions,
+    )),
 ]
 
 
@@ -259,8 +284,8 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in statements:
-                conn.execute(statement)
+            for statement in statements:  # SQL, or a function of the connection where a rule lives in Python
+                statement(conn) if callable(statement) else conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
             conn.execute("COMMIT")
         except BaseException:

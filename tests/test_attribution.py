@@ -46,6 +46,28 @@ def test_revising_a_drawn_box_indicts_no_model(action, before, after, kind):
     assert indicted_stage(kind) is None
 
 
+MODEL = {**BOX, "rationale": "why"}  # what the model output for the object
+CHANGED_BY_A_REVIEWER = [  # changing again what a reviewer already changed: the model's error was counted the first time
+    ("relabel", {**MODEL, "class_name": "slope drain blocked"}, {**MODEL, "class_name": "slope drain damaged"}, Kind.REVISION),
+    ("retype", {**MODEL, "object_type": "toe_drain", "class_name": "Toe drain"}, {**MODEL, "object_type": "rock_toe"}, Kind.REVISION),
+    ("edit_box", {**MODEL, "x2": 160}, {**MODEL, "x2": 200}, Kind.REVISION),
+    ("edit_rationale", {**MODEL, "rationale": "mine"}, {**MODEL, "rationale": "mine, better"}, Kind.REVISION),
+    # What still holds the model's output is the model's error to count.
+    ("relabel", MODEL, {**MODEL, "class_name": "slope drain blocked"}, Kind.CONDITION_ERROR),
+    # The box was moved, the class is still the model's.
+    ("relabel", {**MODEL, "x2": 160}, {**MODEL, "x2": 160, "class_name": "slope drain blocked"}, Kind.CONDITION_ERROR),
+    ("edit_box", {**MODEL, "x2": 111}, {**MODEL, "x2": 160}, Kind.LOCALISATION),  # a nudged box is still the model's
+    ("edit_box", {**MODEL, "class_name": "slope drain blocked"}, {**MODEL, "x2": 160}, Kind.LOCALISATION),
+    ("edit_rationale", {**MODEL, "class_name": "slope drain blocked"}, {**MODEL, "rationale": "mine"}, Kind.RATIONALE),
+    ("delete", {**MODEL, "x2": 160}, {**MODEL, "status": "deleted"}, Kind.DETECTOR_FALSE_POSITIVE),
+]
+
+
+@pytest.mark.parametrize("action, before, after, kind", CHANGED_BY_A_REVIEWER, ids=[f"{c[0]}->{c[3]}" for c in CHANGED_BY_A_REVIEWER])
+def test_changing_a_reviewers_decision_again_indicts_no_model(action, before, after, kind):
+    assert attribute(action, before, after, model=MODEL) is kind
+
+
 @pytest.mark.parametrize("day, week", [("2026-11-28", "2026-W48"), ("2021-01-01", "2020-W53"), ("2024-12-30", "2025-W01")])
 def test_dashboard_weeks_are_iso_weeks(day, week):
     from db.progress import iso_week

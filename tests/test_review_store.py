@@ -472,10 +472,10 @@ def test_photo_queue_counts_only_live_findings_and_photo_ids_in_upload_order(pho
 
 # --- migration 3 -------------------------------------------------------------------------------
 
-def test_fresh_db_has_versions_1_to_10(tmp_path):
+def test_fresh_db_has_versions_1_to_11(tmp_path):
     Store(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "fresh.db")
-    assert applied_versions(conn) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert applied_versions(conn) == list(range(1, 12))
     assert "reasons_json" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
     assert "box_probability" in {r[1] for r in conn.execute("PRAGMA table_info(findings)")}
     assert "stage" in {r[1] for r in conn.execute("PRAGMA table_info(training_runs)")}
@@ -514,7 +514,7 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     conn.close()
 
     store = Store(path)
-    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [r["version"] for r in store.query("SELECT version FROM schema_migrations ORDER BY version")] == list(range(1, 12))
     # Migration 4: a photo stored before downscaling existed is its own original.
     assert (store.photo(1).original_width, store.photo(1).original_height) == (100, 100)
     [old] = store.history(1)
@@ -529,6 +529,29 @@ def test_migrating_a_version_2_db_keeps_its_rows(tmp_path, monkeypatch):
     store.correct(1, 2, "ana", "accept")
     assert store.confirm_photo(1, "ana").done
     assert store.integrity_ok()
+
+
+def test_migration_11_rekinds_changes_to_a_reviewers_decision(env):
+    """One wrong model answer overruled twice (bo relabels what ana relabelled) was counted as two
+    condition errors against the model; migration 11 re-kinds such rows written before the rule."""
+    store, photo, ids = env
+    store.correct(ids[0], 0, "ana", "relabel", class_name="slope drain damaged")
+    store.correct(ids[0], 1, "bo", "relabel", class_name="slope drain blocked")
+    store.correct(ids[1], 0, "ana", "edit_box", box=Box(10, 10, 40, 80))
+    store.correct(ids[1], 1, "bo", "edit_box", box=Box(10, 10, 60, 80))
+    store.correct(ids[1], 2, "bo", "accept")
+    written = [(c.action, c.kind) for f in ids[:2] for c in store.history(f)]
+    assert written == [("relabel", "condition_error"), ("relabel", "revision"),
+                       ("edit_box", "localisation"), ("edit_box", "revision"), ("accept", "accept")]
+    assert store.correction_kinds()["total"] == {"condition_error": 1, "localisation": 1, "revision": 2, "accept": 1}
+    # As the store wrote them before migration 11, then migrated.
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.execute("UPDATE corrections SET kind = CASE action WHEN 'relabel' THEN 'condition_error' ELSE 'localisation' END "
+                 "WHERE kind = 'revision'")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 11")
+    assert migrate(conn) == [11]
+    conn.close()
+    assert [(c.action, c.kind) for f in ids[:2] for c in store.history(f)] == written
 
 
 @pytest.mark.parametrize("xyxy", [(190.849, 132.127, 191.678, 132.937), (0, 0, 2, 2), (0, 0, 1.9, 50), (10, 10, 60, 11.5), (5, 5, 300, 300)])

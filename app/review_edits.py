@@ -12,12 +12,9 @@ from app.usecases.canvas import CanvasError
 from core.types import Status
 from db.checks import AlreadyDecided, AlreadyDone, InvalidEdit, StaleEdit, StillPending
 
-# The status line after a reviewer's own action, and what another reviewer's latest action did.
+# The status line after a reviewer's own action (what another reviewer's did: review.BY_OTHERS).
 DONE = {"accept": "accepted", "relabel": "relabelled → {cls}", "retype": "retyped → {cls}", "delete": "deleted",
         "edit_box": "moved/resized", "edit_rationale": "rationale saved", "note": "note saved"}
-BY_OTHERS = {"accept": "accepted it", "relabel": "relabelled it", "retype": "changed its type", "delete": "deleted it",
-             "edit_box": "moved its box", "edit_rationale": "edited its rationale", "note": "added a note", "undo": "undid a change",
-             "repair": "repaired it", "add": "drew it"}
 
 
 def listed(marks: list[str]) -> str:
@@ -63,7 +60,10 @@ class ReviewEdits:
             if canvas.get("orientation"):  # rotation is not a labelling operation: boxes would be stored rotated
                 raise CanvasError("the canvas was rotated; boxes are edited on the upright photo only")
             saved.append(review.save_canvas(self.store, int(photo_id), canvas.get("boxes") or [], seen or {}, user))
-            return "Saved: " + "; ".join(saved[0].lines) + "." if saved[0].changed else ""
+            if not saved[0].changed:
+                return ""
+            others = f" Also changed by others since you loaded the photo (kept): {'; '.join(saved[0].others)}." if saved[0].others else ""
+            return "Saved: " + "; ".join(saved[0].lines) + "." + others
 
         out = self._edit(photo_id, lambda: saved[0].touched if saved else None, work, request)
         if saved and not saved[0].changed:  # nothing new: keep the last status line and the view as they are
@@ -180,7 +180,7 @@ class ReviewEdits:
     def _changed_since(self, now) -> str:
         """What another reviewer did to an object since it was loaded, from its latest correction."""
         last = self.store.history(now.finding_id)[-1:]
-        what = f"{last[0].reviewer} {BY_OTHERS.get(last[0].action, last[0].action).format(cls=now.class_name)}" if last else "it was edited"
+        what = f"{last[0].reviewer} {review.BY_OTHERS.get(last[0].action, last[0].action)}" if last else "it was edited"
         if last and last[0].action in ("edit_rationale", "note"):  # their words, so the reviewer sees what a save would replace
             field = "rationale" if last[0].action == "edit_rationale" else "note"
             text = (getattr(now, field) or "").strip()

@@ -211,10 +211,12 @@ def test_next_photo_and_queue_by_photo(app):
     assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)
 
 
-def test_a_box_drawn_on_a_photo_changed_meanwhile_is_refused_not_given_to_another_object(app):
+def test_a_box_drawn_on_a_photo_changed_meanwhile_is_saved_as_drawn_and_the_other_change_kept(app):
     """A walk-through's defect: bo deleted #1 while ana had the photo open; ana drew a box. The
     drawn box's first event reloaded her canvas with the class dialog open, and the class she
-    then picked relabelled #0 ('Saved: #0 retype → vegetation'), her box lost."""
+    then picked relabelled #0 ('Saved: #0 retype → vegetation'), her box lost. Then the whole
+    photo was refused; now her canvas is compared with the photo as she loaded it, so her box is
+    saved, bo's delete stands, and she is told about it."""
     *_, photo_id = inspect(app, PHOTOS[1])
     v = view(app.r.open_photo(photo_id))
     boxes = v["canvas"]["boxes"]
@@ -227,9 +229,35 @@ def test_a_box_drawn_on_a_photo_changed_meanwhile_is_refused_not_given_to_anothe
     assert "waits for its class" in waiting[0]
     assert isinstance(view(waiting, 1)["canvas"], type(gr.skip()))
     chosen = app.r.save_canvas(photo_id, {"boxes": [*boxes, {**drawn, "label": "vegetation"}]}, v["seen"], ANA)
-    assert chosen[0].startswith("⚠ Not saved") and "#1 deleted by bo" in chosen[0]
-    assert rows(app.db, "SELECT reviewer, action FROM corrections") == [("bo", "delete")]
-    assert view(chosen, 1)["seen"] == {str(f): app.store.state(f).revision for f in ids if f != ids[1]}  # reloaded as it is
+    assert chosen[0].startswith(f"Saved: added #{len(ids)} vegetation.")
+    assert chosen[0].endswith("Also changed by others since you loaded the photo (kept): #1: bo deleted it.")
+    assert rows(app.db, "SELECT reviewer, action, finding_id FROM corrections") == [("bo", "delete", ids[1]), ("ana", "add", max(ids) + 1)]
+    assert app.store.state(ids[1]).status.value == "deleted" and app.store.state(ids[0]).revision == 0  # nothing of bo's undone
+
+
+def test_a_canvas_change_to_an_object_another_reviewer_changed_is_refused(app):
+    """Only changes to objects changed since are refused: ana moves #0, which bo relabelled meanwhile."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    v = view(app.r.open_photo(photo_id))
+    boxes = v["canvas"]["boxes"]
+    ids = [fid for fid, _ in sorted(((int(k), r) for k, r in v["seen"].items()))]
+    app.store.ensure_user("bo")
+    other = next(c.name for c in app.store.taxonomy.classes if c.type == app.store.state(ids[0]).object_type
+                 and c.name != app.store.state(ids[0]).class_name)
+    app.store.correct(ids[0], 0, "bo", "relabel", class_name=other)
+    # ana's canvas still shows #0 with the old class: unmoved, it is no change of hers and writes nothing.
+    assert not isinstance(app.r.save_canvas(photo_id, {"boxes": boxes}, v["seen"], ANA)[0], str)
+    moved = [{**boxes[0], "xmin": boxes[0]["xmin"] + 9, "xmax": boxes[0]["xmax"] + 9}, *boxes[1:]]
+    out = app.r.save_canvas(photo_id, {"boxes": moved}, v["seen"], ANA)
+    assert out[0].startswith("⚠ Not saved: photo") and f"#0: bo relabelled it (now {other})" in out[0]
+    assert rows(app.db, "SELECT reviewer, action FROM corrections") == [("bo", "relabel")]
+    assert app.store.state(ids[0]).class_name == other
+    # Moving #1, which nobody touched, from the same old view is saved, and bo's relabel of #0 stands.
+    moved = [boxes[0], {**boxes[1], "xmin": boxes[1]["xmin"] + 9, "xmax": boxes[1]["xmax"] + 9}, *boxes[2:]]
+    out = app.r.save_canvas(photo_id, {"boxes": moved}, v["seen"], ANA)
+    assert out[0].startswith("Saved: #1 moved/resized") and f"(kept): #0: bo relabelled it (now {other})." in out[0]
+    assert rows(app.db, "SELECT reviewer, action FROM corrections") == [("bo", "relabel"), ("ana", "edit_box")]
+    assert app.store.state(ids[0]).class_name == other
 
 
 def test_a_stale_rationale_save_keeps_the_draft_and_says_what_the_other_reviewer_did(app):

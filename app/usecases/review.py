@@ -60,6 +60,7 @@ class Saved:
     lines: tuple[str, ...]
     waiting: int = 0  # drawn boxes still waiting for the reviewer to choose their class
     touched: int | None = None  # the last object drawn, moved or relabelled (not deleted): the one to show next
+    others: tuple[str, ...] = ()  # what other reviewers changed on the photo since it was loaded (kept)
 
     @property
     def changed(self) -> bool:
@@ -72,11 +73,17 @@ def canvas_objects(findings: list[StoredFinding], likely_right: frozenset[int] |
             for f in findings if f.state.status is not Status.DELETED]
 
 
+# What another reviewer's latest action did to an object, as a reviewer is told it.
+BY_OTHERS = {"accept": "accepted it", "relabel": "relabelled it", "retype": "changed its type", "delete": "deleted it",
+             "edit_box": "moved its box", "edit_rationale": "edited its rationale", "note": "added a note", "undo": "undid a change",
+             "repair": "repaired it", "add": "drew it"}
+
+
 class StalePhoto(SlopewatchError):
     """The photo changed since the reviewer loaded it (another reviewer); nothing was written."""
 
 
-def photo_changes(findings: list[StoredFinding], seen: dict) -> list[str]:
+def photo_changes(store: Store, findings: list[StoredFinding], seen: dict) -> list[str]:
     """What changed on a photo since a reviewer saw ``seen`` (``{finding id: revision}``)."""
     revisions = {int(k): int(v) for k, v in (seen or {}).items()}
     out = []
@@ -86,33 +93,39 @@ def photo_changes(findings: list[StoredFinding], seen: dict) -> list[str]:
             if s.status is not Status.DELETED:
                 out.append(f"#{f.index} added by {s.updated_by or 'the model'}")
         elif s.revision != revisions[f.finding_id]:
-            what = "deleted" if s.status is Status.DELETED else f"now {s.class_name}, revision {s.revision}"
-            out.append(f"#{f.index} {what} by {s.updated_by}")
+            last = store.history(f.finding_id)[-1]
+            did = BY_OTHERS.get(last.action, last.action)
+            out.append(f"#{f.index}: {last.reviewer} {did}" + ("" if s.status is Status.DELETED else f" (now {s.class_name})"))
     return out
 
 
 def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, reviewer: str) -> Saved:
-    """Diff the returned canvas against the stored photo and write one correction per change.
+    """Diff the returned canvas against the photo as the reviewer loaded it and write one
+    correction per change.
 
-    ``seen`` maps each finding id shown to the revision the reviewer saw. When anything on the
-    photo changed since (another reviewer), nothing is written and :class:`StalePhoto` says what
-    changed: the reviewer's canvas no longer shows the photo as it is.
+    ``seen`` maps each finding id shown to the revision the reviewer saw. The canvas is compared
+    with the objects as they were at those revisions (what the reviewer's canvas started from),
+    so another reviewer's change to an object this reviewer did not touch is neither undone nor
+    a reason to refuse: it is listed in ``Saved.others``. When a change touches an object that
+    changed since, nothing is written and :class:`StalePhoto` says what changed.
     """
     photo = store.photo(photo_id)
     findings = store.photo_findings(photo_id)
-    shown = canvas_objects(findings)
-    changes = diff(shown, boxes, store.taxonomy, photo.width, photo.height, canvas_scale(photo.width, photo.height))
+    revisions = {f.finding_id: f.state.revision for f in findings}
+    seen_at = {int(k): int(v) for k, v in (seen or {}).items()}
+    changes = diff(_as_seen(store, findings, seen_at), boxes, store.taxonomy, photo.width, photo.height,
+                   canvas_scale(photo.width, photo.height))
     if not changes:
         return Saved((), waiting(boxes))
-    changed = photo_changes(findings, seen)
-    if changed and waiting(boxes):
+    others = photo_changes(store, findings, seen_at)
+    stale = [c.finding_id for c in changes if c.finding_id is not None and revisions[c.finding_id] != seen_at.get(c.finding_id)]
+    if stale and waiting(boxes):
         # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
         # the dialog on whichever box takes that place in the reloaded list, and the class the
         # reviewer picks next would relabel that object. Refused once the class is chosen instead.
         return Saved((), waiting(boxes))
-    if changed:
-        raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(changed)}")
-    revisions = {f.finding_id: f.state.revision for f in findings}
+    if stale:
+        raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(others)}")
     index = {f.finding_id: f.index for f in findings}
     store.ensure_user(reviewer)
     lines = []
@@ -137,7 +150,24 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
             what += f" (its class, {state.class_name}, is still pending: a accepts it)"
         lines.append(f"#{index[c.finding_id]} {what}")
         touched = touched if c.action == "delete" else c.finding_id
-    return Saved(tuple(lines), waiting(boxes), touched)
+    return Saved(tuple(lines), waiting(boxes), touched, tuple(others))
+
+
+def _as_seen(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[CanvasObject]:
+    """The live objects as the reviewer's canvas showed them: each at the revision seen (its state
+    before the next correction), objects added since left out."""
+    shown = []
+    for f in findings:
+        if f.finding_id not in seen:
+            continue
+        state = f.state
+        if state.revision != seen[f.finding_id]:
+            later = [c for c in store.history(f.finding_id) if c.revision == seen[f.finding_id] + 1]
+            # (A revision never stored is compared with the state now: a change to it is then stale.)
+            state = FindingState.from_row({**later[0].before, "finding_id": f.finding_id}) if later else state
+        if state.status is not Status.DELETED:
+            shown.append(CanvasObject(f.finding_id, f.index, state.box, state.class_name or state.object_type))
+    return shown
 
 
 def canvas_image(photo, scale: int) -> str:

@@ -41,6 +41,8 @@ TABLE_HEADERS = [name for name, _ in TABLE_COLUMNS]
 # What "passthrough:1" is, where the Dashboard counts corrections by model version: a type with
 # one class (vegetation) gets its label without a stage-2 model.
 PASSTHROUGH_NOTE = " (types with one class, such as vegetation: labelled without a stage-2 model)"
+# The "no filter" entry of the Queue's dropdowns: an empty value, labelled (an empty label shows as a bare ✓).
+ANY = ("(any)", "")
 QUEUE_HEADERS = ["photo", "name", "objects", "pending", "expected errors", "lowest margin", "lowest detector", "done"]
 
 
@@ -261,7 +263,8 @@ class Handlers:
     # --- Queue, Dashboard, Export -----------------------------------------------------------
     def queue_filter_choices(self):
         """The model-version and reviewer filters list what the store holds (both match exactly)."""
-        return gr.update(choices=["", *self.store.model_versions()]), gr.update(choices=["", *self.store.reviewers()])
+        versions = [(v + PASSTHROUGH_NOTE, v) if v.startswith("passthrough:") else v for v in self.store.model_versions()]
+        return gr.update(choices=[ANY, *versions]), gr.update(choices=[ANY, *self.store.reviewers()])
 
     def queue_rows(self, object_type, class_name, condition, model_version, reviewer_name):
         rows = self.store.photo_queue(object_type or None, class_name or None, condition or None, model_version or None, reviewer_name or None)

@@ -28,7 +28,7 @@ class ReviewEdits:
     def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None, advance: bool = False):
         """Run ``work(reviewer)`` (returns the status line) and answer with the view. ``selected``
         (or what it returns, called after the work: the object the work touched) stays selected,
-        except after a save with ``advance``: then the next pending object is."""
+        except after a save with ``advance``: then the next pending object after it is."""
         if photo_id is None:
             return self._after(None, None, "Open a photo first.")
         chosen = selected if callable(selected) else lambda: selected
@@ -44,7 +44,16 @@ class ReviewEdits:
             return self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
         except (InvalidEdit, ValueError) as exc:
             return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
-        return self._after(photo_id, None if advance else chosen(), message)
+        return self._after(photo_id, self._next_pending(int(photo_id), chosen()) if advance else chosen(), message)
+
+    def _next_pending(self, photo_id: int, current) -> int | None:
+        """The pending object after ``current`` in ``#k`` order, wrapping round (None: none pending),
+        so ``a`` walks the photo instead of jumping back to #0."""
+        findings = self.store.photo_findings(photo_id)
+        at = next((f.index for f in findings if f.finding_id == current), -1)
+        pending = [f for f in findings if f.state.status is Status.PENDING]
+        nxt = next((f for f in pending if f.index > at), pending[0] if pending else None)
+        return nxt.finding_id if nxt is not None else None
 
     def save_canvas(self, photo_id, canvas, seen, request: gr.Request):
         """Every canvas change (draw, move, resize, delete, relabel in the box dialog) is saved at once.

@@ -13,6 +13,7 @@ from app.review_edits import ReviewEdits
 from app.usecases import review
 from app.usecases.canvas import LIKELY_MARK, canvas_boxes, canvas_scale
 from app.usecases.evidence import compare_similar
+from core.attribution import NUDGE_IOU
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
 from core.types import Status
@@ -73,13 +74,15 @@ class ReviewHandlers(ReviewEdits):
 
     def likely_right(self, findings) -> set[int]:
         """Pending objects still carrying the model's label with a calibrated confidence in the band,
-        on a box the detector is sure of (an accepted box is a true object to the nightly detector)."""
+        on a box the detector is sure of (an accepted box is a true object to the nightly detector)
+        and still where the model scored it (a moved box shows another crop than the one scored)."""
         t = self.likely_right_threshold()
         if t is None:
             return set()
         return {f.finding_id for f in findings if f.state.status is Status.PENDING and f.state.class_name == f.model_class
                 and f.confidence is not None and f.confidence >= t and len(f.probabilities or {}) > 1
-                and (f.detector_confidence is None or f.detector_confidence >= LIKELY_BOX_SCORE)}
+                and (f.detector_confidence is None or f.detector_confidence >= LIKELY_BOX_SCORE)
+                and (f.model_box is None or f.state.box.iou(f.model_box) >= NUDGE_IOU)}
 
     # --- views ------------------------------------------------------------------------------
     def view(self, photo_id, selected=None) -> tuple:

@@ -129,7 +129,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     state, for the dashboard)."""
     import gradio as gr
 
-    from app.handlers import QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
+    from app.handlers import ANY, QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
     from app.library_tab import build_library_tab
     from app.review_handlers import ReviewHandlers
     from app.review_tab import build_review_tab
@@ -167,12 +167,12 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
             shown = [review_status, *view]  # a photo opened from another tab: its status line starts empty
             with gr.Tab("Queue", id="queue") as queue_tab:
                 with gr.Row():
-                    f_type = gr.Dropdown(label="Type", choices=[""] + tax.type_names, value="")
-                    f_class = gr.Dropdown(label="Class", choices=[""] + tax.class_names, value="")
-                    f_cond = gr.Dropdown(label="Condition", choices=["", *tax.conditions, "none"], value="")
+                    f_type = gr.Dropdown(label="Type", choices=[ANY, *tax.type_names], value="")
+                    f_class = gr.Dropdown(label="Class", choices=[ANY, *tax.class_names], value="")
+                    f_cond = gr.Dropdown(label="Condition", choices=[ANY, *tax.conditions, "none"], value="")
                     # Choices filled from the store when the tab opens (queue_filter_choices).
-                    f_model = gr.Dropdown(label="Model version", choices=[""], value="")
-                    f_reviewer = gr.Dropdown(label="Reviewer (last changed by)", choices=[""], value="")
+                    f_model = gr.Dropdown(label="Model version", choices=[ANY], value="")
+                    f_reviewer = gr.Dropdown(label="Reviewer (last changed by)", choices=[ANY], value="")
                 refresh = gr.Button("Refresh queue", elem_id="sw-refresh-queue")
                 queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, elem_id="sw-queue",
                                            label="Photos by need: unreviewed first, then least certain (click a row to review it)")

@@ -100,13 +100,15 @@ class StoredFinding:
     probabilities: dict | None = None  # the model's probability per candidate class (None: drawn by a reviewer)
     box_probability: float | None = None  # calibrated chance the box is real (None: uncalibrated detector, or drawn)
     model_rationale: str | None = None  # what the model said about its own label (the state's may have been edited or cleared)
+    model_box: Box | None = None  # the box as output (a reviewer's drawn box: as drawn); the state's may have been moved
 
     @classmethod
     def from_row(cls, row) -> "StoredFinding":
         probs = row["probabilities_json"]
         return cls(FindingState.from_row(row), row["photo_id"], row["idx"], row["model_class"], row["confidence"],
                    row["margin"], row["detector_confidence"], row["model_version"], json.loads(probs) if probs else None,
-                   row["box_probability"], row["model_rationale"])
+                   row["box_probability"], row["model_rationale"],
+                   Box(row["model_x1"], row["model_y1"], row["model_x2"], row["model_y2"]))
 
     @property
     def finding_id(self) -> int:

@@ -156,12 +156,13 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     assert out[0].startswith("Saved") and app.store.state(first).class_name == other
     # Choosing the class it already has writes nothing.
     assert "already" in app.r.set_class(photo_id, first, app.store.state(first).revision, other, ANA)[0]
-    # `a` right after one's own relabel writes nothing and selects the next pending object.
+    # `a` right after one's own relabel writes nothing and selects the next pending object after it.
     n = len(rows(app.db, "SELECT id FROM corrections"))
     moved = app.r.accept(photo_id, first, app.store.state(first).revision, ANA)
     pending = [f.finding_id for f in app.store.photo_findings(photo_id) if f.state.status == "pending"]
     assert "already decided by you" in moved[0] and len(rows(app.db, "SELECT id FROM corrections")) == n
-    assert view(moved, 1)["select"]["value"] == pending[0] != first
+    after = [f for f in pending if f > first]  # finding ids follow #k on one photo
+    assert view(moved, 1)["select"]["value"] == (after or pending)[0] != first
     # A stale accept is refused and stays on the same object.
     stale = app.r.accept(photo_id, first, -1, ANA)
     assert stale[0].startswith("⚠ Not saved") and view(stale, 1)["select"]["value"] == first
@@ -201,7 +202,9 @@ def test_next_photo_and_queue_by_photo(app):
     # The model and reviewer filters offer what the store holds (exact values nobody could type), and each filters.
     models, reviewers = (u["choices"] for u in app.h.queue_filter_choices())
     held = sorted({f.model_version for i in ids for f in app.store.photo_findings(i)})
-    assert models == ["", *held] and len(held) > 1 and reviewers == ["", "ana"]
+    assert [m[1] if isinstance(m, tuple) else m for m in models] == ["", *held] and len(held) > 1
+    assert ("passthrough:1 (types with one class, such as vegetation: labelled without a stage-2 model)", "passthrough:1") in models
+    assert reviewers == [("(any)", ""), "ana"]
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "ana")] == [ids[0]]
     for version in held:
         assert app.h.queue_rows("", "", "", version, ""), version
@@ -384,6 +387,33 @@ def test_likely_right_leaves_boxes_the_detector_doubts_for_a_look(app, monkeypat
     r = ReviewHandlers(app.store, ModelHost.ready(served))
     doubted = {f.finding_id for f in pending if f.detector_confidence < floor}
     assert doubted and r.likely_right(pending) == {f.finding_id for f in pending} - doubted
+
+
+def test_accept_walks_on_to_the_next_pending_object_and_wraps_round(app):
+    """A walk-through's find: `a` always jumped back to the first pending object (#0)."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    ids = [f.finding_id for f in app.store.photo_findings(photo_id)]
+    assert len(ids) >= 3
+    out = app.r.accept(photo_id, ids[1], 0, ANA)
+    assert out[0] == "Saved: #1 accepted." and view(out, 1)["select"]["value"] == ids[2]
+    out = app.r.accept(photo_id, ids[-1], 0, ANA)
+    assert view(out, 1)["select"]["value"] == ids[0]  # nothing pending after the last: back to the first
+
+
+def test_a_moved_box_leaves_the_likely_right_band(app):
+    """A walk-through's find: a moved box kept its "likely right" mark and L accepted it, though
+    its confidence was for the crop the model scored, not the box the reviewer made."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    pending = [f for f in app.store.photo_findings(photo_id) if len(f.probabilities or {}) > 1]
+    threshold = min(f.confidence for f in pending)
+    served = SimpleNamespace(classifier=SimpleNamespace(backend=SimpleNamespace(calibration=SimpleNamespace(likely_right=threshold))))
+    r = ReviewHandlers(app.store, ModelHost.ready(served))
+    band = r.likely_right(pending)
+    first, second = [f for f in pending if f.finding_id in band][:2]
+    b, c = first.state.box, second.state.box
+    app.store.correct(first.finding_id, 0, "ana", "edit_box", box=type(b)(b.x1, b.y1, b.x1 + 0.5 * b.width, b.y2))  # IoU 0.5
+    app.store.correct(second.finding_id, 0, "ana", "edit_box", box=type(c)(c.x1, c.y1, c.x2 + 1, c.y2))  # a nudge stays
+    assert r.likely_right(app.store.photo_findings(photo_id)) == band - {first.finding_id}
 
 
 def test_a_pending_vegetation_box_asks_for_a_box_check_not_a_label_look(app):

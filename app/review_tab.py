@@ -66,6 +66,14 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
   if (e.key === 'a') return click('sw-accept');
   if (e.key === 'l' || e.key === 'L') return click('sw-accept-likely');
+  // The canvas's own C / D keys work only while it has the focus (after a click on it); from
+  // anywhere else on the page they said nothing and did nothing. Its mode buttons are the same.
+  const mode = {c: 'Create box', d: 'Drag boxes'}[e.key.toLowerCase()];
+  if (mode && !(t.closest && t.closest('#sw-canvas'))) {
+    const button = document.querySelector(`#sw-canvas button[aria-label="${mode}"]`);
+    if (button) { e.preventDefault(); button.click(); }
+    return;
+  }
   if (e.key === 'ArrowRight') return click('sw-next-photo');
   if (e.key === 'ArrowLeft') return click('sw-prev-photo');
   if (/^[1-9]$/.test(e.key)) {

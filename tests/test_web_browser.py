@@ -125,8 +125,11 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
                          photo_id)
             fx, fy = free_square(stored, width, height)
 
-            # Draw a missed box with the mouse and pick its class: one 'add' row by ana.
-            page.locator("#sw-canvas button[aria-label='Create box']").click()
+            # Draw a missed box with the mouse and pick its class: one 'add' row by ana. C starts
+            # drawing from anywhere on the page, not only once the canvas has the focus.
+            page.locator("#sw-header").click()
+            page.keyboard.press("c")
+            page.wait_for_selector("#sw-canvas button[aria-label='Create box'].selected", timeout=5_000)
             (x1, y1), (x2, y2) = screen(fx, fy), screen(fx + 40, fy + 40)
             page.mouse.move(x1, y1)
             page.mouse.down()

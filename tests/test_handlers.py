@@ -238,6 +238,19 @@ def test_a_box_drawn_on_a_photo_changed_meanwhile_is_saved_as_drawn_and_the_othe
     assert app.store.state(ids[1]).status.value == "deleted" and app.store.state(ids[0]).revision == 0  # nothing of bo's undone
 
 
+def test_a_canvas_save_without_what_was_seen_is_refused_not_saved_as_duplicates(app):
+    """Compared with the photo as loaded, a canvas sent without ``seen`` (a client that dropped it)
+    would read every "#k" box as new; it is refused instead and nothing is written."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    v = view(app.r.open_photo(photo_id))
+    boxes = v["canvas"]["boxes"]
+    moved = [{**boxes[0], "xmin": boxes[0]["xmin"] + 9, "xmax": boxes[0]["xmax"] + 9}, *boxes[1:]]
+    for seen in ({}, None):
+        out = app.r.save_canvas(photo_id, {"boxes": moved}, seen, ANA)
+        assert out[0].startswith("⚠ Not saved: photo") and rows(app.db, "SELECT count(*) FROM corrections") == [(0,)]
+    assert len(app.store.photo_findings(photo_id)) == len(boxes)
+
+
 def test_a_canvas_change_to_an_object_another_reviewer_changed_is_refused(app):
     """Only changes to objects changed since are refused: ana moves #0, which bo relabelled meanwhile."""
     *_, photo_id = inspect(app, PHOTOS[1])

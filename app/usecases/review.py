@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from app.usecases.canvas import CanvasObject, canvas_scale, diff, waiting
+from app.usecases.canvas import CanvasObject, canvas_scale, diff, parse_label, waiting
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from core.types import Status
@@ -113,12 +113,16 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     findings = store.photo_findings(photo_id)
     revisions = {f.finding_id: f.state.revision for f in findings}
     seen_at = {int(k): int(v) for k, v in (seen or {}).items()}
-    changes = diff(_as_seen(store, findings, seen_at), boxes, store.taxonomy, photo.width, photo.height,
-                   canvas_scale(photo.width, photo.height))
+    as_seen = _as_seen(store, findings, seen_at)
+    changes = diff(as_seen, boxes, store.taxonomy, photo.width, photo.height, canvas_scale(photo.width, photo.height))
     if not changes:
         return Saved((), waiting(boxes))
     others = photo_changes(store, findings, seen_at)
-    stale = [c.finding_id for c in changes if c.finding_id is not None and revisions[c.finding_id] != seen_at.get(c.finding_id)]
+    shown = {o.index for o in as_seen}
+    stale = (any(c.finding_id is not None and revisions[c.finding_id] != seen_at.get(c.finding_id) for c in changes)
+             # A box labelled "#k" for an object the reviewer was not shown (``seen`` missing or older
+             # than the canvas) would otherwise be saved as a new object: a duplicate of one that exists.
+             or any(k is not None and k not in shown for k in (parse_label(b.get("label"))[0] for b in boxes or [] if isinstance(b, dict))))
     if stale and waiting(boxes):
         # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
         # the dialog on whichever box takes that place in the reloaded list, and the class the

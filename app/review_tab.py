@@ -117,9 +117,8 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                 # would move the photo under the reviewer's mouse in the middle of a drag.
                 header = gr.Markdown(elem_id="sw-header")
                 status = gr.Markdown(elem_id="sw-status")
-                select = gr.Radio(label="Object", choices=[], elem_id="sw-select")
-                detail = gr.Markdown(elem_id="sw-detail")
-                classes = gr.Radio(label="Class (keys 1–9)", choices=[], elem_id="sw-class")
+                # The actions sit right under the status line, so what a press said is read where it
+                # was pressed, and Photo done is in view without scrolling past a long object list.
                 with gr.Row():
                     accept = gr.Button("Accept (a)", variant="primary", elem_id="sw-accept")
                     accept_all = gr.Button("Accept all pending (Shift+A)", elem_id="sw-accept-all")
@@ -128,6 +127,9 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                     delete = gr.Button("Delete object", variant="stop", elem_id="sw-delete")
                     undo = gr.Button("Undo (Ctrl+Z)", elem_id="sw-undo")
                     done = gr.Button("Photo done ✓", elem_id="sw-done")
+                select = gr.Radio(label="Object", choices=[], elem_id="sw-select")
+                detail = gr.Markdown(elem_id="sw-detail")
+                classes = gr.Radio(label="Class (keys 1–9)", choices=[], elem_id="sw-class")
                 revision = gr.Number(visible=False, precision=0, elem_id="sw-revision")
                 with gr.Accordion("Change the type", open=False):
                     with gr.Row():

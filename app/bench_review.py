@@ -159,7 +159,7 @@ def bench_review(cfg: ReviewBenchConfig) -> dict:
         left = sum(f.state.status == "pending" for f in store.photo_findings(photo_id))
         if left:
             bulk_accepted += left
-            view = dict(zip(view_keys, timed("accept_all", r.accept_all, photo_id, who)[1:]))
+            view = dict(zip(view_keys, timed("accept_all", r.accept_all, photo_id, view["seen"], who)[1:]))
         timed("photo_done", r.photo_done, photo_id, who)
         view = dict(zip(view_keys, timed("next_photo", r.next_in_queue, photo_id)))
     every = np.concatenate([np.asarray(v) for v in times.values()])

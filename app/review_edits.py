@@ -38,7 +38,7 @@ class ReviewEdits:
             return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {self._changed_since(exc.current)}. The photo has "
                                                                     "been reloaded; check it and try again."), draft)
         except review.StalePhoto as exc:
-            return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
+            return self._keep_draft(self._after(photo_id, exc.touched if exc.touched is not None else chosen(), f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
                                                                     "try again."), draft)
         except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
             return self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
@@ -107,21 +107,27 @@ class ReviewEdits:
         # Saved: the next pending object is selected; refused: the same one stays, so the reviewer sees nothing was saved.
         return self._edit(photo_id, finding_id, work, request, advance=True)
 
-    def accept_likely_right(self, photo_id, request: gr.Request):
+    def accept_likely_right(self, photo_id, seen, request: gr.Request):
         def work(user):
             band = self.likely_right(self.store.photo_findings(int(photo_id)))
             if not band:
                 return "Nothing saved: no pending object on this photo is in the likely-right band."
-            return f"Saved: accepted {len(review.accept_some(self.store, int(photo_id), user, band))} likely-right object(s)."
+            return self._accepted(review.accept_some(self.store, int(photo_id), user, band, seen or {}), "likely-right object(s)")
 
         return self._edit(photo_id, None, work, request)
 
-    def accept_all(self, photo_id, request: gr.Request):
-        def work(user):
-            accepted = review.accept_all(self.store, int(photo_id), user)
-            return f"Saved: accepted {len(accepted)} object(s)." if accepted else "Nothing saved: no object on this photo is pending."
+    def accept_all(self, photo_id, seen, request: gr.Request):
+        return self._edit(photo_id, None, lambda user: self._accepted(review.accept_all(self.store, int(photo_id), user, seen or {})),
+                          request)
 
-        return self._edit(photo_id, None, work, request)
+    @staticmethod
+    def _accepted(done: review.Accepted, what: str = "object(s)") -> str:
+        """The status line of a bulk accept: how many, and what others changed that was left for a look."""
+        others = f" Changed by others since you loaded the photo, so not accepted unseen (check them): {'; '.join(done.others)}." \
+            if done.others else ""
+        if not done.states:
+            return ("Nothing saved." + others) if others else "Nothing saved: no object on this photo is pending."
+        return f"Saved: accepted {len(done.states)} {what}." + others
 
     def delete(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
@@ -148,8 +154,10 @@ class ReviewEdits:
             try:
                 states = review.undo(self.store, int(photo_id), user)
             except StaleEdit as exc:  # retrying cannot help: the other reviewer's change stands until they undo it
-                return (f"⚠ Not undone: {self._changed_since(exc.current)}. Your last action on this photo can no longer be "
-                        "undone; change the object directly instead.")
+                # (Every later Ctrl+Z says the same: undoing an older action past this one would
+                # leave the reviewer unsure which of hers still stand.)
+                return (f"⚠ Not undone: {self._changed_since(exc.current, 'your last action on it')}. That action can no longer "
+                        "be undone; change the object directly instead.")
             if not states:
                 return "Nothing of yours to undo on this photo."
             undone.append(states[-1].finding_id)
@@ -186,15 +194,15 @@ class ReviewEdits:
                    "nothing)" if action == "note" else "") if pending else ""
         return f"Saved: #{self._index(state.finding_id)} {said}{decided}."
 
-    def _changed_since(self, now) -> str:
-        """What another reviewer did to an object since it was loaded, from its latest correction."""
+    def _changed_since(self, now, since: str = "you loaded it") -> str:
+        """What another reviewer did to an object ``since`` ..., from its latest correction."""
         last = self.store.history(now.finding_id)[-1:]
-        what = f"{last[0].reviewer} {review.BY_OTHERS.get(last[0].action, last[0].action)}" if last else "it was edited"
+        what = review.by_other(last[0], now) if last else f"it was edited (now {now.class_name or now.object_type})"
         if last and last[0].action in ("edit_rationale", "note"):  # their words, so the reviewer sees what a save would replace
             field = "rationale" if last[0].action == "edit_rationale" else "note"
             text = (getattr(now, field) or "").strip()
             what += f": “{text[:120]}{'…' if len(text) > 120 else ''}”"
-        return f"#{self._index(now.finding_id)} changed since you loaded it: {what} (now {now.class_name})"
+        return f"#{self._index(now.finding_id)} changed since {since}: {what}"
 
     def _keep_draft(self, out: tuple, draft: tuple[str, str] | None) -> tuple:
         """A stale edit reloads the panel; the reviewer's unsaved text (``draft``: the panel field

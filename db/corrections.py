@@ -138,15 +138,21 @@ class Corrections:
         after["status"] = Status.REVIEWED.value
         return after
 
-    def accept_pending(self, photo_id: int, reviewer: str, finding_ids: set[int] | None = None) -> list[FindingState]:
+    def accept_pending(self, photo_id: int, reviewer: str, finding_ids: set[int] | None = None,
+                       seen: dict[int, int] | None = None) -> list[FindingState]:
         """Accept the photo's pending objects (those among ``finding_ids``; None: all) in one
         transaction: one ``accept`` correction each, all in one batch, so that one undo takes the
-        whole action back ("Accept all" by mistake on 12 objects used to take 12 undos)."""
+        whole action back ("Accept all" by mistake on 12 objects used to take 12 undos).
+
+        With ``seen`` ({finding id: revision the reviewer was shown}) only objects still at that
+        revision are accepted: one another reviewer moved or drew since is not accepted unseen.
+        (Checked inside the write transaction, so nothing can change between check and write.)"""
         photo_id = check_id(photo_id, "photo")
         with self.write() as conn:
             rows = conn.execute("SELECT s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id "
                                 "WHERE f.photo_id = ? AND s.status = ? ORDER BY s.finding_id", (photo_id, Status.PENDING.value)).fetchall()
-            chosen = [FindingState.from_row(r) for r in rows if finding_ids is None or r["finding_id"] in finding_ids]
+            chosen = [FindingState.from_row(r) for r in rows if (finding_ids is None or r["finding_id"] in finding_ids)
+                      and (seen is None or seen.get(r["finding_id"]) == r["revision"])]
             if not chosen:
                 return []
             batch = conn.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM corrections").fetchone()[0]

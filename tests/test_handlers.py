@@ -16,6 +16,7 @@ from app.models import ModelHost  # noqa: E402
 from app.review_handlers import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
 from app.usecases.canvas import canvas_scale  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
+from core.types import Box  # noqa: E402
 
 ANA, BO = SimpleNamespace(username="ana"), SimpleNamespace(username="bo")
 PHOTOS = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))
@@ -30,6 +31,11 @@ class NoProgress:
 def view(out, offset=0) -> dict:
     """A handler's view tuple by component name (``offset`` 1 skips a leading status line)."""
     return dict(zip(ReviewHandlers.VIEW + ReviewHandlers.PANEL, out[offset:]))
+
+
+def shown(r, photo_id) -> dict:
+    """``{finding id: revision}`` as the reviewer is shown the photo now (the view's ``seen``)."""
+    return view(r.open_photo(photo_id))["seen"]
 
 
 def inspect(app, *photos):
@@ -132,15 +138,33 @@ def test_the_panel_follows_the_object_a_canvas_edit_or_an_undo_touched(app):
 def test_an_undo_another_reviewer_overtook_says_so_and_that_retrying_cannot_help(app):
     *_, photo_id = inspect(app, PHOTOS[1])
     app.r.open_photo(photo_id)
-    assert app.r.accept_all(photo_id, ANA)[0].startswith("Saved: accepted")
-    assert app.r.accept_all(photo_id, ANA)[0] == "Nothing saved: no object on this photo is pending."
+    assert app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)[0].startswith("Saved: accepted")
+    assert app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)[0] == "Nothing saved: no object on this photo is pending."
     target = next(f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1)
     other = next(c.name for c in app.store.taxonomy.classes_for_type(target.state.object_type) if c.name != target.state.class_name)
     app.store.ensure_user("bo")
     app.store.correct(target.finding_id, target.state.revision, "bo", "relabel", class_name=other)
     out = app.r.undo(photo_id, ANA)
-    assert out[0].startswith(f"⚠ Not undone: #{target.index} changed since you loaded it: bo relabelled it")
+    assert out[0].startswith(f"⚠ Not undone: #{target.index} changed since your last action on it: bo relabelled it")
     assert "can no longer be undone" in out[0] and rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo'") == [(0,)]
+
+
+def test_accept_all_leaves_what_another_reviewer_changed_since_the_photo_was_loaded(app):
+    """Shift+A decides only what the reviewer was shown: a box bo moved after ana loaded the photo
+    stays pending for her to look at, and the status line says what bo did (no class: he moved it)."""
+    *_, photo_id = inspect(app, PHOTOS[2])
+    loaded = shown(app.r, photo_id)
+    target = app.store.photo_findings(photo_id)[1]
+    b = target.state.box
+    app.store.ensure_user("bo")
+    app.store.correct(target.finding_id, target.state.revision, "bo", "edit_box", box=Box(b.x1 + 5, b.y1, b.x2 + 5, b.y2))
+    out = app.r.accept_all(photo_id, loaded, ANA)
+    states = {f.finding_id: f.state.status for f in app.store.photo_findings(photo_id)}
+    assert states.pop(target.finding_id) == "pending" and set(states.values()) == {"reviewed"}
+    assert out[0] == (f"Saved: accepted {len(states)} object(s). Changed by others since you loaded the photo, so not accepted "
+                      f"unseen (check them): #{target.index}: bo moved its box.")
+    # Loaded again, it is shown as bo left it, and accepted.
+    assert app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)[0] == "Saved: accepted 1 object(s)."
 
 
 def test_class_keys_accept_accept_all_undo_and_photo_done(app):
@@ -171,7 +195,7 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     still = sorted(f.index for f in app.store.photo_findings(photo_id) if f.state.status == "pending")
     assert done_early[0].startswith(f"⚠ Not done yet: #{still[0]}") and "still pending" in done_early[0]
     assert len(rows(app.db, "SELECT id FROM photo_reviews")) == 0
-    out = app.r.accept_all(photo_id, ANA)
+    out = app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
     pending = [f for f in app.store.photo_findings(photo_id) if f.state.status == "pending"]
     assert out[0].startswith("Saved: accepted") and not pending
     accepted = len(rows(app.db, "SELECT id FROM corrections")) - n_before
@@ -181,7 +205,7 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     assert undone[0].startswith("Undone: your last action on #") and undone[0].count("#") == accepted
     assert rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo' AND reviewer = 'ana'") == [(accepted,)]
     assert sorted(f.state.status for f in app.store.photo_findings(photo_id)).count("pending") == accepted
-    app.r.accept_all(photo_id, ANA)
+    app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
     done = view(app.r.photo_done(photo_id, ANA), 1)
     assert "reviewed" in done["header"] and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("ana",)]
     again = app.r.photo_done(photo_id, ANA)
@@ -195,7 +219,7 @@ def test_next_photo_and_queue_by_photo(app):
     first = view(app.r.open_photo(ids[0]))
     assert view(app.r.next_photo(ids[0]))["photo"] != first["photo"]
     assert view(app.r.next_photo(view(app.r.next_photo(ids[0]))["photo"]))["photo"] == ids[0]  # wraps around
-    app.r.accept_all(ids[0], ANA)
+    app.r.accept_all(ids[0], shown(app.r, ids[0]), ANA)
     app.r.photo_done(ids[0], ANA)
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
     assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]
@@ -266,6 +290,7 @@ def test_a_canvas_change_to_an_object_another_reviewer_changed_is_refused(app):
     moved = [{**boxes[0], "xmin": boxes[0]["xmin"] + 9, "xmax": boxes[0]["xmax"] + 9}, *boxes[1:]]
     out = app.r.save_canvas(photo_id, {"boxes": moved}, v["seen"], ANA)
     assert out[0].startswith("⚠ Not saved: photo") and f"#0: bo relabelled it (now {other})" in out[0]
+    assert view(out, 1)["select"]["value"] == ids[0]  # the refused edit's object stays selected, to look at again
     assert rows(app.db, "SELECT reviewer, action FROM corrections") == [("bo", "relabel")]
     assert app.store.state(ids[0]).class_name == other
     # Moving #1, which nobody touched, from the same old view is saved, and bo's relabel of #0 stands.
@@ -283,9 +308,7 @@ def test_a_stale_rationale_save_keeps_the_draft_and_says_what_the_other_reviewer
     app.store.ensure_user("bo")
     app.store.correct(fid, 0, "bo", "edit_rationale", rationale="bo's reason")
     out = app.r.edit_rationale(photo_id, fid, 0, "ana's reason", ANA)
-    state = app.store.state(fid)
-    assert out[0].startswith(f"⚠ Not saved: #{app.r._index(fid)} changed since you loaded it: bo edited its rationale: “bo's reason” "
-                             f"(now {state.class_name})")
+    assert out[0].startswith(f"⚠ Not saved: #{app.r._index(fid)} changed since you loaded it: bo edited its rationale: “bo's reason”. ")
     assert out[0].endswith("Your rationale is still in its box: save it again to replace theirs.")
     assert view(out, 1)["rationale"]["value"] == "ana's reason"  # her draft, not bo's text
     assert app.store.state(fid).rationale == "bo's reason" and len(rows(app.db, "SELECT id FROM corrections")) == 1
@@ -377,13 +400,13 @@ def test_accept_likely_right_touches_only_the_band(app):
     v = view(r.open_photo(photo_id))
     assert sum("likely right" in label for label, _ in v["select"]["choices"]) == len(band) > 0
     assert sum(b["label"].endswith("likely right") for b in v["canvas"]["boxes"]) == len(band)  # marked on the canvas too
-    out = r.accept_likely_right(photo_id, ANA)
+    out = r.accept_likely_right(photo_id, shown(r, photo_id), ANA)
     assert out[0] == f"Saved: accepted {len(band)} likely-right object(s)."
     accepted = rows(app.db, "SELECT finding_id, reviewer FROM corrections WHERE action = 'accept'")
     assert sorted(fid for fid, _ in accepted) == sorted(band) and {who for _, who in accepted} == {"ana"}
     below = [f for f in app.store.photo_findings(photo_id) if f.finding_id not in band]
     assert all(f.state.status == "pending" for f in below)  # nothing below the band was touched
-    again = r.accept_likely_right(photo_id, ANA)  # the band is spent: said so, nothing written
+    again = r.accept_likely_right(photo_id, shown(r, photo_id), ANA)  # the band is spent: said so, nothing written
     assert again[0].startswith("Nothing saved") and len(rows(app.db, "SELECT 1 FROM corrections WHERE action = 'accept'")) == len(band)
 
 

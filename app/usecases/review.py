@@ -80,7 +80,12 @@ BY_OTHERS = {"accept": "accepted it", "relabel": "relabelled it", "retype": "cha
 
 
 class StalePhoto(SlopewatchError):
-    """The photo changed since the reviewer loaded it (another reviewer); nothing was written."""
+    """The photo changed since the reviewer loaded it (another reviewer); nothing was written.
+    ``touched``: the object the refused edit was on, to stay selected when the photo reloads."""
+
+    def __init__(self, message: str, touched: int | None = None):
+        super().__init__(message)
+        self.touched = touched
 
 
 def photo_changes(store: Store, findings: list[StoredFinding], seen: dict) -> list[str]:
@@ -93,10 +98,17 @@ def photo_changes(store: Store, findings: list[StoredFinding], seen: dict) -> li
             if s.status is not Status.DELETED:
                 out.append(f"#{f.index} added by {s.updated_by or 'the model'}")
         elif s.revision != revisions[f.finding_id]:
-            last = store.history(f.finding_id)[-1]
-            did = BY_OTHERS.get(last.action, last.action)
-            out.append(f"#{f.index}: {last.reviewer} {did}" + ("" if s.status is Status.DELETED else f" (now {s.class_name})"))
+            out.append(f"#{f.index}: {by_other(store.history(f.finding_id)[-1], s)}")
     return out
+
+
+def by_other(last, now: FindingState) -> str:
+    """What another reviewer's ``last`` correction did, e.g. "bo relabelled it (now blocked)".
+    The class is named only where the action can change it: "moved its box (now blocked)" would
+    read as a relabel."""
+    did = f"{last.reviewer} {BY_OTHERS.get(last.action, last.action)}"
+    relabels = last.action in ("relabel", "retype", "undo", "repair") and now.status is not Status.DELETED
+    return did + (f" (now {now.class_name or now.object_type})" if relabels else "")
 
 
 def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, reviewer: str) -> Saved:
@@ -129,7 +141,8 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         # reviewer picks next would relabel that object. Refused once the class is chosen instead.
         return Saved((), waiting(boxes))
     if stale:
-        raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(others)}")
+        touched = next((c.finding_id for c in changes if c.finding_id is not None), None)
+        raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(others)}", touched)
     index = {f.finding_id: f.index for f in findings}
     store.ensure_user(reviewer)
     lines = []
@@ -190,16 +203,29 @@ def canvas_image(photo, scale: int) -> str:
     return str(path)
 
 
-def accept_all(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:
+@dataclass(frozen=True)
+class Accepted:
+    """What one bulk accept wrote, and what it left because others changed it since it was shown."""
+
+    states: tuple[FindingState, ...]
+    others: tuple[str, ...] = ()  # "#2: ana moved its box": changed since loaded, not accepted unseen
+
+
+def accept_all(store: Store, photo_id: int, reviewer: str, seen: dict | None = None) -> Accepted:
     """Accept every pending object of the photo: one ``accept`` correction each."""
-    return accept_some(store, photo_id, reviewer, None)
+    return accept_some(store, photo_id, reviewer, None, seen)
 
 
-def accept_some(store: Store, photo_id: int, reviewer: str, finding_ids: set[int] | None) -> list[FindingState]:
+def accept_some(store: Store, photo_id: int, reviewer: str, finding_ids: set[int] | None, seen: dict | None = None) -> Accepted:
     """Accept the photo's pending objects among ``finding_ids`` (None: all): one ``accept``
-    correction each, written together and undone together."""
+    correction each, written together and undone together. With ``seen`` (``{finding id:
+    revision}`` as the reviewer was shown the photo), only objects unchanged since are accepted:
+    "Accept all" must not decide a box another reviewer moved or drew that this one never saw."""
     store.ensure_user(reviewer)
-    return store.accept_pending(photo_id, reviewer, finding_ids)
+    seen_at = None if seen is None else {int(k): int(v) for k, v in seen.items()}
+    # Read before the write, which would otherwise list this very accept as a change since loading.
+    others = () if seen_at is None else tuple(photo_changes(store, store.photo_findings(photo_id), seen_at))
+    return Accepted(tuple(store.accept_pending(photo_id, reviewer, finding_ids, seen_at)), others)
 
 
 def undo(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:

@@ -82,7 +82,8 @@ def test_unsaveable_edits_are_refused(boxes, message):
                                            ("#12   slope drain blocked ", (12, "slope drain blocked")), ("", (None, "")),
                                            (None, (None, "")), ("#x rock toe", (None, "#x rock toe")),
                                            ("#4 rock toe damaged · likely right", (4, "rock toe damaged")),
-                                           ("rock toe · likely right", (None, "rock toe"))])
+                                           ("rock toe · likely right", (None, "rock toe")), ("#2 rock toe ✓", (2, "rock toe")),
+                                           ("#2 slope drain blocked ✓", (2, "slope drain blocked"))])
 def test_parse_label(label, parsed):
     assert parse_label(label) == parsed
 

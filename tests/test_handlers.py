@@ -208,6 +208,11 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
     done = view(app.r.photo_done(photo_id, ANA), 1)
     assert "reviewed" in done["header"] and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("ana",)]
+    # The canvas marks decided boxes as the object list does, and the mark is no class change.
+    assert all(b["label"].endswith(" ✓") for b in done["canvas"]["boxes"])
+    n = len(rows(app.db, "SELECT id FROM corrections"))
+    assert not isinstance(app.r.save_canvas(photo_id, done["canvas"], done["seen"], ANA)[0], str)  # no line: nothing to say
+    assert len(rows(app.db, "SELECT id FROM corrections")) == n
     again = app.r.photo_done(photo_id, ANA)
     assert again[0].startswith("Nothing saved: this photo is already done") and rows(app.db, "SELECT count(*) FROM photo_reviews") == [(1,)]
 

@@ -25,9 +25,11 @@ CHOOSE = "(choose a class)"
 # The canvas rounds coordinates to whole pixels, so a box is "moved" only past this many pixels.
 MOVE_TOLERANCE_PX = 1.0
 SAME_OBJECT_IOU = 0.5
-# Appended to the label of an object in the "likely right" band, so the canvas marks it too;
-# parse_label drops it, so it never reads as part of a class name.
+# Appended to the label of an object in the "likely right" band, and of one a reviewer decided,
+# so the canvas shows what is left to look at as the object list does; parse_label drops them,
+# so a mark never reads as part of a class name.
 LIKELY_MARK = "· likely right"
+DECIDED_MARK = "✓"
 
 
 class CanvasError(ValueError):
@@ -43,10 +45,12 @@ class CanvasObject:
     box: Box
     class_name: str
     likely_right: bool = False
+    decided: bool = False  # reviewed: marked ✓ on the canvas
 
     @property
     def label(self) -> str:
-        return f"#{self.index} {self.class_name}" + (f" {LIKELY_MARK}" if self.likely_right else "")
+        return f"#{self.index} {self.class_name}" + (f" {DECIDED_MARK}" if self.decided else "") + (
+            f" {LIKELY_MARK}" if self.likely_right else "")
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,11 @@ def clamp_box(raw: dict, width: int, height: int, scale: int = 1) -> Box:
 
 
 def parse_label(label: str | None) -> tuple[int | None, str]:
-    """``"#3 Toe drain"`` (or ``"#3 Toe drain · likely right"``) -> ``(3, "Toe drain")``; a bare class name -> ``(None, name)``."""
+    """``"#3 Toe drain"`` (or ``"#3 Toe drain ✓"``, ``"#3 Toe drain · likely right"``) -> ``(3, "Toe drain")``;
+    a bare class name -> ``(None, name)``."""
     text = (label or "").strip()
-    text = text[: -len(LIKELY_MARK)].strip() if text.endswith(LIKELY_MARK) else text
+    for mark in (LIKELY_MARK, DECIDED_MARK):
+        text = text[: -len(mark)].strip() if text.endswith(mark) else text
     m = LABEL.match(text)
     return (int(m.group(1)), m.group(2).strip()) if m else (None, text)
 

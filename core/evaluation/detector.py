@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import load_dataset
+from core.evaluation.label_sheet import label_sheet
 from core.paths import data_dir
 from core.stage1.detector import Detector, DetectorConfig
 from core.taxonomy import load_taxonomy
@@ -26,6 +27,9 @@ class DetectorEvalConfig:
         taxonomy: taxonomy TOML (default: the shipped drainage taxonomy).
         runtime: ``auto``, ``torch`` or ``onnx`` (ONNX Runtime on the exported checkpoint).
         augment: score with test-time augmentation (flips and scales; torch runtime).
+        sheet: also draw a contact sheet PNG of ``sheet_type``'s labels against the detector's
+            boxes on the split (how the type is boxed, and where labels and detections disagree).
+        sheet_type: the object type the sheet draws.
     """
 
     data_yaml: Path
@@ -37,6 +41,8 @@ class DetectorEvalConfig:
     taxonomy: Path | None = None
     runtime: str = "auto"
     augment: bool = False
+    sheet: Path | None = None
+    sheet_type: str = "vegetation"
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "valid", "test"):
@@ -53,8 +59,13 @@ def evaluate_detector(cfg: DetectorEvalConfig) -> dict:
     ds = load_dataset(cfg.data_yaml, taxonomy)
     detector = Detector(DetectorConfig(weights=cfg.weights, imgsz=cfg.imgsz, device=cfg.device, runtime=cfg.runtime,
                                        augment=cfg.augment), taxonomy)
+    if cfg.sheet is not None and cfg.sheet_type not in taxonomy.type_names:
+        raise ValueError(f"sheet_type: expected one of {taxonomy.type_names}, found {cfg.sheet_type!r}")
     with tempfile.TemporaryDirectory(prefix="eval-", dir=data_dir()) as tmp:
-        return _score(cfg, ds, detector, Path(tmp))
+        result = _score(cfg, ds, detector, Path(tmp))
+    if cfg.sheet is not None:
+        result["sheet"] = label_sheet(detector, ds.samples(cfg.split), cfg.sheet_type, Path(cfg.sheet)).to_json()
+    return result
 
 
 def _score(cfg: DetectorEvalConfig, ds, detector: Detector, work: Path) -> dict:

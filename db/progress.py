@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime
 
-from core.attribution import STAGE1
+from core.attribution import STAGE1, Kind
 from core.types import Status
 from db.checks import NotFound, check_id
 from db.rows import PhotoProgress, PhotoQueueRow, ReviewerActivity, StoredFinding, TrainingRun
 from db.sql import FINDINGS_SQL, RETRACTED_ADD_SQL, STATUS, UNDONE_SQL, progress_sql
+
+# The Dashboard's "model" for corrections that indict none (a change to a reviewer's decision, a note, a repair).
+NO_MODEL = "no model (reviewers' own changes)"
 
 
 def iso_week(day: str) -> str:
@@ -118,18 +121,21 @@ class Progress:
         """Corrections that stand (not undone, not undos) by kind (what they indict) after ``since``:
         in all, per model version, per ISO week."""
         # A box correction indicts the detector run that produced the photo's boxes (for a drawn
-        # box, the photo's latest run: the detector that missed it); other kinds the stage-2 model.
+        # box, the photo's latest run: the detector that missed it); a reviewer's change to another
+        # reviewer's decision, a note or a repair indicts no model; other kinds the stage-2 model.
         stage1 = sorted(k.value for k in STAGE1)
+        no_model = sorted(k.value for k in (Kind.REVISION, Kind.NOTE, Kind.REPAIR))
         rows = self._rows(
-            "SELECT c.kind, COALESCE(CASE WHEN c.kind IN (" + ",".join("?" * len(stage1)) + ") THEN COALESCE(r.detector_version, "
+            "SELECT c.kind, CASE WHEN c.kind IN (" + ",".join("?" * len(no_model)) + ") THEN ? ELSE "
+            "COALESCE(CASE WHEN c.kind IN (" + ",".join("?" * len(stage1)) + ") THEN COALESCE(r.detector_version, "
             "(SELECT lr.detector_version FROM inference_runs lr WHERE lr.photo_id = f.photo_id ORDER BY lr.id DESC LIMIT 1)) "
-            "ELSE c.model_version END, 'drawn by a reviewer') AS model, "
+            "ELSE c.model_version END, 'drawn by a reviewer') END AS model, "
             "date(c.created_at, 'unixepoch') AS day, count(*) AS n "
             "FROM corrections c JOIN findings f ON f.id = c.finding_id LEFT JOIN inference_runs r ON r.id = f.run_id "
             # Only corrections that stand: an undone one indicts nothing, an undo is no model's error,
             # and a box drawn and then deleted again was no miss.
             f"WHERE c.created_at > ? AND c.action != 'undo' AND NOT {UNDONE_SQL} AND NOT {RETRACTED_ADD_SQL} "
-            "GROUP BY c.kind, model, day", (*stage1, since))
+            "GROUP BY c.kind, model, day", (*no_model, NO_MODEL, *stage1, since))
         out: dict = {"total": {}, "by_model": {}, "by_week": {}}
         for r in rows:
             for key, group in (("total", None), ("by_model", r["model"]), ("by_week", iso_week(r["day"]))):

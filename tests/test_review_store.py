@@ -9,6 +9,7 @@ from core.types import Box, Detection, Finding
 from db import migrations
 from db.checks import AlreadyDecided, AlreadyDone, InvalidEdit, StaleEdit
 from db.migrations import MIGRATIONS, applied_versions, migrate
+from db.progress import NO_MODEL
 from db.store import Store
 
 BOOKKEEPING = ("revision", "updated_at", "updated_by")
@@ -544,6 +545,8 @@ def test_migration_11_rekinds_changes_to_a_reviewers_decision(env):
     assert written == [("relabel", "condition_error"), ("relabel", "revision"),
                        ("edit_box", "localisation"), ("edit_box", "revision"), ("accept", "accept")]
     assert store.correction_kinds()["total"] == {"condition_error": 1, "localisation": 1, "revision": 2, "accept": 1}
+    # A change to a reviewer's decision is no model's error: the Dashboard files it under no model.
+    assert store.correction_kinds()["by_model"][NO_MODEL] == {"revision": 2}
     # As the store wrote them before migration 11, then migrated.
     conn = sqlite3.connect(store.path, isolation_level=None)
     conn.execute("UPDATE corrections SET kind = CASE action WHEN 'relabel' THEN 'condition_error' ELSE 'localisation' END "

@@ -38,8 +38,9 @@ class ReviewEdits:
             return self._keep_draft(self._after(photo_id, chosen(), f"⚠ Not saved: {self._changed_since(exc.current)}. The photo has "
                                                                     "been reloaded; check it and try again."), draft)
         except review.StalePhoto as exc:
-            return self._keep_draft(self._after(photo_id, exc.touched if exc.touched is not None else chosen(), f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
-                                                                    "try again."), draft)
+            keep = exc.touched if exc.touched is not None else chosen()  # the refused edit's object: the one to look at again
+            return self._keep_draft(self._after(photo_id, keep, f"⚠ Not saved: {exc}. The photo has been reloaded; check it and "
+                                                                "try again."), draft)
         except CanvasError as exc:  # the canvas shows an edit that was not saved: redraw it as stored
             return self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
         except (InvalidEdit, ValueError) as exc:

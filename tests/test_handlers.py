@@ -313,7 +313,8 @@ def test_a_stale_rationale_save_keeps_the_draft_and_says_what_the_other_reviewer
     app.store.ensure_user("bo")
     app.store.correct(fid, 0, "bo", "edit_rationale", rationale="bo's reason")
     out = app.r.edit_rationale(photo_id, fid, 0, "ana's reason", ANA)
-    assert out[0].startswith(f"⚠ Not saved: #{app.r._index(fid)} changed since you loaded it: bo edited its rationale: “bo's reason”. ")
+    k = app.r._index(fid)
+    assert out[0].startswith(f"⚠ Not saved: #{k} changed since you loaded it: bo edited its rationale: “bo's reason”. ")
     assert out[0].endswith("Your rationale is still in its box: save it again to replace theirs.")
     assert view(out, 1)["rationale"]["value"] == "ana's reason"  # her draft, not bo's text
     assert app.store.state(fid).rationale == "bo's reason" and len(rows(app.db, "SELECT id FROM corrections")) == 1

@@ -110,10 +110,12 @@ class ReviewEdits:
 
     def accept_likely_right(self, photo_id, seen, request: gr.Request):
         def work(user):
-            band = self.likely_right(self.store.photo_findings(int(photo_id)))
-            if not band:
+            # The band as the reviewer was shown it: one another reviewer moved out of it since is
+            # named ("#0: bo moved its box"), not silently dropped.
+            done = review.accept_some(self.store, int(photo_id), user, self.likely_right, seen or {})
+            if not done.states and not done.left:
                 return "Nothing saved: no pending object on this photo is in the likely-right band."
-            return self._accepted(review.accept_some(self.store, int(photo_id), user, band, seen or {}), "likely-right object(s)")
+            return self._accepted(done, "likely-right object(s)")
 
         return self._edit(photo_id, None, work, request)
 
@@ -124,8 +126,8 @@ class ReviewEdits:
     @staticmethod
     def _accepted(done: review.Accepted, what: str = "object(s)") -> str:
         """The status line of a bulk accept: how many, and what others changed that was left for a look."""
-        others = f" Changed by others since you loaded the photo, so not accepted unseen (check them): {'; '.join(done.others)}." \
-            if done.others else ""
+        others = f" Changed by others since you loaded the photo, so not accepted unseen (check them): {'; '.join(done.left)}." \
+            if done.left else ""
         if not done.states:
             return ("Nothing saved." + others) if others else "Nothing saved: no object on this photo is pending."
         return f"Saved: accepted {len(done.states)} {what}." + others
@@ -155,6 +157,7 @@ class ReviewEdits:
             try:
                 states = review.undo(self.store, int(photo_id), user)
             except StaleEdit as exc:  # retrying cannot help: the other reviewer's change stands until they undo it
+                undone.append(exc.current.finding_id)  # the object the refusal is about stays selected
                 # (Every later Ctrl+Z says the same: undoing an older action past this one would
                 # leave the reviewer unsure which of hers still stand.)
                 return (f"⚠ Not undone: {self._changed_since(exc.current, 'your last action on it')}. That action can no longer "

@@ -140,13 +140,16 @@ def test_an_undo_another_reviewer_overtook_says_so_and_that_retrying_cannot_help
     app.r.open_photo(photo_id)
     assert app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)[0].startswith("Saved: accepted")
     assert app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)[0] == "Nothing saved: no object on this photo is pending."
-    target = next(f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1)
+    # Not #0: the view's default selection, which would pass for "kept selected" by chance.
+    target = [f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1][-1]
+    assert target.index > 0
     other = next(c.name for c in app.store.taxonomy.classes_for_type(target.state.object_type) if c.name != target.state.class_name)
     app.store.ensure_user("bo")
     app.store.correct(target.finding_id, target.state.revision, "bo", "relabel", class_name=other)
     out = app.r.undo(photo_id, ANA)
     assert out[0].startswith(f"⚠ Not undone: #{target.index} changed since your last action on it: bo relabelled it")
     assert "can no longer be undone" in out[0] and rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo'") == [(0,)]
+    assert view(out, 1)["select"]["value"] == target.finding_id  # the object the refusal is about stays selected
 
 
 def test_accept_all_leaves_what_another_reviewer_changed_since_the_photo_was_loaded(app):
@@ -415,6 +418,36 @@ def test_accept_likely_right_touches_only_the_band(app):
     again = r.accept_likely_right(photo_id, shown(r, photo_id), ANA)  # the band is spent: said so, nothing written
     assert again[0].startswith("Nothing saved") and len(rows(app.db, "SELECT 1 FROM corrections WHERE action = 'accept'")) == len(band)
 
+
+
+def test_a_stale_accept_likely_right_names_what_left_the_band_as_shown_and_nothing_else(app):
+    """L decides the band as the reviewer was shown it: a band object bo moved out of it since is
+    named, not silently dropped; an object outside the band that bo nudged is not mentioned."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    pending = [f for f in app.store.photo_findings(photo_id) if len(f.probabilities or {}) > 1]
+    threshold = min(f.confidence for f in pending)  # all in the band that the detector is sure of
+    served = SimpleNamespace(classifier=SimpleNamespace(backend=SimpleNamespace(calibration=SimpleNamespace(likely_right=threshold))))
+    r = ReviewHandlers(app.store, ModelHost.ready(served))
+    loaded = shown(r, photo_id)
+    band = sorted(r.likely_right(app.store.photo_findings(photo_id)))
+    outside = next(f for f in app.store.photo_findings(photo_id) if f.finding_id not in band and f.state.status == "pending")
+    assert len(band) >= 2
+    moved = next(f for f in app.store.photo_findings(photo_id) if f.finding_id == band[0])
+    app.store.ensure_user("bo")
+    for f, dx in ((moved, moved.state.box.x2 - moved.state.box.x1), (outside, 1.5)):  # out of the band; a nudge
+        b = f.state.box
+        app.store.correct(f.finding_id, f.state.revision, "bo", "edit_box", box=Box(b.x1 + dx, b.y1, b.x2 + dx, b.y2))
+    out = r.accept_likely_right(photo_id, loaded, ANA)
+    assert out[0] == (f"Saved: accepted {len(band) - 1} likely-right object(s). Changed by others since you loaded the photo, so not "
+                      f"accepted unseen (check them): #{moved.index}: bo moved its box.")
+    assert sorted(fid for (fid,) in rows(app.db, "SELECT finding_id FROM corrections WHERE action = 'accept'")) == band[1:]
+    # Pressed again before the reload: only the moved one is left in the band as shown (her own
+    # accepts are no news to her), so nothing to accept, and still said why; reloaded, the band is empty.
+    assert r.accept_likely_right(photo_id, shown(r, photo_id), ANA)[0] == "Nothing saved: no pending object on this photo is in the " \
+                                                                         "likely-right band."
+    again = r.accept_likely_right(photo_id, loaded, ANA)
+    assert again[0] == f"Nothing saved. Changed by others since you loaded the photo, so not accepted unseen (check them): #{moved.index}: " \
+                       "bo moved its box."
 
 
 def test_likely_right_leaves_boxes_the_detector_doubts_for_a_look(app, monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -172,19 +172,23 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
 
 
 def _as_seen(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[CanvasObject]:
-    """The live objects as the reviewer's canvas showed them: each at the revision seen (its state
+    """The live objects as the reviewer's canvas showed them (see :func:`seen_findings`)."""
+    return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type)
+            for f in seen_findings(store, findings, seen) if f.state.status is not Status.DELETED]
+
+
+def seen_findings(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[StoredFinding]:
+    """The photo's findings as the reviewer was shown them: each at the revision seen (its state
     before the next correction), objects added since left out."""
     shown = []
     for f in findings:
         if f.finding_id not in seen:
             continue
-        state = f.state
-        if state.revision != seen[f.finding_id]:
+        if f.state.revision != seen[f.finding_id]:
             later = [c for c in store.history(f.finding_id) if c.revision == seen[f.finding_id] + 1]
             # (A revision never stored is compared with the state now: a change to it is then stale.)
-            state = FindingState.from_row({**later[0].before, "finding_id": f.finding_id}) if later else state
-        if state.status is not Status.DELETED:
-            shown.append(CanvasObject(f.finding_id, f.index, state.box, state.class_name or state.object_type))
+            f = replace(f, state=FindingState.from_row({**later[0].before, "finding_id": f.finding_id})) if later else f
+        shown.append(f)
     return shown
 
 
@@ -209,24 +213,30 @@ class Accepted:
     """What one bulk accept wrote, and what it left because others changed it since it was shown."""
 
     states: tuple[FindingState, ...]
-    others: tuple[str, ...] = ()  # "#2: ana moved its box": changed since loaded, not accepted unseen
+    left: tuple[str, ...] = ()  # "#2: bo moved its box": shown as pending, changed since, so not accepted unseen
 
 
-def accept_all(store: Store, photo_id: int, reviewer: str, seen: dict | None = None) -> Accepted:
-    """Accept every pending object of the photo: one ``accept`` correction each."""
-    return accept_some(store, photo_id, reviewer, None, seen)
+def accept_all(store: Store, photo_id: int, reviewer: str, seen: dict) -> Accepted:
+    """Accept every pending object of the photo as the reviewer was shown it: one ``accept`` correction each."""
+    return accept_some(store, photo_id, reviewer, lambda shown: {f.finding_id for f in shown if f.state.status is Status.PENDING}, seen)
 
 
-def accept_some(store: Store, photo_id: int, reviewer: str, finding_ids: set[int] | None, seen: dict | None = None) -> Accepted:
-    """Accept the photo's pending objects among ``finding_ids`` (None: all): one ``accept``
-    correction each, written together and undone together. With ``seen`` (``{finding id:
-    revision}`` as the reviewer was shown the photo), only objects unchanged since are accepted:
-    "Accept all" must not decide a box another reviewer moved or drew that this one never saw."""
+def accept_some(store: Store, photo_id: int, reviewer: str, choose, seen: dict) -> Accepted:
+    """Accept the objects ``choose(findings as shown)`` picks among the photo as the reviewer was
+    shown it (``seen``: ``{finding id: revision}``): one ``accept`` correction each, written
+    together and undone together. Only those still pending at the revision shown are accepted:
+    "Accept all" must not decide a box another reviewer moved since, unseen; those are listed in
+    ``Accepted.left`` with what was done to them."""
     store.ensure_user(reviewer)
-    seen_at = None if seen is None else {int(k): int(v) for k, v in seen.items()}
-    # Read before the write, which would otherwise list this very accept as a change since loading.
-    others = () if seen_at is None else tuple(photo_changes(store, store.photo_findings(photo_id), seen_at))
-    return Accepted(tuple(store.accept_pending(photo_id, reviewer, finding_ids, seen_at)), others)
+    seen_at = {int(k): int(v) for k, v in (seen or {}).items()}
+    findings = store.photo_findings(photo_id)
+    chosen = choose(seen_findings(store, findings, seen_at))
+    last = {f.finding_id: store.history(f.finding_id)[-1] for f in findings if f.finding_id in chosen
+            and f.state.revision != seen_at[f.finding_id]}
+    # (The reviewer's own change since, e.g. in another tab, is no news to her: not listed.)
+    left = tuple(f"#{f.index}: {by_other(last[f.finding_id], f.state)}" for f in findings
+                 if f.finding_id in last and last[f.finding_id].reviewer != reviewer)
+    return Accepted(tuple(store.accept_pending(photo_id, reviewer, chosen, seen_at)), left)
 
 
 def undo(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:

@@ -446,8 +446,8 @@ def test_a_stale_accept_likely_right_names_what_left_the_band_as_shown_and_nothi
     assert r.accept_likely_right(photo_id, shown(r, photo_id), ANA)[0] == "Nothing saved: no pending object on this photo is in the " \
                                                                          "likely-right band."
     again = r.accept_likely_right(photo_id, loaded, ANA)
-    assert again[0] == f"Nothing saved. Changed by others since you loaded the photo, so not accepted unseen (check them): #{moved.index}: " \
-                       "bo moved its box."
+    assert again[0] == ("Nothing saved. Changed by others since you loaded the photo, so not accepted unseen (check them): "
+                        f"#{moved.index}: bo moved its box.")
 
 
 def test_likely_right_leaves_boxes_the_detector_doubts_for_a_look(app, monkeypatch):

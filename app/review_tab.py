@@ -25,6 +25,12 @@ REVIEW_KEYS_JS = """
 const swStyle = document.createElement('style');
 swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[aria-label^="Rotate"]{display:none !important}';
 document.head.appendChild(swStyle);
+// The canvas focuses itself on a click, and the browser then scrolls the whole canvas into view:
+// where it is taller than the window the photo jumped under the reviewer's mouse mid-drag.
+const swFocus = HTMLElement.prototype.focus;
+HTMLElement.prototype.focus = function (opts) {
+  return swFocus.call(this, this.closest && this.closest('#sw-canvas') ? {...(opts || {}), preventScroll: true} : opts);
+};
 // A click on a box in the canvas selects that object in the side panel too: the click's place on
 // the canvas goes to the server, which picks the box the canvas picks (see ReviewHandlers.pick_at).
 let swDown = null, swClicks = 0;

@@ -174,6 +174,15 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.keyboard.press("Delete")
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'delete' AND finding_id = ?", new_id)
             assert sql(db, "SELECT count(*) FROM corrections WHERE action = 'delete'") == [(1,)]
+            # In a window shorter than the canvas, a click on it does not scroll the page: the
+            # browser used to bring the focused canvas into view, moving the photo under the mouse.
+            page.set_viewport_size({"width": 1400, "height": 800})
+            page.locator("#sw-header").click()  # the canvas loses the focus, as after any work in the side panel
+            page.evaluate("window.scrollTo(0, 0)")
+            page.mouse.click(*screen(fx + 20, fy + 20))
+            page.wait_for_timeout(800)
+            assert page.evaluate("window.scrollY") == 0
+            page.set_viewport_size({"width": 1400, "height": 1500})
             page.screenshot(path=str(tmp_path / "review-canvas.png"))
 
             # Relabel with a number key: pick an object whose type has several classes.

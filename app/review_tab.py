@@ -113,7 +113,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                                          label_list=[CHOOSE, *tax.class_names],
                                          label_colors=["#7f7f7f", *(h.colors[tax.condition_key(c)] for c in tax.class_names)],
                                          box_min_size=4, boxes_alpha=0.12, sources=[], show_clear_button=False, show_download_button=False,
-                                         image_type="filepath", height="min(672px, calc(100vh - 280px))", elem_id="sw-canvas")
+                                         image_type="filepath", height=620, elem_id="sw-canvas")
                 gr.HTML("".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;' for k, c in sorted(h.colors.items()))
                         + "<br><small>Canvas: drag a box to move it, its handles to resize it; C draws a box (then pick its class) and D "
                           "goes back to moving; Delete removes the selected box, the wheel zooms, Space resets the view. Every "

@@ -87,27 +87,31 @@ def test_the_store_records_each_correction_s_kind_and_the_dashboard_counts_them(
     store = Store(tmp_path / "review.db")
     store.ensure_user("ana")
     photo, _ = store.add_photo("a" * 64, str(tmp_path / "a.png"), 312, 312, "a.jpg", "ana")
-    dets = [Detection(Box(10, 10, 110, 60), "slope_drain", 0.9), Detection(Box(150, 150, 250, 250), "rock_toe", 0.8)]
+    dets = [Detection(Box(10, 10, 110, 60), "slope_drain", 0.9), Detection(Box(150, 150, 250, 250), "rock_toe", 0.8),
+            Detection(Box(10, 150, 100, 300), "rock_toe", 0.7)]
     findings = [Finding(dets[0], "slope drain", {"slope drain": 0.7, "slope drain blocked": 0.2, "slope drain damaged": 0.1}, "", "probe", "v1"),
-                Finding(dets[1], "rock toe", {"rock toe": 0.6, "rock toe damaged": 0.4}, "", "probe", "v1")]
-    a, b = store.add_run(photo.id, findings, "det", "probe:v1", 0.1)
+                Finding(dets[1], "rock toe", {"rock toe": 0.6, "rock toe damaged": 0.4}, "", "probe", "v1"),
+                Finding(dets[2], "rock toe", {"rock toe": 0.6, "rock toe damaged": 0.4}, "", "probe", "v1")]
+    a, b, nudged = store.add_run(photo.id, findings, "det", "probe:v1", 0.1)
     store.correct(a, 0, "ana", "relabel", class_name="slope drain blocked")
     store.correct(a, 1, "ana", "edit_box", box=Box(10, 10, 200, 60))
+    store.correct(nudged, 0, "ana", "edit_box", box=Box(11, 150, 100, 300))  # within the IoU tolerance: the box was right
     store.correct(b, 0, "ana", "delete")
     store.add_missed(photo.id, "ana", Box(20, 200, 60, 240), "Toe drain")
-    kinds = [c.kind for f in (a, b) for c in store.history(f)]
-    assert kinds == ["condition_error", "localisation", "detector_false_positive"]
+    kinds = [c.kind for f in (a, b, nudged) for c in store.history(f)]
+    assert kinds == ["condition_error", "localisation", "detector_false_positive", "accept"]
     d = store.dashboard()["kinds"]
-    assert d["total"] == {"condition_error": 1, "localisation": 1, "detector_false_positive": 1, "detector_miss": 1}
+    assert d["total"] == {"condition_error": 1, "localisation": 1, "detector_false_positive": 1, "detector_miss": 1, "accept": 1}
     # Each kind counts against the model it indicts: box kinds against the detector run that made
-    # the photo's boxes (a drawn box: the one that missed it), condition kinds against stage 2.
+    # the photo's boxes (a drawn box: the one that missed it), condition kinds against stage 2; a
+    # nudged box confirms the detector's box, not the stage-2 class, which is still pending.
     assert d["by_model"]["probe:v1"] == {"condition_error": 1}
-    assert d["by_model"]["det"] == {"localisation": 1, "detector_false_positive": 1, "detector_miss": 1}
+    assert d["by_model"]["det"] == {"localisation": 1, "detector_false_positive": 1, "detector_miss": 1, "accept": 1}
     assert len(d["by_week"]) == 1
     # An undone correction no longer indicts anything, and the undo itself is no error of a model.
     store.undo_last(photo.id, "ana")  # the drawn box
     store.undo_last(photo.id, "ana")  # the delete
-    assert store.dashboard()["kinds"]["total"] == {"condition_error": 1, "localisation": 1}
+    assert store.dashboard()["kinds"]["total"] == {"condition_error": 1, "localisation": 1, "accept": 1}
 
 
 def test_a_box_drawn_moved_and_deleted_again_indicts_nothing(tmp_path):

@@ -28,7 +28,7 @@ class ReviewEdits:
     def _edit(self, photo_id, selected, work, request, draft: tuple[str, str] | None = None, advance: bool = False):
         """Run ``work(reviewer)`` (returns the status line) and answer with the view. ``selected``
         (or what it returns, called after the work: the object the work touched) stays selected,
-        except after a save with ``advance``: then the next pending object after it is."""
+        except after a save with ``advance``: then the next pending object after it is, if any."""
         if photo_id is None:
             return self._after(None, None, "Open a photo first.")
         chosen = selected if callable(selected) else lambda: selected
@@ -45,7 +45,8 @@ class ReviewEdits:
             return self._after(photo_id, chosen(), f"⚠ Not saved: {exc}. The photo has been redrawn as it is stored.")
         except (InvalidEdit, ValueError) as exc:
             return (f"⚠ Not saved: {exc}", *(gr.skip() for _ in self.VIEW + self.PANEL))
-        return self._after(photo_id, self._next_pending(int(photo_id), chosen()) if advance else chosen(), message)
+        nxt = self._next_pending(int(photo_id), chosen()) if advance else None
+        return self._after(photo_id, nxt if nxt is not None else chosen(), message)  # nothing pending: stay on it
 
     def _next_pending(self, photo_id: int, current) -> int | None:
         """The pending object after ``current`` in ``#k`` order, wrapping round (None: none pending),
@@ -103,6 +104,8 @@ class ReviewEdits:
             except AlreadyDecided:
                 # `a` right after the reviewer's own relabel means "done with it, next":
                 # nothing to write, so move on instead of recording the same decision twice.
+                if self._next_pending(int(photo_id), finding_id) is None:
+                    return f"#{self._index(finding_id)} is already decided by you, and nothing on this photo is pending."
                 return f"#{self._index(finding_id)} is already decided by you; next object selected."
 
         # Saved: the next pending object is selected; refused: the same one stays, so the reviewer sees nothing was saved.

@@ -78,6 +78,8 @@ class OverlayItem:
         label: class name (or type name before stage 2).
         color_key: condition key (or type name) choosing the colour.
         confidence: shown as a percentage when given.
+        of_box: the percentage is the detector's box score, not a class probability (a type with
+            one class, such as vegetation, has no class to doubt: its stage-2 "100%" said nothing).
         reviewed: a reviewer decided this object (drawn with a check mark).
         rationale: wrapped under the label when not empty.
     """
@@ -89,9 +91,11 @@ class OverlayItem:
     confidence: float | None = None
     reviewed: bool = False
     rationale: str = ""
+    of_box: bool = False
 
     def text(self) -> str:
-        head = f"#{self.index} {self.label}" + (f" {self.confidence:.0%}" if self.confidence is not None else "")
+        score = f" {'box ' if self.of_box else ''}{self.confidence:.0%}" if self.confidence is not None else ""
+        head = f"#{self.index} {self.label}{score}"
         return head + (" ✓" if self.reviewed else "") + (f"\n{self.rationale}" if self.rationale else "")
 
 

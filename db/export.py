@@ -125,8 +125,9 @@ def export(store: Store, out: Path, fmt: str = "yolo", include_unreviewed: bool 
         valid_percent: 0..100: the share of photos put in ``valid`` by content hash (``split_of``).
 
     Returns:
-        ``{"photos", "reviewed_photos", "unreviewed_photos", "objects", "splits": {"train", "valid"},
-        "format", "out"}``.
+        ``{"photos", "reviewed_photos", "unreviewed_photos", "left_out_not_done", "objects",
+        "splits": {"train", "valid"}, "format", "out"}`` (``left_out_not_done``: stored photos not
+        done yet, not written without ``include_unreviewed``).
 
     Raises:
         ExportError: a label that cannot be written, or a non-empty ``out``; nothing is written then.
@@ -140,7 +141,8 @@ def export(store: Store, out: Path, fmt: str = "yolo", include_unreviewed: bool 
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out}: expected a new or empty folder, found {sum(1 for _ in out.iterdir())} entries")
     tax = store.taxonomy
-    chosen = [(entry, done) for entry, done in store.labelled_photos() if done or include_unreviewed]
+    entries = store.labelled_photos()
+    chosen = [(entry, done) for entry, done in entries if done or include_unreviewed]
     names = _unique_names([entry.photo for entry, _ in chosen])
     # Every label is checked before the first file is written: a refused export leaves no half dataset.
     planned = [(entry, done, split_of(entry.photo.sha256, valid_percent), _labels(entry, tax.class_id)) for entry, done in chosen]
@@ -175,6 +177,7 @@ def export(store: Store, out: Path, fmt: str = "yolo", include_unreviewed: bool 
     (out / "manifest.json").write_text(json.dumps({"images": manifest}, indent=2))
     n_reviewed = sum(1 for _, done, _, _ in planned if done)
     return {"photos": len(planned), "reviewed_photos": n_reviewed, "unreviewed_photos": len(planned) - n_reviewed,
+            "left_out_not_done": len(entries) - len(planned),
             "objects": sum(len(labels) for *_, labels in planned), "splits": splits, "format": fmt, "out": str(out)}
 
 
@@ -204,4 +207,10 @@ class ExportConfig:
 
 
 def run_export(cfg: ExportConfig) -> dict:
-    return export(Store(cfg.db), cfg.out, cfg.format, cfg.include_unreviewed, cfg.valid_percent)
+    import sys
+
+    counts = export(Store(cfg.db), cfg.out, cfg.format, cfg.include_unreviewed, cfg.valid_percent)
+    if counts["left_out_not_done"]:
+        print(f"{counts['left_out_not_done']} stored photo(s) are not done yet and were left out: finish them in Review "
+              "(Photo done), or export them marked as unreviewed with --include-unreviewed.", file=sys.stderr)
+    return counts

@@ -143,3 +143,18 @@ def test_test_time_augmentation_runs_in_torch_and_is_refused_on_onnx(samples_yam
     assert detector.runtime == "torch"
     photo = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[0]
     assert detector.predict(photo)  # the real photo's objects, found with flips and scales merged
+
+
+def test_ultralytics_logs_to_stderr_so_commands_print_clean_json_on_stdout(tmp_path):
+    """A walk-through's find: the first `slopewatch inspect` printed ultralytics' settings and
+    ONNX-export lines ahead of its JSON report on stdout, which then did not parse."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from core.stage1.detector import ultralytics_module; ultralytics_module(); "
+            "from ultralytics.utils import LOGGER; LOGGER.info('a progress line')")
+    env = {**os.environ, "SLOPEWATCH_DATA_DIR": str(tmp_path)}  # a first run: ultralytics creates its settings file
+    env.pop("YOLO_CONFIG_DIR", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout == "" and "a progress line" in done.stderr and "Ultralytics Settings" in done.stderr

@@ -66,7 +66,7 @@ def _manifest(out):
 def test_default_export_writes_only_confirmed_photos(three, tmp_path):
     store, p = three
     counts = export(store, tmp_path / "out")
-    assert counts == {"photos": 1, "reviewed_photos": 1, "unreviewed_photos": 0, "objects": 3,
+    assert counts == {"photos": 1, "reviewed_photos": 1, "unreviewed_photos": 0, "left_out_not_done": 2, "objects": 3,
                       "splits": {"train": 1, "valid": 0}, "format": "yolo", "out": str(tmp_path / "out")}
     assert _manifest(tmp_path / "out") == {"done.png": {"file_name": "train/images/done.png", "split": "train", "sha256": p["done"].sha256,
                                                         "original_name": "done.png", "reviewed": True, "n_objects": 3}}
@@ -264,7 +264,7 @@ def test_empty_store_exports_an_empty_dataset(tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == {"images": []}
 
 
-def test_run_export_and_cli_options(three, tmp_path):
+def test_run_export_and_cli_options(three, tmp_path, capsys):
     from app.cli import main
 
     store, _ = three
@@ -272,5 +272,8 @@ def test_run_export_and_cli_options(three, tmp_path):
     assert (counts["photos"], counts["splits"]) == (3, {"train": 0, "valid": 3})
     assert main(["export", str(tmp_path / "b"), "--db", str(tmp_path / "r.db"), "--include-unreviewed", "--valid-percent", "100"]) == 0
     assert len(load_dataset(tmp_path / "b" / "data.yaml").samples("valid")) == 3
+    capsys.readouterr()
     assert main(["export", str(tmp_path / "c"), "--db", str(tmp_path / "r.db")]) == 0
     assert len(load_dataset(tmp_path / "c" / "data.yaml").samples("train")) == 1
+    # The photos not done are not silently missing: the CLI says how many and how to include them.
+    assert "2 stored photo(s) are not done yet and were left out" in capsys.readouterr().err

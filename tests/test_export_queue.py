@@ -91,11 +91,12 @@ def test_export_round_trip(store, tmp_path, fmt):
     store.correct(slope, 0, "ana", "relabel", class_name="slope drain blocked")
     store.correct(veg, 0, "ana", "delete")
     store.add_missed(rec.id, "ana", Box(0, 85, 100, 95), "Toe drain- Damaged")
-    assert export(store, tmp_path / "unconfirmed", fmt)["photos"] == 0  # reviewed objects, but not confirmed
+    unconfirmed = export(store, tmp_path / "unconfirmed", fmt)  # reviewed objects, but not confirmed
+    assert (unconfirmed["photos"], unconfirmed["left_out_not_done"]) == (0, 1)
     store.correct(rock, 0, "ana", "accept")
     store.confirm_photo(rec.id, "ana")
     counts = export(store, tmp_path / "out", fmt)
-    assert counts == {"photos": 1, "reviewed_photos": 1, "unreviewed_photos": 0, "objects": 3,
+    assert counts == {"photos": 1, "reviewed_photos": 1, "unreviewed_photos": 0, "left_out_not_done": 0, "objects": 3,
                       "splits": {"train": 1, "valid": 0}, "format": fmt, "out": str(tmp_path / "out")}
     if fmt == "coco":
         coco = json.loads((tmp_path / "out" / "annotations.json").read_text())

@@ -63,6 +63,7 @@ def test_folder_and_zip_resumable_with_bad_files_listed(pipeline, tmp_path):
     assert [p.original_name for p in store.photos()] == [p.name for p in PHOTOS[:3]] + [p.name for p in PHOTOS[3:5]]
     again = ingest_flight(pipeline, store, [folder, archive], "ana")  # a second run resumes: nothing new
     assert again.inspected == 0 and again.skipped == 6 and len(store.photos()) == 5
+    assert again.photos_per_s == 0 and report.photos_per_s == pytest.approx(5 / report.seconds)  # skipped photos are no speed
 
 
 def test_a_photo_without_detections_is_not_inspected_again(tmp_path):

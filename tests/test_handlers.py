@@ -2,6 +2,7 @@
 file: inspect, the per-photo Review workspace (canvas save, class keys, accept, accept all,
 undo, photo done, next photo), and the photo queue. Each asserts the correction rows written."""
 
+import zipfile
 from types import SimpleNamespace
 
 import gradio as gr
@@ -280,7 +281,10 @@ def test_a_canvas_save_without_what_was_seen_is_refused_not_saved_as_duplicates(
     for seen in ({}, None):
         out = app.r.save_canvas(photo_id, {"boxes": moved}, seen, ANA)
         assert out[0].startswith("⚠ Not saved: photo") and rows(app.db, "SELECT count(*) FROM corrections") == [(0,)]
-    assert len(app.store.photo_findings(photo_id)) == len(boxes)
+        # The canvas only reporting the photo just opened (its value reached the server before
+        # ``seen`` did: a photo opened from the Queue) is no edit: no warning, nothing written.
+        assert not isinstance(app.r.save_canvas(photo_id, {"boxes": boxes}, seen, ANA)[0], str)
+    assert len(app.store.photo_findings(photo_id)) == len(boxes) and rows(app.db, "SELECT count(*) FROM corrections") == [(0,)]
 
 
 def test_a_canvas_change_to_an_object_another_reviewer_changed_is_refused(app):
@@ -473,6 +477,10 @@ def test_accept_walks_on_to_the_next_pending_object_and_wraps_round(app):
     assert out[0] == "Saved: #1 accepted." and view(out, 1)["select"]["value"] == ids[2]
     out = app.r.accept(photo_id, ids[-1], 0, ANA)
     assert view(out, 1)["select"]["value"] == ids[0]  # nothing pending after the last: back to the first
+    # With nothing pending, `a` on a decided object says so rather than claim to move on.
+    app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
+    again = app.r.accept(photo_id, ids[1], app.store.state(ids[1]).revision, ANA)
+    assert again[0] == "#1 is already decided by you, and nothing on this photo is pending." and view(again, 1)["select"]["value"] == ids[1]
 
 
 def test_a_moved_box_leaves_the_likely_right_band(app):
@@ -621,3 +629,34 @@ def test_objects_reviewed_today_become_evidence_without_a_restart(app, probe_pip
     added = [s for s in evidencer.index.sources if s.startswith("review:")]
     assert len(evidencer.index) == shipped + len(drains) == shipped + len(added)
     assert not live.maybe_refresh()  # and nothing new since that rebuild
+
+
+def test_export_says_what_it_left_out(app):
+    """A walk-through's find: with nothing done, Export wrote an empty dataset and did not say why."""
+    *_, photo_id = inspect(app, PHOTOS[0])
+    zipped, message = app.h.export("yolo", False, 0)
+    assert message.startswith("Exported 0 reviewed photo(s), 0 object(s) as yolo")
+    assert message.endswith("1 photo(s) not done yet were left out (tick “include unreviewed” to export them marked).")
+    app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
+    app.r.photo_done(photo_id, ANA)
+    zipped, message = app.h.export("yolo", False, 0)
+    assert message.startswith("Exported 1 reviewed photo(s)") and "left out" not in message
+    with zipfile.ZipFile(zipped) as z:
+        assert any(n.startswith("train/labels/") for n in z.namelist())
+
+
+def test_a_one_class_object_shows_its_box_score_not_a_100_percent_class(app):
+    """A walk-through's find: vegetation read "100%" on the overlay however weak its box, because
+    a type with one class always gets probability 1; the detector's score is what can be doubted."""
+    from app.usecases.inspect import overlay_items
+
+    *_, photo_id = inspect(app, PHOTOS[1])
+    findings = app.store.photo_findings(photo_id)
+    texts = {f.finding_id: item.text() for f, item in zip(findings, overlay_items(app.store, findings))}
+    one = [f for f in findings if len(f.probabilities or {}) == 1]
+    several = [f for f in findings if len(f.probabilities or {}) > 1]
+    assert one and several
+    for f in one:
+        assert texts[f.finding_id] == f"#{f.index} {f.state.class_name} box {f.detector_confidence:.0%}"
+    for f in several:
+        assert texts[f.finding_id] == f"#{f.index} {f.state.class_name} {f.confidence:.0%}"

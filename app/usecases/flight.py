@@ -38,8 +38,9 @@ class FlightReport:
 
     @property
     def photos_per_s(self) -> float:
-        done = self.inspected + self.skipped
-        return done / self.seconds if self.seconds else 0.0
+        """Photos inspected per second of the ingest (models loaded before it starts). Skipped
+        photos cost a hash each: counting them made a resumed run report 1,268 photos/s."""
+        return self.inspected / self.seconds if self.seconds else 0.0
 
 
 def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, object]]:

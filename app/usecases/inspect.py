@@ -54,9 +54,11 @@ def overlay_items(store: Store, findings: list[StoredFinding], selected: int | N
         if s.status is Status.DELETED:
             continue
         unchanged = s.status is Status.PENDING and s.class_name == f.model_class
+        one_class = len(f.probabilities or {}) == 1  # vegetation: no class to doubt, so the box's score is what to show
+        score = f.detector_confidence if one_class else f.confidence
         items.append(OverlayItem(f.index, s.box, s.class_name or s.object_type, store.taxonomy.condition_key(s.class_name),
-                                 f.confidence if unchanged else None, s.status is Status.REVIEWED,
-                                 s.rationale or "" if s.finding_id == selected else ""))
+                                 score if unchanged else None, s.status is Status.REVIEWED,
+                                 s.rationale or "" if s.finding_id == selected else "", of_box=one_class))
     return items
 
 

@@ -136,6 +136,12 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
              # A box labelled "#k" for an object the reviewer was not shown (``seen`` missing or older
              # than the canvas) would otherwise be saved as a new object: a duplicate of one that exists.
              or any(k is not None and k not in shown for k in (parse_label(b.get("label"))[0] for b in boxes or [] if isinstance(b, dict))))
+    if stale and not diff(canvas_objects(findings), boxes, store.taxonomy, photo.width, photo.height,
+                          canvas_scale(photo.width, photo.height)):
+        # The canvas shows the photo exactly as stored: no edit, only a report of a freshly drawn
+        # photo that reached the server before the ``seen`` it came with (a photo opened from the
+        # Queue). Nothing to save and nothing to warn about.
+        return Saved((), waiting(boxes))
     if stale and waiting(boxes):
         # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
         # the dialog on whichever box takes that place in the reloaded list, and the class the

@@ -8,8 +8,10 @@ when it was added), or a file the caller names explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,11 @@ def ultralytics_module():
     """Import ultralytics configured for offline use (no hub calls, settings kept in our data dir)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(ultralytics_config_dir()))
-    import ultralytics
+    # ultralytics' logger writes to the sys.stdout it finds at import: made stderr here, so its
+    # progress lines ("ONNX: export success", "Loading … for ONNX Runtime") never mix into the
+    # JSON our commands print on stdout.
+    with contextlib.redirect_stdout(sys.stderr):
+        import ultralytics
 
     return ultralytics
 
@@ -115,8 +121,9 @@ def onnx_export(weights: Path, imgsz: int) -> Path:
         # ultralytics writes the export beside the checkpoint: export a copy in a private folder.
         copy = Path(tmp) / "detector.pt"
         shutil.copyfile(weights, copy)
-        exported = ultralytics_module().YOLO(str(copy), task="detect").export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True,
-                                                                              verbose=False)
+        with contextlib.redirect_stdout(sys.stderr):  # the exporters' own print() calls too
+            exported = ultralytics_module().YOLO(str(copy), task="detect").export(format="onnx", imgsz=imgsz, dynamic=True,
+                                                                                  simplify=True, verbose=False)
         os.replace(exported, cache)
     return cache
 

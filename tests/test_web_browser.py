@@ -95,6 +95,17 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             assert max(shown) <= view, f"photos {shown} px tall in a gallery showing {view} px"
             page.set_viewport_size({"width": 1400, "height": 1500})
 
+            # The first photo opened from the Queue shows no "⚠ Not saved": the canvas reports the
+            # photo it was just given, and that report used to reach the server before what the
+            # reviewer was shown did, so it read as an edit of a photo changed since.
+            page.get_by_role("tab", name="Queue").click()
+            page.locator("#sw-queue [data-testid=cell-0-1]").click()
+            page.wait_for_selector("[role=tab][aria-selected=true]:has-text('Review')", timeout=30_000)
+            page.wait_for_selector("#sw-canvas canvas", timeout=30_000)
+            page.wait_for_timeout(2500)
+            assert page.locator("#sw-status").inner_text().strip() == ""
+            page.get_by_role("tab", name="Inspect").click()
+
             # Clicking an object's row in the Inspect table opens its photo in Review, that object selected.
             row_fid = sql(db, "SELECT min(finding_id) FROM finding_state")[0][0]  # the table's first row
             page.set_viewport_size({"width": 1400, "height": 600})  # a laptop: the table sits below the fold

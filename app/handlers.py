@@ -266,6 +266,13 @@ class Handlers:
         versions = [(v + PASSTHROUGH_NOTE, v) if v.startswith("passthrough:") else v for v in self.store.model_versions()]
         return gr.update(choices=[ANY, *versions]), gr.update(choices=[ANY, *self.store.reviewers()])
 
+    def queue_class_choices(self, object_type, class_name):
+        """The Class filter lists the chosen type's classes only: a class of another type beside it
+        matched no photo and left an empty queue with no word why. A class not of the type is cleared."""
+        tax = self.store.taxonomy
+        names = [c.name for c in tax.classes_for_type(object_type)] if object_type else list(tax.class_names)
+        return gr.update(choices=[ANY, *names], value=class_name if class_name in names else "")
+
     def queue_rows(self, object_type, class_name, condition, model_version, reviewer_name):
         rows = self.store.photo_queue(object_type or None, class_name or None, condition or None, model_version or None, reviewer_name or None)
         return [[r.photo_id, r.name, r.n_objects, r.n_pending, round(r.expected_errors, 2), None if r.min_margin is None else round(r.min_margin, 3),

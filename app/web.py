@@ -208,8 +208,10 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
             rh.show_finding, picked, shown, api_name=False).then(**to_review)
         queue_filters = [f_type, f_class, f_cond, f_model, f_reviewer]
         refresh.click(h.queue_rows, queue_filters, queue_table, api_name="queue_rows")
-        for chosen in (f_type.input, f_class.input, f_cond.input, f_model.input, f_reviewer.input):  # a filter applies when set
+        for chosen in (f_class.input, f_cond.input, f_model.input, f_reviewer.input):  # a filter applies when set
             chosen(h.queue_rows, queue_filters, queue_table, api_name=False)
+        f_type.input(h.queue_class_choices, [f_type, f_class], f_class, api_name=False).then(  # the type's classes, then the rows
+            h.queue_rows, queue_filters, queue_table, api_name=False)
         queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.show_photo, photo, shown, api_name=False).then(
             **to_review)
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")

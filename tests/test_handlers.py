@@ -242,6 +242,12 @@ def test_next_photo_and_queue_by_photo(app):
     for version in held:
         assert app.h.queue_rows("", "", "", version, ""), version
     assert app.h.queue_rows("", "", "", "nope", "") == []
+    # The Class filter lists the chosen type's classes; a class of another type is cleared.
+    narrowed = app.h.queue_class_choices("vegetation", "slope drain damaged")
+    assert narrowed["choices"] == [("(any)", ""), "vegetation"] and narrowed["value"] == ""
+    kept = app.h.queue_class_choices("slope_drain", "slope drain damaged")
+    assert kept["value"] == "slope drain damaged" and len(kept["choices"]) == 4
+    assert app.h.queue_class_choices("", "rock toe")["choices"] == [("(any)", ""), *app.store.taxonomy.class_names]
     # Opening the Review tab with no photo open starts on the next one to review; with one open it changes nothing.
     assert view(app.r.open_first(None))["photo"] == ids[1] and view(app.r.open_first(0))["photo"] == ids[1]
     assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)

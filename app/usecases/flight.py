@@ -91,13 +91,15 @@ def ingest_flight(pipeline: Pipeline, store: Store, paths: list[Path], user: str
     if progress is not None:
         sources = progress(sources, total=count_sources(paths), unit="photo", desc="inspect")
     for name, source in sources:
+        # The stored name is the file's own name: the archive or folder it came in is not part of it.
+        stored_name = Path(name.split(":")[-1]).name
         try:
             if isinstance(source, Exception):
                 raise source
-            # The stored name is the file's own name: the archive or folder it came in is not part of it.
-            done = inspect_photo(pipeline, store, source, user, Path(name.split(":")[-1]).name)
+            done = inspect_photo(pipeline, store, source, user, stored_name)
         except ImageError as exc:
-            report.failed.append((name, str(exc)))
+            # The reason starts with the file's name; the report names it already ("flight/x.jpg: x.jpg: …").
+            report.failed.append((name, str(exc).removeprefix(f"{stored_name}: ")))
             continue
         if done.ran:
             report.inspected += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from PIL import Image
@@ -227,7 +228,7 @@ def accept_all(store: Store, photo_id: int, reviewer: str, seen: dict) -> Accept
     return accept_some(store, photo_id, reviewer, lambda shown: {f.finding_id for f in shown if f.state.status is Status.PENDING}, seen)
 
 
-def accept_some(store: Store, photo_id: int, reviewer: str, choose, seen: dict) -> Accepted:
+def accept_some(store: Store, photo_id: int, reviewer: str, choose: Callable[[list[StoredFinding]], set[int]], seen: dict) -> Accepted:
     """Accept the objects ``choose(findings as shown)`` picks among the photo as the reviewer was
     shown it (``seen``: ``{finding id: revision}``): one ``accept`` correction each, written
     together and undone together. Only those still pending at the revision shown are accepted:

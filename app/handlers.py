@@ -256,6 +256,14 @@ class Handlers:
         yield gallery, rows, "\n\n".join([*problems, summary] if gallery else problems), last
 
     @staticmethod
+    def unspent_uploads(files):
+        """After a run, the upload box keeps only entries whose files still exist: a refused file and
+        a zip read member by member were deleted by the run, and their links led nowhere. Photos
+        stay (pressing Inspect again finds them stored), and so does a file added during the run."""
+        kept = [f for f in files or [] if Path(f if isinstance(f, str) else f.name).exists()]
+        return gr.skip() if len(kept) == len(files or []) else (kept or None)
+
+    @staticmethod
     def pick_object(evt: gr.SelectData):
         """The object id of a clicked row of the object table."""
         return evt.row_value[2] if evt.row_value else None

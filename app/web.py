@@ -7,7 +7,6 @@ cases in ``app.usecases``; the rules live there and in ``db``. Review keys: ``ap
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,13 +194,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         # ("review", app/review_tab.py) and every other event its own: none waits on an inspection.
         # The progress bar sits on the message only: the gallery and table stay visible and grow
         # photo by photo, so the first photos can be reviewed while the rest are processed.
-        # A finished run empties the upload box, ready for the next batch: its entries (a refused
-        # file too) were the run's, and their links lead to files the run has deleted. A run that
-        # did not start (models still loading) keeps them, to press Inspect again.
         run.click(h.inspect_stream, files, [gallery, objects, message, last_photo], concurrency_limit=config.inspect_slots,
                   concurrency_id="inspect", api_name="inspect", show_progress_on=message).then(
-            lambda said: None if re.search(r"Inspected \d+ photo\(s\) at ", said or "") else gr.skip(), message, files,
-            api_name=False, show_progress="hidden")
+            h.unspent_uploads, files, files, api_name=False, show_progress="hidden")
         last_photo.change(lambda pid: gr.Row(visible=bool(pid)), last_photo, last_row, api_name=False, show_progress="hidden")
         review_this.click(rh.show_photo, last_photo, shown, api_name="review_photo").then(**to_review)
         objects.select(h.pick_object, None, picked, api_name=False).then(

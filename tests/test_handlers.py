@@ -666,3 +666,14 @@ def test_a_one_class_object_shows_its_box_score_not_a_100_percent_class(app):
         assert texts[f.finding_id] == f"#{f.index} {f.state.class_name} box {f.detector_confidence:.0%}"
     for f in several:
         assert texts[f.finding_id] == f"#{f.index} {f.state.class_name} {f.confidence:.0%}"
+
+
+def test_the_upload_box_drops_only_the_files_a_run_deleted(tmp_path):
+    """A walk-through's find: a refused file stayed in the upload box with a link to nothing."""
+    kept, refused, added = (tmp_path / n for n in ("a.jpg", "bad.jpg", "next-flight.zip"))
+    for f in (kept, refused, added):
+        f.write_bytes(b"x")
+    refused.unlink()  # what the run does to a refused upload
+    assert Handlers.unspent_uploads([str(kept), str(refused), str(added)]) == [str(kept), str(added)]
+    assert Handlers.unspent_uploads([str(kept)]) == gr.skip()  # nothing deleted: the box is left as it is
+    assert Handlers.unspent_uploads([str(refused)]) is None and Handlers.unspent_uploads(None) == gr.skip()

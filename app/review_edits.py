@@ -118,22 +118,24 @@ class ReviewEdits:
             done = review.accept_some(self.store, int(photo_id), user, self.likely_right, seen or {})
             if not done.states and not done.left:
                 return "Nothing saved: no pending object on this photo is in the likely-right band."
-            return self._accepted(done, "likely-right object(s)")
+            return self._accepted(photo_id, done, "likely-right object(s)")
 
         return self._edit(photo_id, None, work, request)
 
     def accept_all(self, photo_id, seen, request: gr.Request):
-        return self._edit(photo_id, None, lambda user: self._accepted(review.accept_all(self.store, int(photo_id), user, seen or {})),
-                          request)
+        return self._edit(photo_id, None, lambda user: self._accepted(photo_id, review.accept_all(self.store, int(photo_id), user,
+                                                                                                 seen or {})), request)
 
-    @staticmethod
-    def _accepted(done: review.Accepted, what: str = "object(s)") -> str:
+    def _accepted(self, photo_id, done: review.Accepted, what: str = "object(s)") -> str:
         """The status line of a bulk accept: how many, and what others changed that was left for a look."""
-        others = f" Changed by others since you loaded the photo, so not accepted unseen (check them): {'; '.join(done.left)}." \
-            if done.left else ""
-        if not done.states:
-            return ("Nothing saved." + others) if others else "Nothing saved: no object on this photo is pending."
-        return f"Saved: accepted {len(done.states)} {what}." + others
+        others = f" Left as others changed them since you loaded the photo (check them): {'; '.join(done.left)}." if done.left else ""
+        if done.states:
+            return f"Saved: accepted {len(done.states)} {what}." + others
+        if others:
+            return "Nothing saved." + others
+        if any(f.state.status is Status.PENDING for f in self.store.photo_findings(int(photo_id))):
+            return "Nothing saved: what you were shown of this photo is out of date. It has been reloaded; press again."
+        return "Nothing saved: no object on this photo is pending."
 
     def delete(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:

@@ -1,5 +1,6 @@
 """The shipped stage-1 detector on real photos, and the pickle-safety rules around checkpoints."""
 
+import json
 import shutil
 
 import pytest
@@ -158,3 +159,7 @@ def test_ultralytics_logs_to_stderr_so_commands_print_clean_json_on_stdout(tmp_p
     env.pop("YOLO_CONFIG_DIR", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout == "" and "a progress line" in done.stderr and "Ultralytics Settings" in done.stderr
+    # Validation's progress bars too: `evaluate detector` prints its JSON alone on stdout.
+    done = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "detector", str(samples_dir() / "data.yaml"),
+                           "--device", "cpu", "--runtime", "torch"], env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(done.stdout)["detector"]["images"] > 0 and "Scanning" in done.stderr

@@ -165,10 +165,27 @@ def test_accept_all_leaves_what_another_reviewer_changed_since_the_photo_was_loa
     out = app.r.accept_all(photo_id, loaded, ANA)
     states = {f.finding_id: f.state.status for f in app.store.photo_findings(photo_id)}
     assert states.pop(target.finding_id) == "pending" and set(states.values()) == {"reviewed"}
-    assert out[0] == (f"Saved: accepted {len(states)} object(s). Changed by others since you loaded the photo, so not accepted "
-                      f"unseen (check them): #{target.index}: bo moved its box.")
+    assert out[0] == (f"Saved: accepted {len(states)} object(s). Left as others changed them since you loaded the photo (check "
+                      f"them): #{target.index}: bo moved its box.")
+    # Sent without what was shown (an old client), nothing is accepted, and the line does not
+    # claim that nothing is pending.
+    assert app.r.accept_all(photo_id, {}, ANA)[0] == ("Nothing saved: what you were shown of this photo is out of date. It has been "
+                                                      "reloaded; press again.")
     # Loaded again, it is shown as bo left it, and accepted.
     assert app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)[0] == "Saved: accepted 1 object(s)."
+
+
+def test_accept_all_takes_the_reviewers_own_change_since_as_seen(app):
+    """A box ana nudged a moment ago (its reply not back yet, or in another tab) is no news to her:
+    Shift+A from the view before it accepts it too, and names nothing."""
+    *_, photo_id = inspect(app, PHOTOS[2])
+    loaded = shown(app.r, photo_id)
+    target = app.store.photo_findings(photo_id)[1]
+    b = target.state.box
+    app.store.correct(target.finding_id, target.state.revision, "ana", "edit_box", box=Box(b.x1 + 2, b.y1, b.x2 + 2, b.y2))
+    n = len(app.store.photo_findings(photo_id))
+    assert app.r.accept_all(photo_id, loaded, ANA)[0] == f"Saved: accepted {n} object(s)."
+    assert {f.state.status for f in app.store.photo_findings(photo_id)} == {"reviewed"}
 
 
 def test_class_keys_accept_accept_all_undo_and_photo_done(app):
@@ -448,15 +465,15 @@ def test_a_stale_accept_likely_right_names_what_left_the_band_as_shown_and_nothi
         b = f.state.box
         app.store.correct(f.finding_id, f.state.revision, "bo", "edit_box", box=Box(b.x1 + dx, b.y1, b.x2 + dx, b.y2))
     out = r.accept_likely_right(photo_id, loaded, ANA)
-    assert out[0] == (f"Saved: accepted {len(band) - 1} likely-right object(s). Changed by others since you loaded the photo, so not "
-                      f"accepted unseen (check them): #{moved.index}: bo moved its box.")
+    assert out[0] == (f"Saved: accepted {len(band) - 1} likely-right object(s). Left as others changed them since you loaded the "
+                      f"photo (check them): #{moved.index}: bo moved its box.")
     assert sorted(fid for (fid,) in rows(app.db, "SELECT finding_id FROM corrections WHERE action = 'accept'")) == band[1:]
     # Pressed again before the reload: only the moved one is left in the band as shown (her own
     # accepts are no news to her), so nothing to accept, and still said why; reloaded, the band is empty.
     assert r.accept_likely_right(photo_id, shown(r, photo_id), ANA)[0] == "Nothing saved: no pending object on this photo is in the " \
                                                                          "likely-right band."
     again = r.accept_likely_right(photo_id, loaded, ANA)
-    assert again[0] == ("Nothing saved. Changed by others since you loaded the photo, so not accepted unseen (check them): "
+    assert again[0] == ("Nothing saved. Left as others changed them since you loaded the photo (check them): "
                         f"#{moved.index}: bo moved its box.")
 
 

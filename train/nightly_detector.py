@@ -112,15 +112,16 @@ def ensure_current_detector(registry) -> str:
 def finetune(weights: Path, data_yaml: Path, out: Path, cfg) -> Path:
     """A short fine-tune of ``weights`` on ``data_yaml``'s train split; returns the last checkpoint."""
     from core.device import resolve_device
-    from core.stage1.detector import ultralytics_module
+    from core.stage1.detector import ultralytics_module, ultralytics_to_stderr
 
     model = ultralytics_module().YOLO(str(weights), task="detect")
     imgsz = int((getattr(model, "overrides", {}) or {}).get("imgsz") or 320)
-    model.train(data=str(data_yaml), epochs=cfg.detector_epochs, imgsz=imgsz, batch=cfg.detector_batch, device=resolve_device("auto"),
-                optimizer="AdamW", lr0=cfg.detector_lr, lrf=1.0, warmup_epochs=0, cos_lr=False,
-                flipud=0.0, fliplr=0.5, mosaic=cfg.detector_mosaic, close_mosaic=0, freeze=cfg.detector_freeze or None,
-                val=False, plots=False, amp=False, workers=cfg.detector_workers,
-                seed=0, deterministic=True, project=str(out), name="train", exist_ok=True, verbose=False)
+    with ultralytics_to_stderr():  # its epoch bars: the nightly prints its JSON on stdout
+        model.train(data=str(data_yaml), epochs=cfg.detector_epochs, imgsz=imgsz, batch=cfg.detector_batch, device=resolve_device("auto"),
+                    optimizer="AdamW", lr0=cfg.detector_lr, lrf=1.0, warmup_epochs=0, cos_lr=False,
+                    flipud=0.0, fliplr=0.5, mosaic=cfg.detector_mosaic, close_mosaic=0, freeze=cfg.detector_freeze or None,
+                    val=False, plots=False, amp=False, workers=cfg.detector_workers,
+                    seed=0, deterministic=True, project=str(out), name="train", exist_ok=True, verbose=False)
     last = out / "train" / "weights" / "last.pt"
     if not last.is_file():
         raise SlopewatchError(f"detector fine-tune finished without a checkpoint: expected {last}")

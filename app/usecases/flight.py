@@ -99,7 +99,7 @@ def ingest_flight(pipeline: Pipeline, store: Store, paths: list[Path], user: str
             done = inspect_photo(pipeline, store, source, user, stored_name)
         except ImageError as exc:
             # The reason starts with the file's name; the report names it already ("flight/x.jpg: x.jpg: …").
-            report.failed.append((name, str(exc).removeprefix(f"{stored_name}: ")))
+            report.failed.append((name, str(exc).removeprefix(f"{name}: ").removeprefix(f"{stored_name}: ")))
             continue
         if done.ran:
             report.inspected += 1

@@ -237,12 +237,15 @@ def accept_some(store: Store, photo_id: int, reviewer: str, choose: Callable[[li
     store.ensure_user(reviewer)
     seen_at = {int(k): int(v) for k, v in (seen or {}).items()}
     findings = store.photo_findings(photo_id)
+    # The reviewer's own changes since (a box she moved a moment ago, whose reply has not come
+    # back yet; another tab of hers) are no news to her: she knows those objects as they are now.
+    for f in findings:
+        if f.finding_id in seen_at and f.state.revision != seen_at[f.finding_id] and all(
+                c.reviewer == reviewer for c in store.history(f.finding_id) if c.revision > seen_at[f.finding_id]):
+            seen_at[f.finding_id] = f.state.revision
     chosen = choose(seen_findings(store, findings, seen_at))
-    last = {f.finding_id: store.history(f.finding_id)[-1] for f in findings if f.finding_id in chosen
-            and f.state.revision != seen_at[f.finding_id]}
-    # (The reviewer's own change since, e.g. in another tab, is no news to her: not listed.)
-    left = tuple(f"#{f.index}: {by_other(last[f.finding_id], f.state)}" for f in findings
-                 if f.finding_id in last and last[f.finding_id].reviewer != reviewer)
+    left = tuple(f"#{f.index}: {by_other(store.history(f.finding_id)[-1], f.state)}" for f in findings
+                 if f.finding_id in chosen and f.state.revision != seen_at[f.finding_id])
     return Accepted(tuple(store.accept_pending(photo_id, reviewer, chosen, seen_at)), left)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from core.data import load_dataset
 from core.evaluation.label_sheet import label_sheet
 from core.paths import data_dir
-from core.stage1.detector import Detector, DetectorConfig
+from core.stage1.detector import Detector, DetectorConfig, ultralytics_to_stderr
 from core.taxonomy import load_taxonomy
 
 
@@ -81,11 +81,12 @@ def _score(cfg: DetectorEvalConfig, ds, detector: Detector, work: Path) -> dict:
 def score_detection_set(detector: Detector, det_yaml: Path, split: str, support: dict[str, int], work: Path) -> dict:
     """mAP50, mAP50-95, precision, recall and per-type AP50 with its support, of ``detector`` on one
     split of a type-labelled YOLO dataset (``evaluate detector`` and the nightly gate both use it)."""
-    metrics = detector.model.val(
-        data=str(det_yaml), split=split, imgsz=detector.imgsz, batch=16, device=detector.device,
-        conf=0.001, iou=0.7, plots=False, project=str(work), name="val", exist_ok=True, verbose=False,
-        augment=detector.config.augment,
-    )
+    with ultralytics_to_stderr():  # its validation progress bars
+        metrics = detector.model.val(
+            data=str(det_yaml), split=split, imgsz=detector.imgsz, batch=16, device=detector.device,
+            conf=0.001, iou=0.7, plots=False, project=str(work), name="val", exist_ok=True, verbose=False,
+            augment=detector.config.augment,
+        )
     box = metrics.box
     per_class = {t: {"ap50": 0.0, "support": support.get(t, 0)} for t in detector.taxonomy.type_names}
     for k, cls_id in enumerate(box.ap_class_index):

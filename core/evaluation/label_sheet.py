@@ -40,7 +40,7 @@ class SheetSummary:
             type labelled completely these are the detector's false positives, one by one.
         detections_on_unlabelled: the detections on those photos.
         labels: labels of the type; ``labels_found``: of them, those a detection covers at IoU ≥ 0.5.
-        path: the PNG written.
+        path: the PNG written ("" when no photo has the type: nothing to draw).
     """
 
     type: str
@@ -58,7 +58,8 @@ class SheetSummary:
 
 def label_sheet(detector: Predicts, samples: Sequence[Sample], type_name: str, out: Path, tile: int = 312,
                 columns: int = 6, batch: int = 16) -> SheetSummary:
-    """Draw every sample with a label or a detection of ``type_name`` into one PNG at ``out``."""
+    """Draw every sample with a label or a detection of ``type_name`` into one PNG at ``out`` (none
+    when no sample has one)."""
     tiles: list[Image.Image] = []
     labelled = unlabelled_detected = on_unlabelled = n_labels = found = 0
     for start in range(0, len(samples), batch):
@@ -80,8 +81,8 @@ def label_sheet(detector: Predicts, samples: Sequence[Sample], type_name: str, o
                                    ["label"] * len(labels) + ["detection"] * len(boxes),
                                    {"label": LABEL_COLOR, "detection": DETECTION_COLOR})
             tiles.append(drawn.resize((tile, tile)))
-    if not tiles:
-        raise ValueError(f"label sheet: no photo has a label or a detection of type {type_name!r}")
+    if not tiles:  # said in the counts (photos 0, no path): the detector's scores already computed are kept
+        return SheetSummary(type_name, 0, 0, 0, 0, 0, 0, "")
     rows = math.ceil(len(tiles) / columns)
     sheet = Image.new("RGB", (min(columns, len(tiles)) * (tile + 4), rows * (tile + 4)), "white")
     for k, t in enumerate(tiles):

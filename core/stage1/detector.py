@@ -27,14 +27,19 @@ from core.taxonomy import Taxonomy, load_taxonomy
 from core.types import Detection
 
 
+def ultralytics_to_stderr():
+    """Where ultralytics' own output goes while it runs: stderr. Its logger and progress bars write
+    to the sys.stdout they find, and our commands print their JSON there (a first run's settings
+    lines or a validation bar before the JSON made it unparseable)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def ultralytics_module():
     """Import ultralytics configured for offline use (no hub calls, settings kept in our data dir)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(ultralytics_config_dir()))
-    # ultralytics' logger writes to the sys.stdout it finds at import: made stderr here, so its
-    # progress lines ("ONNX: export success", "Loading … for ONNX Runtime") never mix into the
-    # JSON our commands print on stdout.
-    with contextlib.redirect_stdout(sys.stderr):
+    # Its logger keeps the stream it finds at import: stderr, for good.
+    with ultralytics_to_stderr():
         import ultralytics
 
     return ultralytics
@@ -121,7 +126,7 @@ def onnx_export(weights: Path, imgsz: int) -> Path:
         # ultralytics writes the export beside the checkpoint: export a copy in a private folder.
         copy = Path(tmp) / "detector.pt"
         shutil.copyfile(weights, copy)
-        with contextlib.redirect_stdout(sys.stderr):  # the exporters' own print() calls too
+        with ultralytics_to_stderr():  # the exporters' own print() calls too
             exported = ultralytics_module().YOLO(str(copy), task="detect").export(format="onnx", imgsz=imgsz, dynamic=True,
                                                                                   simplify=True, verbose=False)
         os.replace(exported, cache)

@@ -204,7 +204,8 @@ class ReviewEdits:
         return f"Saved: #{self._index(state.finding_id)} {said}{decided}."
 
     def _changed_since(self, now, since: str = "you loaded it") -> str:
-        """What another reviewer did to an object ``since`` ..., from its latest correction."""
+        """What another reviewer did to an object since ``since`` (when it was loaded, or the
+        reviewer's last action on it), from its latest correction."""
         last = self.store.history(now.finding_id)[-1:]
         what = review.by_other(last[0], now) if last else f"it was edited (now {now.class_name or now.object_type})"
         if last and last[0].action in ("edit_rationale", "note"):  # their words, so the reviewer sees what a save would replace

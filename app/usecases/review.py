@@ -127,8 +127,9 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     findings = store.photo_findings(photo_id)
     revisions = {f.finding_id: f.state.revision for f in findings}
     seen_at = {int(k): int(v) for k, v in (seen or {}).items()}
-    as_seen = _as_seen(store, findings, seen_at)
-    changes = diff(as_seen, boxes, store.taxonomy, photo.width, photo.height, canvas_scale(photo.width, photo.height))
+    as_seen = canvas_objects(seen_findings(store, findings, seen_at))
+    scale = canvas_scale(photo.width, photo.height)
+    changes = diff(as_seen, boxes, store.taxonomy, photo.width, photo.height, scale)
     if not changes:
         return Saved((), waiting(boxes))
     others = photo_changes(store, findings, seen_at)
@@ -137,8 +138,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
              # A box labelled "#k" for an object the reviewer was not shown (``seen`` missing or older
              # than the canvas) would otherwise be saved as a new object: a duplicate of one that exists.
              or any(k is not None and k not in shown for k in (parse_label(b.get("label"))[0] for b in boxes or [] if isinstance(b, dict))))
-    if stale and not diff(canvas_objects(findings), boxes, store.taxonomy, photo.width, photo.height,
-                          canvas_scale(photo.width, photo.height)):
+    if stale and not diff(canvas_objects(findings), boxes, store.taxonomy, photo.width, photo.height, scale):
         # The canvas shows the photo exactly as stored: no edit, only a report of a freshly drawn
         # photo that reached the server before the ``seen`` it came with (a photo opened from the
         # Queue). Nothing to save and nothing to warn about.
@@ -176,12 +176,6 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         lines.append(f"#{index[c.finding_id]} {what}")
         touched = touched if c.action == "delete" else c.finding_id
     return Saved(tuple(lines), waiting(boxes), touched, tuple(others))
-
-
-def _as_seen(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[CanvasObject]:
-    """The live objects as the reviewer's canvas showed them (see :func:`seen_findings`)."""
-    return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type)
-            for f in seen_findings(store, findings, seen) if f.state.status is not Status.DELETED]
 
 
 def seen_findings(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[StoredFinding]:

@@ -10,7 +10,8 @@ objects in the "likely right" band (calibrated confidence at or above the thresh
 train folds for >= 95% accuracy, on a box the detector scored >= ``LIKELY_BOX_SCORE``; the rest
 "needs a look", vegetation "check the box"), ``→``/``←`` next or previous photo,
 ``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
-draw, move or resize a box, ``Delete`` removes the selected box, ``Space`` resets the zoom.
+draw, move or resize a box, ``Delete`` (or ``Backspace``) removes the selected box, ``Space`` resets the zoom.
+Elsewhere ``Delete`` removes the object selected in the side panel, as its Delete button does.
 """
 
 import gradio as gr
@@ -66,7 +67,15 @@ document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (t.closest && t.closest('input, textarea, select, [contenteditable=true]')) return;
   if (!document.querySelector('#sw-canvas') || !document.querySelector('#sw-canvas').offsetParent) return;
-  const click = (id) => { const el = document.getElementById(id); if (el) { e.preventDefault(); el.click(); } };
+  // A key that acts through the side panel takes the keys away from the canvas: the canvas's own
+  // Delete removes only the box selected on it, and none is after an undo (Delete then did nothing
+  // and said nothing). Keys then go to this handler, whose Delete removes the panel's object.
+  const leaveCanvas = () => { const a = document.activeElement; if (a && a.closest && a.closest('#sw-canvas')) a.blur(); };
+  const click = (id) => { const el = document.getElementById(id); if (el) { e.preventDefault(); leaveCanvas(); el.click(); } };
+  const inCanvas = t.closest && t.closest('#sw-canvas');
+  // Backspace is the Mac's delete key; the canvas listens for Delete only.
+  if (e.key === 'Backspace' && inCanvas) { e.preventDefault(); t.dispatchEvent(new KeyboardEvent('keydown', {key: 'Delete', bubbles: true})); return; }
+  if ((e.key === 'Delete' || e.key === 'Backspace') && !inCanvas && !e.ctrlKey && !e.metaKey && !e.altKey) return click('sw-delete');
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'z') return click('sw-undo');
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
@@ -75,7 +84,7 @@ document.addEventListener('keydown', (e) => {
   // The canvas's own C / D keys work only while it has the focus (after a click on it); from
   // anywhere else on the page they said nothing and did nothing. Its mode buttons are the same.
   const mode = {c: 'Create box', d: 'Drag boxes'}[e.key.toLowerCase()];
-  if (mode && !(t.closest && t.closest('#sw-canvas'))) {
+  if (mode && !inCanvas) {
     const button = document.querySelector(`#sw-canvas button[aria-label="${mode}"]`);
     if (button) { e.preventDefault(); button.click(); }
     return;
@@ -88,7 +97,7 @@ document.addEventListener('keydown', (e) => {
     // The key of the class the object already has means "right as it is": accept it. (Clicking
     // the checked option fires no event, so the key used to do nothing and say nothing.)
     if (option && option.checked) return click('sw-accept');
-    if (option) { e.preventDefault(); option.click(); }
+    if (option) { e.preventDefault(); leaveCanvas(); option.click(); }
   }
 });
 """
@@ -116,7 +125,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                                          image_type="filepath", height=620, elem_id="sw-canvas")
                 gr.HTML("".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;' for k, c in sorted(h.colors.items()))
                         + "<br><small>Canvas: drag a box to move it, its handles to resize it; C draws a box (then pick its class) and D "
-                          "goes back to moving; Delete removes the selected box, the wheel zooms, Space resets the view. Every "
+                          "goes back to moving; Delete (or Backspace) removes the selected object, the wheel zooms, Space resets the view. Every "
                           "change is saved at once. ✓ marks a box already decided.</small>", elem_id="sw-legend")
             with gr.Column(scale=2):
                 # Messages live beside the canvas, never above it: a line appearing above the canvas

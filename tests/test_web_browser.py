@@ -185,6 +185,15 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.keyboard.press("Delete")
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'delete' AND finding_id = ?", new_id)
             assert sql(db, "SELECT count(*) FROM corrections WHERE action = 'delete'") == [(1,)]
+            # Ctrl+Z brings it back, and Delete removes it again: after the undo no box is selected
+            # on the canvas, whose own Delete then did nothing and said nothing; the page's Delete
+            # removes the object the side panel shows.
+            page.keyboard.press("Control+z")
+            page.wait_for_selector("#sw-status :text('Undone: your last action')", timeout=20_000)
+            page.wait_for_selector(f"#sw-select input[type=radio][value='{new_id}']:checked", timeout=20_000)
+            page.keyboard.press("Delete")
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'delete' AND finding_id = ?", new_id, n=2)
+            page.wait_for_selector("#sw-status :text('deleted')", timeout=20_000)
             # In a window shorter than the canvas, a click on it does not scroll the page: the
             # browser used to bring the focused canvas into view, moving the photo under the mouse.
             page.set_viewport_size({"width": 1400, "height": 800})
@@ -264,7 +273,7 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             # history keeps everything.
             before = sql(db, "SELECT count(*) FROM corrections")[0][0]
             page.keyboard.press("Control+z")
-            undos = wait_rows(db, "SELECT reviewer, undoes FROM corrections WHERE action = 'undo'", n=pending)
+            undos = wait_rows(db, "SELECT reviewer, undoes FROM corrections WHERE action = 'undo'", n=pending + 1)  # + the Delete's undo
             assert all(u[0] == "ana" and u[1] is not None for u in undos)
             assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before + pending
             # The row is written before the page shows it: a reviewer's next key follows what they see.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import supervision as sv
@@ -92,6 +92,14 @@ class OverlayItem:
     reviewed: bool = False
     rationale: str = ""
     of_box: bool = False
+
+    @classmethod
+    def from_scores(cls, index: int, box: Box, label: str, color_key: str, probabilities: Mapping[str, float] | None,
+                    confidence: float | None, box_confidence: float | None, **rest) -> OverlayItem:
+        """An object shown with the score that says something: its class probability, or the
+        detector's box score where its type has one class (vegetation's "100%" said nothing)."""
+        one_class = len(probabilities or {}) == 1
+        return cls(index, box, label, color_key, box_confidence if one_class else confidence, of_box=one_class, **rest)
 
     def text(self) -> str:
         score = f" {'box ' if self.of_box else ''}{self.confidence:.0%}" if self.confidence is not None else ""

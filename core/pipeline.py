@@ -77,11 +77,10 @@ class Pipeline:
     def overlay(self, image: Image.Image, result: PhotoResult, rationales: bool = True) -> Image.Image:
         """Boxes coloured by condition (or by type before stage 2), labelled, rationale wrapped below."""
         if result.findings:
-            one_class = [len(f.probabilities) == 1 for f in result.findings]  # no class to doubt: the box's score instead
-            items = [OverlayItem(i, f.detection.box, f.class_name, self.taxonomy.get_class(f.class_name).condition_key,
-                                 f.detection.confidence if one else f.confidence,
-                                 rationale=f.rationale if rationales and f.backend != "passthrough" else "", of_box=one)
-                     for i, (f, one) in enumerate(zip(result.findings, one_class))]
+            items = [OverlayItem.from_scores(i, f.detection.box, f.class_name, self.taxonomy.get_class(f.class_name).condition_key,
+                                             f.probabilities, f.confidence, f.detection.confidence,
+                                             rationale=f.rationale if rationales and f.backend != "passthrough" else "")
+                     for i, f in enumerate(result.findings)]
         else:
             items = [OverlayItem(i, d.box, d.type, d.type, d.confidence) for i, d in enumerate(result.detections)]
         return render_overlay(image, items)

@@ -163,3 +163,16 @@ def test_ultralytics_logs_to_stderr_so_commands_print_clean_json_on_stdout(tmp_p
     done = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "detector", str(samples_dir() / "data.yaml"),
                            "--device", "cpu", "--runtime", "torch"], env=env, capture_output=True, text=True, timeout=300, check=True)
     assert json.loads(done.stdout)["detector"]["images"] > 0 and "Scanning" in done.stderr
+
+
+def test_an_overlay_shows_the_box_score_where_the_type_has_one_class():
+    """Vegetation has one class, so its class probability is always 1: the overlay shows the
+    detector's box score instead, named as such; other types show their class probability."""
+    from core.overlay import OverlayItem
+    from core.types import Box
+
+    box = Box(0, 0, 10, 10)
+    assert OverlayItem.from_scores(0, box, "vegetation", "vegetation", {"vegetation": 1.0}, 1.0, 0.42).text() == "#0 vegetation box 42%"
+    item = OverlayItem.from_scores(1, box, "toe drain blocked", "blocked", {"toe drain blocked": 0.7, "toe drain": 0.3}, 0.7, 0.9,
+                                   reviewed=True)
+    assert item.text() == "#1 toe drain blocked 70% ✓"

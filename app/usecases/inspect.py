@@ -7,7 +7,7 @@ Serves the Inspect tab; the same overlay is what the Review tab shows.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -53,12 +53,11 @@ def overlay_items(store: Store, findings: list[StoredFinding], selected: int | N
         s = f.state
         if s.status is Status.DELETED:
             continue
+        item = OverlayItem.from_scores(f.index, s.box, s.class_name or s.object_type, store.taxonomy.condition_key(s.class_name),
+                                       f.probabilities, f.confidence, f.detector_confidence, reviewed=s.status is Status.REVIEWED,
+                                       rationale=s.rationale or "" if s.finding_id == selected else "")
         unchanged = s.status is Status.PENDING and s.class_name == f.model_class
-        one_class = len(f.probabilities or {}) == 1  # vegetation: no class to doubt, so the box's score is what to show
-        score = f.detector_confidence if one_class else f.confidence
-        items.append(OverlayItem(f.index, s.box, s.class_name or s.object_type, store.taxonomy.condition_key(s.class_name),
-                                 score if unchanged else None, s.status is Status.REVIEWED,
-                                 s.rationale or "" if s.finding_id == selected else "", of_box=one_class))
+        items.append(item if unchanged else replace(item, confidence=None))  # a reviewer's label carries no model score
     return items
 
 

@@ -223,6 +223,8 @@ COMMANDS = [
      "app.web:ServeConfig", "app.web:serve_forever", (), None),
     (None, "export", "write reviewed photos as a YOLO or COCO dataset (9-class labels)",
      "db.export:ExportConfig", "db.export:run_export", ("out",), None),
+    (None, "import-labels", "store a dataset's train labels as pending findings, for a label-review pass in the Review tab",
+     "app.usecases.labels:ImportLabelsConfig", "app.usecases.labels:run_import_labels", ("data_yaml",), None),
     (None, "repair", "one-off: clamp stored boxes to their photos (delete those with nothing inside), cut over-long texts",
      "db.repair:RepairConfig", "db.repair:run_repair", (), None),
     ("user", "add", "add or replace a reviewer in an auth file (salted scrypt hash; password from a prompt or stdin)",

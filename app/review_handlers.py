@@ -11,7 +11,7 @@ import gradio as gr
 
 from app.review_edits import ReviewEdits
 from app.usecases import review
-from app.usecases.canvas import LIKELY_MARK, canvas_boxes, canvas_scale
+from app.usecases.canvas import LABEL_MARK, LIKELY_MARK, canvas_boxes, canvas_scale
 from app.usecases.evidence import compare_similar
 from core.attribution import NUDGE_IOU
 from core.errors import SlopewatchError
@@ -79,8 +79,9 @@ class ReviewHandlers(ReviewEdits):
         t = self.likely_right_threshold()
         if t is None:
             return set()
+        # An imported label is certain by construction, not by a measured band: it needs a look.
         return {f.finding_id for f in findings if f.state.status is Status.PENDING and f.state.class_name == f.model_class
-                and f.confidence is not None and f.confidence >= t and len(f.probabilities or {}) > 1
+                and not f.from_labels and f.confidence is not None and f.confidence >= t and len(f.probabilities or {}) > 1
                 and (f.detector_confidence is None or f.detector_confidence >= LIKELY_BOX_SCORE)
                 and (f.model_box is None or f.state.box.iou(f.model_box) >= NUDGE_IOU)}
 
@@ -108,15 +109,21 @@ class ReviewHandlers(ReviewEdits):
         header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
                   f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
         choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else "")
-                    + (f" {LIKELY_MARK}" if f.finding_id in band else ""), f.finding_id) for f in live]
+                    + (f" {LIKELY_MARK}" if f.finding_id in band else "") + (f" {LABEL_MARK}" if f.from_labels else ""), f.finding_id)
+                   for f in live]
         table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),
                   None if f.confidence is None else round(f.confidence, 3),
                   None if f.detector_confidence is None else round(f.detector_confidence, 3),
-                  "likely right" if f.finding_id in band else ("" if f.state.status is not Status.PENDING else
+                  "likely right" if f.finding_id in band else ("" if f.state.status is not Status.PENDING else "check the label"
+                                                               if f.from_labels else
                                                                "check the box" if len(f.probabilities or {}) <= 1 else "needs a look")]
                  for f in live]  # a one-class type (vegetation) has no label to doubt: only its box
         if band:
             header += f" {len(band)} likely right (press L to accept them)."
+        labels = sum(f.from_labels for f in live)
+        if labels:  # a label-review pass: what the labels hold, and what the model found that they miss
+            header += (f" Label review: {labels} imported label(s) (· label), {len(live) - labels} box(es) the model found that no label "
+                       "covers, or that a reviewer drew.")
         seen = {str(f.finding_id): f.state.revision for f in live}
         return (canvas, header, gr.update(choices=choices, value=selected), table, seen, photo.id, *self.panel(photo.id, selected, findings))
 
@@ -135,12 +142,13 @@ class ReviewHandlers(ReviewEdits):
         lines = [f"**#{f.index} {s.class_name}** ({s.object_type}) — {s.status}, revision {s.revision}"
                  # "last changed": a pending object may carry a reviewer's box move or undo, not a decision
                  + (f", last changed by {s.updated_by}" if s.updated_by else ""),
+                 f"Imported label: {f.model_class} — `{f.model_version}`; no model has judged it" if f.from_labels else
                  "Model: " + (" · ".join(f"{k} {v:.2f}" for k, v in top) if top else "drawn by a reviewer")
                  + (f" — detector {f.detector_confidence:.2f}" if f.detector_confidence is not None else "")
                  + (f" — `{f.model_version}`" if f.model_version else "")]
         if s.class_name != f.model_class and f.model_class:
-            said = f": {f.model_rationale}" if f.model_rationale else "."
-            lines.append(f"The model said **{f.model_class}**{said}")
+            said = f": {f.model_rationale}" if f.model_rationale and not f.from_labels else "."
+            lines.append(f"The {'label' if f.from_labels else 'model'} said **{f.model_class}**{said}")
         history = [[h.revision, h.reviewer, h.action, time.strftime("%m-%d %H:%M", time.localtime(h.created_at)), _changes(h.before, h.after)]
                    for h in self.store.history(f.finding_id)]
         classes = [c.name for c in tax.classes_for_type(s.object_type)]

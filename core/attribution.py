@@ -13,6 +13,9 @@ changed (never typed by hand), and each kind trains the stage it blames.
   retyped, relabelled, re-explained or deleted), or a label, box or rationale a reviewer had
   already changed (the model's error, if any, was counted by that first change; counting the
   second too would charge one wrong answer twice): it indicts no model;
+* ``label`` — a dataset's label imported for review (``slopewatch import-labels``) was deleted,
+  moved, retyped, relabelled or re-explained: the dataset was wrong, not a model (what the done
+  photo then holds trains both models, as any done photo does);
 * ``note``, ``undo`` and ``repair`` (a stored box clamped by ``slopewatch repair``) indict nothing.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from core.types import Box
+from core.types import LABELS_BACKEND, Box
 
 # A move that keeps IoU at or above this is a nudge (the canvas rounds to whole pixels), not a
 # localisation error of the detector.
@@ -39,6 +42,7 @@ class Kind(StrEnum):
     NOTE = "note"
     UNDO = "undo"
     REPAIR = "repair"
+    LABEL = "label"
 
 
 STAGE1 = frozenset({Kind.DETECTOR_MISS, Kind.DETECTOR_FALSE_POSITIVE, Kind.LOCALISATION, Kind.TYPE_ERROR})
@@ -76,7 +80,13 @@ def _reviewers_own(action: str, before: dict, model: dict) -> bool:
 def attribute(action: str, before: dict, after: dict, drawn: bool = False, model: dict | None = None) -> Kind:
     """The kind of one correction from its action and its before/after states; ``drawn``: the
     box was drawn by a reviewer (``add``), not output by a model; ``model``: what the model
-    output for this object (its type, class, box and rationale), when known."""
+    output for this object (its type, class, box, rationale and ``model_version``), when known."""
+    kind = _attribute(action, before, after, drawn, model)
+    from_labels = model is not None and str(model.get("model_version") or "").startswith(LABELS_BACKEND + ":")
+    return Kind.LABEL if from_labels and kind in STAGE1 | STAGE2 else kind
+
+
+def _attribute(action: str, before: dict, after: dict, drawn: bool, model: dict | None) -> Kind:
     if drawn and action in _REVISIONS:
         return Kind.REVISION
     if model is not None and _reviewers_own(action, before, model):

@@ -168,6 +168,10 @@ def detections_to_supervision(objects: list[Detection] | list[LabeledObject], ta
     )
 
 
+# The backend name of findings imported from a dataset's labels; stored as ``labels:<source>``.
+LABELS_BACKEND = "labels"
+
+
 @dataclass(frozen=True)
 class Finding:
     """Stage 2's verdict on one detection: its class, a probability per candidate class, and why.
@@ -197,6 +201,17 @@ class Finding:
             raise ValueError(f"Finding: class {self.class_name!r} is not the most probable of {self.probabilities}")
         if not self.backend or not self.version:
             raise ValueError("Finding: expected a backend name and version")
+
+    @classmethod
+    def from_label(cls, obj: LabeledObject, taxonomy: "Taxonomy", source: str) -> "Finding":
+        """A dataset's label as a finding to review (``slopewatch import-labels``): the label's box,
+        type and class, certain (probability 1, box score 1), backend ``labels`` and version
+        ``source`` (``"<dataset>/<split>"``), so corrections to it indict the dataset, not a model."""
+        if obj.class_name is None:
+            raise ValueError(f"Finding.from_label: expected a label with a class, found a {obj.type} labelled by type only")
+        candidates = [c.name for c in taxonomy.classes_for_type(obj.type)]
+        return cls(Detection(obj.box, obj.type, 1.0), obj.class_name, {c: float(c == obj.class_name) for c in candidates},
+                   f"Imported label ({source}): no model has judged it.", LABELS_BACKEND, source)
 
     @property
     def confidence(self) -> float:

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import asdict, dataclass, fields
 from pathlib import PurePath
 
-from core.types import Box, Status
+from core.types import LABELS_BACKEND, Box, Status
 
 
 def _pick(cls, row: sqlite3.Row | dict, **extra) -> dict:
@@ -113,6 +113,11 @@ class StoredFinding:
     @property
     def finding_id(self) -> int:
         return self.state.finding_id
+
+    @property
+    def from_labels(self) -> bool:
+        """A dataset's label imported for review (``slopewatch import-labels``), not a model's output."""
+        return (self.model_version or "").startswith(LABELS_BACKEND + ":")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,30 @@ def test_changing_a_reviewers_decision_again_indicts_no_model(action, before, af
     assert attribute(action, before, after, model=MODEL) is kind
 
 
+LABEL = {**MODEL, "model_version": "labels:drainage-conditions/train"}  # a dataset label imported for review
+ON_A_LABEL = [  # a wrong label is the dataset's error, whatever was wrong with it; no model is indicted
+    ("delete", LABEL, {**LABEL, "status": "deleted"}, Kind.LABEL),
+    ("edit_box", LABEL, {**LABEL, "x2": 160}, Kind.LABEL),
+    ("retype", LABEL, {**LABEL, "object_type": "toe_drain", "class_name": "Toe drain"}, Kind.LABEL),
+    ("relabel", LABEL, {**LABEL, "class_name": "slope drain blocked"}, Kind.LABEL),
+    ("edit_rationale", LABEL, {**LABEL, "rationale": "mine"}, Kind.LABEL),
+    ("edit_box", LABEL, {**LABEL, "x2": 111}, Kind.ACCEPT),  # a nudge, as for any box
+    ("accept", LABEL, LABEL, Kind.ACCEPT),
+    ("note", LABEL, {**LABEL, "note": "n"}, Kind.NOTE),
+    ("undo", LABEL, LABEL, Kind.UNDO),
+    ("relabel", {**LABEL, "class_name": "slope drain blocked"}, {**LABEL, "class_name": "slope drain damaged"}, Kind.REVISION),
+]
+
+
+@pytest.mark.parametrize("action, before, after, kind", ON_A_LABEL, ids=[f"label {c[0]}->{c[3]}" for c in ON_A_LABEL])
+def test_correcting_an_imported_label_indicts_the_dataset(action, before, after, kind):
+    assert attribute(action, before, after, model=LABEL) is kind
+    assert indicted_stage(kind) is None
+    # The same correction on the model's output does indict a model.
+    if kind is Kind.LABEL:
+        assert indicted_stage(attribute(action, before, after, model={**MODEL, "model_version": "ensemble:abc"})) is not None
+
+
 @pytest.mark.parametrize("day, week", [("2026-11-28", "2026-W48"), ("2021-01-01", "2020-W53"), ("2024-12-30", "2025-W01")])
 def test_dashboard_weeks_are_iso_weeks(day, week):
     from db.progress import iso_week

@@ -30,6 +30,8 @@ SAME_OBJECT_IOU = 0.5
 # so a mark never reads as part of a class name.
 LIKELY_MARK = "· likely right"
 DECIDED_MARK = "✓"
+# An imported dataset label (``slopewatch import-labels``), told apart from the model's suggestions.
+LABEL_MARK = "· label"
 
 
 class CanvasError(ValueError):
@@ -46,11 +48,12 @@ class CanvasObject:
     class_name: str
     likely_right: bool = False
     decided: bool = False  # reviewed: marked ✓ on the canvas
+    from_labels: bool = False  # an imported dataset label
 
     @property
     def label(self) -> str:
         return f"#{self.index} {self.class_name}" + (f" {DECIDED_MARK}" if self.decided else "") + (
-            f" {LIKELY_MARK}" if self.likely_right else "")
+            f" {LABEL_MARK}" if self.from_labels else "") + (f" {LIKELY_MARK}" if self.likely_right else "")
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,10 @@ def clamp_box(raw: dict, width: int, height: int, scale: int = 1) -> Box:
 
 
 def parse_label(label: str | None) -> tuple[int | None, str]:
-    """``"#3 Toe drain"`` (or ``"#3 Toe drain ✓"``, ``"#3 Toe drain · likely right"``) -> ``(3, "Toe drain")``;
-    a bare class name -> ``(None, name)``."""
+    """``"#3 Toe drain"`` (or ``"#3 Toe drain ✓"``, ``"#3 Toe drain · likely right"``, ``"#3 Toe drain ✓ · label"``)
+    -> ``(3, "Toe drain")``; a bare class name -> ``(None, name)``."""
     text = (label or "").strip()
-    for mark in (LIKELY_MARK, DECIDED_MARK):
+    for mark in (LIKELY_MARK, LABEL_MARK, DECIDED_MARK):
         text = text[: -len(mark)].strip() if text.endswith(mark) else text
     m = LABEL.match(text)
     return (int(m.group(1)), m.group(2).strip()) if m else (None, text)

@@ -39,10 +39,14 @@ def inspect_photo(pipeline: Pipeline, store: Store, source, user: str, name: str
         return Inspected(record.id, False)
     t0 = time.perf_counter()
     _, result = pipeline.run(stored.image, name, stored.sha256)
-    det_version = f"detector:{pipeline.detector.version}"
-    cls_version = f"{pipeline.classifier.backend.name}:{pipeline.classifier.backend.version}" if pipeline.classifier else None
-    store.add_run(record.id, list(result.findings), det_version, cls_version, time.perf_counter() - t0)
+    store.add_run(record.id, list(result.findings), *run_versions(pipeline), time.perf_counter() - t0)
     return Inspected(record.id, True)
+
+
+def run_versions(pipeline: Pipeline) -> tuple[str, str | None]:
+    """The detector and stage-2 versions an inference run is stored with (what its corrections indict)."""
+    cls_version = f"{pipeline.classifier.backend.name}:{pipeline.classifier.backend.version}" if pipeline.classifier else None
+    return f"detector:{pipeline.detector.version}", cls_version
 
 
 def overlay_items(store: Store, findings: list[StoredFinding], selected: int | None = None) -> list[OverlayItem]:

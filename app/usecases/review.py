@@ -71,7 +71,7 @@ class Saved:
 def canvas_objects(findings: list[StoredFinding], likely_right: frozenset[int] | set[int] = frozenset()) -> list[CanvasObject]:
     """The photo's live objects as the canvas shows them (in ``#k`` order; ``likely_right``: ids marked as in the band)."""
     return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type, f.finding_id in likely_right,
-                         f.state.status is Status.REVIEWED)
+                         f.state.status is Status.REVIEWED, f.from_labels)
             for f in findings if f.state.status is not Status.DELETED]
 
 

@@ -1,0 +1,152 @@
+"""A label-review pass: a dataset's train labels imported as pending findings into a real SQLite
+file, on real photos; corrections to them indict the dataset; the detector's boxes no label
+covers are added as the model's suggestions; the likely-right band leaves labels alone."""
+
+import shutil
+from dataclasses import replace
+
+import pytest
+from conftest import db_rows
+
+from core.data import load_dataset
+from core.errors import ImageError, SlopewatchError
+from core.types import Box, Detection, Finding
+
+
+@pytest.fixture
+def train_set(samples_yaml, tmp_path):
+    """Four real photos with their real labels as a train split (the last one's labels emptied:
+    the photo shows objects nobody labelled), one as a valid split, which is never imported."""
+    root = tmp_path / "reviewed-set"
+    photos = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))
+    for split, chosen in (("train", photos[:4]), ("valid", photos[4:5])):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir(parents=True)
+        for p in chosen:
+            shutil.copy(p, root / split / "images" / p.name)
+            label = samples_yaml.parent / "valid" / "labels" / f"{p.stem}.txt"
+            (root / split / "labels" / label.name).write_text(label.read_text())
+    (root / "train" / "labels" / f"{photos[3].stem}.txt").write_text("")
+    (root / "data.yaml").write_text(samples_yaml.read_text().replace("valid: valid/images", "train: train/images\nvalid: valid/images"))
+    return root / "data.yaml"
+
+
+def test_train_labels_become_pending_findings_and_a_rerun_adds_nothing(train_set, tmp_path):
+    from app.usecases.labels import import_labels
+    from db.store import Store
+
+    db = tmp_path / "review.db"
+    store = Store(db)
+    report = import_labels(store, train_set, "ana")
+    samples = load_dataset(train_set, store.taxonomy).samples("train")
+    assert (report.imported, report.skipped, report.objects, report.failed) == (4, 0, sum(len(s.objects) for s in samples), [])
+    assert report.objects > 10
+    for s in samples:
+        (pid,) = [r[0] for r in db_rows(db, "SELECT id FROM photos WHERE original_name = ?", s.image_path.name)]
+        stored = store.photo_findings(pid)
+        assert [(f.state.object_type, f.state.class_name) for f in stored] == [(o.type, o.class_name) for o in s.objects]
+        for f, o in zip(stored, s.objects):
+            assert f.state.box.iou(o.box) > 0.99 and f.state.status.value == "pending" and f.from_labels
+            assert f.model_version == "labels:reviewed-set/train"
+    # The valid split is the nightly job's frozen evaluation: never imported.
+    valid = load_dataset(train_set, store.taxonomy).samples("valid")[0].image_path.name
+    assert db_rows(db, "SELECT count(*) FROM photos WHERE original_name = ?", valid) == [(0,)]
+
+    again = import_labels(store, train_set, "ana")  # resumable: photos stored before are left as they are
+    assert (again.imported, again.skipped) == (0, 4)
+    assert db_rows(db, "SELECT count(*) FROM findings") == [(report.objects,)]
+
+
+def test_a_corrected_label_indicts_the_dataset_not_a_model(train_set, tmp_path):
+    from app.usecases.labels import import_labels
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    import_labels(store, train_set, "ana")
+    f = next(f for f in store.photo_findings(1) if len(f.probabilities) > 1)
+    store.correct(f.finding_id, 0, "ana", "delete")
+    assert [c.kind for c in store.history(f.finding_id)] == ["label"]
+    assert store.correction_kinds()["by_model"] == {"labels:reviewed-set/train": {"label": 1}}
+
+
+def test_a_dataset_labelled_by_type_only_or_without_train_is_refused(tmp_path):
+    from conftest import make_dataset
+
+    from app.usecases.labels import import_labels
+    from db.store import Store
+
+    types_only = make_dataset(tmp_path / "objects", ["rock_toe", "slope_drain", "toe_drain", "vegetation"], {"a": ["0 0.5 0.5 0.2 0.2"]})
+    with pytest.raises(SlopewatchError, match="labelled by type only"):
+        import_labels(Store(tmp_path / "review.db"), types_only, "ana")
+    valid_only = make_dataset(tmp_path / "cond", ["rock toe", "rock toe damaged"], {"a": ["0 0.5 0.5 0.2 0.2"]}, split="valid")
+    with pytest.raises(SlopewatchError, match="expected a 'train' split"):
+        import_labels(Store(tmp_path / "review.db"), valid_only, "ana")
+
+
+def test_labels_cannot_be_placed_on_a_photo_of_another_shape(train_set):
+    from app.usecases.labels import label_findings
+    from core.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    sample = next(s for s in load_dataset(train_set, tax).samples("train") if s.objects)
+    half = label_findings(sample, (sample.width // 2, sample.height // 2), tax, "x/train")  # stored shrunk: boxes follow
+    assert half[0].detection.box.x2 == pytest.approx(sample.objects[0].box.x2 * (sample.width // 2) / sample.width)
+    with pytest.raises(ImageError, match="cannot be placed"):
+        label_findings(sample, (sample.width, sample.height // 2), tax, "x/train")
+
+
+def _finding(box, cls="rock toe", backend="probe"):
+    return Finding(Detection(box, "rock_toe", 0.6), cls, {"rock toe": 0.7, "rock toe damaged": 0.3}, "", backend, "v")
+
+
+def test_a_suggestion_is_a_detection_no_label_covers_whatever_its_type():
+    from app.usecases.labels import unlabelled
+
+    label = _finding(Box(0, 0, 100, 100), backend="labels")
+    same = _finding(Box(5, 5, 100, 100))  # IoU 0.90: the labelled object
+    other_type = replace(same, detection=Detection(Box(0, 0, 90, 100), "slope_drain", 0.5))  # IoU 0.9, another type: one object still
+    elsewhere = _finding(Box(150, 150, 200, 200))
+    half_over = _finding(Box(50, 0, 150, 100))  # IoU 0.33
+    assert unlabelled([same, other_type, elsewhere, half_over], [label]) == [elsewhere, half_over]
+    assert unlabelled([elsewhere], []) == [elsewhere]
+
+
+def test_suggestions_are_the_models_findings_in_a_run_of_their_own(train_set, probe_pipeline, tmp_path):
+    from app.usecases.labels import import_labels
+    from db.store import Store
+
+    db = tmp_path / "review.db"
+    store = Store(db)
+    report = import_labels(store, train_set, "ana", pipeline=probe_pipeline)
+    assert report.suggested > 0
+    unlabelled_photo = sorted(train_set.parent.glob("train/images/*.jpg"))[3].name  # its labels were emptied
+    (pid,) = [r[0] for r in db_rows(db, "SELECT id FROM photos WHERE original_name = ?", unlabelled_photo)]
+    _, result = probe_pipeline.run(store.photo(pid).path)
+    assert len(store.photo_findings(pid)) == len(result.findings) > 0  # nothing labelled: every detection is a suggestion
+    for photo_id in {r[0] for r in db_rows(db, "SELECT id FROM photos")}:
+        findings = store.photo_findings(photo_id)
+        labels = [f for f in findings if f.from_labels]
+        for s in (f for f in findings if not f.from_labels):
+            assert s.model_version.split(":")[0] in ("probe", "passthrough")  # vegetation has one class: passed through
+            assert all(s.state.box.iou(label.state.box) < 0.5 for label in labels)
+    runs = db_rows(db, "SELECT detector_version, count(*) FROM inference_runs GROUP BY detector_version ORDER BY 1")
+    assert runs[0][0].startswith("detector:") and runs[1] == ("labels:reviewed-set/train", 4)
+
+
+def test_the_likely_right_band_never_holds_an_imported_label(train_set, probe_pipeline, tmp_path):
+    """A label is certain by construction (probability 1), not by a measured band: bulk-accepting
+    it as "likely right" would skip the look the import is for."""
+    from app.models import ModelHost
+    from app.review_handlers import ReviewHandlers
+    from app.usecases.labels import import_labels
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    import_labels(store, train_set, "ana")
+    h = ReviewHandlers(store, ModelHost.ready(probe_pipeline))
+    findings = [f for pid in range(1, 5) for f in store.photo_findings(pid)]
+    assert h.likely_right_threshold() is not None
+    assert h.likely_right(findings) == set()
+    # The same numbers from a model are in the band: only their source keeps labels out.
+    as_model = [replace(f, model_version="probe:x") for f in findings]
+    assert h.likely_right(as_model)

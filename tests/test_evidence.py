@@ -43,7 +43,8 @@ def test_nearest_keeps_the_type_ranks_by_similarity_and_skips_the_own_photo():
 def test_sentence_counts_the_verdicts_condition():
     near = _index().nearest(BLOCKED, "toe_drain", k=5)
     assert Evidence("toe_drain", "Toe drain- Blocked", near).sentence(TAX) == "4 of the 5 most similar labelled toe drains were blocked"
-    assert Evidence("toe_drain", "Toe drain", near).sentence(TAX) == "0 of the 5 most similar labelled toe drains were normal"
+    # Most of them carry another condition: which, and how many.
+    assert Evidence("toe_drain", "Toe drain", near).sentence(TAX) == "0 of the 5 most similar labelled toe drains were normal, 4 blocked"
     assert Evidence("toe_drain", "Toe drain", ()).sentence(TAX) == ""
     with pytest.raises(ValueError, match="neighbours of that type"):
         Evidence("rock_toe", "rock toe", near)
@@ -70,6 +71,9 @@ EVIDENCE = Evidence("toe_drain", "Toe drain- Blocked", NEAR)
 @pytest.mark.parametrize("text, evidence, problem", [
     ("Toe drain #1; 3 of the 5 most similar labelled toe drains were blocked.", EVIDENCE, None),
     ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal.", EVIDENCE, None),  # another condition, counted right
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal, 3 blocked.", EVIDENCE, None),
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal, 4 blocked.", EVIDENCE, "3 of the 5 looked up were blocked"),
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal, 1 damaged.", EVIDENCE, None),
     ("Toe drain #1; 4 of the 5 most similar labelled toe drains were blocked.", EVIDENCE, "3 of the 5 looked up were blocked"),
     ("Toe drain #1; 3 of the 4 most similar labelled toe drains were blocked.", EVIDENCE, "3 of the 5 looked up"),
     ("Toe drain #1; 3 of the 5 most similar labelled slope drains were blocked.", EVIDENCE, "the object is a toe drain"),

@@ -16,6 +16,7 @@ by side with the object.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -71,12 +72,25 @@ class Evidence:
     def agreeing(self) -> int:
         return sum(e.class_name == self.class_name for e in self.neighbours)
 
+    @property
+    def outvoting(self) -> tuple[str, int] | None:
+        """The class most neighbours carry and how many, when it is not the verdict's and they
+        outnumber the verdict's (ties go to the more similar neighbour); else None."""
+        counts = Counter(e.class_name for e in self.neighbours if e.class_name != self.class_name)
+        if not counts:
+            return None
+        name, n = counts.most_common(1)[0]
+        return (name, n) if n > self.agreeing else None
+
     def sentence(self, taxonomy: Taxonomy) -> str:
-        """``"4 of the 5 most similar labelled toe drains were blocked"`` (empty without neighbours)."""
+        """``"4 of the 5 most similar labelled toe drains were blocked"``, and when most of them
+        carry another condition, which and how many (``"1 of the 5 ... were blocked, 3 normal"``:
+        "1 of 5" alone left the reviewer to guess what the other four were). Empty without neighbours."""
         if not self.neighbours:
             return ""
+        other = self.outvoting
         return (f"{self.agreeing} of the {len(self.neighbours)} most similar labelled {plural(self.object_type)} "
-                f"were {condition_word(taxonomy, self.class_name)}")
+                f"were {condition_word(taxonomy, self.class_name)}" + (f", {other[1]} {condition_word(taxonomy, other[0])}" if other else ""))
 
 
 def plural(type_name: str) -> str:

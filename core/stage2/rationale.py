@@ -148,12 +148,14 @@ def _probability_claims(text: str, probabilities: dict[str, float], taxonomy: Ta
     return problems
 
 
-_NEIGHBOURS = re.compile(r"(?P<n>\d+) of the (?P<k>\d+) most similar labelled (?P<type>[a-z ]+?) were (?P<word>[a-z]+)")
+_NEIGHBOURS = re.compile(r"(?P<n>\d+) of the (?P<k>\d+) most similar labelled (?P<type>[a-z ]+?) were (?P<word>[a-z]+)"
+                         r"(?:, (?P<m>\d+) (?P<other>[a-z]+))?")
 
 
 def _neighbour_claims(text: str, evidence: Evidence | None, taxonomy: Taxonomy) -> list[str]:
-    """Each ``N of the K most similar labelled <type>s were <condition>`` must be what the index
-    gave: K neighbours looked up for this object's type, N of them of that condition."""
+    """Each ``N of the K most similar labelled <type>s were <condition>[, M <other condition>]`` must
+    be what the index gave: K neighbours looked up for this object's type, N of them of that
+    condition (and M of the other)."""
     problems = []
     for m in _NEIGHBOURS.finditer(text):
         claim = m.group(0)
@@ -165,4 +167,8 @@ def _neighbour_claims(text: str, evidence: Evidence | None, taxonomy: Taxonomy) 
             problems.append(f"says '{claim}', but the object is a {evidence.object_type.replace('_', ' ')}")
         elif int(m.group("k")) != len(evidence.neighbours) or int(m.group("n")) != found:
             problems.append(f"says '{claim}', but {found} of the {len(evidence.neighbours)} looked up were {m.group('word')}")
+        elif m.group("m") is not None:
+            others = sum(condition_word(taxonomy, e.class_name) == m.group("other") for e in evidence.neighbours)
+            if int(m.group("m")) != others:
+                problems.append(f"says '{claim}', but {others} of the {len(evidence.neighbours)} looked up were {m.group('other')}")
     return problems

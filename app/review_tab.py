@@ -125,8 +125,8 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                                          image_type="filepath", height=620, elem_id="sw-canvas")
                 gr.HTML("".join(f'<span style="color:{c};font-weight:bold">■ {k}</span>&nbsp;&nbsp;' for k, c in sorted(h.colors.items()))
                         + "<br><small>Canvas: drag a box to move it, its handles to resize it; C draws a box (then pick its class) and D "
-                          "goes back to moving; Delete (or Backspace) removes the selected object, the wheel zooms, Space resets the view. Every "
-                          "change is saved at once. ✓ marks a box already decided.</small>", elem_id="sw-legend")
+                          "goes back to moving; Delete (or Backspace) removes the selected object, the wheel zooms, Space resets "
+                          "the view. Every change is saved at once. ✓ marks a box already decided.</small>", elem_id="sw-legend")
             with gr.Column(scale=2):
                 # Messages live beside the canvas, never above it: a line appearing above the canvas
                 # would move the photo under the reviewer's mouse in the middle of a drag.

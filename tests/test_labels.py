@@ -150,3 +150,23 @@ def test_the_likely_right_band_never_holds_an_imported_label(train_set, probe_pi
     # The same numbers from a model are in the band: only their source keeps labels out.
     as_model = [replace(f, model_version="probe:x") for f in findings]
     assert h.likely_right(as_model)
+
+
+def test_the_review_tab_tells_labels_from_the_models_suggestions(train_set, probe_pipeline, tmp_path):
+    from app.review_handlers import ReviewHandlers
+    from app.usecases.labels import import_labels
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    import_labels(store, train_set, "ana", pipeline=probe_pipeline)
+    pid = next(p for p in range(1, 5) if any(not f.from_labels for f in store.photo_findings(p))
+               and any(f.from_labels for f in store.photo_findings(p)))
+    findings = store.photo_findings(pid)
+    n_labels = sum(f.from_labels for f in findings)
+    canvas, header, select, table, *_ = ReviewHandlers(store).view(pid)
+    assert f"Label review: {n_labels} imported label(s) (· label), {len(findings) - n_labels} box(es)" in header
+    marked = {fid: text.endswith("· label") for text, fid in select["choices"]}
+    assert marked == {f.finding_id: f.from_labels for f in findings}
+    assert [b["label"].endswith("· label") for b in canvas["boxes"]] == [f.from_labels for f in findings]
+    label = next(f for f in findings if f.from_labels)
+    assert ReviewHandlers(store).panel(pid, label.finding_id)[0].split("\n\n")[1].startswith("Imported label: ")

@@ -157,6 +157,9 @@ def evidence_index(store=None):
     index = load_default_index()
     if store is None:
         return index
+    # A training photo reviewed here (a label-review pass) is cited as reviewed: its dataset labels
+    # leave the index, or the same object would count twice among "the 5 most similar".
+    index = index.without_photos({p.photo.sha256 for p in store.reviewed_photos()})
     # One photo decoded at a time: a store may hold thousands of reviewed photos.
     return index.extend(index_from_photos(((p, f"review:{p.key[:12]}") for p in reviewed_photos(store)), store.taxonomy))
 

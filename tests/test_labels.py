@@ -170,3 +170,28 @@ def test_the_review_tab_tells_labels_from_the_models_suggestions(train_set, prob
     assert [b["label"].endswith("· label") for b in canvas["boxes"]] == [f.from_labels for f in findings]
     label = next(f for f in findings if f.from_labels)
     assert ReviewHandlers(store).panel(pid, label.finding_id)[0].split("\n\n")[1].startswith("Imported label: ")
+
+
+def test_a_reviewed_training_photo_is_cited_once_as_reviewed(train_set, tmp_path, monkeypatch):
+    """A label-review photo is in the shipped index (the train split) and, once reviewed, among
+    the reviewed objects too: the same object counted twice among "the 5 most similar"."""
+    import core.stage2.evidence as evidence
+    from app.models import evidence_index
+    from app.usecases.labels import import_labels
+    from core.stage2.evidence import index_from_photos
+    from core.stage2.labeled import labeled_photos
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    import_labels(store, train_set, "ana")
+    shipped = index_from_photos(((p, f"train/{p.key[:8]}") for p in labeled_photos(load_dataset(train_set, store.taxonomy), "train")),
+                                store.taxonomy)
+    monkeypatch.setattr(evidence, "load_default_index", lambda: shipped)
+    photo = store.photo(1)
+    assert photo.sha256 in shipped.photos
+    store.accept_pending(1, "ana")
+    index = evidence_index(store)
+    mine = [s for s, p in zip(index.sources, index.photos) if p == photo.sha256]
+    assert mine and all(s.startswith("review:") for s in mine)
+    assert len(mine) == shipped.photos.count(photo.sha256)  # the same objects, once
+    assert len(index) == len(shipped)  # the other photos' labels are kept

@@ -130,6 +130,13 @@ class EvidenceIndex:
     def __len__(self) -> int:
         return len(self.features)
 
+    def without_photos(self, keys: set[str]) -> "EvidenceIndex":
+        """This index less every object of the photos ``keys`` (content hashes)."""
+        rows = [i for i, p in enumerate(self.photos) if p not in keys]
+        return EvidenceIndex(self.features[rows], [self.types[i] for i in rows],
+                             [self.classes[i] for i in rows], [self.sources[i] for i in rows], [self.photos[i] for i in rows],
+                             [self.thumbs[i] for i in rows])
+
     def extend(self, other: "EvidenceIndex") -> "EvidenceIndex":
         return EvidenceIndex(np.concatenate([self.features, other.features]), self.types + other.types,
                              self.classes + other.classes, self.sources + other.sources, self.photos + other.photos,

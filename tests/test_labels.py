@@ -195,3 +195,46 @@ def test_a_reviewed_training_photo_is_cited_once_as_reviewed(train_set, tmp_path
     assert mine and all(s.startswith("review:") for s in mine)
     assert len(mine) == shipped.photos.count(photo.sha256)  # the same objects, once
     assert len(index) == len(shipped)  # the other photos' labels are kept
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_a_done_label_review_photo_replaces_its_dataset_labels_in_the_detectors_training(train_set, tmp_path, monkeypatch):
+    """The pass is for the detector: what reviewers left on a done photo is what it trains on, in
+    place of the dataset's labels of that photo; the other train photos are replayed as labelled."""
+    import train.nightly_detector as nd
+    from app.usecases.labels import import_labels
+    from db.store import Store
+    from train.nightly import NightlyConfig, nightly
+
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))  # a detector registry of its own
+    store = Store(tmp_path / "review.db")
+    import_labels(store, train_set, "ana")
+    findings = store.photo_findings(1)
+    store.correct(findings[0].finding_id, 0, "ana", "delete")  # a wrong label
+    missed = Box(2, 2, 40, 40)
+    store.add_missed(1, "ana", missed, "vegetation")  # an object nobody labelled
+    store.accept_pending(1, "ana")
+    store.confirm_photo(1, "ana")
+    written = {}
+
+    def capture(weights, det_yaml, work, cfg):
+        root = det_yaml.parent / "train"
+        for image in (root / "images").iterdir():
+            written.setdefault(image.name.split("-")[0], []).append((root / "labels" / f"{image.stem}.txt").read_text().splitlines())
+        raise _Captured()
+
+    monkeypatch.setattr(nd, "finetune", capture)
+    cfg = NightlyConfig(db=tmp_path / "review.db", stages="detector", holdout_percent=0, detector_train_yaml=str(train_set),
+                        detector_frozen_yaml=str(train_set), detector_epochs=1, detector_batch=2, detector_workers=0)
+    with pytest.raises(_Captured):
+        nightly(cfg)
+    key = store.photo(1).sha256[:16]
+    assert len(written) == 4 and len(written[key]) == cfg.detector_reviewed_repeat  # every train photo; the reviewed one repeated
+    reviewed = written[key][0]
+    assert len(reviewed) == len(findings)  # one label gone, one box drawn
+    w, h = store.photo(1).width, store.photo(1).height
+    assert missed.yolo_line(store.taxonomy.type_id("vegetation"), w, h) in reviewed
+    assert findings[0].state.box.yolo_line(store.taxonomy.type_id(findings[0].state.object_type), w, h) not in reviewed

@@ -238,3 +238,63 @@ def test_a_done_label_review_photo_replaces_its_dataset_labels_in_the_detectors_
     w, h = store.photo(1).width, store.photo(1).height
     assert missed.yolo_line(store.taxonomy.type_id("vegetation"), w, h) in reviewed
     assert findings[0].state.box.yolo_line(store.taxonomy.type_id(findings[0].state.object_type), w, h) not in reviewed
+
+
+def _split_percent(keys):
+    """``(percent, held out, kept)``: a hold-out percentage that holds one of two photos out."""
+    from train.holdout import held_out
+
+    for held, kept in (keys, keys[::-1]):
+        for p in range(1, 100):
+            if held_out(held, p) and not held_out(kept, p):
+                return p, held, kept
+    pytest.skip("the two photos' hashes fall in the same percentile")
+
+
+@pytest.mark.parametrize("stage", ["detector", "classifier"])
+def test_a_held_out_label_review_photo_stays_out_of_training_and_the_night_runs(stage, train_set, tmp_path, monkeypatch):
+    """A done training photo in the frozen slice was replayed from the dataset into training, so
+    the leak guard stopped every night once a label-review pass had such a photo."""
+    import core.evaluation.classifier as scoring
+    import train.nightly_detector as nd
+    from app.usecases.labels import import_labels
+    from conftest import tiny_lm_factory
+    from db.store import Store
+    from train.nightly import NightlyConfig, nightly
+
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))
+    store = Store(tmp_path / "review.db")
+    if stage == "classifier":  # a current model of the tiny LM's shape, from before the reviews
+        from core.model_registry import ModelRegistry
+        from core.stage2.backends.adapter import AdapterConfig, AdapterVLM
+
+        reg = ModelRegistry(tmp_path / "registry")
+        AdapterVLM(store.taxonomy, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=0),
+                   lm_and_tokenizer=tiny_lm_factory()()).save(tmp_path / "v0")
+        reg.add(tmp_path / "v0", "v0")
+        reg.promote("v0")
+    import_labels(store, train_set, "ana")
+    for pid in (1, 2):
+        store.accept_pending(pid, "ana")
+        store.confirm_photo(pid, "ana")
+    pct, held, kept = _split_percent([store.photo(1).sha256, store.photo(2).sha256])
+    seen = {}
+
+    def capture_detector(weights, det_yaml, work, cfg):
+        seen["train"] = [i.name.split("-")[0] for i in (det_yaml.parent / "train" / "images").iterdir()]
+        raise _Captured()
+
+    def capture_scoring(classifier, photos, *args, **kw):
+        seen["frozen"] = [p.key for p in photos]
+        raise _Captured()
+
+    monkeypatch.setattr(nd, "finetune", capture_detector)
+    monkeypatch.setattr(scoring, "score_photos", capture_scoring)
+    cfg = NightlyConfig(db=tmp_path / "review.db", registry=tmp_path / "registry", stages=stage, holdout_percent=pct, calibration_percent=0,
+                        train_yaml=str(train_set), frozen_yaml=str(train_set), detector_epochs=1, detector_batch=2, detector_workers=0)
+    with pytest.raises(_Captured):
+        nightly(cfg, tiny_lm_factory())
+    if stage == "detector":
+        assert held[:16] not in seen["train"] and kept[:16] in seen["train"] and len(set(seen["train"])) == 3
+    else:
+        assert held in seen["frozen"] and kept not in seen["frozen"]

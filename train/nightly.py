@@ -246,10 +246,11 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     if cfg.frozen_yaml:
         frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
     if cfg.train_yaml:
-        reviewed_keys = {p.key for p in train}
-        # The same photo reviewed and in the dataset: the reviewed labels win.
-        train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train")
-                  if p.key not in reviewed_keys and p.key not in {c.key for c in calibrate}]
+        # The same photo reviewed and in the dataset: the reviewed labels win, and a reviewed photo
+        # held out (frozen or calibration) stays out of training under its dataset labels too (a
+        # reviewed training photo, as in a label-review pass, used to abort the night as a leak).
+        reviewed_keys = {p.key for p in reviewed}
+        train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if p.key not in reviewed_keys]
     leak = {p.key for p in train} & ({p.key for p in frozen} | {p.key for p in calibrate})
     if leak:
         raise LeakError(f"{len(leak)} frozen-evaluation or calibration photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")

@@ -160,8 +160,11 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     reviewed_keys = {p.key for p in train}
     replay_yaml = cfg.detector_train_yaml or cfg.train_yaml
     if replay_yaml:
-        # The same photo reviewed and in the dataset: the reviewers' boxes win.
-        train += [b for b in map(BoxPhoto.from_sample, load_dataset(replay_yaml, taxonomy).samples("train")) if b.key not in reviewed_keys]
+        # The same photo reviewed and in the dataset: the reviewers' boxes win, and a done photo held
+        # out stays out of training under its dataset labels too (else a done training photo in the
+        # frozen slice, as in a label-review pass, aborted the night as a leak).
+        done_keys = {p.key for p in done}
+        train += [b for b in map(BoxPhoto.from_sample, load_dataset(replay_yaml, taxonomy).samples("train")) if b.key not in done_keys]
     frozen_yaml = cfg.detector_frozen_yaml or cfg.frozen_yaml
     if frozen_yaml:
         frozen += [BoxPhoto.from_sample(s) for s in load_dataset(frozen_yaml, taxonomy).samples(cfg.frozen_split)]

@@ -255,10 +255,11 @@ def _split_percent(keys):
 def test_a_held_out_label_review_photo_stays_out_of_training_and_the_night_runs(stage, train_set, tmp_path, monkeypatch):
     """A done training photo in the frozen slice was replayed from the dataset into training, so
     the leak guard stopped every night once a label-review pass had such a photo."""
+    from conftest import tiny_lm_factory
+
     import core.evaluation.classifier as scoring
     import train.nightly_detector as nd
     from app.usecases.labels import import_labels
-    from conftest import tiny_lm_factory
     from db.store import Store
     from train.nightly import NightlyConfig, nightly
 

@@ -82,7 +82,8 @@ def import_labels(store: Store, data_yaml: Path, user: str, progress: Callable |
         raise SlopewatchError(f"{data_yaml}: expected labels naming the taxonomy's classes (e.g. drainage-conditions), found a dataset "
                               f"labelled by type only ({dataset.names}): a reviewer would have no condition to check")
     if IMPORTABLE_SPLIT not in dataset.splits:
-        raise SlopewatchError(f"{data_yaml}: expected a {IMPORTABLE_SPLIT!r} split to review, found {dataset.splits}")
+        raise SlopewatchError(f"{data_yaml}: expected a {IMPORTABLE_SPLIT!r} split to review, found {dataset.splits} (an evaluation "
+                              "split is never imported: the nightly job judges models on it)")
     source = f"{Path(data_yaml).resolve().parent.name}/{IMPORTABLE_SPLIT}"
     version = f"{LABELS_BACKEND}:{source}"
     report, started = LabelImport(), time.perf_counter()

@@ -2,7 +2,8 @@
 selected object: the tab's layout, keys and wiring. The named handlers are
 ``app.review_handlers.ReviewHandlers``; the rules are in ``app.usecases.review`` and ``db``.
 
-Keys (outside text fields): 1–9 the selected object's classes (the key of its current class
+Keys (outside text fields, and not while the class dialog of a drawn box is open; a radio button
+just clicked does not hold them): 1–9 the selected object's classes (the key of its current class
 accepts it), ``a`` accept it (nothing is written
 when it is already your own decision, e.g. right after your relabel) and select the
 next pending one, ``Shift+A`` accept every pending object of the photo, ``L`` accept the
@@ -52,21 +53,36 @@ document.addEventListener('pointerup', (e) => {
 // After a drawn box is saved the canvas stays in draw mode, so the reviewer's next click on a box
 // starts another box instead of selecting it: back to drag/select mode when the add is saved.
 // Edge-triggered on a new status line, so pressing C again to draw another box is left alone.
-let swLastStatus = '';
+let swLastStatus = '', swWasDialog = false;
+// The canvas's dialog for a drawn box's class (open: the page's keys are the dialog's).
+// (Not offsetParent: the dialog is position: fixed, whose offsetParent is always null.)
+const swDialog = () => { const d = document.getElementById('model-box-edit'); return !!(d && d.getClientRects().length); };
+const swToDrag = () => {
+  const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
+  if (drag && !drag.classList.contains('selected')) drag.click();
+};
 new MutationObserver(() => {
+  // The dialog dismissed (Escape, Cancel) without a class: the drawn box is gone, and the canvas
+  // stayed in draw mode, so a click meant to select a box drew another one.
+  const dialog = swDialog();
+  if (swWasDialog && !dialog) setTimeout(swToDrag, 0);
+  swWasDialog = dialog;
   const s = document.querySelector('#sw-status');
   const text = s ? s.innerText : '';
   if (text === swLastStatus) return;
   swLastStatus = text;
   // A drawn box refused on a photo that changed meanwhile leaves draw mode too (the photo reloaded).
-  if (!/Saved: .*added #|Not saved: photo [0-9]+ changed/.test(text)) return;
-  const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
-  if (drag && !drag.classList.contains('selected')) drag.click();
-}).observe(document.body, {subtree: true, childList: true, characterData: true});
+  if (/Saved: .*added #|Not saved: photo [0-9]+ changed/.test(text)) swToDrag();
+}).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['style', 'class']});
 document.addEventListener('keydown', (e) => {
   const t = e.target;
-  if (t.closest && t.closest('input, textarea, select, [contenteditable=true]')) return;
+  // Text entry keeps its keys; a radio button (an object or class picked with the mouse keeps the
+  // focus) does not, or every key was dead after a click in the side panel.
+  if (t.closest && t.closest('input:not([type=radio]):not([type=checkbox]), textarea, select, [contenteditable=true]')) return;
   if (!document.querySelector('#sw-canvas') || !document.querySelector('#sw-canvas').offsetParent) return;
+  // While the class dialog of a drawn box is open, Delete went to the side panel's object: a real
+  // object behind the dialog was deleted instead of the unsaved box.
+  if (swDialog()) return;
   // A key that acts through the side panel takes the keys away from the canvas: the canvas's own
   // Delete removes only the box selected on it, and none is after an undo (Delete then did nothing
   // and said nothing). Keys then go to this handler, whose Delete removes the panel's object.

@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 from core.attribution import Kind, attribute
-from core.types import Box, Status
+from core.types import LABELS_BACKEND, Box, Status
 from db.checks import (
     MAX_TEXT_CHARS,
     AlreadyDecided,
@@ -230,6 +230,11 @@ class Corrections:
         now = time.time()
         with self.write() as conn:
             box = check_box(box, *self._photo_size(conn, photo_id))
+            # The miss is the latest run's: on a photo whose only run is imported labels (no detector
+            # ran on it), the labels missed the object, not a detector.
+            run = conn.execute("SELECT detector_version FROM inference_runs WHERE photo_id = ? ORDER BY id DESC LIMIT 1",
+                               (photo_id,)).fetchone()
+            kind = Kind.LABEL if run and str(run["detector_version"]).startswith(LABELS_BACKEND + ":") else Kind.DETECTOR_MISS
             fid = insert(conn, "findings", {"photo_id": photo_id, "object_type": cls.type, "class_name": class_name,
                                              "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2, "rationale": rationale,
                                              "source": "reviewer", "created_at": now})
@@ -237,7 +242,7 @@ class Corrections:
             insert(conn, "finding_state", state.to_json())
             insert(conn, "corrections", {"finding_id": fid, "reviewer": reviewer, "action": "add", "before_json": "{}",
                                           "after_json": json.dumps(state.to_json()), "model_version": None, "revision": 1,
-                                          "created_at": now, "kind": Kind.DETECTOR_MISS.value})
+                                          "created_at": now, "kind": kind.value})
             return state
 
     # --- one-off repair ----------------------------------------------------------------------

@@ -127,8 +127,10 @@ class Progress:
         no_model = sorted(k.value for k in (Kind.REVISION, Kind.NOTE, Kind.REPAIR))
         rows = self._rows(
             "SELECT c.kind, CASE WHEN c.kind IN (" + ",".join("?" * len(no_model)) + ") THEN ? ELSE "
-            # (A box nudged within the IoU tolerance is kind "accept": the detector's box was right.)
-            "COALESCE(CASE WHEN c.kind IN (" + ",".join("?" * len(stage1)) + ") OR c.action = 'edit_box' THEN COALESCE(r.detector_version, "
+            # (A box nudged within the IoU tolerance is kind "accept": the detector's box was right; a box
+            # drawn on a photo only labels were imported for is kind "label", the labels' miss.)
+            "COALESCE(CASE WHEN c.kind IN (" + ",".join("?" * len(stage1)) + ") OR c.action IN ('edit_box', 'add') "
+            "THEN COALESCE(r.detector_version, "
             "(SELECT lr.detector_version FROM inference_runs lr WHERE lr.photo_id = f.photo_id ORDER BY lr.id DESC LIMIT 1)) "
             "ELSE c.model_version END, 'drawn by a reviewer') END AS model, "
             "date(c.created_at, 'unixepoch') AS day, count(*) AS n "

@@ -145,7 +145,7 @@ def test_box_corrections_on_unfinished_photos_say_why_nothing_trains(tmp_path, s
     fid = store.add_run(photo.id, [_finding(FALSE_BOX, "vegetation")], "detector:shipped", "fake:0", 0.1)[0]
     store.correct(fid, 0, "ana", "delete")
     det = nightly(NightlyConfig(db=tmp_path / "review.db", stages="detector", detector_registry=tmp_path / "d"))["detector"]
-    assert det["decision"] == "nothing-new" and "1 box correction(s) wait on photos not marked done" in det["message"]
+    assert det["decision"] == "nothing-new" and "1 box or label correction(s) wait on photos not marked done" in det["message"]
 
 
 def _scores(map50, map50_95, **ap50):

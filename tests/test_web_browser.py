@@ -147,6 +147,13 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.mouse.move((x1 + x2) / 2, (y1 + y2) / 2, steps=4)
             page.mouse.move(x2, y2, steps=4)
             page.mouse.up()
+            # With the class dialog open and the focus on the page behind it, Delete is the dialog's
+            # business: it used to delete the side panel's object, a real one hidden by the dialog.
+            page.wait_for_selector("#model-box-edit", timeout=5_000)
+            page.mouse.click(5, 5)
+            page.keyboard.press("Delete")
+            page.wait_for_timeout(800)
+            assert sql(db, "SELECT count(*) FROM corrections") == [(0,)] and page.locator("#model-box-edit").is_visible()
             page.locator("#model-box-edit input[aria-label=Label]").click()
             page.get_by_role("option", name="rock toe damaged", exact=True).click()
             page.locator("#model-box-edit button:has-text('OK')").click()
@@ -194,6 +201,17 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.keyboard.press("Delete")
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'delete' AND finding_id = ?", new_id, n=2)
             page.wait_for_selector("#sw-status :text('deleted')", timeout=20_000)
+            # A drawn box dismissed with Escape leaves draw mode as a saved one does: the next click
+            # on a box selected nothing and drew another box.
+            page.keyboard.press("c")
+            page.wait_for_selector("#sw-canvas button[aria-label='Create box'].selected", timeout=5_000)
+            page.mouse.move(x1, y1)
+            page.mouse.down()
+            page.mouse.move(x2, y2, steps=4)
+            page.mouse.up()
+            page.wait_for_selector("#model-box-edit", timeout=5_000)
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#sw-canvas button[aria-label='Drag boxes'].selected", timeout=5_000)
             # In a window shorter than the canvas, a click on it does not scroll the page: the
             # browser used to bring the focused canvas into view, moving the photo under the mouse.
             page.set_viewport_size({"width": 1400, "height": 800})
@@ -213,7 +231,9 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             key = next(k for k, c in enumerate(classes) if c != cls)
             page.locator(f"#sw-select input[type=radio][value='{fid}']").check()
             page.wait_for_selector(f"#sw-class input[type=radio][value='{cls}']:checked", timeout=20_000)
-            page.mouse.click(5, 5)  # focus leaves the radio: keys go to the page
+            # The key works with the focus still on the radio just picked (keys were dead there).
+            page.locator(f"#sw-select input[type=radio][value='{fid}']").focus()
+            assert page.evaluate("document.activeElement.type") == "radio"
             page.keyboard.press(str(key + 1))
             rel = wait_rows(db, "SELECT reviewer, after_json FROM corrections WHERE action = 'relabel' AND finding_id = ?", fid)[0]
             assert rel[0] == "ana" and f'"class_name": "{classes[key]}"' in rel[1]

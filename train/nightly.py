@@ -235,22 +235,23 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
         return {"decision": "nothing-new", "current": current, "message": f"no corrections since the current model ({current}) was promoted"}
 
     reviewed = list(reviewed_photos(snap))  # the night's training set: in memory together
-    frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent)]
-    rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent)]
-    calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate")]
-    train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate")]
+    replay = labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if cfg.train_yaml else []
+    replay_keys = {p.key for p in replay}
+    # A reviewed photo of the replayed train split (a label-review pass) trains, never judges nor
+    # calibrates: the current model learned it, so held out it would score a memorised photo.
+    frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent) and p.key not in replay_keys]
+    rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent) or p.key in replay_keys]
+    calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate") and p.key not in replay_keys]
+    train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate") or p.key in replay_keys]
     # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
     if labelled_objects(calibrate, taxonomy) < MIN_CALIBRATION_OBJECTS:
         # Too few to fit a calibration: those corrections teach the candidate instead of idling.
         train, calibrate = train + calibrate, []
     if cfg.frozen_yaml:
         frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
-    if cfg.train_yaml:
-        # The same photo reviewed and in the dataset: the reviewed labels win, and a reviewed photo
-        # held out (frozen or calibration) stays out of training under its dataset labels too (a
-        # reviewed training photo, as in a label-review pass, used to abort the night as a leak).
-        reviewed_keys = {p.key for p in reviewed}
-        train += [p for p in labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if p.key not in reviewed_keys]
+    # The same photo reviewed and in the dataset: the reviewed labels win.
+    reviewed_keys = {p.key for p in reviewed}
+    train += [p for p in replay if p.key not in reviewed_keys]
     leak = {p.key for p in train} & ({p.key for p in frozen} | {p.key for p in calibrate})
     if leak:
         raise LeakError(f"{len(leak)} frozen-evaluation or calibration photo(s) also in the training data, e.g. {sorted(leak)[0]}; aborting")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.attribution import STAGE1
+from core.attribution import STAGE1, Kind
 from core.data import file_sha256
 from core.errors import SlopewatchError
 from core.types import Box
@@ -146,25 +146,25 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     cutoff = registry.data_until(current)
     new = live.confirmations_since(cutoff)
     if new == 0:
-        waiting = live.corrections_since(cutoff, kinds=STAGE1)
+        waiting = live.corrections_since(cutoff, kinds=STAGE1 | {Kind.LABEL})
         return {"decision": "nothing-new", "current": current,
                 "message": f"no photo marked done since the current detector ({current}) was promoted"
-                           + (f"; {waiting} box correction(s) wait on photos not marked done (Photo done)" if waiting else "")}
+                           + (f"; {waiting} box or label correction(s) wait on photos not marked done (Photo done)" if waiting else "")}
     done = [BoxPhoto.from_reviewed(p) for p in snap.done_photos()]
-    frozen = [p for p in done if held_out(p.key, cfg.holdout_percent)]
-    train = [p for p in done if not held_out(p.key, cfg.holdout_percent)]
+    replay_yaml = cfg.detector_train_yaml or cfg.train_yaml
+    replay = list(map(BoxPhoto.from_sample, load_dataset(replay_yaml, taxonomy).samples("train"))) if replay_yaml else []
+    replay_keys = {b.key for b in replay}
+    # A done photo of the replayed train split (a label-review pass) trains, never judges: the
+    # current detector learned it, so held out it would score a memorised photo.
+    frozen = [p for p in done if held_out(p.key, cfg.holdout_percent) and p.key not in replay_keys]
+    train = [p for p in done if not held_out(p.key, cfg.holdout_percent) or p.key in replay_keys]
     if not train:
         return {"decision": "nothing-complete", "current": current, "new_corrections": new,
                 "message": f"{new} photo(s) marked done since {current}, all in the held-out evaluation slice: nothing to "
                            "train on yet (a detector learns only from done photos outside it)"}
     reviewed_keys = {p.key for p in train}
-    replay_yaml = cfg.detector_train_yaml or cfg.train_yaml
-    if replay_yaml:
-        # The same photo reviewed and in the dataset: the reviewers' boxes win, and a done photo held
-        # out stays out of training under its dataset labels too (else a done training photo in the
-        # frozen slice, as in a label-review pass, aborted the night as a leak).
-        done_keys = {p.key for p in done}
-        train += [b for b in map(BoxPhoto.from_sample, load_dataset(replay_yaml, taxonomy).samples("train")) if b.key not in done_keys]
+    # The same photo reviewed and in the dataset: the reviewers' boxes win.
+    train += [b for b in replay if b.key not in reviewed_keys]
     frozen_yaml = cfg.detector_frozen_yaml or cfg.frozen_yaml
     if frozen_yaml:
         frozen += [BoxPhoto.from_sample(s) for s in load_dataset(frozen_yaml, taxonomy).samples(cfg.frozen_split)]

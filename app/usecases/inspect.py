@@ -60,8 +60,9 @@ def overlay_items(store: Store, findings: list[StoredFinding], selected: int | N
         item = OverlayItem.from_scores(f.index, s.box, s.class_name or s.object_type, store.taxonomy.condition_key(s.class_name),
                                        f.probabilities, f.confidence, f.detector_confidence, reviewed=s.status is Status.REVIEWED,
                                        rationale=s.rationale or "" if s.finding_id == selected else "")
-        unchanged = s.status is Status.PENDING and s.class_name == f.model_class
-        items.append(item if unchanged else replace(item, confidence=None))  # a reviewer's label carries no model score
+        unchanged = s.status is Status.PENDING and s.class_name == f.model_class and not f.from_labels
+        # A reviewer's label, or an imported one, carries no model score.
+        items.append(item if unchanged else replace(item, confidence=None))
     return items
 
 

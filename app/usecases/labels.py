@@ -26,7 +26,9 @@ from core.data import Sample, load_dataset
 from core.errors import ImageError, SlopewatchError
 from core.photos import ingest, photos_dir
 from core.pipeline import Pipeline
-from core.types import LABELS_BACKEND, Box, Finding, LabeledObject
+from core.stage2.classifier import photo_context
+from core.types import LABELS_BACKEND, Box, Detection, Finding, LabeledObject
+from db.checks import InvalidEdit, check_box
 from db.store import Store
 
 IMPORTABLE_SPLIT = "train"
@@ -63,11 +65,21 @@ def label_findings(sample: Sample, size: tuple[int, int], taxonomy, source: str)
     return found
 
 
-def unlabelled(findings: Sequence[Finding], labels: Sequence[Finding], iou: float = SUGGEST_IOU) -> list[Finding]:
-    """The model's findings whose box no label covers: IoU below ``iou`` with every label's box,
-    whatever its type (a box labelled as another type is a disagreement on one object, not a
-    second object)."""
-    return [f for f in findings if all(f.detection.box.iou(label.detection.box) < iou for label in labels)]
+def unlabelled(detections: Sequence[Detection], labels: Sequence[Finding], iou: float = SUGGEST_IOU) -> list[Detection]:
+    """The detections no label covers: IoU below ``iou`` with every label's box, whatever its type
+    (a box labelled as another type is a disagreement on one object, not a second object)."""
+    return [d for d in detections if all(d.box.iou(label.detection.box) < iou for label in labels)]
+
+
+def suggestions(pipeline: Pipeline, image, key: str, labels: Sequence[Finding]) -> list[Finding]:
+    """Stage 2's findings on the detections no label covers, judged among the labels: the photo's
+    objects are numbered as stored (labels first, then these), so a rationale's "overlapping toe
+    drain #3" names the object the reviewer sees as #3."""
+    extra = unlabelled(pipeline.detector.predict(image), labels)
+    if not extra or pipeline.classifier is None:
+        return []
+    ctx = photo_context(image, [label.detection for label in labels] + extra, key)
+    return list(pipeline.classifier.classify_context(ctx))[len(labels):]
 
 
 def import_labels(store: Store, data_yaml: Path, user: str, progress: Callable | None = None,
@@ -94,6 +106,11 @@ def import_labels(store: Store, data_yaml: Path, user: str, progress: Callable |
         try:
             stored = ingest(sample.image_path, photos_dir(), name=name)
             findings = label_findings(sample, stored.image.size, store.taxonomy, source)
+            for k, f in enumerate(findings):  # before the photo is stored: a refused label must not leave it empty
+                try:
+                    check_box(f.detection.box, *stored.image.size)
+                except InvalidEdit as exc:
+                    raise ImageError(f"{name}: label {k} ({f.detection.type}): {exc}") from None
         except ImageError as exc:
             report.failed.append((name, str(exc).removeprefix(f"{name}: ")))
             continue
@@ -105,10 +122,10 @@ def import_labels(store: Store, data_yaml: Path, user: str, progress: Callable |
         extra, seconds = [], 0.0
         if pipeline is not None:  # before anything is stored: a failure here leaves the photo to a rerun
             t0 = time.perf_counter()
-            extra = unlabelled(pipeline.run(stored.image, name, stored.sha256)[1].findings, findings)
+            extra = suggestions(pipeline, stored.image, stored.sha256, findings)
             seconds = time.perf_counter() - t0
         store.add_run(record.id, findings, version, version, 0.0)
-        if extra:
+        if pipeline is not None:  # even empty: a box drawn later is then the detector's miss, not only the labels'
             store.add_run(record.id, extra, *run_versions(pipeline), seconds)
         report.imported += 1
         report.objects += len(findings)
@@ -157,6 +174,8 @@ def run_import_labels(cfg: ImportLabelsConfig) -> dict:
     report = import_labels(store, Path(cfg.data_yaml), cfg.user, lambda items, **kw: tqdm(items, **kw), pipeline)
     for name, why in report.failed:
         print(f"FAILED {name}: {why}", file=sys.stderr)
+    if cfg.suggest and report.skipped:
+        print(f"{report.skipped} photo(s) were stored before and left as they are: no suggestions were added to them.", file=sys.stderr)
     if report.imported:
         print(f"{report.imported} photo(s) wait in the Review queue with their labels pending: fix what is wrong, then Photo done; "
               "the nightly job trains on done photos only.", file=sys.stderr)

@@ -29,7 +29,7 @@ from core.errors import SlopewatchError
 from core.overlay import render_overlay
 from core.paths import data_dir
 from core.photos import WORKING_SIZE_PX
-from core.types import LABELS_BACKEND, Status
+from core.types import Status, is_labels_version
 from db.store import Store
 
 # "#" is the object's index within its photo: the number rationales, the overlay and the Review
@@ -303,7 +303,7 @@ class Handlers:
                  "label (a corrected imported label, `slopewatch import-labels`) blames the dataset; "
                  "undone corrections are not counted, nor is a drawn box deleted again counted as a miss)",
                  *[f"- {k}: {v}" for k, v in sorted(d["kinds"]["total"].items())],
-                 *[f"- {'labels' if m.startswith(LABELS_BACKEND + ':') else 'model'} `{m}`"
+                 *[f"- {'labels' if is_labels_version(m) else 'model'} `{m}`"
                    f"{PASSTHROUGH_NOTE if m.startswith('passthrough:') else ''}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
                    for m, c in sorted(d["kinds"]["by_model"].items())],
                  *[f"- week {w}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for w, c in sorted(d["kinds"]["by_week"].items())],

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from core.types import LABELS_BACKEND, Box
+from core.types import Box, is_labels_version
 
 # A move that keeps IoU at or above this is a nudge (the canvas rounds to whole pixels), not a
 # localisation error of the detector.
@@ -82,7 +82,7 @@ def attribute(action: str, before: dict, after: dict, drawn: bool = False, model
     box was drawn by a reviewer (``add``), not output by a model; ``model``: what the model
     output for this object (its type, class, box, rationale and ``model_version``), when known."""
     kind = _attribute(action, before, after, drawn, model)
-    from_labels = model is not None and str(model.get("model_version") or "").startswith(LABELS_BACKEND + ":")
+    from_labels = model is not None and is_labels_version(model.get("model_version"))
     return Kind.LABEL if from_labels and kind in STAGE1 | STAGE2 else kind
 
 

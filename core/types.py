@@ -172,6 +172,11 @@ def detections_to_supervision(objects: list[Detection] | list[LabeledObject], ta
 LABELS_BACKEND = "labels"
 
 
+def is_labels_version(version: str | None) -> bool:
+    """Whether a stored model (or run) version names imported labels, not a model."""
+    return (version or "").startswith(LABELS_BACKEND + ":")
+
+
 @dataclass(frozen=True)
 class Finding:
     """Stage 2's verdict on one detection: its class, a probability per candidate class, and why.

@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 from core.attribution import Kind, attribute
-from core.types import LABELS_BACKEND, Box, Status
+from core.types import Box, Status, is_labels_version
 from db.checks import (
     MAX_TEXT_CHARS,
     AlreadyDecided,
@@ -234,7 +234,7 @@ class Corrections:
             # ran on it), the labels missed the object, not a detector.
             run = conn.execute("SELECT detector_version FROM inference_runs WHERE photo_id = ? ORDER BY id DESC LIMIT 1",
                                (photo_id,)).fetchone()
-            kind = Kind.LABEL if run and str(run["detector_version"]).startswith(LABELS_BACKEND + ":") else Kind.DETECTOR_MISS
+            kind = Kind.LABEL if run and is_labels_version(run["detector_version"]) else Kind.DETECTOR_MISS
             fid = insert(conn, "findings", {"photo_id": photo_id, "object_type": cls.type, "class_name": class_name,
                                              "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2, "rationale": rationale,
                                              "source": "reviewer", "created_at": now})

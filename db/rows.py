@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import asdict, dataclass, fields
 from pathlib import PurePath
 
-from core.types import LABELS_BACKEND, Box, Status
+from core.types import Box, Status, is_labels_version
 
 
 def _pick(cls, row: sqlite3.Row | dict, **extra) -> dict:
@@ -117,7 +117,7 @@ class StoredFinding:
     @property
     def from_labels(self) -> bool:
         """A dataset's label imported for review (``slopewatch import-labels``), not a model's output."""
-        return (self.model_version or "").startswith(LABELS_BACKEND + ":")
+        return is_labels_version(self.model_version)
 
 
 @dataclass(frozen=True)

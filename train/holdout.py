@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Collection
 
 from core.errors import SlopewatchError
 
@@ -14,9 +15,13 @@ class LeakError(SlopewatchError):
     """A frozen-evaluation photo appears in the training data."""
 
 
-def held_out(photo_sha: str, percent: int, purpose: str = "frozen") -> bool:
+def held_out(photo_sha: str, percent: int, purpose: str = "frozen", trained: Collection[str] = frozenset()) -> bool:
     """Whether a reviewed photo belongs to a held-out slice (``frozen`` evaluation, or
-    ``calibrate``): fixed by its hash, so it never moves."""
+    ``calibrate``): fixed by its hash, so it never moves. A photo in ``trained`` (the replayed
+    train split's hashes: the current models learned it, as in a label-review pass) is never held
+    out: it would judge or calibrate them on a memorised photo."""
+    if photo_sha in trained:
+        return False
     return int(hashlib.sha256(f"{purpose}:{photo_sha}".encode()).hexdigest()[:8], 16) % 100 < percent
 
 

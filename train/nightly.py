@@ -237,12 +237,10 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     reviewed = list(reviewed_photos(snap))  # the night's training set: in memory together
     replay = labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if cfg.train_yaml else []
     replay_keys = {p.key for p in replay}
-    # A reviewed photo of the replayed train split (a label-review pass) trains, never judges nor
-    # calibrates: the current model learned it, so held out it would score a memorised photo.
-    frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent) and p.key not in replay_keys]
-    rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent) or p.key in replay_keys]
-    calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate") and p.key not in replay_keys]
-    train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate") or p.key in replay_keys]
+    frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
+    rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
+    calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate", trained=replay_keys)]
+    train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate", trained=replay_keys)]
     # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
     if labelled_objects(calibrate, taxonomy) < MIN_CALIBRATION_OBJECTS:
         # Too few to fit a calibration: those corrections teach the candidate instead of idling.

@@ -154,10 +154,8 @@ def nightly_detector(cfg, taxonomy, live, snap, work: Path, started: float) -> d
     replay_yaml = cfg.detector_train_yaml or cfg.train_yaml
     replay = list(map(BoxPhoto.from_sample, load_dataset(replay_yaml, taxonomy).samples("train"))) if replay_yaml else []
     replay_keys = {b.key for b in replay}
-    # A done photo of the replayed train split (a label-review pass) trains, never judges: the
-    # current detector learned it, so held out it would score a memorised photo.
-    frozen = [p for p in done if held_out(p.key, cfg.holdout_percent) and p.key not in replay_keys]
-    train = [p for p in done if not held_out(p.key, cfg.holdout_percent) or p.key in replay_keys]
+    frozen = [p for p in done if held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
+    train = [p for p in done if not held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
     if not train:
         return {"decision": "nothing-complete", "current": current, "new_corrections": new,
                 "message": f"{new} photo(s) marked done since {current}, all in the held-out evaluation slice: nothing to "

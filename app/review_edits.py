@@ -16,6 +16,13 @@ from db.checks import AlreadyDecided, AlreadyDone, InvalidEdit, StaleEdit, Still
 DONE = {"accept": "accepted", "relabel": "relabelled → {cls}", "retype": "retyped → {cls}", "delete": "deleted",
         "edit_box": "moved/resized", "edit_rationale": "rationale saved", "note": "note saved"}
 
+# What an undo took back, told as "Undone: your relabel of #3 (back to …)".
+UNDID = {"accept": "accept of", "relabel": "relabel of", "retype": "type change of", "delete": "delete of", "edit_box": "box move on",
+         "edit_rationale": "rationale edit on", "note": "note on", "add": "drawn box"}
+UNDID_RESULT = {"accept": "pending again", "relabel": "back to {cls}", "retype": "back to {cls}", "delete": "restored",
+                "edit_box": "box back where it was", "edit_rationale": "the earlier rationale is back", "note": "the earlier note is back",
+                "add": "removed"}
+
 
 def listed(marks: list[str]) -> str:
     """``#0``, ``#0 and #1``, ``#0, #1 and #2``: objects named in a status line."""
@@ -160,19 +167,26 @@ class ReviewEdits:
 
         def work(user):
             try:
-                states = review.undo(self.store, int(photo_id), user)
+                done = review.undo(self.store, int(photo_id), user)
             except StaleEdit as exc:  # retrying cannot help: the other reviewer's change stands until they undo it
                 undone.append(exc.current.finding_id)  # the object the refusal is about stays selected
                 # (Every later Ctrl+Z says the same: undoing an older action past this one would
                 # leave the reviewer unsure which of hers still stand.)
                 return (f"⚠ Not undone: {self._changed_since(exc.current, 'your last action on it')}. That action can no longer "
                         "be undone; change the object directly instead.")
-            if not states:
+            if not done.states:
                 return "Nothing of yours to undo on this photo."
-            undone.append(states[-1].finding_id)
+            undone.append(done.states[-1].finding_id)
             index = {f.finding_id: f.index for f in self.store.photo_findings(int(photo_id))}  # one read for a whole batch
-            restored = sorted(index[st.finding_id] for st in states)
-            return f"Undone: your last action on {listed([f'#{k}' for k in restored])}."
+            # A batch is one action ("Accept all"): its rows share the action and the outcome.
+            restored = sorted(index[st.finding_id] for st in done.states)
+            action, state = done.undid[-1].action, done.states[-1]
+            what = UNDID.get(action, f"{action} of")
+            back = UNDID_RESULT.get(action, "")
+            if action == "accept" and state.status is not Status.PENDING:
+                back = ""  # a re-accept of a decided object: it is as it was, nothing to say
+            back = back.format(cls=state.class_name or state.object_type)
+            return f"Undone: your {what} {listed([f'#{k}' for k in restored])}{f' ({back})' if back else ''}."
 
         return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
 

@@ -228,12 +228,22 @@ class ReviewHandlers(ReviewEdits):
     def select(self, photo_id, finding_id):
         return self.panel(photo_id, finding_id)
 
+    @staticmethod
+    def _noted(out: tuple, note: str) -> tuple:
+        """A view with ``note`` leading its header (navigation clears the status line)."""
+        return (out[0], f"{note} {out[1]}", *out[2:])
+
     def step(self, photo_id, delta: int):
         ids = self.store.photo_ids()
         if not ids:
             return self.view(None)
         k = ids.index(int(photo_id)) + delta if photo_id is not None and int(photo_id) in ids else 0
-        return self.view(ids[k % len(ids)])
+        out = self.view(ids[k % len(ids)])
+        # Walking a flight with → past its end started it over with nothing said: "Photo 1" read
+        # as one more photo to review.
+        if len(ids) > 1 and not 0 <= k < len(ids):
+            out = self._noted(out, "↻ Past the last photo: back to the first." if delta > 0 else "↻ Before the first photo: on to the last.")
+        return out
 
     def next_photo(self, photo_id):
         return self.step(photo_id, +1)
@@ -249,7 +259,11 @@ class ReviewHandlers(ReviewEdits):
         return self.next_in_queue(None)
 
     def next_in_queue(self, photo_id):
-        for row in self.store.photo_queue():
-            if not row.done and row.photo_id != photo_id:
-                return self.view(row.photo_id)
-        return self.view(photo_id)
+        queue = self.store.photo_queue()
+        left = [row.photo_id for row in queue if not row.done]
+        following = next((k for k in left if k != photo_id), None)
+        if following is not None or not queue:
+            return self.view(following)
+        # Nothing else to open: the button did nothing and said nothing.
+        return self._noted(self.view(photo_id), "This is the last photo left to review." if left else
+                           "✓ Every photo is reviewed: nothing left in the queue.")

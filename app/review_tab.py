@@ -12,7 +12,8 @@ train folds for >= 95% accuracy, on a box the detector scored >= ``LIKELY_BOX_SC
 "needs a look", vegetation "check the box"), ``→``/``←`` next or previous photo,
 ``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
 draw, move or resize a box, ``Delete`` (or ``Backspace``) removes the selected box, ``Space`` resets the zoom.
-Elsewhere ``Delete`` removes the object selected in the side panel, as its Delete button does.
+Elsewhere ``Delete`` removes the object selected in the side panel, as its Delete button does, and
+``Space`` still resets the canvas's zoom. A number key past the object's classes says so under the status line.
 """
 
 import gradio as gr
@@ -74,12 +75,20 @@ new MutationObserver(() => {
   // A drawn box refused on a photo that changed meanwhile leaves draw mode too (the photo reloaded).
   if (/Saved: .*added #|Not saved: photo [0-9]+ changed/.test(text)) swToDrag();
 }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['style', 'class']});
+// A key the page cannot act on is answered here, under the status line (the server never hears of it).
+const swHint = (text) => {
+  let hint = document.getElementById('sw-keyhint');
+  const status = document.getElementById('sw-status');
+  if (!hint && status) { hint = document.createElement('div'); hint.id = 'sw-keyhint'; hint.style.color = '#b45309'; status.after(hint); }
+  if (hint) hint.textContent = text;
+};
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   // Text entry keeps its keys; a radio button (an object or class picked with the mouse keeps the
   // focus) does not, or every key was dead after a click in the side panel.
   if (t.closest && t.closest('input:not([type=radio]):not([type=checkbox]), textarea, select, [contenteditable=true]')) return;
   if (!document.querySelector('#sw-canvas') || !document.querySelector('#sw-canvas').offsetParent) return;
+  swHint('');  // the next key makes the last hint stale
   // While the class dialog of a drawn box is open, Delete went to the side panel's object: a real
   // object behind the dialog was deleted instead of the unsaved box.
   if (swDialog()) return;
@@ -92,6 +101,15 @@ document.addEventListener('keydown', (e) => {
   // Backspace is the Mac's delete key; the canvas listens for Delete only.
   if (e.key === 'Backspace' && inCanvas) { e.preventDefault(); t.dispatchEvent(new KeyboardEvent('keydown', {key: 'Delete', bubbles: true})); return; }
   if ((e.key === 'Delete' || e.key === 'Backspace') && !inCanvas && !e.ctrlKey && !e.metaKey && !e.altKey) return click('sw-delete');
+  // Space resets the zoom, a key the canvas hears only while it has the focus: after any panel
+  // key (which takes the focus off the canvas) Space scrolled the page away from the photo instead.
+  if (e.key === ' ' && !inCanvas && !(t.closest && t.closest('button, a, input, label, [role=button]'))) {
+    // The canvas listens on its focusable wrapper, and for keys aimed at that element only.
+    const c = document.querySelector('#sw-canvas canvas');
+    const w = c && c.closest('[tabindex]');
+    if (w) { e.preventDefault(); w.dispatchEvent(new KeyboardEvent('keydown', {key: ' ', bubbles: true})); }
+    return;
+  }
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'z') return click('sw-undo');
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
@@ -110,6 +128,13 @@ document.addEventListener('keydown', (e) => {
   if (/^[1-9]$/.test(e.key)) {
     const options = document.querySelectorAll('#sw-class input[type=radio]');
     const option = options[Number(e.key) - 1];
+    // A key past the object's classes (vegetation has one) did nothing and said nothing.
+    if (!option) {
+      e.preventDefault();
+      const n = options.length;
+      return swHint(n ? `Key ${e.key}: this object has ${n} class${n > 1 ? 'es' : ''}: key${n > 1 ? `s 1–${n}` : ' 1'}.`
+                      : `Key ${e.key}: select an object first; the number keys pick its class.`);
+    }
     // The key of the class the object already has means "right as it is": accept it. (Clicking
     // the checked option fires no event, so the key used to do nothing and say nothing.)
     if (option && option.checked) return click('sw-accept');

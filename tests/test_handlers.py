@@ -133,7 +133,51 @@ def test_the_panel_follows_the_object_a_canvas_edit_or_an_undo_touched(app):
     assert "#2 deleted" in out[0]
     # Undoing the delete shows the box it brought back.
     out = app.r.undo(photo_id, ANA)
-    assert out[0] == "Undone: your last action on #2." and view(out, 1)["select"]["value"] == ids[2]
+    assert out[0] == "Undone: your delete of #2 (restored)." and view(out, 1)["select"]["value"] == ids[2]
+
+
+def test_each_undo_says_which_of_the_reviewers_actions_it_took_back(app):
+    """Undo said only "your last action on #2": after a run of edits a reviewer could not tell
+    whether Ctrl+Z took back the relabel or the box move. Actions done, then undone newest first."""
+    *_, photo_id = inspect(app, PHOTOS[2])
+    tax = app.store.taxonomy
+    f = next(f for f in app.store.photo_findings(photo_id) if len(tax.classes_for_type(f.state.object_type)) > 1)
+    model_class = f.state.class_name
+    other = next(c.name for c in tax.classes_for_type(f.state.object_type) if c.name != model_class)
+    other_type = next(t for t in tax.type_names if t != f.state.object_type)
+    rev = lambda: app.store.state(f.finding_id).revision  # noqa: E731
+
+    def move():
+        v = view(app.r.open_photo(photo_id))
+        boxes = [*v["canvas"]["boxes"]]
+        boxes[f.index] = {**boxes[f.index], "xmin": boxes[f.index]["xmin"] + 9, "xmax": boxes[f.index]["xmax"] + 9}
+        return app.r.save_canvas(photo_id, {"boxes": boxes}, v["seen"], ANA)
+
+    done = [  # (the action, what its undo says)
+        (lambda: app.r.accept(photo_id, f.finding_id, rev(), ANA), f"your accept of #{f.index} (pending again)"),
+        (move, f"your box move on #{f.index} (box back where it was)"),
+        (lambda: app.r.set_class(photo_id, f.finding_id, rev(), other, ANA), f"your relabel of #{f.index} (back to {model_class})"),
+        (lambda: app.r.edit_rationale(photo_id, f.finding_id, rev(), "silt at the outlet", ANA),
+         f"your rationale edit on #{f.index} (the earlier rationale is back)"),
+        (lambda: app.r.add_note(photo_id, f.finding_id, rev(), "check again", ANA), f"your note on #{f.index} (the earlier note is back)"),
+        (lambda: app.r.retype(photo_id, f.finding_id, rev(), other_type, tax.classes_for_type(other_type)[0].name, ANA),
+         f"your type change of #{f.index} (back to {other})"),
+        (lambda: app.r.delete(photo_id, f.finding_id, rev(), ANA), f"your delete of #{f.index} (restored)"),
+    ]
+    for act, _ in done:
+        assert act()[0].startswith("Saved"), act
+    for _, said in reversed(done):
+        assert app.r.undo(photo_id, ANA)[0] == f"Undone: {said}."
+    assert app.store.state(f.finding_id).class_name == model_class and app.store.state(f.finding_id).status == "pending"
+    # A drawn box's undo removes it; a whole "Accept all" comes back pending in one undo.
+    fresh = view(app.r.open_photo(photo_id))
+    drawn = app.r.save_canvas(photo_id, {"boxes": [*fresh["canvas"]["boxes"], {"xmin": 5, "ymin": 5, "xmax": 60, "ymax": 50,
+                                                                                  "label": "rock toe damaged"}]}, fresh["seen"], ANA)
+    k = len(fresh["canvas"]["boxes"])
+    assert "added" in drawn[0] and app.r.undo(photo_id, ANA)[0] == f"Undone: your drawn box #{k} (removed)."
+    app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
+    assert app.r.undo(photo_id, ANA)[0].endswith(" (pending again).")
+    assert app.r.undo(photo_id, ANA)[0] == "Nothing of yours to undo on this photo."
 
 
 def test_an_undo_another_reviewer_overtook_says_so_and_that_retrying_cannot_help(app):
@@ -223,7 +267,7 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     assert accepted == len(rows(app.db, "SELECT id FROM corrections WHERE action = 'accept'"))
     # One undo takes the whole "Accept all" back, one undo row per accept; nothing is deleted.
     undone = app.r.undo(photo_id, ANA)
-    assert undone[0].startswith("Undone: your last action on #") and undone[0].count("#") == accepted
+    assert undone[0].startswith("Undone: your accept of #") and undone[0].endswith("(pending again).") and undone[0].count("#") == accepted
     assert rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo' AND reviewer = 'ana'") == [(accepted,)]
     assert sorted(f.state.status for f in app.store.photo_findings(photo_id)).count("pending") == accepted
     app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
@@ -244,11 +288,15 @@ def test_next_photo_and_queue_by_photo(app):
     assert len(ids) == 2 and all(len(r) == len(QUEUE_HEADERS) for r in app.h.queue_rows("", "", "", "", ""))
     first = view(app.r.open_photo(ids[0]))
     assert view(app.r.next_photo(ids[0]))["photo"] != first["photo"]
-    assert view(app.r.next_photo(view(app.r.next_photo(ids[0]))["photo"]))["photo"] == ids[0]  # wraps around
+    assert not view(app.r.next_photo(ids[0]))["header"].startswith("↻")
+    wrapped = view(app.r.next_photo(view(app.r.next_photo(ids[0]))["photo"]))
+    assert wrapped["photo"] == ids[0] and wrapped["header"].startswith("↻ Past the last photo: back to the first.")  # wraps, and says so
+    assert view(app.r.prev_photo(ids[0]))["header"].startswith("↻ Before the first photo: on to the last.")
     app.r.accept_all(ids[0], shown(app.r, ids[0]), ANA)
     app.r.photo_done(ids[0], ANA)
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
     assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]
+    assert view(app.r.next_in_queue(ids[1]))["header"].startswith("This is the last photo left to review.")
     # The model and reviewer filters offer what the store holds (exact values nobody could type), and each filters.
     models, reviewers = (u["choices"] for u in app.h.queue_filter_choices())
     held = sorted({f.model_version for i in ids for f in app.store.photo_findings(i)})
@@ -268,6 +316,11 @@ def test_next_photo_and_queue_by_photo(app):
     # Opening the Review tab with no photo open starts on the next one to review; with one open it changes nothing.
     assert view(app.r.open_first(None))["photo"] == ids[1] and view(app.r.open_first(0))["photo"] == ids[1]
     assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)
+    # The queue emptied: the button says so instead of doing nothing.
+    app.r.accept_all(ids[1], shown(app.r, ids[1]), ANA)
+    app.r.photo_done(ids[1], ANA)
+    emptied = view(app.r.next_in_queue(ids[1]))
+    assert emptied["photo"] == ids[1] and emptied["header"].startswith("✓ Every photo is reviewed: nothing left in the queue.")
 
 
 def test_a_box_drawn_on_a_photo_changed_meanwhile_is_saved_as_drawn_and_the_other_change_kept(app):

@@ -196,7 +196,7 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             # on the canvas, whose own Delete then did nothing and said nothing; the page's Delete
             # removes the object the side panel shows.
             page.keyboard.press("Control+z")
-            page.wait_for_selector("#sw-status :text('Undone: your last action')", timeout=20_000)
+            page.wait_for_selector("#sw-status :text('Undone: your delete of')", timeout=20_000)
             page.wait_for_selector(f"#sw-select input[type=radio][value='{new_id}']:checked", timeout=20_000)
             page.keyboard.press("Delete")
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'delete' AND finding_id = ?", new_id, n=2)
@@ -222,6 +222,27 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             assert page.evaluate("window.scrollY") == 0
             page.set_viewport_size({"width": 1400, "height": 1500})
             page.screenshot(path=str(tmp_path / "review-canvas.png"))
+
+            # Space resets the zoom after a key or click elsewhere took the focus off the canvas
+            # (it scrolled the page instead, and the zoomed photo stayed zoomed).
+            def pixels():
+                import io
+
+                import numpy as np
+                from PIL import Image
+                return np.asarray(Image.open(io.BytesIO(page.locator("#sw-canvas canvas").screenshot())).convert("L"), dtype=float)
+
+            fitted = pixels()
+            page.mouse.move(*screen(width / 2, height / 2))
+            page.mouse.wheel(0, -400)
+            page.wait_for_timeout(500)
+            zoomed = pixels()
+            page.locator("#sw-header").click()
+            page.keyboard.press("Space")
+            page.wait_for_timeout(500)
+            reset = pixels()
+            assert abs(zoomed - fitted).mean() > 4 * max(abs(reset - fitted).mean(), 0.5), "Space did not reset the zoom"
+            assert page.evaluate("window.scrollY") == 0
 
             # Relabel with a number key: pick an object whose type has several classes.
             objects = sql(db, "SELECT s.finding_id, s.class_name, s.object_type FROM finding_state s JOIN findings f ON f.id = s.finding_id "
@@ -256,6 +277,13 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.keyboard.press(str([c.name for c in tax.classes_for_type(same_typ)].index(same_cls) + 1))
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'accept' AND finding_id = ?", same)
             page.wait_for_selector("#sw-status :text('accepted')", timeout=20_000)
+            # A key past the selected object's classes says so (it did nothing and said nothing), and writes nothing.
+            before = sql(db, "SELECT count(*) FROM corrections")
+            page.keyboard.press("9")
+            page.wait_for_selector("#sw-keyhint:has-text('Key 9: this object has')", timeout=5_000)
+            page.keyboard.press("Shift")  # the next key takes the stale hint away
+            page.wait_for_function("() => document.querySelector('#sw-keyhint').innerText === ''", timeout=5_000)
+            assert sql(db, "SELECT count(*) FROM corrections") == before
 
             # Clicking a box on the canvas selects that object in the panel, so `a` accepts that one.
             live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2, s.status FROM finding_state s JOIN findings f ON f.id = s.finding_id "
@@ -297,7 +325,7 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             assert all(u[0] == "ana" and u[1] is not None for u in undos)
             assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before + pending
             # The row is written before the page shows it: a reviewer's next key follows what they see.
-            page.wait_for_selector("#sw-status :text('Undone: your last action')", timeout=20_000)
+            page.wait_for_selector("#sw-status :text('Undone: your accept of')", timeout=20_000)
 
             # A photo opened from the Queue starts with an empty status line: "Undone: …" was about
             # the photo reviewed before, and read as news about this one.

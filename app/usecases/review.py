@@ -21,7 +21,7 @@ from core.paths import data_dir
 from core.types import Status
 from db.checks import InvalidEdit
 from db.corrections import ACTIONS
-from db.rows import FindingState, StoredFinding
+from db.rows import Correction, FindingState, StoredFinding
 from db.store import Store
 
 
@@ -243,10 +243,28 @@ def accept_some(store: Store, photo_id: int, reviewer: str, choose: Callable[[li
     return Accepted(tuple(store.accept_pending(photo_id, reviewer, chosen, seen_at)), left)
 
 
-def undo(store: Store, photo_id: int, reviewer: str) -> list[FindingState]:
+@dataclass(frozen=True)
+class Undone:
+    """What one undo took back: the restored objects' states and, in the same order, the
+    corrections undone (so the reviewer is told which action went, not only which object)."""
+
+    states: tuple[FindingState, ...]
+    undid: tuple[Correction, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.states) != len(self.undid) or any(s.finding_id != c.finding_id for s, c in zip(self.states, self.undid)):
+            raise ValueError("expected one undone correction per restored state, on the same finding")
+
+
+def undo(store: Store, photo_id: int, reviewer: str) -> Undone:
     """Undo the reviewer's last action on this photo (each undone correction gets its own undo
-    row); the restored objects' states, none when there is nothing to undo."""
-    return store.undo_last(photo_id, reviewer)
+    row); nothing in the result when there is nothing to undo."""
+    states = store.undo_last(photo_id, reviewer)
+    undid = []
+    for state in states:
+        rows = store.history(state.finding_id)  # its newest row is the undo just written
+        undid.append(next(c for c in rows if c.id == rows[-1].undoes))
+    return Undone(tuple(states), tuple(undid))
 
 
 def confirm(store: Store, photo_id: int, reviewer: str):

@@ -66,7 +66,12 @@ new MutationObserver(() => {
   // The dialog dismissed (Escape, Cancel) without a class: the drawn box is gone, and the canvas
   // stayed in draw mode, so a click meant to select a box drew another one.
   const dialog = swDialog();
-  if (swWasDialog && !dialog) setTimeout(swToDrag, 0);
+  if (swWasDialog && !dialog) {
+    setTimeout(swToDrag, 0);
+    // ... and the status line's "A drawn box waits for its class" was about the box now gone.
+    const s = document.querySelector('#sw-status');
+    if (s && s.innerText.startsWith('A drawn box waits')) document.getElementById('sw-clear-status').click();
+  }
   swWasDialog = dialog;
   const s = document.querySelector('#sw-status');
   const text = s ? s.innerText : '';
@@ -205,6 +210,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                                        column_widths=[w for _, w in HISTORY_COLUMNS], elem_id="sw-history")
         objects = gr.Dataframe(headers=OBJECT_HEADERS, interactive=False, label="Objects on this photo", elem_id="sw-photo-objects")
         click = gr.Textbox(elem_id="sw-click", elem_classes=["sw-hidden"], container=False, show_label=False)
+        clear_status = gr.Button(elem_id="sw-clear-status", elem_classes=["sw-hidden"])  # pressed by the page's script only
 
     # No progress overlay on review events: it would cover the canvas and swallow the reviewer's
     # next click while a save is in flight; the status line says what happened instead.
@@ -220,7 +226,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
     select.input(h.select, [photo, select], panel, api_name="select_object", **quiet)
     click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
-    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click):  # a new photo: last photo's message goes
+    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click, clear_status.click):  # a new photo: last photo's message goes
         nav(lambda: "", None, status, api_name=False, **quiet)
     # Another object picked by hand: the last object's message goes ("Saved: #2 …" would read as
     # news about the object now shown). A save that advances keeps its line: it sets no "input".

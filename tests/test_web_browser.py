@@ -210,8 +210,11 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.mouse.move(x2, y2, steps=4)
             page.mouse.up()
             page.wait_for_selector("#model-box-edit", timeout=5_000)
+            page.wait_for_selector("#sw-status:has-text('A drawn box waits for its class')", timeout=10_000)
             page.keyboard.press("Escape")
             page.wait_for_selector("#sw-canvas button[aria-label='Drag boxes'].selected", timeout=5_000)
+            # ... and the line about a box waiting for its class goes with the box.
+            page.wait_for_function("() => !document.querySelector('#sw-status').innerText.includes('waits')", timeout=10_000)
             # In a window shorter than the canvas, a click on it does not scroll the page: the
             # browser used to bring the focused canvas into view, moving the photo under the mouse.
             page.set_viewport_size({"width": 1400, "height": 800})

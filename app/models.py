@@ -161,7 +161,9 @@ def evidence_index(store=None):
     # leave the index, or the same object would count twice among "the 5 most similar".
     index = index.without_photos({p.photo.sha256 for p in store.reviewed_photos()})
     # One photo decoded at a time: a store may hold thousands of reviewed photos.
-    return index.extend(index_from_photos(((p, f"review:{p.key[:12]}") for p in reviewed_photos(store)), store.taxonomy))
+    # Only what reviewers decided is cited as reviewed (a pending imported label is the dataset's word).
+    return index.extend(index_from_photos(((p, f"review:{p.key[:12]}") for p in reviewed_photos(store, pending_labels=False)),
+                                          store.taxonomy))
 
 
 def registry_host(backend: str, store=None, qwen_model: str | None = None) -> ModelHost:

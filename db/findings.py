@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from core.types import Finding, Status
+from core.types import Finding, Status, is_labels_version
 from db.checks import InvalidEdit, NotFound, check_box, check_id, check_text
 from db.rows import Correction, FindingState, PhotoRecord, ReviewedPhoto, StoredFinding
 from db.sql import FINDINGS_SQL, STATUS, insert, progress_sql
@@ -64,12 +64,15 @@ class Findings:
     def reviewed_photos(self) -> list[ReviewedPhoto]:
         """Photos with at least one reviewed finding, each with its live findings in detection order."""
         rows = self._rows(
-            "SELECT p.id AS pid, s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id JOIN photos p ON p.id = f.photo_id "
-            "WHERE s.status != ? ORDER BY p.id, s.finding_id", (Status.DELETED.value,))
+            "SELECT p.id AS pid, f.model_version AS finding_version, s.* FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+            "JOIN photos p ON p.id = f.photo_id WHERE s.status != ? ORDER BY p.id, s.finding_id", (Status.DELETED.value,))
         by_photo: dict[int, list[FindingState]] = {}
+        labels: dict[int, set[int]] = {}
         for r in rows:
             by_photo.setdefault(r["pid"], []).append(FindingState.from_row(r))
-        return [ReviewedPhoto(self.photo(pid), tuple(states)) for pid, states in by_photo.items()
+            if is_labels_version(r["finding_version"]):
+                labels.setdefault(r["pid"], set()).add(r["finding_id"])
+        return [ReviewedPhoto(self.photo(pid), tuple(states), frozenset(labels.get(pid, ()))) for pid, states in by_photo.items()
                 if any(s.status is Status.REVIEWED for s in states)]
 
     def labelled_photos(self) -> list[tuple[ReviewedPhoto, bool]]:

@@ -154,6 +154,9 @@ class ReviewedPhoto:
 
     photo: PhotoRecord
     findings: tuple[FindingState, ...]
+    # Findings that are a dataset's labels imported for review (``slopewatch import-labels``): a
+    # pending one still carries the dataset's class, as trustworthy as the dataset itself.
+    labels: frozenset[int] = frozenset()
 
     @property
     def complete(self) -> bool:

@@ -346,3 +346,27 @@ def test_a_label_review_photo_trains_and_never_judges(stage, train_set, tmp_path
         assert len(set(seen["train"])) == 4
     else:
         assert set(seen["frozen"]) == valid  # the dataset's valid split only
+
+
+def test_one_object_reviewed_keeps_the_photos_other_labels_in_stage_2_training(train_set, probe_pipeline, tmp_path):
+    """A reviewed photo replaces the dataset's copy of it in the nightly job, so relabelling one
+    label of a label-review photo used to drop its other labels (still pending) from stage 2's
+    training that night. Pending imported labels keep their class; the model's suggestions do not."""
+    from app.usecases.labels import import_labels
+    from core.stage2.labeled import reviewed_photos
+    from db.store import Store
+
+    store = Store(tmp_path / "review.db")
+    import_labels(store, train_set, "ana", pipeline=probe_pipeline)
+    pid = next(p for p in store.photo_ids() if any(not f.from_labels for f in store.photo_findings(p))
+               and sum(f.from_labels for f in store.photo_findings(p)) >= 2)
+    findings = store.photo_findings(pid)
+    first = next(f for f in findings if f.from_labels and len(f.probabilities) > 1)
+    other = next(c.name for c in store.taxonomy.classes_for_type(first.state.object_type) if c.name != first.state.class_name)
+    store.correct(first.finding_id, 0, "ana", "relabel", class_name=other)
+    (photo,) = [p for p in reviewed_photos(store) if p.key == store.photo(pid).sha256]
+    expected = [other if f.finding_id == first.finding_id else f.state.class_name if f.from_labels else None for f in findings]
+    assert list(photo.classes) == expected and expected.count(None) >= 1  # suggestions wait for a reviewer
+    # Evidence cites as "reviewed" only what a reviewer decided.
+    (decided,) = [p for p in reviewed_photos(store, pending_labels=False) if p.key == photo.key]
+    assert [c for c in decided.classes if c is not None] == [other]

@@ -41,10 +41,14 @@ def labeled_photos(ds: YoloDataset, split: str) -> list[LabeledPhoto]:
     return [LabeledPhoto(image, tuple(dets), tuple(classes), key) for _, image, dets, classes, key in ground_truth(ds, split)]
 
 
-def reviewed_photos(store) -> Iterator[LabeledPhoto]:
+def reviewed_photos(store, pending_labels: bool = True) -> Iterator[LabeledPhoto]:
     """Every reviewed photo of ``store`` (a ``db.store.Store``: ``Store.reviewed_photos``) as a
-    LabeledPhoto, decoded one at a time: live objects keep their box as context, and only reviewed
-    ones carry a label."""
+    LabeledPhoto, decoded one at a time: live objects keep their box as context; the reviewed ones
+    carry a label, and so do imported dataset labels not yet decided (a reviewed photo replaces the
+    dataset's copy of it, so one object reviewed in a label-review pass dropped the photo's other
+    labels from that night's training). ``pending_labels=False``: reviewed objects only (what a
+    reviewer decided, e.g. evidence cited as "reviewed")."""
     for p in store.reviewed_photos():
+        labelled = [f.status is Status.REVIEWED or (pending_labels and f.finding_id in p.labels) for f in p.findings]
         yield LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings),
-                           tuple(f.class_name if f.status is Status.REVIEWED else None for f in p.findings), p.photo.sha256)
+                           tuple(f.class_name if keep else None for f, keep in zip(p.findings, labelled)), p.photo.sha256)

@@ -242,7 +242,8 @@ class ReviewHandlers(ReviewEdits):
         # Walking a flight with → past its end started it over with nothing said: "Photo 1" read
         # as one more photo to review.
         if len(ids) > 1 and not 0 <= k < len(ids):
-            out = self._noted(out, "↻ Past the last photo: back to the first." if delta > 0 else "↻ Before the first photo: on to the last.")
+            out = self._noted(out, "↻ Past the last photo: back to the first." if delta > 0 else
+                              "↻ Before the first photo: on to the last.")
         return out
 
     def next_photo(self, photo_id):

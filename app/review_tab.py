@@ -226,7 +226,8 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
     select.input(h.select, [photo, select], panel, api_name="select_object", **quiet)
     click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
-    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click, clear_status.click):  # a new photo: last photo's message goes
+    # A new photo: the last photo's message goes (and the script's clear_status clears a stale hint).
+    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click, clear_status.click):
         nav(lambda: "", None, status, api_name=False, **quiet)
     # Another object picked by hand: the last object's message goes ("Saved: #2 …" would read as
     # news about the object now shown). A save that advances keeps its line: it sets no "input".

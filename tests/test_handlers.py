@@ -15,7 +15,7 @@ from conftest import db_rows as rows  # noqa: E402
 from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers  # noqa: E402
 from app.models import ModelHost  # noqa: E402
 from app.review_handlers import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
-from app.usecases.canvas import canvas_scale  # noqa: E402
+from app.usecases.canvas import canvas_scale, parse_label  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 from core.types import Box  # noqa: E402
 
@@ -30,8 +30,12 @@ class NoProgress:
 
 
 def view(out, offset=0) -> dict:
-    """A handler's view tuple by component name (``offset`` 1 skips a leading status line)."""
-    return dict(zip(ReviewHandlers.VIEW + ReviewHandlers.PANEL, out[offset:]))
+    """A handler's view tuple by component name (``offset`` 1 skips a leading status line); the
+    canvas's boxes in ``#k`` order (the canvas lists them smallest first: ``click_order``)."""
+    v = dict(zip(ReviewHandlers.VIEW + ReviewHandlers.PANEL, out[offset:]))
+    if isinstance(v.get("canvas"), dict) and v["canvas"].get("boxes"):
+        v["canvas"] = {**v["canvas"], "boxes": sorted(v["canvas"]["boxes"], key=lambda b: parse_label(b["label"])[0])}
+    return v
 
 
 def shown(r, photo_id) -> dict:
@@ -599,7 +603,8 @@ def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
         # the canvas takes a box whose handle is under the point first, else the first box containing it
         near = [f for f in live if min(abs(x - hx) + abs(y - hy) for hx in (f.state.box.x1, f.state.box.cx, f.state.box.x2)
                                        for hy in (f.state.box.y1, f.state.box.cy, f.state.box.y2) if (hx, hy) != (f.state.box.cx, f.state.box.cy)) <= 6 / fit]
-        first = next(f for f in live if f.state.box.x1 <= x <= f.state.box.x2 and f.state.box.y1 <= y <= f.state.box.y2)
+        first = min((f for f in live if f.state.box.x1 <= x <= f.state.box.x2 and f.state.box.y1 <= y <= f.state.box.y2),
+                    key=lambda f: f.state.box.area)  # the canvas lists boxes smallest first
         if near or first.finding_id != target.finding_id:
             continue  # another box wins this point: not a clean probe
         out = app.r.pick_at(photo_id, f"{(left + x * fit) / cw},{(top + y * fit) / ch},{cw},{ch},1")
@@ -608,6 +613,15 @@ def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
     assert checked >= 2
     miss = app.r.pick_at(photo_id, "0.001,0.001,718,624,2")  # the margin beside the photo: nothing selected
     assert not isinstance(miss[0], dict) or miss[0].get("value") is None
+    # A small box inside a large one with a lower #k: in #k order the large box took every click
+    # inside the small one, which could then be selected on the canvas only by a resize handle.
+    big = max(live, key=lambda f: f.state.box.area)
+    b = big.state.box
+    small = app.store.add_missed(photo_id, "ana", Box(b.cx - 6, b.cy - 6, b.cx + 6, b.cy + 6), "vegetation")
+    boxes = app.r.open_photo(photo_id)[0]["boxes"]
+    assert parse_label(boxes[0]["label"])[0] == len(live)  # the smallest, listed first: the canvas tries it first
+    out = app.r.pick_at(photo_id, f"{(left + (b.cx + 3) * fit) / cw},{(top + (b.cy + 3) * fit) / ch},{cw},{ch},3")
+    assert out[0]["value"] == small.finding_id
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), 10**30, -1])

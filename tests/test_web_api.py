@@ -50,7 +50,7 @@ def test_upload_review_and_bad_files(server, tmp_path):
     fid = row[2]
     view = client.predict(photo_id, api_name="/open_photo")
     canvas = view[0]
-    assert len(canvas["boxes"]) == len(data) and canvas["boxes"][row[1]]["label"] == f"#{row[1]} {row[4]}"
+    assert len(canvas["boxes"]) == len(data) and f"#{row[1]} {row[4]}" in [b["label"] for b in canvas["boxes"]]
     client.predict(photo_id, fid, api_name="/select_object")
     cands = [c.name for c in store.taxonomy.classes_for_type(row[3]) if c.name != row[4]]
     status = client.predict(photo_id, fid, store.state(fid).revision, cands[0], api_name="/set_class")[0]

@@ -292,8 +292,8 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2, s.status FROM finding_state s JOIN findings f ON f.id = s.finding_id "
                            "WHERE f.photo_id = ? AND s.status != 'deleted' ORDER BY s.finding_id", photo_id)
 
-            def first_containing(x, y):  # what the canvas selects, unless a box's resize handle is under the point
-                return next(o[0] for o in live if o[1] <= x <= o[3] and o[2] <= y <= o[4])
+            def first_containing(x, y):  # what the canvas selects (it lists boxes smallest first), unless a handle is under the point
+                return min((o for o in live if o[1] <= x <= o[3] and o[2] <= y <= o[4]), key=lambda o: (o[3] - o[1]) * (o[4] - o[2]))[0]
 
             def near_a_handle(x, y):
                 return any(abs(x - hx) <= 8 / scale and abs(y - hy) <= 8 / scale for o in live

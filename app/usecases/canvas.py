@@ -12,6 +12,7 @@ object it overlaps most (IoU >= 0.5), else it is new. Stored objects left unmatc
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.taxonomy import Taxonomy
@@ -85,11 +86,19 @@ def canvas_scale(width: int, height: int, target: int = 640) -> int:
     return max(1, min(3, round(target / max(width, height))))
 
 
+def click_order(items: list, box: Callable = lambda o: o.box) -> list:
+    """``items`` in the order the canvas tries them under a click: smallest box first (ties in the
+    given order). The component selects the first box in its list that contains the click, so in
+    ``#k`` order a drain inside a vegetation box could not be selected by clicking it at all."""
+    return sorted(items, key=lambda o: box(o).area)
+
+
 def canvas_boxes(objects: list[CanvasObject], colors: dict[str, str], taxonomy: Taxonomy, scale: int = 1) -> list[dict]:
     """The component's ``boxes`` (in canvas pixels: photo pixels x ``scale``): one per object,
-    labelled ``#k class``, coloured by condition."""
+    labelled ``#k class`` (the label, not the list position, names the object), coloured by
+    condition, in :func:`click_order`."""
     return [{"xmin": o.box.x1 * scale, "ymin": o.box.y1 * scale, "xmax": o.box.x2 * scale, "ymax": o.box.y2 * scale,
-             "label": o.label, "color": rgb(colors[taxonomy.condition_key(o.class_name)])} for o in objects]
+             "label": o.label, "color": rgb(colors[taxonomy.condition_key(o.class_name)])} for o in click_order(objects)]
 
 
 def clamp_box(raw: dict, width: int, height: int, scale: int = 1) -> Box:

@@ -16,6 +16,7 @@ from db.checks import AlreadyDecided, AlreadyDone, InvalidEdit, StaleEdit, Still
 DONE = {"accept": "accepted", "relabel": "relabelled → {cls}", "retype": "retyped → {cls}", "delete": "deleted",
         "edit_box": "moved/resized", "edit_rationale": "rationale saved", "note": "note saved"}
 
+WAITING = "A drawn box waits for its class:"
 # What an undo took back, told as "Undone: your relabel of #3 (back to …)".
 UNDID = {"accept": "accept of", "relabel": "relabel of", "retype": "type change of", "delete": "delete of", "edit_box": "box move on",
          "edit_rationale": "rationale edit on", "note": "note on", "add": "drawn box"}
@@ -64,7 +65,7 @@ class ReviewEdits:
         nxt = next((f for f in pending if f.index > at), pending[0] if pending else None)
         return nxt.finding_id if nxt is not None else None
 
-    def save_canvas(self, photo_id, canvas, seen, request: gr.Request):
+    def save_canvas(self, photo_id, canvas, seen, request: gr.Request, shown: str | None = None):
         """Every canvas change (draw, move, resize, delete, relabel in the box dialog) is saved at once.
         The canvas also reports the value the server just drew; that diff is empty and changes nothing.
         The box just drawn, moved or relabelled is selected next. (The selected object is no input:
@@ -85,8 +86,11 @@ class ReviewEdits:
 
         out = self._edit(photo_id, lambda: saved[0].touched if saved else None, work, request)
         if saved and not saved[0].changed:  # nothing new: keep the last status line and the view as they are
-            hint = ("A drawn box waits for its class: pick it in the box's dialog, or select the grey box and use the canvas's "
-                    "Edit label button (Delete removes it)." if saved[0].waiting else gr.skip())
+            if saved[0].waiting:
+                hint = (f"{WAITING} pick it from the list in the box's dialog (typed text is no class), or select the grey box and "
+                        "use the canvas's Edit label button (Delete removes it).")
+            else:  # ... except the hint about a drawn box, once it is gone (the dialog dismissed with Escape or Cancel)
+                hint = "" if (shown or "").startswith(WAITING) else gr.skip()
             return (hint, *(gr.skip() for _ in self.VIEW + self.PANEL))
         return out
 

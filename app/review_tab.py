@@ -66,12 +66,7 @@ new MutationObserver(() => {
   // The dialog dismissed (Escape, Cancel) without a class: the drawn box is gone, and the canvas
   // stayed in draw mode, so a click meant to select a box drew another one.
   const dialog = swDialog();
-  if (swWasDialog && !dialog) {
-    setTimeout(swToDrag, 0);
-    // ... and the status line's "A drawn box waits for its class" was about the box now gone.
-    const s = document.querySelector('#sw-status');
-    if (s && s.innerText.startsWith('A drawn box waits')) document.getElementById('sw-clear-status').click();
-  }
+  if (swWasDialog && !dialog) setTimeout(swToDrag, 0);
   swWasDialog = dialog;
   const s = document.querySelector('#sw-status');
   const text = s ? s.innerText : '';
@@ -210,7 +205,6 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                                        column_widths=[w for _, w in HISTORY_COLUMNS], elem_id="sw-history")
         objects = gr.Dataframe(headers=OBJECT_HEADERS, interactive=False, label="Objects on this photo", elem_id="sw-photo-objects")
         click = gr.Textbox(elem_id="sw-click", elem_classes=["sw-hidden"], container=False, show_label=False)
-        clear_status = gr.Button(elem_id="sw-clear-status", elem_classes=["sw-hidden"])  # pressed by the page's script only
 
     # No progress overlay on review events: it would cover the canvas and swallow the reviewer's
     # next click while a save is in flight; the status line says what happened instead.
@@ -219,6 +213,10 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     edit_out = [status, *view]
     quiet = {"show_progress": "hidden"}
     edit = {"concurrency_id": "review", **quiet}  # edits share one lane, apart from inspections
+    # A class key, `a` or Ctrl+Z pressed while the last one is still being saved is queued, in
+    # order, not dropped (Gradio's default for a click): "2" then "1" to fix a slip saved the slip,
+    # silently. (The one-shot actions keep the default: a double-clicked Delete or Accept all is one.)
+    keyed = {**edit, "trigger_mode": "multiple"}
     photo.submit(h.open_photo, photo, view, api_name="open_photo", **quiet)
     prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
     next_btn.click(h.next_photo, photo, view, api_name="next_photo", **quiet)
@@ -226,8 +224,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
     select.input(h.select, [photo, select], panel, api_name="select_object", **quiet)
     click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
-    # A new photo: the last photo's message goes (and the script's clear_status clears a stale hint).
-    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click, clear_status.click):
+    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click):  # a new photo: last photo's message goes
         nav(lambda: "", None, status, api_name=False, **quiet)
     # Another object picked by hand: the last object's message goes ("Saved: #2 …" would read as
     # news about the object now shown). A save that advances keeps its line: it sets no "input".
@@ -235,18 +232,23 @@ def build_review_tab(store: Store, h: ReviewHandlers):
         pick(lambda: "", None, status, api_name=False, **quiet)
     objects.select(h.pick_object, None, select, api_name=False, **quiet).then(
         h.select, [photo, select], panel, api_name=False, **quiet)
-    canvas.change(h.save_canvas, [photo, canvas, seen], edit_out, api_name="save_canvas", **edit)
-    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", **edit)
+    # The status line goes in too: the hint about a drawn box waiting for its class is cleared once
+    # the box is gone (in order with the save that set it: both are this lane's).
+    canvas.change(h.save_canvas, [photo, canvas, seen, status], edit_out, api_name="save_canvas", **edit)
+    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", **keyed)
     new_type.input(lambda t: gr.update(choices=[c.name for c in tax.classes_for_type(t)] if t else [], value=None), new_type, type_class,
                    api_name=False, **quiet)
     retype.click(h.retype, [photo, select, revision, new_type, type_class], edit_out, api_name="retype", **edit)
-    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", **edit)
+    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", **keyed)
     accept_all.click(h.accept_all, [photo, seen], edit_out, api_name="accept_all", **edit)
     accept_likely.click(h.accept_likely_right, [photo, seen], edit_out, api_name="accept_likely_right", **edit)
     delete.click(h.delete, [photo, select, revision], edit_out, api_name="delete", **edit)
     save_rationale.click(h.edit_rationale, [photo, select, revision, rationale], edit_out, api_name="edit_rationale", **edit)
     save_note.click(h.add_note, [photo, select, revision, note], edit_out, api_name="add_note", **edit)
-    undo.click(h.undo, photo, edit_out, api_name="undo", **edit)
+    # Enter in the one-line note saves it, as the button does (it did nothing while the status line
+    # still read the last "Saved: note saved").
+    note.submit(h.add_note, [photo, select, revision, note], edit_out, api_name=False, **edit)
+    undo.click(h.undo, photo, edit_out, api_name="undo", **keyed)
     compare.click(h.compare_similar, select, [compare_text, compare_gallery], api_name="compare_similar", **quiet)
     # Another object selected: the last comparison no longer applies.
     select.change(lambda _: ("", []), select, [compare_text, compare_gallery], api_name=False, **quiet)

@@ -67,7 +67,7 @@ def test_diff(name, boxes, expected):
 
 
 @pytest.mark.parametrize("boxes, message", [
-    (SHOWN + [{"xmin": 1, "ymin": 1, "xmax": 40, "ymax": 40, "label": "pothole"}], "expected a class"),
+    ([{**SHOWN[0], "label": "#0 pothole"}, *SHOWN[1:]], "expected a class"),  # a stored object given no class (a new box waits)
     (SHOWN + [{"xmin": 5, "ymin": 5, "xmax": 6, "ymax": 60, "label": "rock toe"}], "at least 2 px"),
     (SHOWN + [{"xmin": 400, "ymin": 5, "xmax": 500, "ymax": 60, "label": "rock toe"}], "at least 2 px"),
     (SHOWN + [{"xmin": float("nan"), "ymin": 5, "xmax": 50, "ymax": 60, "label": "rock toe"}], "finite"),
@@ -97,8 +97,12 @@ def test_an_enlarged_canvas_maps_back_to_photo_pixels():
 
 
 def test_waiting_counts_drawn_boxes_without_a_chosen_class():
-    assert waiting(SHOWN) == 0
-    assert waiting(SHOWN + [{"label": CHOOSE}, {"label": ""}, {"label": "rock toe"}]) == 2
+    assert waiting(SHOWN, TAX.class_names) == 0
+    assert waiting(SHOWN + [{"label": CHOOSE}, {"label": ""}, {"label": "rock toe"}], TAX.class_names) == 2
+    # Text typed into the dialog's field is appended to the placeholder: the box waits for a class
+    # from the list instead of the save being refused and the box lost.
+    typed = [{"xmin": 5, "ymin": 5, "xmax": 40, "ymax": 40, "label": f"{CHOOSE}vege"}]
+    assert waiting(SHOWN + typed, TAX.class_names) == 1 and diff(OBJECTS, SHOWN + typed, TAX, 312, 312) == []
 
 
 def test_shown_boxes_carry_index_labels_and_condition_colours():

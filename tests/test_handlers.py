@@ -184,6 +184,34 @@ def test_each_undo_says_which_of_the_reviewers_actions_it_took_back(app):
     assert app.r.undo(photo_id, ANA)[0] == "Nothing of yours to undo on this photo."
 
 
+def test_a_key_pressed_before_the_last_one_was_answered_applies_over_her_own_change_only(app):
+    """Keys queued faster than the page redraws carry the revision from before the reviewer's
+    previous key. Her own change since is no news to her: "2" then "1" ends on class 1. Another
+    reviewer's change in between still refuses the edit."""
+    *_, photo_id = inspect(app, PHOTOS[2])
+    tax = app.store.taxonomy
+    f = next(f for f in app.store.photo_findings(photo_id) if len(tax.classes_for_type(f.state.object_type)) > 2)
+    slip, meant = [c.name for c in tax.classes_for_type(f.state.object_type) if c.name != f.state.class_name][:2]
+    assert app.r.set_class(photo_id, f.finding_id, 0, slip, ANA)[0].startswith("Saved")
+    assert app.r.set_class(photo_id, f.finding_id, 0, meant, ANA)[0] == f"Saved: #{f.index} relabelled → {meant}."
+    assert app.store.state(f.finding_id).class_name == meant
+    assert app.r.accept(photo_id, f.finding_id, 0, ANA)[0].startswith(f"#{f.index} is already decided by you")
+    app.r.set_class(photo_id, f.finding_id, 2, slip, BO)  # bo changes it
+    refused = app.r.set_class(photo_id, f.finding_id, 2, meant, ANA)
+    assert refused[0].startswith("⚠ Not saved") and app.store.state(f.finding_id).class_name == slip
+    # A drawn box whose label is text typed into the dialog (appended to the placeholder) waits
+    # for a class from the list: nothing written, nothing lost, the reviewer told what to do.
+    v = view(app.r.open_photo(photo_id))
+    n = rows(app.db, "SELECT count(*) FROM corrections")
+    typed = app.r.save_canvas(photo_id, {"boxes": [*v["canvas"]["boxes"], {"xmin": 5, "ymin": 5, "xmax": 60, "ymax": 50,
+                                                                             "label": "(choose a class)vege"}]}, v["seen"], ANA)
+    assert typed[0].startswith("A drawn box waits for its class") and rows(app.db, "SELECT count(*) FROM corrections") == n
+    # Dismissed (Escape): the canvas reports it without the box, and the hint about it goes; any
+    # other line stays as it was.
+    assert app.r.save_canvas(photo_id, v["canvas"], v["seen"], ANA, shown=typed[0])[0] == ""
+    assert app.r.save_canvas(photo_id, v["canvas"], v["seen"], ANA, shown="Saved: #1 deleted.")[0] == gr.skip()
+
+
 def test_an_undo_another_reviewer_overtook_says_so_and_that_retrying_cannot_help(app):
     *_, photo_id = inspect(app, PHOTOS[1])
     app.r.open_photo(photo_id)

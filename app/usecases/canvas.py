@@ -123,15 +123,18 @@ def parse_label(label: str | None) -> tuple[int | None, str]:
     return (int(m.group(1)), m.group(2).strip()) if m else (None, text)
 
 
-def unchosen(raw) -> bool:
-    """A drawn box whose class the reviewer has not chosen yet (no ``#k``, no class or the placeholder)."""
+def unchosen(raw, class_names) -> bool:
+    """A drawn box whose class the reviewer has not chosen yet: no ``#k`` and no class of
+    ``class_names`` (empty, the placeholder, or text typed into the dialog's field, which is
+    appended to the placeholder: "(choose a classvege)" must leave the box waiting for a class
+    from the list, not refuse the save and lose the box)."""
     index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
-    return index is None and class_name in ("", CHOOSE)
+    return index is None and class_name not in class_names
 
 
-def waiting(boxes: list[dict]) -> int:
+def waiting(boxes: list[dict], class_names) -> int:
     """Drawn boxes whose class the reviewer has not chosen yet."""
-    return sum(unchosen(b) for b in boxes or [])
+    return sum(unchosen(b, class_names) for b in boxes or [])
 
 
 def moved(a: Box, b: Box, tolerance: float = MOVE_TOLERANCE_PX) -> bool:
@@ -148,7 +151,7 @@ def diff(objects: list[CanvasObject], boxes: list[dict], taxonomy: Taxonomy, wid
     by_index = {o.index: o for o in objects}
     parsed = []
     for raw in boxes or []:
-        if unchosen(raw):
+        if unchosen(raw, taxonomy.class_names):
             continue  # drawn, class not chosen yet: saved once the reviewer picks it (see waiting())
         index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
         if class_name not in taxonomy.class_names:

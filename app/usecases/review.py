@@ -49,9 +49,24 @@ class ReviewAction:
 
 
 def apply(store: Store, action: ReviewAction) -> FindingState:
-    """Apply one action; returns the finding's new state."""
+    """Apply one action; returns the finding's new state. Stale only when someone else changed the
+    object since the revision seen (see :func:`caught_up`)."""
     store.ensure_user(action.reviewer)
-    return store.correct(action.finding_id, action.revision, action.reviewer, action.action, **action.changes)
+    revision = caught_up(store, action.finding_id, action.revision, action.reviewer)
+    return store.correct(action.finding_id, revision, action.reviewer, action.action, **action.changes)
+
+
+def caught_up(store: Store, finding_id: int, seen: int, reviewer: str) -> int:
+    """The revision to write against: ``seen``, or the current one when every correction since
+    ``seen`` is the reviewer's own. Keys pressed faster than the page redraws (``2`` then ``1`` to
+    fix a slip, ``a`` then ``1``) carry the revision from before her previous key: that change is
+    no news to her, and refusing the second key as stale left the slip saved. (A revision never
+    stored stays stale; another reviewer's change in between still refuses the edit.)"""
+    current = store.state(finding_id).revision
+    if not 0 <= seen < current:
+        return seen
+    later = [c for c in store.history(finding_id) if c.revision > seen]
+    return current if later and all(c.reviewer == reviewer for c in later) else seen
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     scale = canvas_scale(photo.width, photo.height)
     changes = diff(as_seen, boxes, store.taxonomy, photo.width, photo.height, scale)
     if not changes:
-        return Saved((), waiting(boxes))
+        return Saved((), waiting(boxes, store.taxonomy.class_names))
     others = photo_changes(store, findings, seen_at)
     shown = {o.index for o in as_seen}
     stale = (any(c.finding_id is not None and revisions[c.finding_id] != seen_at.get(c.finding_id) for c in changes)
@@ -142,12 +157,12 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         # The canvas shows the photo exactly as stored: no edit, only a report of a freshly drawn
         # photo that reached the server before the ``seen`` it came with (a photo opened from the
         # Queue). Nothing to save and nothing to warn about.
-        return Saved((), waiting(boxes))
-    if stale and waiting(boxes):
+        return Saved((), waiting(boxes, store.taxonomy.class_names))
+    if stale and waiting(boxes, store.taxonomy.class_names):
         # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
         # the dialog on whichever box takes that place in the reloaded list, and the class the
         # reviewer picks next would relabel that object. Refused once the class is chosen instead.
-        return Saved((), waiting(boxes))
+        return Saved((), waiting(boxes, store.taxonomy.class_names))
     if stale:
         touched = next((c.finding_id for c in changes if c.finding_id is not None), None)
         raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(others)}", touched)
@@ -175,7 +190,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
             what += f" (its class, {state.class_name}, is still pending: a accepts it)"
         lines.append(f"#{index[c.finding_id]} {what}")
         touched = touched if c.action == "delete" else c.finding_id
-    return Saved(tuple(lines), waiting(boxes), touched, tuple(others))
+    return Saved(tuple(lines), waiting(boxes, store.taxonomy.class_names), touched, tuple(others))
 
 
 def seen_findings(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[StoredFinding]:

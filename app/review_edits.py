@@ -96,18 +96,18 @@ class ReviewEdits:
 
     def set_class(self, photo_id, finding_id, revision, class_name, request: gr.Request):
         if finding_id is None or not class_name:
-            return self._after(photo_id, finding_id, "Select an object, then its class.")
+            return self._after(photo_id, finding_id, self._no_object(photo_id, "Select an object, then its class."))
         return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "relabel", class_name=class_name), request)
 
     def retype(self, photo_id, finding_id, revision, object_type, class_name, request: gr.Request):
         if finding_id is None or not object_type:
-            return self._after(photo_id, finding_id, "Select an object and the type it really is.")
+            return self._after(photo_id, finding_id, self._no_object(photo_id, "Select an object and the type it really is."))
         return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "retype", object_type=object_type,
                                                                           class_name=class_name or None), request)
 
     def accept(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
-            return self._after(photo_id, None, "Select an object first.")
+            return self._after(photo_id, None, self._no_object(photo_id, "Select an object first."))
 
         def work(user):
             try:
@@ -150,7 +150,7 @@ class ReviewEdits:
 
     def delete(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
-            return self._after(photo_id, None, "Select an object first.")
+            return self._after(photo_id, None, self._no_object(photo_id, "Select an object first."))
         return self._edit(photo_id, None, lambda user: self._apply(finding_id, revision, user, "delete"), request)
 
     def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
@@ -209,6 +209,11 @@ class ReviewEdits:
             return "Saved: photo reviewed ✓."
 
         return self._edit(photo_id, None, work, request)
+
+    @staticmethod
+    def _no_object(photo_id, message: str) -> str:
+        """What to say when no object is selected: with no photo open, to open one first."""
+        return "Open a photo first." if photo_id is None else message
 
     def _apply(self, finding_id, revision, user, action, **changes) -> str:
         if revision is None:

@@ -174,11 +174,21 @@ class ReviewHandlers(ReviewEdits):
         return (message, *self.view(photo_id, selected))
 
     # --- navigation ---------------------------------------------------------------------------
-    def open_photo(self, photo_id):
+    def open_photo(self, photo_id, seen=None):
+        """The photo of ``photo_id``; an unknown or absurd id is answered, and the photo on screen
+        (the one ``seen`` was of) stays open: a mistyped id used to close it, and ← then went to
+        the first photo instead of back."""
         try:
             return self.view(photo_id)
-        except (SlopewatchError, ValueError, OverflowError) as exc:  # an unknown or absurd id: say so, keep the page
-            return (None, f"⚠ {exc if isinstance(exc, SlopewatchError) else f'expected a photo id, found {photo_id!r}'}", *self.view(None)[2:])
+        except (SlopewatchError, ValueError, OverflowError) as exc:
+            said = f"⚠ {exc if isinstance(exc, SlopewatchError) else f'expected a photo id, found {photo_id!r}'}."
+            shown = next(iter(seen or {}), None)
+            if shown is not None:
+                try:
+                    return self._noted(self.view(self.store.photo_of(int(shown))), f"{said} Still on this photo:")
+                except SlopewatchError:
+                    pass  # that object is gone too (a repaired store): nothing to stay on
+            return (None, said, *self.view(None)[2:])
 
     def show_photo(self, photo_id):
         """``open_photo`` from elsewhere (Inspect, the Queue): the status line about the photo

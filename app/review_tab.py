@@ -217,7 +217,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     # order, not dropped (Gradio's default for a click): "2" then "1" to fix a slip saved the slip,
     # silently. (The one-shot actions keep the default: a double-clicked Delete or Accept all is one.)
     keyed = {**edit, "trigger_mode": "multiple"}
-    photo.submit(h.open_photo, photo, view, api_name="open_photo", **quiet)
+    photo.submit(h.open_photo, [photo, seen], view, api_name="open_photo", **quiet)
     prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
     next_btn.click(h.next_photo, photo, view, api_name="next_photo", **quiet)
     queue_btn.click(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet)

@@ -658,6 +658,15 @@ def test_an_absurd_photo_id_is_answered_not_raised(app, bad):
     assert out["canvas"] is None and out["header"].startswith("⚠")
 
 
+def test_a_mistyped_photo_id_keeps_the_photo_on_screen(app):
+    """A mistyped id closed the photo being reviewed, and ← then went to the first photo."""
+    *_, photo_id = inspect(app, PHOTOS[0], PHOTOS[3])
+    shown = view(app.r.open_photo(photo_id))
+    out = view(app.r.open_photo(9999, shown["seen"]))
+    assert out["photo"] == photo_id and out["canvas"] and out["header"].startswith("⚠ no photo with id 9999. Still on this photo: **Photo")
+    assert view(app.r.prev_photo(out["photo"]))["photo"] == photo_id - 1
+
+
 def test_a_promoted_detector_is_served_without_a_restart(tmp_path, monkeypatch):
     """serve's host follows the detector registry too: a nightly promotion swaps the detector in."""
     import shutil

@@ -663,7 +663,8 @@ def test_a_mistyped_photo_id_keeps_the_photo_on_screen(app):
     *_, photo_id = inspect(app, PHOTOS[0], PHOTOS[3])
     shown = view(app.r.open_photo(photo_id))
     out = view(app.r.open_photo(9999, shown["seen"]))
-    assert out["photo"] == photo_id and out["canvas"] and out["header"].startswith("⚠ no photo with id 9999. Still on this photo: **Photo")
+    assert out["photo"] == photo_id and out["canvas"]
+    assert out["header"].startswith("⚠ no photo with id 9999. Still on this photo: **Photo")
     assert view(app.r.prev_photo(out["photo"]))["photo"] == photo_id - 1
 
 

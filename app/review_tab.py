@@ -14,6 +14,7 @@ train folds for >= 95% accuracy, on a box the detector scored >= ``LIKELY_BOX_SC
 draw, move or resize a box, ``Delete`` (or ``Backspace``) removes the selected box, ``Space`` resets the zoom.
 Elsewhere ``Delete`` removes the object selected in the side panel, as its Delete button does, and
 ``Space`` still resets the canvas's zoom. A number key past the object's classes says so under the status line.
+A key or click that would replace an unsaved rationale or note asks first.
 """
 
 import gradio as gr
@@ -75,6 +76,30 @@ new MutationObserver(() => {
   // A drawn box refused on a photo that changed meanwhile leaves draw mode too (the photo reloaded).
   if (/Saved: .*added #|Not saved: photo [0-9]+ changed/.test(text)) swToDrag();
 }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['style', 'class']});
+// A rationale or note typed and not saved was lost, silently, on the next key or click that moved
+// on (a reviewer pressing `a` after typing a rationale took it as saved). Typing marks the field;
+// its Save (or Enter in the note) clears the mark; anything that would replace it asks first.
+let swDraft = null;
+document.addEventListener('input', (e) => {
+  const f = e.isTrusted && e.target.closest && e.target.closest('#sw-rationale, #sw-note');  // not the page's own (autosize) events
+  if (f) swDraft = f.id;
+}, true);
+const swLeaveDraft = () => {
+  if (!swDraft) return true;
+  if (!confirm(`Your ${swDraft === 'sw-rationale' ? 'rationale' : 'note'} is not saved. Leave it unsaved?`)) return false;
+  swDraft = null;
+  return true;
+};
+document.addEventListener('click', (e) => {
+  if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
+  if (e.target.closest('#sw-save-rationale, #sw-save-note')) { swDraft = null; return; }
+  const moves = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
+    + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-photo-objects td';
+  if (swDraft && e.target.closest(moves) && !swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); }
+}, true);
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && e.target.closest && e.target.closest('#sw-note')) swDraft = null;  // Enter saves the note
+}, true);
 // A key the page cannot act on is answered here, under the status line (the server never hears of it).
 const swHint = (text) => {
   let hint = document.getElementById('sw-keyhint');
@@ -96,7 +121,10 @@ document.addEventListener('keydown', (e) => {
   // Delete removes only the box selected on it, and none is after an undo (Delete then did nothing
   // and said nothing). Keys then go to this handler, whose Delete removes the panel's object.
   const leaveCanvas = () => { const a = document.activeElement; if (a && a.closest && a.closest('#sw-canvas')) a.blur(); };
-  const click = (id) => { const el = document.getElementById(id); if (el) { e.preventDefault(); leaveCanvas(); el.click(); } };
+  const click = (id) => {
+    const el = document.getElementById(id);
+    if (el) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); el.click(); }
+  };
   const inCanvas = t.closest && t.closest('#sw-canvas');
   // Backspace is the Mac's delete key; the canvas listens for Delete only.
   if (e.key === 'Backspace' && inCanvas) { e.preventDefault(); t.dispatchEvent(new KeyboardEvent('keydown', {key: 'Delete', bubbles: true})); return; }
@@ -138,7 +166,7 @@ document.addEventListener('keydown', (e) => {
     // The key of the class the object already has means "right as it is": accept it. (Clicking
     // the checked option fires no event, so the key used to do nothing and say nothing.)
     if (option && option.checked) return click('sw-accept');
-    if (option) { e.preventDefault(); leaveCanvas(); option.click(); }
+    if (option) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); option.click(); }
   }
 });
 """

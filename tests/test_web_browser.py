@@ -298,6 +298,27 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             note.press("Enter")
             wait_rows(db, "SELECT id FROM corrections WHERE action = 'note' AND after_json LIKE '%outlet half silted%'")
             page.mouse.click(5, 5)
+            # A rationale typed and not saved is not lost to the next key or click: the page asks first.
+            rat = page.locator("#sw-rationale textarea").first
+            rat.fill("silt at the outlet")
+            sel = page.locator("#sw-select input[type=radio]:checked").get_attribute("value")
+            other = page.locator(f"#sw-select input[type=radio]:not([value='{sel}'])").first
+            other_id = other.get_attribute("value")
+            n = sql(db, "SELECT count(*) FROM corrections")
+            asked = []
+            page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+            other.click()
+            page.mouse.click(5, 5)
+            page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+            page.keyboard.press("a")
+            page.wait_for_timeout(800)
+            assert asked == ["Your rationale is not saved. Leave it unsaved?"] * 2
+            assert page.locator(f"#sw-select input[value='{sel}']").is_checked() and rat.input_value() == "silt at the outlet"
+            assert sql(db, "SELECT count(*) FROM corrections") == n
+            page.once("dialog", lambda d: d.accept())  # the reviewer means it: the object changes, nothing is written
+            other.click()
+            page.wait_for_selector(f"#sw-select input[type=radio][value='{other_id}']:checked", timeout=20_000)
+            assert sql(db, "SELECT count(*) FROM corrections") == n
 
             # Clicking a box on the canvas selects that object in the panel, so `a` accepts that one.
             live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2, s.status FROM finding_state s JOIN findings f ON f.id = s.finding_id "

@@ -43,7 +43,10 @@ TABLE_HEADERS = [name for name, _ in TABLE_COLUMNS]
 PASSTHROUGH_NOTE = " (types with one class, such as vegetation: labelled without a stage-2 model)"
 # The "no filter" entry of the Queue's dropdowns: an empty value, labelled (an empty label shows as a bare ✓).
 ANY = ("(any)", "")
-QUEUE_HEADERS = ["photo", "name", "objects", "pending", "expected errors", "lowest margin", "lowest detector", "done"]
+# Widths given and the name wrapped: a drone photo's long file name pushed "done" off the screen.
+QUEUE_COLUMNS = [("photo", "7%"), ("name", "33%"), ("objects", "9%"), ("pending", "9%"), ("expected errors", "12%"),
+                 ("lowest margin", "11%"), ("lowest detector", "11%"), ("done", "8%")]
+QUEUE_HEADERS = [name for name, _ in QUEUE_COLUMNS]
 
 
 def reviewer(request) -> str:

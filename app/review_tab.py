@@ -27,7 +27,9 @@ from db.store import Store
 REVIEW_KEYS_JS = """
 // Rotation is a view aid the canvas offers, but boxes are stored on the upright photo: hidden.
 const swStyle = document.createElement('style');
-swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[aria-label^="Rotate"]{display:none !important}';
+// A blend's model version is one long token: wrapped, not cut at the panel's edge.
+swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[aria-label^="Rotate"]{display:none !important} '
+  + '#sw-detail code{word-break:break-all; white-space:normal}';
 document.head.appendChild(swStyle);
 // The canvas focuses itself on a click, and the browser then scrolls the whole canvas into view:
 // where it is taller than the window the photo jumped under the reviewer's mouse mid-drag.

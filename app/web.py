@@ -129,7 +129,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     state, for the dashboard)."""
     import gradio as gr
 
-    from app.handlers import ANY, QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
+    from app.handlers import ANY, QUEUE_COLUMNS, QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
     from app.library_tab import build_library_tab
     from app.review_handlers import ReviewHandlers
     from app.review_tab import build_review_tab
@@ -174,7 +174,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                     f_model = gr.Dropdown(label="Model version", choices=[ANY], value="")
                     f_reviewer = gr.Dropdown(label="Reviewer (last changed by)", choices=[ANY], value="")
                 refresh = gr.Button("Refresh queue", elem_id="sw-refresh-queue")
-                queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, elem_id="sw-queue",
+                queue_table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, elem_id="sw-queue", wrap=True,
+                                           column_widths=[w for _, w in QUEUE_COLUMNS],
                                            label="Photos by need: unreviewed first, then least certain (click a row to review it)")
             with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                 dash = gr.Markdown()

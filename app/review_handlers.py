@@ -11,7 +11,7 @@ import gradio as gr
 
 from app.review_edits import ReviewEdits
 from app.usecases import review
-from app.usecases.canvas import LABEL_MARK, LIKELY_MARK, canvas_boxes, canvas_scale, click_order
+from app.usecases.canvas import LABEL_MARK, LIKELY_MARK, canvas_boxes, canvas_scale, click_rank
 from app.usecases.evidence import compare_similar
 from core.attribution import NUDGE_IOU
 from core.errors import SlopewatchError
@@ -216,7 +216,7 @@ class ReviewHandlers(ReviewEdits):
     def pick_at(self, photo_id, click):
         """The object a click on the canvas selected, chosen as the canvas chooses: a box whose
         resize handle is under the click first, else the first box containing it, in the canvas's
-        list order (``click_order``: smallest first).
+        list order (``click_rank``).
         ``click`` is ``"fx,fy,width,height,n"``: the click as fractions of the canvas element and
         the element's size; the photo is drawn fitted and centred in it (at the default zoom)."""
         try:
@@ -229,7 +229,8 @@ class ReviewHandlers(ReviewEdits):
         fit = min(cw / photo.width, ch / photo.height)
         x, y = (fx * cw - (cw - photo.width * fit) / 2) / fit, (fy * ch - (ch - photo.height * fit) / 2) / fit
         handle = 6 / fit  # the canvas's 8 px handles, in photo pixels, less a margin
-        live = click_order([f for f in self.store.photo_findings(photo.id) if f.state.status is not Status.DELETED], lambda f: f.state.box)
+        live = sorted((f for f in self.store.photo_findings(photo.id) if f.state.status is not Status.DELETED),
+                      key=lambda f: click_rank(f.index, f.drawn, f.model_box))
         hit = next((f for f in live if any(abs(x - hx) <= handle and abs(y - hy) <= handle for hx, hy in _handles(f.state.box))), None)
         hit = hit or next((f for f in live if f.state.box.x1 <= x <= f.state.box.x2 and f.state.box.y1 <= y <= f.state.box.y2), None)
         if hit is None:

@@ -57,7 +57,7 @@ document.addEventListener('pointerup', (e) => {
 // After a drawn box is saved the canvas stays in draw mode, so the reviewer's next click on a box
 // starts another box instead of selecting it: back to drag/select mode when the add is saved.
 // Edge-triggered on a new status line, so pressing C again to draw another box is left alone.
-let swLastStatus = '', swWasDialog = false;
+let swLastStatus = '', swWasDialog = false, swPhoto = null;
 // The canvas's dialog for a drawn box's class (open: the page's keys are the dialog's).
 // (Not offsetParent: the dialog is position: fixed, whose offsetParent is always null.)
 const swDialog = () => { const d = document.getElementById('model-box-edit'); return !!(d && d.getClientRects().length); };
@@ -71,36 +71,49 @@ new MutationObserver(() => {
   const dialog = swDialog();
   if (swWasDialog && !dialog) setTimeout(swToDrag, 0);
   swWasDialog = dialog;
+  // Another photo opened (from the Queue, Inspect, its id): a draft on the last one is gone.
+  const h = document.querySelector('#sw-header');
+  const shown = h && /\*?\*?Photo (\d+)/.exec(h.innerText);
+  if (shown && shown[1] !== swPhoto) { swPhoto = shown[1]; swDraft.clear(); }
   const s = document.querySelector('#sw-status');
   const text = s ? s.innerText : '';
   if (text === swLastStatus) return;
   swLastStatus = text;
+  if (/rationale saved/.test(text)) swDraft.delete('sw-rationale');
+  if (/note saved/.test(text)) swDraft.delete('sw-note');
   // A drawn box refused on a photo that changed meanwhile leaves draw mode too (the photo reloaded).
   if (/Saved: .*added #|Not saved: photo [0-9]+ changed/.test(text)) swToDrag();
 }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['style', 'class']});
 // A rationale or note typed and not saved was lost, silently, on the next key or click that moved
 // on (a reviewer pressing `a` after typing a rationale took it as saved). Typing marks the field;
-// its Save (or Enter in the note) clears the mark; anything that would replace it asks first.
-let swDraft = null;
+// the status line saying it was saved clears the mark (a refused save keeps it); anything that
+// would replace the field asks first, a save of the other field included (its answer redraws both).
+const swDraft = new Set();
+const SW_FIELDS = {'sw-rationale': 'rationale', 'sw-note': 'note'};
 document.addEventListener('input', (e) => {
   const f = e.isTrusted && e.target.closest && e.target.closest('#sw-rationale, #sw-note');  // not the page's own (autosize) events
-  if (f) swDraft = f.id;
+  if (f) swDraft.add(f.id);
 }, true);
-const swLeaveDraft = () => {
-  if (!swDraft) return true;
-  if (!confirm(`Your ${swDraft === 'sw-rationale' ? 'rationale' : 'note'} is not saved. Leave it unsaved?`)) return false;
-  swDraft = null;
+const swLeaveDraft = (only) => {
+  const dirty = [...swDraft].filter((id) => !only || id === only);
+  if (!dirty.length) return true;
+  const many = dirty.length > 1;
+  const what = dirty.map((id) => SW_FIELDS[id]).join(' and ');
+  if (!confirm(`Your ${what} ${many ? 'are' : 'is'} not saved. Leave ${many ? 'them' : 'it'} unsaved?`)) return false;
+  dirty.forEach((id) => swDraft.delete(id));
   return true;
 };
+const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
+  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-photo-objects td';
+const swGuard = (e, only) => { if (!swLeaveDraft(only)) { e.preventDefault(); e.stopImmediatePropagation(); } };
 document.addEventListener('click', (e) => {
   if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
-  if (e.target.closest('#sw-save-rationale, #sw-save-note')) { swDraft = null; return; }
-  const moves = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
-    + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-photo-objects td';
-  if (swDraft && e.target.closest(moves) && !swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); }
+  const save = e.target.closest('#sw-save-rationale, #sw-save-note');
+  if (save) return swGuard(e, save.id === 'sw-save-note' ? 'sw-rationale' : 'sw-note');
+  if (e.target.closest(SW_MOVES)) swGuard(e);
 }, true);
-document.addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' && e.target.closest && e.target.closest('#sw-note')) swDraft = null;  // Enter saves the note
+document.addEventListener('keydown', (e) => {  // Enter in the note saves it: the rationale's draft would be redrawn away
+  if (e.key === 'Enter' && e.target.closest && e.target.closest('#sw-note')) swGuard(e, 'sw-rationale');
 }, true);
 // A key the page cannot act on is answered here, under the status line (the server never hears of it).
 const swHint = (text) => {
@@ -116,6 +129,9 @@ document.addEventListener('keydown', (e) => {
   if (t.closest && t.closest('input:not([type=radio]):not([type=checkbox]), textarea, select, [contenteditable=true]')) return;
   if (!document.querySelector('#sw-canvas') || !document.querySelector('#sw-canvas').offsetParent) return;
   swHint('');  // the next key makes the last hint stale
+  // A held key repeats: now that keys queue, a held Ctrl+Z walked back a dozen actions, whole
+  // bulk accepts included, with no redo. One press, one action.
+  if (e.repeat && e.key !== ' ') { e.preventDefault(); return; }
   // While the class dialog of a drawn box is open, Delete went to the side panel's object: a real
   // object behind the dialog was deleted instead of the unsaved box.
   if (swDialog()) return;
@@ -242,7 +258,9 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     panel = view[len(ReviewHandlers.VIEW):]
     edit_out = [status, *view]
     quiet = {"show_progress": "hidden"}
-    edit = {"concurrency_id": "review", **quiet}  # edits share one lane, apart from inspections
+    # Edits share one lane, apart from inspections, one at a time: the queue's default of 2 would
+    # run a reviewer's queued keys side by side, and "2" then "1" could commit in either order.
+    edit = {"concurrency_id": "review", "concurrency_limit": 1, **quiet}
     # A class key, `a` or Ctrl+Z pressed while the last one is still being saved is queued, in
     # order, not dropped (Gradio's default for a click): "2" then "1" to fix a slip saved the slip,
     # silently. (The one-shot actions keep the default: a double-clicked Delete or Accept all is one.)

@@ -51,8 +51,8 @@ class Corrections:
 
         Raises:
             StaleEdit: the finding is no longer at ``expected_revision``.
-            InvalidEdit: an unknown action, a label outside the taxonomy, or a relabel/retype to
-                the label the finding already has (nothing is written).
+            InvalidEdit: an unknown action, a label outside the taxonomy, a relabel/retype to
+                the label the finding already has, or any action on a deleted finding (nothing is written).
             AlreadyDecided: an accept of a finding whose current state is the reviewer's own
                 decision (nothing is written; another reviewer's accept is a second opinion).
         """
@@ -69,6 +69,8 @@ class Corrections:
             before = FindingState.from_row(row)
             if before.revision != expected_revision:
                 raise StaleEdit(finding_id, expected_revision, before)
+            if before.status == Status.DELETED:  # an accept or relabel would bring a deleted box back as a training label
+                raise InvalidEdit(f"finding {finding_id} is deleted; undo the delete to restore it")
             if action == "accept" and before.status == Status.REVIEWED and before.updated_by == reviewer:
                 raise AlreadyDecided(f"#{finding_id} is already decided by you ({before.class_name}); nothing to accept")
             after = self._apply(before.to_json(), action, changes, self._photo_size(conn, row["photo_id"]))

@@ -101,6 +101,7 @@ class StoredFinding:
     box_probability: float | None = None  # calibrated chance the box is real (None: uncalibrated detector, or drawn)
     model_rationale: str | None = None  # what the model said about its own label (the state's may have been edited or cleared)
     model_box: Box | None = None  # the box as output (a reviewer's drawn box: as drawn); the state's may have been moved
+    drawn: bool = False  # drawn by a reviewer (a missed object), not output by a model or imported
 
     @classmethod
     def from_row(cls, row) -> "StoredFinding":
@@ -108,7 +109,7 @@ class StoredFinding:
         return cls(FindingState.from_row(row), row["photo_id"], row["idx"], row["model_class"], row["confidence"],
                    row["margin"], row["detector_confidence"], row["model_version"], json.loads(probs) if probs else None,
                    row["box_probability"], row["model_rationale"],
-                   Box(row["model_x1"], row["model_y1"], row["model_x2"], row["model_y2"]))
+                   Box(row["model_x1"], row["model_y1"], row["model_x2"], row["model_y2"]), bool(row["drawn"]))
 
     @property
     def finding_id(self) -> int:

@@ -10,7 +10,7 @@ from core.types import Status
 # each photo in detection order (the "#k" shown everywhere).
 FINDINGS_SQL = (
     "SELECT s.*, f.photo_id, f.class_name AS model_class, f.confidence, f.margin, f.detector_confidence, f.model_version, "
-    "f.probabilities_json, f.box_probability, f.rationale AS model_rationale, "
+    "f.probabilities_json, f.box_probability, f.rationale AS model_rationale, f.source = 'reviewer' AS drawn, "
     "f.x1 AS model_x1, f.y1 AS model_y1, f.x2 AS model_x2, f.y2 AS model_y2, "
     "ROW_NUMBER() OVER (PARTITION BY f.photo_id ORDER BY s.finding_id) - 1 AS idx "
     "FROM finding_state s JOIN findings f ON f.id = s.finding_id"

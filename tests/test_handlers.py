@@ -17,7 +17,7 @@ from app.models import ModelHost  # noqa: E402
 from app.review_handlers import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
 from app.usecases.canvas import canvas_scale, parse_label  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
-from core.types import Box  # noqa: E402
+from core.types import Box, Detection, Finding  # noqa: E402
 
 ANA, BO = SimpleNamespace(username="ana"), SimpleNamespace(username="bo")
 PHOTOS = sorted((samples_dir() / "valid" / "images").glob("*.jpg"))
@@ -31,7 +31,7 @@ class NoProgress:
 
 def view(out, offset=0) -> dict:
     """A handler's view tuple by component name (``offset`` 1 skips a leading status line); the
-    canvas's boxes in ``#k`` order (the canvas lists them smallest first: ``click_order``)."""
+    canvas's boxes in ``#k`` order (the canvas lists them in ``click_rank`` order)."""
     v = dict(zip(ReviewHandlers.VIEW + ReviewHandlers.PANEL, out[offset:]))
     if isinstance(v.get("canvas"), dict) and v["canvas"].get("boxes"):
         v["canvas"] = {**v["canvas"], "boxes": sorted(v["canvas"]["boxes"], key=lambda b: parse_label(b["label"])[0])}
@@ -199,6 +199,16 @@ def test_a_key_pressed_before_the_last_one_was_answered_applies_over_her_own_cha
     app.r.set_class(photo_id, f.finding_id, 2, slip, BO)  # bo changes it
     refused = app.r.set_class(photo_id, f.finding_id, 2, meant, ANA)
     assert refused[0].startswith("⚠ Not saved") and app.store.state(f.finding_id).class_name == slip
+    # Not over her accept (the page moved on: a class key pressed meanwhile may be meant for the
+    # next object) nor over her delete (a key would bring the box back as a training label).
+    g, h = [x for x in app.store.photo_findings(photo_id) if x.finding_id != f.finding_id
+            and len(tax.classes_for_type(x.state.object_type)) > 1][:2]
+    other = next(c.name for c in tax.classes_for_type(g.state.object_type) if c.name != g.state.class_name)
+    assert app.r.accept(photo_id, g.finding_id, 0, ANA)[0].startswith("Saved")
+    assert app.r.set_class(photo_id, g.finding_id, 0, other, ANA)[0].startswith("⚠ Not saved")
+    assert app.r.delete(photo_id, h.finding_id, 0, ANA)[0].startswith("Saved")
+    assert app.r.accept(photo_id, h.finding_id, 0, ANA)[0].startswith("⚠ Not saved")
+    assert app.store.state(g.finding_id).class_name == g.state.class_name and app.store.state(h.finding_id).status == "deleted"
     # A drawn box whose label is text typed into the dialog (appended to the placeholder) waits
     # for a class from the list: nothing written, nothing lost, the reviewer told what to do.
     v = view(app.r.open_photo(photo_id))
@@ -641,15 +651,23 @@ def test_a_click_on_the_canvas_selects_the_box_the_canvas_selects(app):
     assert checked >= 2
     miss = app.r.pick_at(photo_id, "0.001,0.001,718,624,2")  # the margin beside the photo: nothing selected
     assert not isinstance(miss[0], dict) or miss[0].get("value") is None
-    # A small box inside a large one with a lower #k: in #k order the large box took every click
-    # inside the small one, which could then be selected on the canvas only by a resize handle.
+    # A model's small box inside a large one with a lower #k: in #k order the large box took every
+    # click inside the small one, which could then be selected on the canvas only by a handle.
     big = max(live, key=lambda f: f.state.box.area)
     b = big.state.box
-    small = app.store.add_missed(photo_id, "ana", Box(b.cx - 6, b.cy - 6, b.cx + 6, b.cy + 6), "vegetation")
+    inner = Detection(Box(b.cx - 6, b.cy - 6, b.cx + 6, b.cy + 6), "vegetation", 0.9)
+    (small,) = app.store.add_run(photo_id, [Finding(inner, "vegetation", {"vegetation": 1.0}, "", "test", "t1")], "det:t", "cls:t", 0.1)
     boxes = app.r.open_photo(photo_id)[0]["boxes"]
     assert parse_label(boxes[0]["label"])[0] == len(live)  # the smallest, listed first: the canvas tries it first
     out = app.r.pick_at(photo_id, f"{(left + (b.cx + 3) * fit) / cw},{(top + (b.cy + 3) * fit) / ch},{cw},{ch},3")
-    assert out[0]["value"] == small.finding_id
+    assert out[0]["value"] == small
+    # The list never reorders under an edit or an add: the component remembers its selection by
+    # list position across redraws, so a reordered list made its Delete remove another box.
+    order = [bx["label"].split(" ")[0] for bx in boxes]
+    app.store.correct(small, 0, "ana", "edit_box", box=Box(1, 1, b.x2, b.y2))  # now the largest box
+    drawn = app.store.add_missed(photo_id, "ana", Box(2, 2, 6, 6), "vegetation")  # the smallest, but drawn: appended
+    after = [bx["label"].split(" ")[0] for bx in app.r.open_photo(photo_id)[0]["boxes"]]
+    assert after == [*order, f"#{len(live) + 1}"] and app.store.state(drawn.finding_id).box.area < inner.box.area
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), 10**30, -1])
@@ -799,3 +817,19 @@ def test_the_upload_box_drops_only_the_files_a_run_deleted(tmp_path):
     assert Handlers.unspent_uploads([str(kept), str(refused), str(added)]) == [str(kept), str(added)]
     assert Handlers.unspent_uploads([str(kept)]) == gr.skip()  # nothing deleted: the box is left as it is
     assert Handlers.unspent_uploads([str(refused)]) is None and Handlers.unspent_uploads(None) == gr.skip()
+
+
+def test_review_keys_queue_in_one_lane_one_at_a_time(tmp_path):
+    """Keys pressed before the last one is answered: Gradio drops a repeated click by default
+    ("2" then "1" saved the slip), and the queue's default of 2 workers would run queued keys side
+    by side, in either order. Class keys, accept and undo queue; every edit runs alone, in order."""
+    from app.web import ServeConfig, build_app
+    from db.store import Store
+
+    demo = build_app(ModelHost.ready(None), Store(tmp_path / "review.db"), ServeConfig(auth="ana:x"))
+    fns = {f.api_name: f for f in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns)}
+    for name in ("set_class", "accept", "undo"):
+        assert fns[name].trigger_mode == "multiple", name
+    for name in ("save_canvas", "set_class", "accept", "accept_all", "delete", "undo", "photo_done", "edit_rationale", "add_note"):
+        assert (fns[name].concurrency_id, fns[name].concurrency_limit) == ("review", 1), name
+    assert fns["delete"].trigger_mode == "once"  # a double-clicked Delete is one delete

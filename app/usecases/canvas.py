@@ -12,7 +12,6 @@ object it overlaps most (IoU >= 0.5), else it is new. Stored objects left unmatc
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.taxonomy import Taxonomy
@@ -50,6 +49,7 @@ class CanvasObject:
     likely_right: bool = False
     decided: bool = False  # reviewed: marked ✓ on the canvas
     from_labels: bool = False  # an imported dataset label
+    rank: tuple = ()  # its place in the canvas's list (click_rank); none: as given
 
     @property
     def label(self) -> str:
@@ -86,19 +86,22 @@ def canvas_scale(width: int, height: int, target: int = 640) -> int:
     return max(1, min(3, round(target / max(width, height))))
 
 
-def click_order(items: list, box: Callable = lambda o: o.box) -> list:
-    """``items`` in the order the canvas tries them under a click: smallest box first (ties in the
-    given order). The component selects the first box in its list that contains the click, so in
-    ``#k`` order a drain inside a vegetation box could not be selected by clicking it at all."""
-    return sorted(items, key=lambda o: box(o).area)
+def click_rank(index: int, drawn: bool, model_box: Box | None) -> tuple:
+    """An object's place in the canvas's list, which is the order the component tries boxes under
+    a click (the first box of the list holding the click wins). The model's boxes come smallest
+    first, so a drain inside a vegetation box can be clicked at all (in ``#k`` order it could not);
+    by the box as output, never as it is now, and boxes drawn by reviewers come last, in ``#k``
+    order, as the component itself appends them: it keeps its selection by list position across
+    redraws, so a list reordered by an edit or an add made its Delete remove another box."""
+    return (1, index, 0.0) if drawn or model_box is None else (0, model_box.area, index)
 
 
 def canvas_boxes(objects: list[CanvasObject], colors: dict[str, str], taxonomy: Taxonomy, scale: int = 1) -> list[dict]:
     """The component's ``boxes`` (in canvas pixels: photo pixels x ``scale``): one per object,
     labelled ``#k class`` (the label, not the list position, names the object), coloured by
-    condition, in :func:`click_order`."""
+    condition, in :func:`click_rank` order."""
     return [{"xmin": o.box.x1 * scale, "ymin": o.box.y1 * scale, "xmax": o.box.x2 * scale, "ymax": o.box.y2 * scale,
-             "label": o.label, "color": rgb(colors[taxonomy.condition_key(o.class_name)])} for o in click_order(objects)]
+             "label": o.label, "color": rgb(colors[taxonomy.condition_key(o.class_name)])} for o in sorted(objects, key=lambda o: o.rank)]
 
 
 def clamp_box(raw: dict, width: int, height: int, scale: int = 1) -> Box:
@@ -123,18 +126,19 @@ def parse_label(label: str | None) -> tuple[int | None, str]:
     return (int(m.group(1)), m.group(2).strip()) if m else (None, text)
 
 
-def unchosen(raw, class_names) -> bool:
-    """A drawn box whose class the reviewer has not chosen yet: no ``#k`` and no class of
-    ``class_names`` (empty, the placeholder, or text typed into the dialog's field, which is
-    appended to the placeholder: "(choose a classvege)" must leave the box waiting for a class
-    from the list, not refuse the save and lose the box)."""
+def unchosen(raw) -> bool:
+    """A drawn box whose class the reviewer has not chosen yet: no ``#k``, and an empty label or
+    the placeholder, with whatever was typed after it ("(choose a classvege)": text typed into
+    the dialog's field is appended to the placeholder, and must leave the box waiting for a class
+    from the list, not refuse the save and lose the box). Other text stays an error: it is a
+    stored box's label edited by hand, which must not read as that object gone."""
     index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
-    return index is None and class_name not in class_names
+    return index is None and (class_name == "" or class_name.startswith(CHOOSE))
 
 
-def waiting(boxes: list[dict], class_names) -> int:
+def waiting(boxes: list[dict]) -> int:
     """Drawn boxes whose class the reviewer has not chosen yet."""
-    return sum(unchosen(b, class_names) for b in boxes or [])
+    return sum(unchosen(b) for b in boxes or [])
 
 
 def moved(a: Box, b: Box, tolerance: float = MOVE_TOLERANCE_PX) -> bool:
@@ -151,7 +155,7 @@ def diff(objects: list[CanvasObject], boxes: list[dict], taxonomy: Taxonomy, wid
     by_index = {o.index: o for o in objects}
     parsed = []
     for raw in boxes or []:
-        if unchosen(raw, taxonomy.class_names):
+        if unchosen(raw):
             continue  # drawn, class not chosen yet: saved once the reviewer picks it (see waiting())
         index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
         if class_name not in taxonomy.class_names:

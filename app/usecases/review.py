@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from app.usecases.canvas import CanvasObject, canvas_scale, diff, parse_label, waiting
+from app.usecases.canvas import CanvasObject, canvas_scale, click_rank, diff, parse_label, waiting
 from core.errors import SlopewatchError
 from core.paths import data_dir
 from core.types import Status
@@ -52,21 +52,26 @@ def apply(store: Store, action: ReviewAction) -> FindingState:
     """Apply one action; returns the finding's new state. Stale only when someone else changed the
     object since the revision seen (see :func:`caught_up`)."""
     store.ensure_user(action.reviewer)
-    revision = caught_up(store, action.finding_id, action.revision, action.reviewer)
+    revision = caught_up(store, action.finding_id, action.revision, action.reviewer, action.action)
     return store.correct(action.finding_id, revision, action.reviewer, action.action, **action.changes)
 
 
-def caught_up(store: Store, finding_id: int, seen: int, reviewer: str) -> int:
-    """The revision to write against: ``seen``, or the current one when every correction since
-    ``seen`` is the reviewer's own. Keys pressed faster than the page redraws (``2`` then ``1`` to
-    fix a slip, ``a`` then ``1``) carry the revision from before her previous key: that change is
-    no news to her, and refusing the second key as stale left the slip saved. (A revision never
-    stored stays stale; another reviewer's change in between still refuses the edit.)"""
+def caught_up(store: Store, finding_id: int, seen: int, reviewer: str, action: str) -> int:
+    """The revision to write ``action`` against: ``seen``, or the current one when every
+    correction since ``seen`` is the reviewer's own change to the same object. Keys pressed
+    faster than the page redraws (``2`` then ``1`` to fix a slip) carry the revision from before
+    her previous key: that change is no news to her, and refusing the second key as stale left the
+    slip saved. Not over her delete (an edit would bring the box back) nor over her accept, after
+    which the page moves on: a key pressed meanwhile may be meant for the next object, so only a
+    repeated accept is caught up. A revision never stored, or another reviewer's change in
+    between, stays stale."""
     current = store.state(finding_id).revision
     if not 0 <= seen < current:
         return seen
     later = [c for c in store.history(finding_id) if c.revision > seen]
-    return current if later and all(c.reviewer == reviewer for c in later) else seen
+    own = bool(later) and all(c.reviewer == reviewer and c.action != "delete" for c in later)
+    moved_on = any(c.action == "accept" for c in later) and action != "accept"
+    return current if own and not moved_on else seen
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class Saved:
 def canvas_objects(findings: list[StoredFinding], likely_right: frozenset[int] | set[int] = frozenset()) -> list[CanvasObject]:
     """The photo's live objects as the canvas shows them (in ``#k`` order; ``likely_right``: ids marked as in the band)."""
     return [CanvasObject(f.finding_id, f.index, f.state.box, f.state.class_name or f.state.object_type, f.finding_id in likely_right,
-                         f.state.status is Status.REVIEWED, f.from_labels)
+                         f.state.status is Status.REVIEWED, f.from_labels, click_rank(f.index, f.drawn, f.model_box))
             for f in findings if f.state.status is not Status.DELETED]
 
 
@@ -146,7 +151,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     scale = canvas_scale(photo.width, photo.height)
     changes = diff(as_seen, boxes, store.taxonomy, photo.width, photo.height, scale)
     if not changes:
-        return Saved((), waiting(boxes, store.taxonomy.class_names))
+        return Saved((), waiting(boxes))
     others = photo_changes(store, findings, seen_at)
     shown = {o.index for o in as_seen}
     stale = (any(c.finding_id is not None and revisions[c.finding_id] != seen_at.get(c.finding_id) for c in changes)
@@ -157,12 +162,12 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         # The canvas shows the photo exactly as stored: no edit, only a report of a freshly drawn
         # photo that reached the server before the ``seen`` it came with (a photo opened from the
         # Queue). Nothing to save and nothing to warn about.
-        return Saved((), waiting(boxes, store.taxonomy.class_names))
-    if stale and waiting(boxes, store.taxonomy.class_names):
+        return Saved((), waiting(boxes))
+    if stale and waiting(boxes):
         # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
         # the dialog on whichever box takes that place in the reloaded list, and the class the
         # reviewer picks next would relabel that object. Refused once the class is chosen instead.
-        return Saved((), waiting(boxes, store.taxonomy.class_names))
+        return Saved((), waiting(boxes))
     if stale:
         touched = next((c.finding_id for c in changes if c.finding_id is not None), None)
         raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(others)}", touched)
@@ -190,7 +195,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
             what += f" (its class, {state.class_name}, is still pending: a accepts it)"
         lines.append(f"#{index[c.finding_id]} {what}")
         touched = touched if c.action == "delete" else c.finding_id
-    return Saved(tuple(lines), waiting(boxes, store.taxonomy.class_names), touched, tuple(others))
+    return Saved(tuple(lines), waiting(boxes), touched, tuple(others))
 
 
 def seen_findings(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[StoredFinding]:
@@ -277,8 +282,10 @@ def undo(store: Store, photo_id: int, reviewer: str) -> Undone:
     states = store.undo_last(photo_id, reviewer)
     undid = []
     for state in states:
-        rows = store.history(state.finding_id)  # its newest row is the undo just written
-        undid.append(next(c for c in rows if c.id == rows[-1].undoes))
+        rows = store.history(state.finding_id)
+        # Her newest undo on it is the one just written (her undos run one at a time, in the review lane).
+        mine = max((c for c in rows if c.action == "undo" and c.reviewer == reviewer), key=lambda c: c.id)
+        undid.append(next(c for c in rows if c.id == mine.undoes))
     return Undone(tuple(states), tuple(undid))
 
 

@@ -237,14 +237,16 @@ def _run(cfg: NightlyConfig, lm_factory, taxonomy, live, snap, registry, started
     reviewed = list(reviewed_photos(snap))  # the night's training set: in memory together
     replay = labeled_photos(load_dataset(cfg.train_yaml, taxonomy), "train") if cfg.train_yaml else []
     replay_keys = {p.key for p in replay}
-    frozen = [p for p in reviewed if held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
+    # Judged and calibrated on what reviewers decided only; imported labels still pending train.
+    frozen = [p.decided() for p in reviewed if held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
     rest = [p for p in reviewed if not held_out(p.key, cfg.holdout_percent, trained=replay_keys)]
-    calibrate = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate", trained=replay_keys)]
+    calibration_slice = [p for p in rest if held_out(p.key, cfg.calibration_percent, "calibrate", trained=replay_keys)]
+    calibrate = [p.decided() for p in calibration_slice]
     train = [p for p in rest if not held_out(p.key, cfg.calibration_percent, "calibrate", trained=replay_keys)]
     # Counted as calibrate_candidate will count them: labelled objects whose type has a choice of classes.
     if labelled_objects(calibrate, taxonomy) < MIN_CALIBRATION_OBJECTS:
         # Too few to fit a calibration: those corrections teach the candidate instead of idling.
-        train, calibrate = train + calibrate, []
+        train, calibrate = train + calibration_slice, []
     if cfg.frozen_yaml:
         frozen += labeled_photos(load_dataset(cfg.frozen_yaml, taxonomy), cfg.frozen_split)
     # The same photo reviewed and in the dataset: the reviewed labels win.

@@ -21,11 +21,22 @@ class LabeledPhoto:
     detections: tuple[Detection, ...]
     classes: tuple[str | None, ...]
     key: str
+    imported: tuple[bool, ...] = ()  # per object: its class is an imported dataset label no reviewer decided yet
 
     def __post_init__(self) -> None:
         if len(self.detections) != len(self.classes):
             raise ValueError(f"LabeledPhoto {self.key[:12]}: expected one class per detection, "
                              f"found {len(self.classes)} classes for {len(self.detections)} detections")
+        if self.imported and len(self.imported) != len(self.classes):
+            raise ValueError(f"LabeledPhoto {self.key[:12]}: expected one imported flag per detection, found {len(self.imported)}")
+
+    def decided(self) -> "LabeledPhoto":
+        """Only what reviewers decided carries a class: a photo that judges or calibrates a model
+        must not do so on labels nobody checked (a label-review photo outside the replayed split)."""
+        if not any(self.imported):
+            return self
+        classes = tuple(None if pending else c for c, pending in zip(self.classes, self.imported))
+        return LabeledPhoto(self.image, self.detections, classes, self.key)
 
 
 def ground_truth(ds: YoloDataset, split: str) -> Iterator[tuple[Sample, object, list[Detection], list[str], str]]:
@@ -49,6 +60,7 @@ def reviewed_photos(store, pending_labels: bool = True) -> Iterator[LabeledPhoto
     labels from that night's training). ``pending_labels=False``: reviewed objects only (what a
     reviewer decided, e.g. evidence cited as "reviewed")."""
     for p in store.reviewed_photos():
-        labelled = [f.status is Status.REVIEWED or (pending_labels and f.finding_id in p.labels) for f in p.findings]
-        yield LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings),
-                           tuple(f.class_name if keep else None for f, keep in zip(p.findings, labelled)), p.photo.sha256)
+        imported = tuple(pending_labels and f.status is not Status.REVIEWED and f.finding_id in p.labels for f in p.findings)
+        classes = tuple(f.class_name if f.status is Status.REVIEWED or pending else None for f, pending in zip(p.findings, imported))
+        yield LabeledPhoto(load_image(p.photo.path), tuple(Detection(f.box, f.object_type, 1.0) for f in p.findings), classes,
+                           p.photo.sha256, imported)

@@ -155,15 +155,19 @@ class ReviewEdits:
 
     def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
         if not (text or "").strip():
-            return self._after(photo_id, finding_id, "Write the rationale first (an empty one is not saved).")
-        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text), request,
-                          draft=("rationale", text))
+            out = self._after(photo_id, finding_id, "Write the rationale first (an empty one is not saved).")
+        else:
+            out = self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "edit_rationale", rationale=text),
+                             request, draft=("rationale", text))
+        return self._spare(out, "note", finding_id)
 
     def add_note(self, photo_id, finding_id, revision, text, request: gr.Request):
         if not (text or "").strip():
-            return self._after(photo_id, finding_id, "Write the note first (an empty one is not saved).")
-        return self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request,
-                          draft=("note", text))
+            out = self._after(photo_id, finding_id, "Write the note first (an empty one is not saved).")
+        else:
+            out = self._edit(photo_id, finding_id, lambda user: self._apply(finding_id, revision, user, "note", note=text), request,
+                             draft=("note", text))
+        return self._spare(out, "rationale", finding_id)
 
     def undo(self, photo_id, request: gr.Request):
         """Take back the reviewer's last action on the photo; the object it restored is shown."""
@@ -246,6 +250,17 @@ class ReviewEdits:
         k = 1 + len(self.VIEW) + self.PANEL.index(field)
         return (f"{out[0]} Your {field} is still in its box: save it again to replace theirs.", *out[1:k], gr.update(value=text),
                 *out[k + 1:])
+
+    def _spare(self, out: tuple, field: str, finding_id) -> tuple:
+        """The answer to saving one text field of the panel, with the other (``field``) left as the
+        reviewer has it: the answer redrew both, so a note typed while the rationale was being
+        saved was replaced by the stored one, unsaved and unasked. Only while the answer shows the
+        same object (one deleted meanwhile is replaced by another, whose field is redrawn)."""
+        shown = out[1 + self.VIEW.index("select")]
+        if finding_id is None or not isinstance(shown, dict) or shown.get("value") is None or int(shown["value"]) != int(finding_id):
+            return out
+        k = 1 + len(self.VIEW) + self.PANEL.index(field)
+        return (*out[:k], gr.skip(), *out[k + 1:])
 
     def _index(self, finding_id: int) -> int:
         photo_id = self.store.photo_of(finding_id)

@@ -39,7 +39,16 @@ HTMLElement.prototype.focus = function (opts) {
 };
 // A click on a box in the canvas selects that object in the side panel too: the click's place on
 // the canvas goes to the server, which picks the box the canvas picks (see ReviewHandlers.pick_at).
-let swDown = null, swClicks = 0;
+let swDown = null, swClicks = 0, swDropped = false;
+// A press on the canvas selects or moves a box, and the answer redraws the side panel: with an
+// unsaved rationale or note the page asks first (see swLeaveDraft), and drops the press whatever
+// the answer (a press held across the dialog would reach the canvas as a drag nobody made).
+const swCanvasPress = (e) => {
+  const c = e.target.closest && e.target.closest('#sw-canvas canvas');
+  if (e.type === 'pointerdown') swDropped = !!c && swDraft.size > 0 && (swLeaveDraft(), true);
+  if (c && swDropped) { e.preventDefault(); e.stopImmediatePropagation(); }
+};
+['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click'].forEach((t) => document.addEventListener(t, swCanvasPress, true));
 document.addEventListener('pointerdown', (e) => {
   swDown = e.target.closest && e.target.closest('#sw-canvas canvas') ? [e.clientX, e.clientY] : null;
 }, true);
@@ -87,15 +96,16 @@ new MutationObserver(() => {
 // A rationale or note typed and not saved was lost, silently, on the next key or click that moved
 // on (a reviewer pressing `a` after typing a rationale took it as saved). Typing marks the field;
 // the status line saying it was saved clears the mark (a refused save keeps it); anything that
-// would replace the field asks first, a save of the other field included (its answer redraws both).
+// would replace the field asks first: here, on the canvas (above), and from the other tabs that
+// open a photo. (Saving one field leaves the other as it is: ReviewEdits._spare.)
 const swDraft = new Set();
 const SW_FIELDS = {'sw-rationale': 'rationale', 'sw-note': 'note'};
 document.addEventListener('input', (e) => {
   const f = e.isTrusted && e.target.closest && e.target.closest('#sw-rationale, #sw-note');  // not the page's own (autosize) events
   if (f) swDraft.add(f.id);
 }, true);
-const swLeaveDraft = (only) => {
-  const dirty = [...swDraft].filter((id) => !only || id === only);
+const swLeaveDraft = () => {
+  const dirty = [...swDraft];
   if (!dirty.length) return true;
   const many = dirty.length > 1;
   const what = dirty.map((id) => SW_FIELDS[id]).join(' and ');
@@ -104,16 +114,18 @@ const swLeaveDraft = (only) => {
   return true;
 };
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
-  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-photo-objects td';
-const swGuard = (e, only) => { if (!swLeaveDraft(only)) { e.preventDefault(); e.stopImmediatePropagation(); } };
+  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-photo-objects td, '
+  + '#sw-queue td, #sw-objects td, #sw-review-this, #sw-map';  // the Queue, Inspect and the library map open a photo here
+const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); } };
 document.addEventListener('click', (e) => {
-  if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
-  const save = e.target.closest('#sw-save-rationale, #sw-save-note');
-  if (save) return swGuard(e, save.id === 'sw-save-note' ? 'sw-rationale' : 'sw-note');
-  if (e.target.closest(SW_MOVES)) swGuard(e);
+  if (e.isTrusted && e.target.closest && e.target.closest(SW_MOVES)) swGuard(e);  // the key handler's own clicks asked already
 }, true);
-document.addEventListener('keydown', (e) => {  // Enter in the note saves it: the rationale's draft would be redrawn away
-  if (e.key === 'Enter' && e.target.closest && e.target.closest('#sw-note')) swGuard(e, 'sw-rationale');
+document.addEventListener('keydown', (e) => {
+  const t = e.target;
+  if (!t.closest) return;
+  if (e.key === 'Enter' && t.closest('#sw-photo')) return swGuard(e);  // opens another photo
+  // The canvas's own Delete saves the canvas, and its answer redraws the panel.
+  if ((e.key === 'Delete' || e.key === 'Backspace') && t.closest('#sw-canvas')) swGuard(e);
 }, true);
 // A key the page cannot act on is answered here, under the status line (the server never hears of it).
 const swHint = (text) => {

@@ -448,6 +448,28 @@ def test_a_stale_rationale_save_keeps_the_draft_and_says_what_the_other_reviewer
     assert saved[0] == f"Saved: #{app.r._index(fid)} rationale saved." and app.store.state(fid).rationale == "ana's reason"
 
 
+def test_saving_one_text_field_leaves_the_other_as_the_reviewer_has_it(app):
+    """A rationale save's answer redrew the note too: a note typed while the save was on its way
+    was replaced by the stored one, unsaved. Each save now leaves the other field alone, unless the
+    answer shows another object (the saved one deleted meanwhile)."""
+    import gradio as gr
+
+    *_, photo_id = inspect(app, PHOTOS[1])
+    first, second = app.store.photo_findings(photo_id)[:2]
+    fid = first.finding_id
+    out = view(app.r.edit_rationale(photo_id, fid, 0, "silt at the outlet", ANA), 1)
+    assert app.store.state(fid).rationale == "silt at the outlet" and out["rationale"] == "silt at the outlet"
+    assert out["note"] == gr.skip()  # the note box keeps what it holds
+    out = view(app.r.add_note(photo_id, fid, app.store.state(fid).revision, "check again", ANA), 1)
+    assert out["note"] == "check again" and out["rationale"] == gr.skip()
+    # An empty save is refused, and the other field is still left alone.
+    assert view(app.r.add_note(photo_id, fid, app.store.state(fid).revision, " ", ANA), 1)["rationale"] == gr.skip()
+    # The object was deleted meanwhile: the answer shows another one, whose note is drawn.
+    app.store.correct(fid, app.store.state(fid).revision, "ana", "delete")
+    out = view(app.r.edit_rationale(photo_id, fid, 0, "late", ANA), 1)
+    assert out["select"]["value"] != fid and out["note"] == (app.store.state(out["select"]["value"]).note or "")
+
+
 def test_status_lines_name_what_was_saved(app):
     *_, photo_id = inspect(app, PHOTOS[2])
     pending = [f for f in app.store.photo_findings(photo_id) if len(app.store.taxonomy.classes_for_type(f.state.object_type)) > 1]

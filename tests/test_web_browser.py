@@ -326,6 +326,17 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             other.click()
             page.wait_for_selector(f"#sw-select input[type=radio][value='{other_id}']:checked", timeout=20_000)
             assert sql(db, "SELECT count(*) FROM corrections") == n
+            # Saving the rationale leaves a note being typed as it is (the answer redrew both fields,
+            # so the page asked, and the save waited on a note that had nothing to do with it).
+            note.fill("ask the dam keeper")
+            rat.fill("outlet blocked by silt")
+            page.click("#sw-save-rationale")
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'edit_rationale' AND after_json LIKE '%outlet blocked by silt%'")
+            page.wait_for_selector("#sw-status :text('rationale saved')", timeout=20_000)
+            assert note.input_value() == "ask the dam keeper"
+            note.press("Enter")
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'note' AND after_json LIKE '%ask the dam keeper%'")
+            page.wait_for_selector("#sw-status :text('note saved')", timeout=20_000)
 
             # Clicking a box on the canvas selects that object in the panel, so `a` accepts that one.
             live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2, s.status FROM finding_state s JOIN findings f ON f.id = s.finding_id "
@@ -342,6 +353,20 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             probe = next(o for o in live if o[5] == "pending" and o[3] - o[1] > 16 and o[4] - o[2] > 16
                          and first_containing((o[1] + o[3]) / 2, (o[2] + o[4]) / 2) == o[0]
                          and not near_a_handle((o[1] + o[3]) / 2, (o[2] + o[4]) / 2))
+            # A press on the canvas redraws the panel too: with a draft the page asks first, and the
+            # press is dropped whatever the answer (the next one selects).
+            here = page.locator("#sw-select input[type=radio]:checked").get_attribute("value")
+            rat.fill("apron cracked")
+            n = sql(db, "SELECT count(*) FROM corrections")
+            page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+            page.mouse.click(*screen((probe[1] + probe[3]) / 2, (probe[2] + probe[4]) / 2))
+            page.wait_for_timeout(800)
+            assert asked[-1] == "Your rationale is not saved. Leave it unsaved?" and len(asked) == 3
+            assert page.locator(f"#sw-select input[value='{here}']").is_checked() and rat.input_value() == "apron cracked"
+            page.once("dialog", lambda d: d.accept())
+            page.mouse.click(*screen((probe[1] + probe[3]) / 2, (probe[2] + probe[4]) / 2))
+            page.wait_for_timeout(800)
+            assert page.locator(f"#sw-select input[value='{here}']").is_checked() and sql(db, "SELECT count(*) FROM corrections") == n
             page.mouse.click(*screen((probe[1] + probe[3]) / 2, (probe[2] + probe[4]) / 2))
             page.wait_for_selector(f"#sw-select input[type=radio][value='{probe[0]}']:checked", timeout=20_000)
             page.wait_for_timeout(700)

@@ -256,7 +256,7 @@ class Handlers:
         # The time and counts tell one run's answer from the last one's (the same photos give the same count).
         summary = (f"Inspected {len(gallery)} photo(s) at {time.strftime('%H:%M:%S')}: {len(rows)} object(s), {pending} to review."
                    + (f" {reused} had been inspected before (same content)." if reused else ""))
-        yield gallery, rows, "\n\n".join([*problems, summary] if gallery else problems), last
+        yield gallery, rows, "\n\n".join([*problems, summary] if gallery else [*problems, "Nothing inspected."]), last
 
     @staticmethod
     def unspent_uploads(files):

@@ -179,9 +179,12 @@ class ReviewHandlers(ReviewEdits):
         (the one ``seen`` was of) stays open: a mistyped id used to close it, and ← then went to
         the first photo instead of back."""
         try:
+            if photo_id is None and seen:  # an emptied box (letters typed into a number read as none) closed the photo
+                raise ValueError("no id")
             return self.view(photo_id)
         except (SlopewatchError, ValueError, OverflowError) as exc:
-            said = f"⚠ {exc if isinstance(exc, SlopewatchError) else f'expected a photo id, found {photo_id!r}'}."
+            what = "type a photo id (a number) first" if photo_id is None else f"expected a photo id, found {photo_id!r}"
+            said = f"⚠ {exc if isinstance(exc, SlopewatchError) else what}."
             shown = next(iter(seen or {}), None)
             if shown is not None:
                 try:

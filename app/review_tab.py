@@ -45,7 +45,11 @@ let swDown = null, swClicks = 0, swDropped = false;
 // the answer (a press held across the dialog would reach the canvas as a drag nobody made).
 const swCanvasPress = (e) => {
   const c = e.target.closest && e.target.closest('#sw-canvas canvas');
-  if (e.type === 'pointerdown') swDropped = !!c && swDraft.size > 0 && (swLeaveDraft(), true);
+  if (e.type === 'pointerdown' && c) {
+    swDropped = swDraft.size > 0;
+    // Said, or the dropped press read as a click that did nothing.
+    swHint(swDropped && swLeaveDraft() ? 'That press only answered the question: press the photo again.' : '');
+  }
   if (c && swDropped) { e.preventDefault(); e.stopImmediatePropagation(); }
 };
 ['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click'].forEach((t) => document.addEventListener(t, swCanvasPress, true));
@@ -66,7 +70,7 @@ document.addEventListener('pointerup', (e) => {
 // After a drawn box is saved the canvas stays in draw mode, so the reviewer's next click on a box
 // starts another box instead of selecting it: back to drag/select mode when the add is saved.
 // Edge-triggered on a new status line, so pressing C again to draw another box is left alone.
-let swLastStatus = '', swWasDialog = false, swPhoto = null;
+let swLastStatus = '', swWasDialog = false, swPhoto = null, swObject = null;
 // The canvas's dialog for a drawn box's class (open: the page's keys are the dialog's).
 // (Not offsetParent: the dialog is position: fixed, whose offsetParent is always null.)
 const swDialog = () => { const d = document.getElementById('model-box-edit'); return !!(d && d.getClientRects().length); };
@@ -81,9 +85,14 @@ new MutationObserver(() => {
   if (swWasDialog && !dialog) setTimeout(swToDrag, 0);
   swWasDialog = dialog;
   // Another photo opened (from the Queue, Inspect, its id): a draft on the last one is gone.
+  // Another object shown, by whatever route: its fields replaced the draft, and a mark left on
+  // made every later key ask about text no longer there.
   const h = document.querySelector('#sw-header');
   const shown = h && /\*?\*?Photo (\d+)/.exec(h.innerText);
+  const picked = document.querySelector('#sw-select input[type=radio]:checked');
+  const object = picked ? picked.value : null;
   if (shown && shown[1] !== swPhoto) { swPhoto = shown[1]; swDraft.clear(); }
+  if (object !== swObject) { swObject = object; swDraft.clear(); }
   const s = document.querySelector('#sw-status');
   const text = s ? s.innerText : '';
   if (text === swLastStatus) return;
@@ -114,16 +123,27 @@ const swLeaveDraft = () => {
   return true;
 };
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
-  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-photo-objects td, '
-  + '#sw-queue td, #sw-objects td, #sw-review-this, #sw-map';  // the Queue, Inspect and the library map open a photo here
-const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); } };
+  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';  // Inspect, the library map: a photo here
+// A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
+const SW_ROWS = ['#sw-photo-objects', '#sw-queue', '#sw-objects'].map((t) => `${t} [role=gridcell]`).join(', ');
+const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); return false; } return true; };
+let swRowRefused = false;
+document.addEventListener('mousedown', (e) => {
+  swRowRefused = !!(e.isTrusted && e.target.closest && e.target.closest(SW_ROWS)) && !swGuard(e);
+}, true);
 document.addEventListener('click', (e) => {
-  if (e.isTrusted && e.target.closest && e.target.closest(SW_MOVES)) swGuard(e);  // the key handler's own clicks asked already
+  if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
+  if (e.target.closest(SW_ROWS)) { if (swRowRefused) { e.preventDefault(); e.stopImmediatePropagation(); } return; }
+  if (e.target.closest(SW_MOVES)) swGuard(e);
 }, true);
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (!t.closest) return;
-  if (e.key === 'Enter' && t.closest('#sw-photo')) return swGuard(e);  // opens another photo
+  // Enter in the photo id opens another photo; refused, the box shows the photo still open.
+  if (e.key === 'Enter' && t.closest('#sw-photo')) {
+    if (!swGuard(e) && swPhoto) { t.value = swPhoto; t.dispatchEvent(new Event('input', {bubbles: true})); }
+    return;
+  }
   // The canvas's own Delete saves the canvas, and its answer redraws the panel.
   if ((e.key === 'Delete' || e.key === 'Backspace') && t.closest('#sw-canvas')) swGuard(e);
 }, true);

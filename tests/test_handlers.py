@@ -16,6 +16,7 @@ from app.handlers import QUEUE_HEADERS, TABLE_HEADERS, Handlers  # noqa: E402
 from app.models import ModelHost  # noqa: E402
 from app.review_handlers import LIKELY_BOX_SCORE, ReviewHandlers  # noqa: E402
 from app.usecases.canvas import canvas_scale, parse_label  # noqa: E402
+from app.usecases.flight import SUFFIXES, photo_sources  # noqa: E402
 from core.paths import samples_dir  # noqa: E402
 from core.types import Box, Detection, Finding  # noqa: E402
 
@@ -82,6 +83,27 @@ def test_a_zipped_flight_streams_photo_by_photo_with_bad_members_listed(app, tmp
     again = app.h.inspect([str(flight), str(flight)], ANA, NoProgress())[2]
     assert "3 had been inspected before" in again and "same photo as" not in again and again.count("✗") == 1
     assert rows(app.db, "SELECT count(*) FROM photos") == [(4,)]
+
+
+def test_an_archive_or_folder_without_photos_is_named_with_its_reason(app, tmp_path):
+    """A walk-through's find: an empty zip, or one holding only a text file, cleared the page and
+    said nothing."""
+    empty, text, folder = tmp_path / "empty.zip", tmp_path / "notes.zip", tmp_path / "DCIM"
+    zipfile.ZipFile(empty, "w").close()
+    with zipfile.ZipFile(text, "w") as z:
+        z.writestr("readme.txt", b"no photos here")
+    folder.mkdir()
+    *_, message, last = app.h.inspect([str(empty), str(text)], ANA, NoProgress())
+    assert message.splitlines()[::2] == [f"✗ empty.zip: expected photos ({', '.join(SUFFIXES)}) in the archive, found it empty",
+                                         f"✗ notes.zip: expected photos ({', '.join(SUFFIXES)}) in the archive, found 1 file(s) "
+                                         "without a photo suffix", "Nothing inspected."]
+    assert last is None and rows(app.db, "SELECT count(*) FROM photos") == [(0,)]
+    # A zip with photos among other files is not refused; a folder (the CLI's) without them is.
+    with zipfile.ZipFile(text, "a") as z:
+        z.write(PHOTOS[0], PHOTOS[0].name)
+    assert "✗" not in app.h.inspect([str(text)], ANA, NoProgress())[2]
+    [(name, error)] = photo_sources([folder])
+    assert name == "DCIM" and str(error).endswith("in the folder, found it empty")
 
 
 def test_models_loading_is_said_not_crashed(app):
@@ -452,8 +474,6 @@ def test_saving_one_text_field_leaves_the_other_as_the_reviewer_has_it(app):
     """A rationale save's answer redrew the note too: a note typed while the save was on its way
     was replaced by the stored one, unsaved. Each save now leaves the other field alone, unless the
     answer shows another object (the saved one deleted meanwhile)."""
-    import gradio as gr
-
     *_, photo_id = inspect(app, PHOTOS[1])
     first, second = app.store.photo_findings(photo_id)[:2]
     fid = first.finding_id
@@ -706,6 +726,9 @@ def test_a_mistyped_photo_id_keeps_the_photo_on_screen(app):
     assert out["photo"] == photo_id and out["canvas"]
     assert out["header"].startswith("⚠ no photo with id 9999. Still on this photo: **Photo")
     assert view(app.r.prev_photo(out["photo"]))["photo"] == photo_id - 1
+    # An emptied box (letters typed into the number field read as none) is not "close the photo".
+    out = view(app.r.open_photo(None, shown["seen"]))
+    assert out["photo"] == photo_id and out["header"].startswith("⚠ type a photo id (a number) first. Still on this photo: **Photo")
 
 
 def test_a_promoted_detector_is_served_without_a_restart(tmp_path, monkeypatch):

@@ -51,8 +51,12 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            for p in sorted(q for q in path.rglob("*") if q.is_file() and q.suffix.lower() in SUFFIXES):
+            files = sorted(q for q in path.rglob("*") if q.is_file())
+            photos = [q for q in files if q.suffix.lower() in SUFFIXES]
+            for p in photos:
                 yield str(p.relative_to(path.parent)), p
+            if not photos:  # an empty or wrong folder said nothing: the run ended with no word on it
+                yield path.name, _no_photos(path.name, "folder", len(files))
         elif path.suffix.lower() == ".zip" and path.is_file():
             try:
                 archive = zipfile.ZipFile(path)
@@ -60,8 +64,11 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
                 yield path.name, ImageError(f"{path.name}: expected a zip archive, found {exc}")
                 continue
             with archive:
-                for info in sorted(archive.infolist(), key=lambda i: i.filename):
-                    if info.is_dir() or Path(info.filename).suffix.lower() not in SUFFIXES:
+                members = [i for i in archive.infolist() if not i.is_dir()]
+                if not any(Path(i.filename).suffix.lower() in SUFFIXES for i in members):
+                    yield path.name, _no_photos(path.name, "archive", len(members))
+                for info in sorted(members, key=lambda i: i.filename):
+                    if Path(info.filename).suffix.lower() not in SUFFIXES:
                         continue
                     name = f"{path.name}:{info.filename}"
                     if info.file_size > MAX_UPLOAD_BYTES:  # read into memory: a bomb must not get that far
@@ -78,6 +85,11 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
                         yield name, data
         else:
             yield path.name, path
+
+
+def _no_photos(name: str, kind: str, n_files: int) -> ImageError:
+    found = f"{n_files} file(s) without a photo suffix" if n_files else "it empty"
+    return ImageError(f"{name}: expected photos ({', '.join(SUFFIXES)}) in the {kind}, found {found}")
 
 
 def count_sources(paths: list[Path]) -> int:

@@ -286,7 +286,9 @@ class Handlers:
 
     def queue_rows(self, object_type, class_name, condition, model_version, reviewer_name):
         rows = self.store.photo_queue(object_type or None, class_name or None, condition or None, model_version or None, reviewer_name or None)
-        return [[r.photo_id, r.name, r.n_objects, r.n_pending, round(r.expected_errors, 2), None if r.min_margin is None else round(r.min_margin, 3),
+        # A label-review photo says so: its imported labels' scores (1.0) are no model's certainty.
+        return [[r.photo_id, r.name + (f" · label review ({r.n_labels} label(s))" if r.n_labels else ""), r.n_objects, r.n_pending,
+                 round(r.expected_errors, 2), None if r.min_margin is None else round(r.min_margin, 3),
                  None if r.min_detector_confidence is None else round(r.min_detector_confidence, 3),
                  "✓" if r.done else ""] for r in rows]
 

@@ -76,14 +76,17 @@ class LibraryHandlers:
         return (f"Embedded {counts.photos} new photo(s), {counts.findings} object(s), {counts.texts} text(s)."
                 if counts != type(counts)(0, 0, 0) else "Nothing new to embed.")
 
-    def draw(self, color_by):
+    def draw(self, color_by, progress=gr.Progress()):
+        # The first layout of a server's life compiles UMAP (28 s measured on 2 cores), and the page
+        # looked idle all that time: the bar says what it is waiting for.
+        progress(0, desc="Laying out the objects (the first map after a start takes about half a minute)")
         points, method = map_points(self.store, color_by)
         if not points:
             return "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
         thumbs = {}
         rows = self.store.live_findings()
         opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
-        for p in sorted(points, key=lambda p: p.photo_id):
+        for p in progress.tqdm(sorted(points, key=lambda p: p.photo_id), desc="Thumbnails"):
             if p.photo_id not in opened:
                 try:
                     opened = {p.photo_id: load_image(self.store.photo(p.photo_id).path)}
@@ -191,7 +194,7 @@ def build_library_tab(store, to_review: dict, open_finding, review_view, clip_fo
             p_gallery = gr.Gallery(label="Photos", columns=4, height="auto")
 
     embed_btn.click(h.embed, None, embed_msg, concurrency_limit=1, api_name="embed")
-    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw")
+    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress_on=map_msg)
     map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
         **to_review)
     sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")

@@ -209,7 +209,7 @@ class ReviewEdits:
                 several = len(exc.pending) > 1
                 return (f"⚠ Not done yet: {listed([f'#{i}' for i in exc.pending])} {'are' if several else 'is'} still pending. "
                         f"Decide {'them' if several else 'it'} (a accepts the selected object, Shift+A every pending one), then press "
-                        "Photo done.")
+                        "Photo done (Shift+D).")
             return "Saved: photo reviewed ✓."
 
         return self._edit(photo_id, None, work, request)

@@ -105,15 +105,16 @@ class ReviewHandlers(ReviewEdits):
             selected = (pending or live or [None])[0]
             selected = selected.finding_id if selected is not None else None
         state = "✓ reviewed" + (f" by {progress.confirmed_by}" if progress.confirmed_by else "") if progress.done else (
-            f"{progress.n_pending} pending" if progress.n_pending else "all decided — press **Photo done**")
+            f"{progress.n_pending} pending" if progress.n_pending else "all decided — press **Photo done** (Shift+D)")
         header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
                   f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
         choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else "")
                     + (f" {LIKELY_MARK}" if f.finding_id in band else "") + (f" {LABEL_MARK}" if f.from_labels else ""), f.finding_id)
                    for f in live]
+        # An imported label's stored scores (1.0) read as model certainty: no number for it.
         table = [[f.index, f.finding_id, f.state.object_type, f.state.class_name, str(f.state.status),
-                  None if f.confidence is None else round(f.confidence, 3),
-                  None if f.detector_confidence is None else round(f.detector_confidence, 3),
+                  None if f.confidence is None or f.from_labels else round(f.confidence, 3),
+                  None if f.detector_confidence is None or f.from_labels else round(f.detector_confidence, 3),
                   "likely right" if f.finding_id in band else ("" if f.state.status is not Status.PENDING else "check the label"
                                                                if f.from_labels else
                                                                "check the box" if len(f.probabilities or {}) <= 1 else "needs a look")]

@@ -10,7 +10,9 @@ next pending one, ``Shift+A`` accept every pending object of the photo, ``L`` ac
 objects in the "likely right" band (calibrated confidence at or above the threshold chosen on
 train folds for >= 95% accuracy, on a box the detector scored >= ``LIKELY_BOX_SCORE``; the rest
 "needs a look", vegetation "check the box"), ``→``/``←`` next or previous photo,
-``Ctrl+Z`` undo your last action on this photo. On the canvas itself: drag to
+``Ctrl+Z`` undo your last action on this photo, ``Shift+D`` photo done, ``N`` the next photo to
+review; ``Escape`` leaves a text field (and a photo opened by its id leaves the keys to the page).
+On the canvas itself: drag to
 draw, move or resize a box, ``Delete`` (or ``Backspace``) removes the selected box, ``Space`` resets the zoom.
 Elsewhere ``Delete`` removes the object selected in the side panel, as its Delete button does, and
 ``Space`` still resets the canvas's zoom. A number key past the object's classes says so under the status line.
@@ -139,11 +141,15 @@ document.addEventListener('click', (e) => {
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (!t.closest) return;
-  // Enter in the photo id opens another photo; refused, the box shows the photo still open.
+  // Enter in the photo id opens another photo; refused, the box shows the photo still open. Opened,
+  // the keys go to the page: the focus stayed in the number, and `a` did nothing and said nothing.
   if (e.key === 'Enter' && t.closest('#sw-photo')) {
-    if (!swGuard(e) && swPhoto) { t.value = swPhoto; t.dispatchEvent(new Event('input', {bubbles: true})); }
+    if (swGuard(e)) setTimeout(() => t.blur(), 0);
+    else if (swPhoto) { t.value = swPhoto; t.dispatchEvent(new Event('input', {bubbles: true})); }
     return;
   }
+  // Escape leaves a text field (a draft stays in it), so the keys work again: only Tab did.
+  if (e.key === 'Escape' && t.closest('#sw-photo, #sw-rationale, #sw-note')) { t.blur(); return; }
   // The canvas's own Delete saves the canvas, and its answer redraws the panel.
   if ((e.key === 'Delete' || e.key === 'Backspace') && t.closest('#sw-canvas')) swGuard(e);
 }, true);
@@ -193,6 +199,9 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
   if (e.key === 'a') return click('sw-accept');
   if (e.key === 'l' || e.key === 'L') return click('sw-accept-likely');
+  // A keyboard review ended in eleven Tabs to reach Photo done, and the next photo had no key.
+  if (e.key === 'D' && e.shiftKey) return click('sw-done');
+  if (e.key === 'n' || e.key === 'N') return click('sw-next-queue');
   // The canvas's own C / D keys work only while it has the focus (after a click on it); from
   // anywhere else on the page they said nothing and did nothing. Its mode buttons are the same.
   const mode = {c: 'Create box', d: 'Drag boxes'}[e.key.toLowerCase()];
@@ -231,7 +240,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
             photo = gr.Number(label="Photo id (Enter opens it)", precision=0, elem_id="sw-photo", scale=1)
             prev_btn = gr.Button("← Previous photo", elem_id="sw-prev-photo", scale=1)
             next_btn = gr.Button("Next photo →", elem_id="sw-next-photo", scale=1)
-            queue_btn = gr.Button("Next photo to review", elem_id="sw-next-queue", scale=1)
+            queue_btn = gr.Button("Next photo to review (N)", elem_id="sw-next-queue", scale=1)
         # What the reviewer saw: each object's revision. A visible-to-the-API component, not
         # gr.State, so API clients send it too and a stale save is refused.
         seen = gr.JSON(visible=False, elem_id="sw-seen")
@@ -260,7 +269,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                 with gr.Row():
                     delete = gr.Button("Delete object", variant="stop", elem_id="sw-delete")
                     undo = gr.Button("Undo (Ctrl+Z)", elem_id="sw-undo")
-                    done = gr.Button("Photo done ✓", elem_id="sw-done")
+                    done = gr.Button("Photo done ✓ (Shift+D)", elem_id="sw-done")
                 select = gr.Radio(label="Object", choices=[], elem_id="sw-select")
                 detail = gr.Markdown(elem_id="sw-detail")
                 classes = gr.Radio(label="Class (keys 1–9)", choices=[], elem_id="sw-class")
@@ -297,20 +306,19 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     # order, not dropped (Gradio's default for a click): "2" then "1" to fix a slip saved the slip,
     # silently. (The one-shot actions keep the default: a double-clicked Delete or Accept all is one.)
     keyed = {**edit, "trigger_mode": "multiple"}
-    photo.submit(h.open_photo, [photo, seen], view, api_name="open_photo", **quiet)
-    prev_btn.click(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
-    next_btn.click(h.next_photo, photo, view, api_name="next_photo", **quiet)
-    queue_btn.click(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet)
+    # A new photo, or another object picked by hand: the last message goes ("Saved: #2 …" would
+    # read as news about what is now shown), then the view comes. Chained, not side by side: a
+    # clear answered late wiped the answer to a key pressed as soon as the photo showed ("Not done
+    # yet" after Shift+D). A save that advances keeps its line: it sets no "input".
+    clear = {"fn": lambda: "", "inputs": None, "outputs": status, "api_name": False, **quiet}
+    photo.submit(**clear).then(h.open_photo, [photo, seen], view, api_name="open_photo", **quiet)
+    prev_btn.click(**clear).then(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
+    next_btn.click(**clear).then(h.next_photo, photo, view, api_name="next_photo", **quiet)
+    queue_btn.click(**clear).then(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet)
     review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
-    select.input(h.select, [photo, select], panel, api_name="select_object", **quiet)
-    click.change(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input" event
-    for nav in (photo.submit, prev_btn.click, next_btn.click, queue_btn.click):  # a new photo: last photo's message goes
-        nav(lambda: "", None, status, api_name=False, **quiet)
-    # Another object picked by hand: the last object's message goes ("Saved: #2 …" would read as
-    # news about the object now shown). A save that advances keeps its line: it sets no "input".
-    for pick in (select.input, objects.select, click.change):
-        pick(lambda: "", None, status, api_name=False, **quiet)
-    objects.select(h.pick_object, None, select, api_name=False, **quiet).then(
+    select.input(**clear).then(h.select, [photo, select], panel, api_name="select_object", **quiet)
+    click.change(**clear).then(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input"
+    objects.select(**clear).then(h.pick_object, None, select, api_name=False, **quiet).then(
         h.select, [photo, select], panel, api_name=False, **quiet)
     # The status line goes in too: the hint about a drawn box waiting for its class is cleared once
     # the box is gone (in order with the save that set it: both are this lane's).

@@ -205,6 +205,7 @@ class PhotoQueueRow:
             calibrated confidence): how many wrong objects the models expect on the photo (0 when
             nothing is pending). The queue puts the photos with the most first.
         done: as in ``PhotoProgress.done``.
+        n_labels: live imported labels (``slopewatch import-labels``): a label-review photo.
     """
 
     photo_id: int
@@ -215,12 +216,13 @@ class PhotoQueueRow:
     min_detector_confidence: float | None
     expected_errors: float
     done: bool
+    n_labels: int = 0
 
     @classmethod
     def from_row(cls, row) -> "PhotoQueueRow":
         name = row["original_name"] or PurePath(row["path"]).name
         return cls(row["photo_id"], name, row["n_objects"], row["n_pending"], row["min_margin"],
-                   row["min_detector_confidence"], float(row["expected_errors"]), bool(row["done"]))
+                   row["min_detector_confidence"], float(row["expected_errors"]), bool(row["done"]), int(row["n_labels"]))
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,18 @@ def test_the_review_tab_tells_labels_from_the_models_suggestions(train_set, prob
 
     scored = ["%" in item.text() for item in overlay_items(store, findings)]
     assert scored == [not f.from_labels for f in findings]
+    # Nor does the object table (confidence, detector), and the Queue names a label-review photo
+    # and leaves the labels' 1.0 out of its lowest margin and detector score.
+    assert [(row[5] is None, row[6] is None) for row in table] == [(f.from_labels, f.from_labels) for f in findings]
+    from app.handlers import Handlers
+
+    row = next(r for r in Handlers(None, store).queue_rows("", "", "", "", "") if r[0] == pid)
+    assert row[1].endswith(f" · label review ({n_labels} label(s))")
+    pending = [f for f in findings if not f.from_labels]
+    assert row[5] == round(min(f.margin for f in pending), 3) and row[6] == round(min(f.detector_confidence for f in pending), 3)
+    plain = Store(tmp_path / "labels-only.db")  # no suggestions: nothing any model scored
+    import_labels(plain, train_set, "ana")
+    assert all(r[5] is None and r[6] is None and "· label review" in r[1] for r in Handlers(None, plain).queue_rows("", "", "", "", ""))
 
 
 def test_a_reviewed_training_photo_is_cited_once_as_reviewed(train_set, tmp_path, monkeypatch):

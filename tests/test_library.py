@@ -9,8 +9,9 @@ from PIL import Image
 from app.usecases.library import MapConfig, make_map
 from core.data import load_dataset
 from core.library.embeddings import IMAGE_MODEL, TextEncoder, embed_library
-from core.library.map import layout, map_points, map_svg
+from core.library.map import PALETTE, MapPoint, colors, layout, map_points, map_svg
 from core.library.search import NotEmbedded, SearchFilters, apply_class, cosine_top_k, similar_findings, text_search
+from core.overlay import DEFAULT_COLORS
 from core.photos import ingest
 from core.taxonomy import load_taxonomy
 from core.types import Detection, Finding
@@ -161,6 +162,19 @@ def test_layout_falls_back_to_pca_and_handles_tiny_inputs():
     assert method == "pca" and xy.shape == (5, 2) and xy.min() >= 0 and xy.max() <= 1
     assert layout(np.ones((1, 8)))[0].shape == (1, 2)
     assert layout(np.zeros((0, 8)))[1] == "none"
+
+
+def test_a_map_by_condition_uses_the_review_colours():
+    """A walk-through's find: the map coloured "normal" red and "damaged" orange, against the
+    Review canvas's legend (normal green, damaged red)."""
+    def points(*keys):
+        return [MapPoint(k, 1, 0.0, 0.0, key, key) for k, key in enumerate(keys)]
+
+    conditions = ("normal", "damaged", "blocked", "none")
+    assert colors(points(*conditions)) == {k: DEFAULT_COLORS[k] for k in conditions}
+    # Other keys (classes, statuses) have no colour of their own: the palette, one each.
+    by_class = colors(points("Rock toe- Normal", "Toe drain- Blocked", "normal"))
+    assert sorted(by_class.values()) == sorted(PALETTE[:3])
 
 
 def test_map_refuses_an_empty_library(tmp_path):

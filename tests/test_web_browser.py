@@ -327,8 +327,11 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             assert page.locator(f"#sw-select input[value='{sel}']").is_checked() and rat.input_value() == "silt at the outlet"
             assert sql(db, "SELECT count(*) FROM corrections") == n
             page.once("dialog", lambda d: d.accept())  # the reviewer means it: the object changes, nothing is written
+            detail = page.locator("#sw-detail").inner_text()
             other.click()
             page.wait_for_selector(f"#sw-select input[type=radio][value='{other_id}']:checked", timeout=20_000)
+            # The radio turns at once, the panel comes after it: the next lines type into that panel.
+            page.wait_for_function(f"document.querySelector('#sw-detail').innerText !== {detail!r}", timeout=20_000)
             assert sql(db, "SELECT count(*) FROM corrections") == n
             # Another object shown by a route that does not ask (a script's click here): its fields
             # replaced the draft, and the next click must not ask about text no longer there.
@@ -337,8 +340,10 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.wait_for_selector(f"#sw-select input[type=radio][value='{sel}']:checked", timeout=20_000)
             unasked = []
             page.on("dialog", on_dialog := lambda d: (unasked.append(d.message), d.dismiss()))
+            detail = page.locator("#sw-detail").inner_text()
             other.click()
             page.wait_for_selector(f"#sw-select input[type=radio][value='{other_id}']:checked", timeout=20_000)
+            page.wait_for_function(f"document.querySelector('#sw-detail').innerText !== {detail!r}", timeout=20_000)
             page.remove_listener("dialog", on_dialog)
             assert unasked == []
             # Saving the rationale leaves a note being typed as it is (the answer redrew both fields,
@@ -426,6 +431,25 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             # → goes to the next photo.
             page.keyboard.press("ArrowRight")
             page.wait_for_function(f"!document.querySelector('#sw-header').innerText.includes('Photo {photo_id} ')", timeout=20_000)
+            # Shift+D is Photo done (refused here: objects are pending); N the next photo to review.
+            # A keyboard review took eleven Tabs to reach the button.
+            page.keyboard.press("Shift+D")
+            page.wait_for_selector("#sw-status :text('Not done yet')", timeout=20_000)
+            shown = page.locator("#sw-photo input").input_value()
+            page.keyboard.press("n")
+            page.wait_for_function(f"document.querySelector('#sw-photo input').value !== '{shown}'", timeout=20_000)
+            # The photo opened by its id leaves the keys to the page (the focus stayed in the number,
+            # and `a` did nothing and said nothing); Escape leaves a text field too.
+            accepted = sql(db, "SELECT count(*) FROM corrections WHERE action = 'accept'")[0][0]
+            page.locator("#sw-photo input").fill(str(photo_id))
+            page.locator("#sw-photo input").press("Enter")
+            page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=20_000)
+            page.wait_for_timeout(300)
+            page.keyboard.press("a")
+            wait_rows(db, "SELECT id FROM corrections WHERE action = 'accept'", n=accepted + 1)
+            page.locator("#sw-note textarea, #sw-note input").first.focus()
+            page.keyboard.press("Escape")
+            assert page.evaluate("() => !document.activeElement.closest('#sw-note')")
             page.screenshot(path=str(tmp_path / "review-next.png"))
 
             # Library: embed, draw the map, click a point: the Review tab opens on that object.

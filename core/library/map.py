@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.library.embeddings import IMAGE_MODEL
+from core.overlay import DEFAULT_COLORS
 from core.types import Status
 
 COLOR_BY = ("class", "condition", "status", "disagreement")
@@ -84,7 +85,12 @@ def map_points(store, color_by: str = "class", seed: int = 0) -> tuple[list[MapP
 
 
 def colors(points: list[MapPoint]) -> dict[str, str]:
-    return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(sorted({p.key for p in points}))}
+    """One colour per key. Coloured by condition, the overlay's and the Review canvas's colours (a
+    map colouring "normal" red read as damage); any other keys, the palette in turn."""
+    keys = sorted({p.key for p in points})
+    if all(k in DEFAULT_COLORS for k in keys):
+        return {k: DEFAULT_COLORS[k] for k in keys}
+    return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
 
 
 def plot_map(points: list[MapPoint], out: Path, title: str) -> Path:

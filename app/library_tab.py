@@ -76,17 +76,18 @@ class LibraryHandlers:
         return (f"Embedded {counts.photos} new photo(s), {counts.findings} object(s), {counts.texts} text(s)."
                 if counts != type(counts)(0, 0, 0) else "Nothing new to embed.")
 
-    def draw(self, color_by, progress=gr.Progress()):
+    def draw(self, color_by):
         # The first layout of a server's life compiles UMAP (28 s measured on 2 cores), and the page
-        # looked idle all that time: the bar says what it is waiting for.
-        progress(0, desc="Laying out the objects (the first map after a start takes about half a minute)")
+        # looked idle all that time (a progress bar on the empty message had no height): said first.
+        yield gr.skip(), "Laying out the objects: the first map after a start takes about half a minute."
         points, method = map_points(self.store, color_by)
         if not points:
-            return "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
+            yield "<p>No embedded objects yet: press <b>Embed new photos</b>.</p>", "No points."
+            return
         thumbs = {}
         rows = self.store.live_findings()
         opened: dict = {}  # by photo, one at a time: each photo is read once, and only one is held
-        for p in progress.tqdm(sorted(points, key=lambda p: p.photo_id), desc="Thumbnails"):
+        for p in sorted(points, key=lambda p: p.photo_id):
             if p.photo_id not in opened:
                 try:
                     opened = {p.photo_id: load_image(self.store.photo(p.photo_id).path)}
@@ -94,7 +95,7 @@ class LibraryHandlers:
                     opened = {p.photo_id: None}
             if opened[p.photo_id] is not None:
                 thumbs[p.finding_id] = data_uri(thumbnail(self.store, rows[p.finding_id], 64, opened[p.photo_id]))
-        return map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
+        yield map_svg(points, thumbs), f"{len(points)} objects, {method} layout, coloured by {color_by}. Click a point to review it."
 
     @staticmethod
     def pick(evt: gr.EventData):
@@ -194,7 +195,7 @@ def build_library_tab(store, to_review: dict, open_finding, review_view, clip_fo
             p_gallery = gr.Gallery(label="Photos", columns=4, height="auto")
 
     embed_btn.click(h.embed, None, embed_msg, concurrency_limit=1, api_name="embed")
-    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress_on=map_msg)
+    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress="hidden")
     map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
         **to_review)
     sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")

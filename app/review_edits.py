@@ -247,7 +247,7 @@ class ReviewEdits:
         if draft is None:
             return out
         field, text = draft
-        k = 1 + len(self.VIEW) + self.PANEL.index(field)
+        k = self._slot(field)
         return (f"{out[0]} Your {field} is still in its box: save it again to replace theirs.", *out[1:k], gr.update(value=text),
                 *out[k + 1:])
 
@@ -259,8 +259,12 @@ class ReviewEdits:
         shown = out[1 + self.VIEW.index("select")]
         if finding_id is None or not isinstance(shown, dict) or shown.get("value") is None or int(shown["value"]) != int(finding_id):
             return out
-        k = 1 + len(self.VIEW) + self.PANEL.index(field)
+        k = self._slot(field)
         return (*out[:k], gr.skip(), *out[k + 1:])
+
+    def _slot(self, field: str) -> int:
+        """Where a panel field sits in an edit's answer (the status line, the view, the panel)."""
+        return 1 + len(self.VIEW) + self.PANEL.index(field)
 
     def _index(self, finding_id: int) -> int:
         photo_id = self.store.photo_of(finding_id)

@@ -86,14 +86,14 @@ new MutationObserver(() => {
   const dialog = swDialog();
   if (swWasDialog && !dialog) setTimeout(swToDrag, 0);
   swWasDialog = dialog;
-  // Another photo opened (from the Queue, Inspect, its id): a draft on the last one is gone.
-  // Another object shown, by whatever route: its fields replaced the draft, and a mark left on
-  // made every later key ask about text no longer there.
+  // Another object shown (on this photo or another), by whatever route: its fields replaced the
+  // draft, and a mark left on made every later key ask about text no longer there. The photo is
+  // kept for a refused photo-id Enter to put back.
   const h = document.querySelector('#sw-header');
   const shown = h && /\*?\*?Photo (\d+)/.exec(h.innerText);
   const picked = document.querySelector('#sw-select input[type=radio]:checked');
   const object = picked ? picked.value : null;
-  if (shown && shown[1] !== swPhoto) { swPhoto = shown[1]; swDraft.clear(); }
+  if (shown) swPhoto = shown[1];
   if (object !== swObject) { swObject = object; swDraft.clear(); }
   const s = document.querySelector('#sw-status');
   const text = s ? s.innerText : '';

@@ -12,6 +12,9 @@ from db.checks import NotFound, check_id
 from db.rows import PhotoProgress, PhotoQueueRow, ReviewerActivity, StoredFinding, TrainingRun
 from db.sql import FINDINGS_SQL, RETRACTED_ADD_SQL, STATUS, UNDONE_SQL, progress_sql
 
+# A finding that is an imported label (``slopewatch import-labels``), with ``:labels`` its version prefix.
+LABEL_SQL = "COALESCE(f.model_version, '') LIKE :labels"
+
 # The Dashboard's "model" for corrections that indict none (a change to a reviewer's decision, a note, a repair).
 NO_MODEL = "no model (reviewers' own changes)"
 
@@ -85,16 +88,14 @@ class Progress:
         rows = self._rows(
             f"SELECT g.*, p.original_name, p.path, st.min_margin, st.min_detector_confidence, st.expected_errors, st.n_labels "
             f"FROM ({progress_sql()}) g JOIN photos p ON p.id = g.photo_id JOIN ("
-            "SELECT f.photo_id, MIN(CASE WHEN s.status = :pending AND NOT COALESCE(f.model_version, '') LIKE :labels "
-            "THEN f.margin END) AS min_margin, "
-            "MIN(CASE WHEN s.status = :pending AND NOT COALESCE(f.model_version, '') LIKE :labels "
-            "THEN f.detector_confidence END) AS min_detector_confidence, "
+            f"SELECT f.photo_id, MIN(CASE WHEN s.status = :pending AND NOT {LABEL_SQL} THEN f.margin END) AS min_margin, "
+            f"MIN(CASE WHEN s.status = :pending AND NOT {LABEL_SQL} THEN f.detector_confidence END) AS min_detector_confidence, "
             # Chance a pending model object is wrong: its box is not real, or its class is not right
             # (calibrated p_real where the detector has a calibration, else its raw score).
             "TOTAL(CASE WHEN s.status = :pending AND f.source = 'model' "
             "THEN 1 - COALESCE(f.box_probability, f.detector_confidence, 1) * f.confidence END) AS expected_errors, "
             # Imported labels (a label-review photo): their scores are no model's certainty.
-            "TOTAL(s.status != :deleted AND f.model_version LIKE :labels) AS n_labels "
+            f"TOTAL(s.status != :deleted AND {LABEL_SQL}) AS n_labels "
             "FROM findings f JOIN finding_state s ON s.finding_id = f.id GROUP BY f.photo_id) st ON st.photo_id = g.photo_id "
             f"WHERE g.photo_id IN (SELECT photo_id FROM ({FINDINGS_SQL}) WHERE {where}) "
             "ORDER BY CASE WHEN g.done THEN 2 WHEN g.n_pending > 0 THEN 0 ELSE 1 END, "

@@ -475,8 +475,7 @@ def test_saving_one_text_field_leaves_the_other_as_the_reviewer_has_it(app):
     was replaced by the stored one, unsaved. Each save now leaves the other field alone, unless the
     answer shows another object (the saved one deleted meanwhile)."""
     *_, photo_id = inspect(app, PHOTOS[1])
-    first, second = app.store.photo_findings(photo_id)[:2]
-    fid = first.finding_id
+    fid = app.store.photo_findings(photo_id)[0].finding_id
     out = view(app.r.edit_rationale(photo_id, fid, 0, "silt at the outlet", ANA), 1)
     assert app.store.state(fid).rationale == "silt at the outlet" and out["rationale"] == "silt at the outlet"
     assert out["note"] == gr.skip()  # the note box keeps what it holds

@@ -65,11 +65,10 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
                 continue
             with archive:
                 members = [i for i in archive.infolist() if not i.is_dir()]
-                if not any(Path(i.filename).suffix.lower() in SUFFIXES for i in members):
+                photos = [i for i in members if Path(i.filename).suffix.lower() in SUFFIXES]
+                if not photos:
                     yield path.name, _no_photos(path.name, "archive", len(members))
-                for info in sorted(members, key=lambda i: i.filename):
-                    if Path(info.filename).suffix.lower() not in SUFFIXES:
-                        continue
+                for info in sorted(photos, key=lambda i: i.filename):
                     name = f"{path.name}:{info.filename}"
                     if info.file_size > MAX_UPLOAD_BYTES:  # read into memory: a bomb must not get that far
                         yield name, ImageError(f"{name}: expected a photo of at most {MAX_UPLOAD_BYTES // 2**20} MB, "

@@ -298,8 +298,16 @@ class Handlers:
 
     def dashboard(self):
         d = self.store.dashboard()
-        lines = ["### Findings by class", *[f"- {k}: {v}" for k, v in sorted(d["by_class"].items(), key=str)],
-                 "### By condition", *[f"- {k}: {v}" for k, v in sorted(d["by_condition"].items())],
+        tax = self.store.taxonomy
+
+        def in_taxonomy_order(counts: dict, names: list[str]) -> list[str]:
+            # The taxonomy's order keeps a type's classes together: sorted as text, "rock toe damaged"
+            # came before "rock toe". A name no longer in the taxonomy comes last.
+            rank = {n: i for i, n in enumerate(names)}
+            return [f"- {k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))]
+
+        lines = ["### Findings by class", *in_taxonomy_order(d["by_class"], list(tax.class_names)),
+                 "### By condition", *in_taxonomy_order(d["by_condition"], list(tax.conditions)),
                  "### Review status", *[f"- {k}: {v}" for k, v in sorted(d["status"].items())],
                  "### Corrections per reviewer", *([f"- {k}: {v}" for k, v in sorted(d["corrections_per_reviewer"].items())]
                                                    or ["- none yet"]),

@@ -16,7 +16,7 @@ from core.images import load_image
 from core.library.embeddings import TextEncoder, embed_library
 from core.library.map import COLOR_BY, data_uri, map_points, map_svg
 from core.library.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
-from core.types import Status
+from core.types import Status, object_name
 
 # Hover shows the point's thumbnail and label; a click sends its finding id to the server.
 MAP_JS = """
@@ -52,8 +52,8 @@ class _Lazy:
 
 
 def _caption(hit) -> str:
-    state = hit.finding.state
-    return f"#{state.finding_id} {state.class_name or state.object_type} ({hit.score:.2f})"
+    f = hit.finding
+    return f"{object_name(f.photo_id, f.index, f.finding_id)} {f.state.class_name or f.state.object_type} ({hit.score:.2f})"
 
 
 class LibraryHandlers:
@@ -111,7 +111,9 @@ class LibraryHandlers:
             return [], gr.update(choices=[], value=[]), f"⚠ {exc}"
         gallery = [(thumbnail(self.store, h.finding), _caption(h)) for h in hits]
         choices = [(_caption(h), h.finding.finding_id) for h in hits]
-        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to #{int(finding_id)}."
+        of = self.store.live_findings().get(int(finding_id))
+        name = object_name(of.photo_id, of.index, of.finding_id) if of else f"id {int(finding_id)}"
+        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to {name}."
 
     def bulk(self, selected, class_name, request: gr.Request):
         if not selected or not class_name:
@@ -168,7 +170,7 @@ def build_library_tab(store, to_review: dict, open_finding, review_view, clip_fo
             map_pick = gr.Number(visible=False, elem_id="sw-map-pick")
         with gr.Accordion("Similar objects", open=False):
             with gr.Row():
-                sim_id = gr.Number(label="Object id", precision=0, elem_id="sw-sim-id")
+                sim_id = gr.Number(label="Object id (Review's object table and Search list it)", precision=0, elem_id="sw-sim-id")
                 sim_k = gr.Slider(1, 50, value=8, step=1, label="How many")
                 sim_btn = gr.Button("Find similar", elem_id="sw-sim")
             sim_msg = gr.Markdown()

@@ -177,6 +177,13 @@ def is_labels_version(version: str | None) -> bool:
     return (version or "").startswith(LABELS_BACKEND + ":")
 
 
+def object_name(photo_id: int, index: int, finding_id: int) -> str:
+    """An object as a reviewer finds it: its photo and its ``#k`` there (as Review shows it), and
+    its id across the library (what the Library's "Object id" takes). The Library showed the id
+    alone as ``#id``, which read as another object of Review's numbering."""
+    return f"photo {photo_id} #{index} (id {finding_id})"
+
+
 @dataclass(frozen=True)
 class Finding:
     """Stage 2's verdict on one detection: its class, a probability per candidate class, and why.

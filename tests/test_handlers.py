@@ -772,6 +772,14 @@ def test_dashboard_shows_both_models_the_schedule_and_each_stages_runs(app):
     detector = app.h.models.pipeline().detector
     assert f"detector: version `{detector.version}`" in text and detector.runtime in text
     assert "Scheduled" not in app.h.dashboard()  # no --nightly-at: nothing about a schedule
+    # Classes and conditions in the taxonomy's order (as text, "rock toe damaged" sorted before "rock toe").
+    listed = text.split("### Findings by class\n")[1].split("\n### Review status")[0]
+    names = [line[2:].rsplit(":", 1)[0] for line in listed.splitlines() if line.startswith("- ")]
+    tax = app.store.taxonomy
+    classes = [n for n in names if n in tax.class_names]
+    conditions = [n for n in names if n not in tax.class_names]
+    assert len(classes) > 2 and classes == sorted(classes, key=tax.class_names.index)
+    assert conditions == sorted(conditions, key=[*tax.conditions, "none"].index) and conditions[-1] == "none"
 
 
 def test_compare_shows_the_object_beside_the_neighbours_its_rationale_counted(app, probe_pipeline):

@@ -81,6 +81,13 @@ def test_similar_objects_rank_the_planted_neighbour_first(tmp_path, samples_yaml
     hits = similar_findings(store, fids[0], k=3)
     assert hits[0].finding.finding_id == fids[-1] and hits[0].score > 0.99
     assert fids[0] not in [h.finding.finding_id for h in hits] and len(hits) == 3
+    # The Library names objects as Review numbers them, on their photo, with the id it takes.
+    from app.library_tab import LibraryHandlers
+
+    last, first = store.live_findings()[fids[-1]], store.live_findings()[fids[0]]
+    gallery, choices, message = LibraryHandlers(store).similar(fids[0], 3)
+    assert gallery[0][1].startswith(f"photo {last.photo_id} #{last.index} (id {last.finding_id}) ")
+    assert message == f"3 similar object(s) to photo {first.photo_id} #{first.index} (id {first.finding_id})."
 
     # Deleted objects are never offered.
     s = store.state(fids[-1])
@@ -155,6 +162,9 @@ def test_map_on_real_samples(tmp_path, samples_yaml, monkeypatch):
     assert {p.key for p in points} == {"not reviewed"}
     svg = map_svg(points, {points[0].finding_id: "data:image/jpeg;base64,AAAA"})
     assert svg.count('class="sw-pt"') == n and f'data-fid="{points[0].finding_id}"' in svg
+    p = points[0]
+    assert f'data-label="photo {p.photo_id} #{p.index} (id {p.finding_id}) ' in svg
+    assert p.index == store.live_findings()[p.finding_id].index
 
 
 def test_layout_falls_back_to_pca_and_handles_tiny_inputs():
@@ -168,7 +178,7 @@ def test_a_map_by_condition_uses_the_review_colours():
     """A walk-through's find: the map coloured "normal" red and "damaged" orange, against the
     Review canvas's legend (normal green, damaged red)."""
     def points(*keys):
-        return [MapPoint(k, 1, 0.0, 0.0, key, key) for k, key in enumerate(keys)]
+        return [MapPoint(k, 1, k, 0.0, 0.0, key, key) for k, key in enumerate(keys)]
 
     conditions = ("normal", "damaged", "blocked", "none")
     assert colors(points(*conditions)) == {k: DEFAULT_COLORS[k] for k in conditions}

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.library.embeddings import IMAGE_MODEL
 from core.overlay import DEFAULT_COLORS
-from core.types import Status
+from core.types import Status, object_name
 
 COLOR_BY = ("class", "condition", "status", "disagreement")
 MIN_UMAP_POINTS = 15  # below this UMAP's neighbour graph is degenerate; PCA is honest there
@@ -64,6 +64,7 @@ def color_key(finding, color_by: str, taxonomy) -> str:
 class MapPoint:
     finding_id: int
     photo_id: int
+    index: int  # the object's #k on its photo
     x: float
     y: float
     key: str
@@ -79,7 +80,7 @@ def map_points(store, color_by: str = "class", seed: int = 0) -> tuple[list[MapP
     points = []
     for (x, y), i in zip(xy, keep):
         r = rows[ids[i]]
-        points.append(MapPoint(r.finding_id, r.photo_id, float(x), float(y), color_key(r, color_by, store.taxonomy),
+        points.append(MapPoint(r.finding_id, r.photo_id, r.index, float(x), float(y), color_key(r, color_by, store.taxonomy),
                                r.state.class_name or r.state.object_type))
     return points, method
 
@@ -129,8 +130,9 @@ def map_svg(points: list[MapPoint], thumbnails: dict[int, str], size: int = 560)
     legend = "".join(f'<span style="color:{c}">&#9679; {html.escape(k)}</span> ' for k, c in palette.items())
     dots = "".join(
         f'<circle cx="{pad + p.x * (size - 2 * pad):.1f}" cy="{pad + p.y * (size - 2 * pad):.1f}" r="6" fill="{palette[p.key]}" '
-        f'data-fid="{p.finding_id}" data-label="#{p.finding_id} {html.escape(p.class_name)} ({html.escape(p.key)})" '
-        f'data-thumb="{thumbnails.get(p.finding_id, "")}" class="sw-pt"><title>#{p.finding_id} {html.escape(p.class_name)}</title></circle>'
+        f'data-fid="{p.finding_id}" data-label="{object_name(p.photo_id, p.index, p.finding_id)} {html.escape(p.class_name)} '
+        f'({html.escape(p.key)})" data-thumb="{thumbnails.get(p.finding_id, "")}" class="sw-pt">'
+        f'<title>{object_name(p.photo_id, p.index, p.finding_id)} {html.escape(p.class_name)}</title></circle>'
         for p in points)
     return (f'<div class="sw-map"><div>{legend}</div><svg width="{size}" height="{size}" style="background:#fafafa;border:1px solid #ddd">'
             f'{dots}</svg><div class="sw-tip" style="display:none"></div></div>')

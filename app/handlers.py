@@ -348,7 +348,7 @@ class Handlers:
         counts = export(self.store, out / "dataset", fmt, include_unreviewed=bool(include_unreviewed), valid_percent=int(valid_percent or 0))
         zipped = shutil.make_archive(str(out / f"slopewatch-{fmt}"), "zip", out / "dataset")
         extra = f" and {counts['unreviewed_photos']} unreviewed (marked in manifest.json)" if include_unreviewed else ""
-        left = (f" {counts['left_out_not_done']} photo(s) not done yet were left out (tick “include unreviewed” to export them "
-                "marked)." if counts["left_out_not_done"] else "")
+        left = (f" {counts['left_out_not_done']} photo(s) not done yet were left out (tick “Also export photos not yet marked done” "
+                "to export them marked)." if counts["left_out_not_done"] else "")
         return zipped, (f"Exported {counts['reviewed_photos']} reviewed photo(s){extra}, {counts['objects']} object(s) as {fmt} "
                         f"(splits: {', '.join(f'{k} {v}' for k, v in sorted(counts['splits'].items()))}).{left}")

@@ -115,14 +115,29 @@ class LibraryHandlers:
         name = object_name(of.photo_id, of.index, of.finding_id) if of else f"id {int(finding_id)}"
         return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to {name}."
 
-    def bulk(self, selected, class_name, request: gr.Request):
+    def bulk(self, selected, class_name, finding_id, k, request: gr.Request):
+        """Apply a class to the ticked objects; the list is then shown again as it now is, ticks
+        cleared: left as it was, it still named the old classes and invited a second apply."""
         if not selected or not class_name:
-            return "Select objects and a class first."
+            return "Select objects and a class first.", gr.skip(), gr.skip()
+        ids = [int(s) for s in selected]
+        before = {fid: self.store.state(fid) for fid in ids}
         try:
-            done = apply_class(self.store, reviewer(request), [int(s) for s in selected], class_name)
+            done = apply_class(self.store, reviewer(request), ids, class_name)
         except SlopewatchError as exc:
-            return f"⚠ Not saved: {exc}"
-        return f"Saved: {class_name} on {len(done)} object(s), one correction each."
+            return f"⚠ Not saved: {exc}", gr.skip(), gr.skip()
+        live = self.store.live_findings()
+        # A class fixes its type, so a class of another type retypes the object: named, as a bulk
+        # retype is easy to miss among thumbnails.
+        retyped = [f"{object_name(live[s.finding_id].photo_id, live[s.finding_id].index, s.finding_id)} "
+                   f"(was {before[s.finding_id].class_name or before[s.finding_id].object_type})"
+                   for s in done if before[s.finding_id].object_type != s.object_type and s.finding_id in live]
+        left = len(ids) - len(done)
+        said = (f"Saved: {class_name} on {len(done)} object(s), one correction each."
+                + (f" Type changed on {len(retyped)}: {'; '.join(retyped)}." if retyped else "")
+                + (f" {left} already had it as decided: left as they were." if left else ""))
+        gallery, choices, _ = self.similar(finding_id, k)
+        return said, gallery, choices
 
     def search(self, query, class_name, status, days):
         filters = SearchFilters(class_name or None, None if status == "any" else status,
@@ -196,12 +211,15 @@ def build_library_tab(store, to_review: dict, open_finding, review_view, clip_fo
             p_msg = gr.Markdown()
             p_gallery = gr.Gallery(label="Photos", columns=4, height="auto")
 
-    embed_btn.click(h.embed, None, embed_msg, concurrency_limit=1, api_name="embed")
-    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress="hidden")
+    # One lane for embedding and drawing: a map drawn while an embedding ran said "No embedded
+    # objects yet" beside "Embedded 6 new photo(s)"; it now waits for the embedding to end.
+    library_lane = {"concurrency_id": "library-embed", "concurrency_limit": 1}
+    embed_btn.click(h.embed, None, embed_msg, api_name="embed", **library_lane)
+    draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress="hidden", **library_lane)
     map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
         **to_review)
     sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")
-    sim_apply.click(h.bulk, [sim_pick, sim_class], sim_status, api_name="bulk")
+    sim_apply.click(h.bulk, [sim_pick, sim_class, sim_id, sim_k], [sim_status, sim_gallery, sim_pick], api_name="bulk")
     q_btn.click(h.search, [query, q_class, q_status, q_days], [q_gallery, q_table, q_msg], api_name="search")
     if h.clip is not None:
         p_btn.click(h.photo_search, p_query, [p_gallery, p_msg], api_name="photo_search")

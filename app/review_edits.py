@@ -222,12 +222,16 @@ class ReviewEdits:
     def _apply(self, finding_id, revision, user, action, **changes) -> str:
         if revision is None:
             raise ValueError("expected the revision you saw; reload the photo")
-        pending = self.store.state(int(finding_id)).status is Status.PENDING
+        before = self.store.state(int(finding_id))
         state = review.apply(self.store, review.ReviewAction(int(finding_id), int(revision), user, action, changes))
         said = DONE[action].format(cls=state.class_name)
         # A rationale edit decides a pending object and a note does not: say which, as neither is obvious.
         decided = (" (it now counts as reviewed)" if action == "edit_rationale" else " (the object is still pending: a note decides "
-                   "nothing)" if action == "note" else "") if pending else ""
+                   "nothing)" if action == "note" else "") if before.status is Status.PENDING else ""
+        # A relabel empties the rationale field (the text argued for the old class): said, or the
+        # empty field read as text lost. The panel still shows what the model said.
+        if action in ("relabel", "retype") and (before.rationale or "").strip() and not (state.rationale or "").strip():
+            decided += f" (the rationale, which argued for {before.class_name}, is cleared: write yours if it helps)"
         return f"Saved: #{self._index(state.finding_id)} {said}{decided}."
 
     def _changed_since(self, now, since: str = "you loaded it") -> str:

@@ -120,7 +120,13 @@ const swLeaveDraft = () => {
   if (!dirty.length) return true;
   const many = dirty.length > 1;
   const what = dirty.map((id) => SW_FIELDS[id]).join(' and ');
-  if (!confirm(`Your ${what} ${many ? 'are' : 'is'} not saved. Leave ${many ? 'them' : 'it'} unsaved?`)) return false;
+  // Named, as the Review panel numbers it: asked from another tab, "your note" said not whose.
+  // (The object shown, not the radio checked: a click on another object's radio checks it before
+  // this question is asked.)
+  const shown = swObject && document.querySelector(`#sw-select input[type=radio][value="${swObject}"]`);
+  const k = shown && shown.closest('label') && /^#\d+/.exec(shown.closest('label').innerText.trim());
+  const on = k ? ` on ${k[0]}${swPhoto ? ` (photo ${swPhoto})` : ''}` : '';
+  if (!confirm(`Your ${what}${on} ${many ? 'are' : 'is'} not saved. Leave ${many ? 'them' : 'it'} unsaved?`)) return false;
   dirty.forEach((id) => swDraft.delete(id));
   return true;
 };

@@ -116,7 +116,11 @@ class Progress:
         # Activity is not the same as errors found: an undone correction teaches and blames nothing.
         reviewers = {r.reviewer: r for r in map(ReviewerActivity.from_row, self._rows(
             "SELECT reviewer, sum(action != 'undo' AND NOT undone) AS standing, sum(action != 'undo' AND undone) AS undone, "
-            f"sum(action = 'undo') AS undos FROM (SELECT c.reviewer, c.action, {UNDONE_SQL} AS undone FROM corrections c) "
+            # Undos as presses: one undo of an "Accept all" writes a row per object, and counted
+            # by rows 3 presses read as 6 undos. The rows of one press undid one batch.
+            "count(DISTINCT CASE WHEN action = 'undo' THEN COALESCE('batch ' || undid_batch, 'row ' || id) END) AS undos "
+            f"FROM (SELECT c.id, c.reviewer, c.action, {UNDONE_SQL} AS undone, "
+            "(SELECT t.batch FROM corrections t WHERE t.id = c.undoes) AS undid_batch FROM corrections c) "
             "GROUP BY reviewer"))}
         runs = [TrainingRun.from_row(r) for r in self._rows("SELECT * FROM training_runs ORDER BY started_at DESC LIMIT 20")]
         return {"by_class": by_class, "by_condition": by_condition, "status": status, "corrections_per_reviewer": reviewers,

@@ -83,6 +83,10 @@ def test_dashboard_counts(store):
     d = store.dashboard()["corrections_per_reviewer"]
     assert d == {"ana": ReviewerActivity("ana", 1, 0, 0), "bo": ReviewerActivity("bo", 0, 1, 1)}
     assert (str(d["ana"]), str(d["bo"])) == ("1 standing", "0 standing (1 undone, 1 undo)")
+    # Undos are counted as presses: one undo of an accept-all (a row per object) is one.
+    assert len(store.accept_pending(rec.id, "bo")) == 2
+    assert len(store.undo_last(rec.id, "bo")) == 2
+    assert str(store.dashboard()["corrections_per_reviewer"]["bo"]) == "0 standing (3 undone, 2 undos)"
 
 
 @pytest.mark.parametrize("fmt", ["yolo", "coco"])

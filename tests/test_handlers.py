@@ -495,7 +495,9 @@ def test_status_lines_name_what_was_saved(app):
     first, second = pending[:2]
     other = next(c.name for c in app.store.taxonomy.classes_for_type(first.state.object_type) if c.name != first.state.class_name)
     relabelled = app.r.set_class(photo_id, first.finding_id, 0, other, ANA)
-    assert relabelled[0] == f"Saved: #{first.index} relabelled → {other}."
+    # The emptied rationale field is said, or it read as text lost.
+    assert relabelled[0] == (f"Saved: #{first.index} relabelled → {other} (the rationale, which argued for {first.state.class_name}, "
+                             "is cleared: write yours if it helps).")
     # The model's rationale argued for its own label: it leaves the editable box (and the stored
     # state) and is shown as what the model said.
     panel = view(relabelled, 1)
@@ -834,7 +836,7 @@ def test_export_says_what_it_left_out(app):
     *_, photo_id = inspect(app, PHOTOS[0])
     zipped, message = app.h.export("yolo", False, 0)
     assert message.startswith("Exported 0 reviewed photo(s), 0 object(s) as yolo")
-    assert message.endswith("1 photo(s) not done yet were left out (tick “include unreviewed” to export them marked).")
+    assert message.endswith("1 photo(s) not done yet were left out (tick “Also export photos not yet marked done” to export them marked).")
     app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
     app.r.photo_done(photo_id, ANA)
     zipped, message = app.h.export("yolo", False, 0)

@@ -88,6 +88,18 @@ def test_similar_objects_rank_the_planted_neighbour_first(tmp_path, samples_yaml
     gallery, choices, message = LibraryHandlers(store).similar(fids[0], 3)
     assert gallery[0][1].startswith(f"photo {last.photo_id} #{last.index} (id {last.finding_id}) ")
     assert message == f"3 similar object(s) to photo {first.photo_id} #{first.index} (id {first.finding_id})."
+    # A bulk apply names each object it retyped, and shows the list again as it now is, unticked
+    # (left as it was, it named the old classes and invited a second apply).
+    hit_ids = [h.finding.finding_id for h in hits]
+    other = next(c.name for c in TAX.classes if c.type != store.state(hit_ids[0]).object_type)
+    was = store.state(hit_ids[0]).class_name
+    said, gallery, choices = LibraryHandlers(store).bulk([hit_ids[0]], other, fids[0], 3, None)
+    target = store.live_findings()[hit_ids[0]]
+    assert said == (f"Saved: {other} on 1 object(s), one correction each. Type changed on 1: "
+                    f"photo {target.photo_id} #{target.index} (id {hit_ids[0]}) (was {was}).")
+    assert choices["value"] == [] and f"(id {hit_ids[0]}) {other} (" in dict((v, c) for c, v in choices["choices"])[hit_ids[0]]
+    again, _, _ = LibraryHandlers(store).bulk([hit_ids[0]], other, fids[0], 3, None)
+    assert again == f"Saved: {other} on 0 object(s), one correction each. 1 already had it as decided: left as they were."
 
     # Deleted objects are never offered.
     s = store.state(fids[-1])

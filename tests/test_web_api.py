@@ -84,8 +84,10 @@ def test_library_over_the_api(server):
     assert len(gallery) == 3 and "similar" in message
     picked = [c[1] if isinstance(c, (list, tuple)) else c for c in choices["choices"]][:2]
     before = store.query("SELECT count(*) AS n FROM corrections")[0]["n"]
-    status = client.predict(picked, "rock toe damaged", api_name="/bulk")
-    assert "2 object(s)" in status
+    retyped = [f for f in picked if store.state(int(f)).object_type != "rock_toe"]
+    status, _, shown = client.predict(picked, "rock toe damaged", first["finding_id"], 3, api_name="/bulk")
+    assert "2 object(s)" in status and (f"Type changed on {len(retyped)}:" in status) == bool(retyped)
+    assert shown["value"] == []  # the list again, as it now is, unticked
     assert store.query("SELECT count(*) AS n FROM corrections")[0]["n"] == before + 2
     assert all(store.state(int(f)).class_name == "rock toe damaged" for f in picked)
 

@@ -323,7 +323,9 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
             page.locator("#sw-photo-objects [data-testid=cell-1-0]").click()
             page.wait_for_timeout(800)
-            assert asked == ["Your rationale is not saved. Leave it unsaved?"] * 3
+            # The question names the object whose text would go, as Review numbers it.
+            k_sel = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id", photo_id)].index(int(sel))
+            assert asked == [f"Your rationale on #{k_sel} (photo {photo_id}) is not saved. Leave it unsaved?"] * 3
             assert page.locator(f"#sw-select input[value='{sel}']").is_checked() and rat.input_value() == "silt at the outlet"
             assert sql(db, "SELECT count(*) FROM corrections") == n
             page.once("dialog", lambda d: d.accept())  # the reviewer means it: the object changes, nothing is written
@@ -381,7 +383,8 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
             page.mouse.click(*screen((probe[1] + probe[3]) / 2, (probe[2] + probe[4]) / 2))
             page.wait_for_timeout(800)
-            assert asked[-1] == "Your rationale is not saved. Leave it unsaved?" and len(asked) == 4
+            k_here = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id", photo_id)].index(int(here))
+            assert asked[-1] == f"Your rationale on #{k_here} (photo {photo_id}) is not saved. Leave it unsaved?" and len(asked) == 4
             assert page.locator(f"#sw-select input[value='{here}']").is_checked() and rat.input_value() == "apron cracked"
             page.once("dialog", lambda d: d.accept())
             page.mouse.click(*screen((probe[1] + probe[3]) / 2, (probe[2] + probe[4]) / 2))

@@ -836,7 +836,8 @@ def test_export_says_what_it_left_out(app):
     *_, photo_id = inspect(app, PHOTOS[0])
     zipped, message = app.h.export("yolo", False, 0)
     assert message.startswith("Exported 0 reviewed photo(s), 0 object(s) as yolo")
-    assert message.endswith("1 photo(s) not done yet were left out (tick “Also export photos not yet marked done” to export them marked).")
+    assert message.endswith("1 photo(s) not done yet were left out (tick “Also export photos not yet marked done” "
+                            "to export them marked).")
     app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
     app.r.photo_done(photo_id, ANA)
     zipped, message = app.h.export("yolo", False, 0)

@@ -221,6 +221,9 @@ class Handlers:
         # The same file given twice (an upload box that kept the last flight) is one file.
         uploads = list(dict.fromkeys(Path(f if isinstance(f, str) else f.name) for f in files))
         total = count_sources(uploads)
+        # The last run's photos, message and "Review this photo" go at once: left up until this
+        # run's first photo was done, "Review this photo" opened the last run's photo as if new.
+        yield [], [], f"Inspecting {total} photo(s)…", None
         for k, (name, source) in enumerate(progress.tqdm(photo_sources(uploads), total=total, desc="Inspecting photos")):
             # Gradio keeps the upload's own name; a zip member is shown as "archive.zip:member".
             # A zip member comes as bytes (or its error) named "archive.zip:member"; a plain upload's

@@ -71,9 +71,10 @@ def test_a_zipped_flight_streams_photo_by_photo_with_bad_members_listed(app, tmp
         z.writestr("DCIM/broken.jpg", b"not a jpeg")
         z.writestr("notes.txt", b"skipped: not a photo")
     steps = list(app.h.inspect_stream([str(flight), str(PHOTOS[4])], ANA, NoProgress()))
-    # One update per good photo (reviewable at once), then the summary.
-    assert [len(g) for g, *_ in steps] == [1, 2, 3, 4, 4]
-    assert "Inspected 1 of 5 photo(s)" in steps[0][2] and steps[0][3] is not None
+    # The last run's answer cleared first, then one update per good photo (reviewable at once), then the summary.
+    assert steps[0] == ([], [], "Inspecting 5 photo(s)…", None)
+    assert [len(g) for g, *_ in steps] == [0, 1, 2, 3, 4, 4]
+    assert "Inspected 1 of 5 photo(s)" in steps[1][2] and steps[1][3] is not None
     gallery, table, message, last = steps[-1]
     assert "Inspected 4 photo(s) at " in message and message.count("✗") == 1
     assert "✗ flight.zip: broken.jpg" in message or "✗ flight.zip:DCIM/broken.jpg" in message  # which archive, which member

@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from app.handlers import reviewer
+from app.review_tab import RELEASE
 from core.errors import ImageError, SlopewatchError
 from core.images import load_image
 from core.library.embeddings import TextEncoder, embed_library
@@ -217,7 +218,7 @@ def build_library_tab(store, to_review: dict, open_finding, review_view, clip_fo
     embed_btn.click(h.embed, None, embed_msg, api_name="embed", **library_lane)
     draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress="hidden", **library_lane)
     map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
-        **to_review)
+        **to_review).then(**RELEASE)
     sim_btn.click(h.similar, [sim_id, sim_k], [sim_gallery, sim_pick, sim_msg], api_name="similar")
     sim_apply.click(h.bulk, [sim_pick, sim_class, sim_id, sim_k], [sim_status, sim_gallery, sim_pick], api_name="bulk")
     q_btn.click(h.search, [query, q_class, q_status, q_days], [q_gallery, q_table, q_msg], api_name="search")

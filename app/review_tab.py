@@ -130,6 +130,19 @@ const swLeaveDraft = () => {
   dirty.forEach((id) => swDraft.delete(id));
   return true;
 };
+// A press that redraws the side panel replaces both text fields when its answer comes: text typed
+// in between (an object clicked, its note begun at once) was lost to it, silently. From the press
+// to the answer (every such event ends with swAnswered, RELEASE_JS) the fields are read-only, and
+// look it. A press no answer follows (the class the object has, a refused row) frees them anyway.
+let swHoldTimer = null;
+const swHold = (on) => {
+  document.querySelectorAll('#sw-rationale textarea, #sw-note textarea, #sw-note input').forEach((t) => {
+    t.readOnly = on; t.style.opacity = on ? '0.55' : '';
+  });
+  clearTimeout(swHoldTimer);
+  if (on) swHoldTimer = setTimeout(() => swHold(false), 4000);
+};
+window.swAnswered = () => swHold(false);
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
   + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';  // Inspect, the library map: a photo here
 // A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
@@ -137,12 +150,20 @@ const SW_ROWS = ['#sw-photo-objects', '#sw-queue', '#sw-objects'].map((t) => `${
 const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); return false; } return true; };
 let swRowRefused = false;
 document.addEventListener('mousedown', (e) => {
-  swRowRefused = !!(e.isTrusted && e.target.closest && e.target.closest(SW_ROWS)) && !swGuard(e);
+  const row = !!(e.isTrusted && e.target.closest && e.target.closest(SW_ROWS));
+  swRowRefused = row && !swGuard(e);
+  if (row && !swRowRefused) swHold(true);
 }, true);
 document.addEventListener('click', (e) => {
   if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
   if (e.target.closest(SW_ROWS)) { if (swRowRefused) { e.preventDefault(); e.stopImmediatePropagation(); } return; }
-  if (e.target.closest(SW_MOVES)) swGuard(e);
+  const move = e.target.closest(SW_MOVES);
+  // (A click on the object already shown sends nothing: no hold.)
+  if (move && swGuard(e) && !(move.closest('#sw-select') && e.target.value === swObject)) swHold(true);
+}, true);
+// A press on the canvas, a click or the end of a drag, is answered with the panel of its object.
+document.addEventListener('pointerup', (e) => {
+  if (!swDropped && e.isTrusted && e.target.closest && e.target.closest('#sw-canvas canvas')) swHold(true);
 }, true);
 document.addEventListener('keydown', (e) => {
   const t = e.target;
@@ -150,7 +171,7 @@ document.addEventListener('keydown', (e) => {
   // Enter in the photo id opens another photo; refused, the box shows the photo still open. Opened,
   // the keys go to the page: the focus stayed in the number, and `a` did nothing and said nothing.
   if (e.key === 'Enter' && t.closest('#sw-photo')) {
-    if (swGuard(e)) setTimeout(() => t.blur(), 0);
+    if (swGuard(e)) { swHold(true); setTimeout(() => t.blur(), 0); }
     else if (swPhoto) { t.value = swPhoto; t.dispatchEvent(new Event('input', {bubbles: true})); }
     return;
   }
@@ -185,7 +206,7 @@ document.addEventListener('keydown', (e) => {
   const leaveCanvas = () => { const a = document.activeElement; if (a && a.closest && a.closest('#sw-canvas')) a.blur(); };
   const click = (id) => {
     const el = document.getElementById(id);
-    if (el) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); el.click(); }
+    if (el) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); swHold(true); el.click(); }
   };
   const inCanvas = t.closest && t.closest('#sw-canvas');
   // Backspace is the Mac's delete key; the canvas listens for Delete only.
@@ -231,10 +252,16 @@ document.addEventListener('keydown', (e) => {
     // The key of the class the object already has means "right as it is": accept it. (Clicking
     // the checked option fires no event, so the key used to do nothing and say nothing.)
     if (option && option.checked) return click('sw-accept');
-    if (option) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); option.click(); }
+    if (option) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); swHold(true); option.click(); }
   }
 });
 """
+
+
+# Ends every event whose answer redraws the side panel: frees the text fields its press held
+# (swHold in REVIEW_KEYS_JS). Run in the page only (no server call).
+RELEASE = {"fn": None, "inputs": None, "outputs": None, "js": "() => { if (window.swAnswered) window.swAnswered(); }",
+           "api_name": False, "show_progress": "hidden"}
 
 
 def build_review_tab(store: Store, h: ReviewHandlers):
@@ -317,34 +344,35 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     # clear answered late wiped the answer to a key pressed as soon as the photo showed ("Not done
     # yet" after Shift+D). A save that advances keeps its line: it sets no "input".
     clear = {"fn": lambda: "", "inputs": None, "outputs": status, "api_name": False, **quiet}
-    photo.submit(**clear).then(h.open_photo, [photo, seen], view, api_name="open_photo", **quiet)
-    prev_btn.click(**clear).then(h.prev_photo, photo, view, api_name="prev_photo", **quiet)
-    next_btn.click(**clear).then(h.next_photo, photo, view, api_name="next_photo", **quiet)
-    queue_btn.click(**clear).then(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet)
+    photo.submit(**clear).then(h.open_photo, [photo, seen], view, api_name="open_photo", **quiet).then(**RELEASE)
+    prev_btn.click(**clear).then(h.prev_photo, photo, view, api_name="prev_photo", **quiet).then(**RELEASE)
+    next_btn.click(**clear).then(h.next_photo, photo, view, api_name="next_photo", **quiet).then(**RELEASE)
+    queue_btn.click(**clear).then(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet).then(**RELEASE)
     review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
-    select.input(**clear).then(h.select, [photo, select], panel, api_name="select_object", **quiet)
-    click.change(**clear).then(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet)  # a script sets it: no "input"
+    select.input(**clear).then(h.select, [photo, select], panel, api_name="select_object", **quiet).then(**RELEASE)
+    # A script sets the click's place: no "input".
+    click.change(**clear).then(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet).then(**RELEASE)
     objects.select(**clear).then(h.pick_object, None, select, api_name=False, **quiet).then(
-        h.select, [photo, select], panel, api_name=False, **quiet)
+        h.select, [photo, select], panel, api_name=False, **quiet).then(**RELEASE)
     # The status line goes in too: the hint about a drawn box waiting for its class is cleared once
     # the box is gone (in order with the save that set it: both are this lane's).
-    canvas.change(h.save_canvas, [photo, canvas, seen, status], edit_out, api_name="save_canvas", **edit)
-    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", **keyed)
+    canvas.change(h.save_canvas, [photo, canvas, seen, status], edit_out, api_name="save_canvas", **edit).then(**RELEASE)
+    classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", **keyed).then(**RELEASE)
     new_type.input(lambda t: gr.update(choices=[c.name for c in tax.classes_for_type(t)] if t else [], value=None), new_type, type_class,
                    api_name=False, **quiet)
-    retype.click(h.retype, [photo, select, revision, new_type, type_class], edit_out, api_name="retype", **edit)
-    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", **keyed)
-    accept_all.click(h.accept_all, [photo, seen], edit_out, api_name="accept_all", **edit)
-    accept_likely.click(h.accept_likely_right, [photo, seen], edit_out, api_name="accept_likely_right", **edit)
-    delete.click(h.delete, [photo, select, revision], edit_out, api_name="delete", **edit)
+    retype.click(h.retype, [photo, select, revision, new_type, type_class], edit_out, api_name="retype", **edit).then(**RELEASE)
+    accept.click(h.accept, [photo, select, revision], edit_out, api_name="accept", **keyed).then(**RELEASE)
+    accept_all.click(h.accept_all, [photo, seen], edit_out, api_name="accept_all", **edit).then(**RELEASE)
+    accept_likely.click(h.accept_likely_right, [photo, seen], edit_out, api_name="accept_likely_right", **edit).then(**RELEASE)
+    delete.click(h.delete, [photo, select, revision], edit_out, api_name="delete", **edit).then(**RELEASE)
     save_rationale.click(h.edit_rationale, [photo, select, revision, rationale], edit_out, api_name="edit_rationale", **edit)
     save_note.click(h.add_note, [photo, select, revision, note], edit_out, api_name="add_note", **edit)
     # Enter in the one-line note saves it, as the button does (it did nothing while the status line
     # still read the last "Saved: note saved").
     note.submit(h.add_note, [photo, select, revision, note], edit_out, api_name=False, **edit)
-    undo.click(h.undo, photo, edit_out, api_name="undo", **keyed)
+    undo.click(h.undo, photo, edit_out, api_name="undo", **keyed).then(**RELEASE)
     compare.click(h.compare_similar, select, [compare_text, compare_gallery], api_name="compare_similar", **quiet)
     # Another object selected: the last comparison no longer applies.
     select.change(lambda _: ("", []), select, [compare_text, compare_gallery], api_name=False, **quiet)
-    done.click(h.photo_done, photo, edit_out, api_name="photo_done", **edit)
+    done.click(h.photo_done, photo, edit_out, api_name="photo_done", **edit).then(**RELEASE)
     return photo, view, status

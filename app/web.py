@@ -132,7 +132,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     from app.handlers import ANY, QUEUE_COLUMNS, QUEUE_HEADERS, TABLE_COLUMNS, TABLE_HEADERS, Handlers, InspectLane
     from app.library_tab import build_library_tab
     from app.review_handlers import ReviewHandlers
-    from app.review_tab import build_review_tab
+    from app.review_tab import RELEASE, build_review_tab
     from core.images import ACCEPTED
 
     tax = store.taxonomy
@@ -199,9 +199,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
                   concurrency_id="inspect", api_name="inspect", show_progress_on=message).then(
             h.unspent_uploads, files, files, api_name=False, show_progress="hidden")
         last_photo.change(lambda pid: gr.Row(visible=bool(pid)), last_photo, last_row, api_name=False, show_progress="hidden")
-        review_this.click(rh.show_photo, last_photo, shown, api_name="review_photo").then(**to_review)
+        review_this.click(rh.show_photo, last_photo, shown, api_name="review_photo").then(**to_review).then(**RELEASE)
         objects.select(h.pick_object, None, picked, api_name=False).then(
-            rh.show_finding, picked, shown, api_name=False).then(**to_review)
+            rh.show_finding, picked, shown, api_name=False).then(**to_review).then(**RELEASE)
         queue_filters = [f_type, f_class, f_cond, f_model, f_reviewer]
         refresh.click(h.queue_rows, queue_filters, queue_table, api_name="queue_rows")
         for chosen in (f_class.input, f_cond.input, f_model.input, f_reviewer.input):  # a filter applies when set
@@ -209,7 +209,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         f_type.input(h.queue_class_choices, [f_type, f_class], f_class, api_name=False).then(  # the type's classes, then the rows
             h.queue_rows, queue_filters, queue_table, api_name=False)
         queue_table.select(h.pick_photo, None, photo, api_name=False).then(rh.show_photo, photo, shown, api_name=False).then(
-            **to_review)
+            **to_review).then(**RELEASE)
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")
         export_btn.click(h.export, [fmt, include_unreviewed, valid_percent], [export_file, export_msg], api_name="export")
         demo.load(h.dashboard, None, dash, api_name=False)

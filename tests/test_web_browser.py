@@ -509,3 +509,41 @@ def test_compare_an_object_with_its_most_similar_labelled_objects(app_url, sampl
             page.locator("#sw-compare-gallery").screenshot(path=str(tmp_path / "compare-open.png"))
         finally:
             browser.close()
+
+
+def test_text_fields_wait_for_the_panel_a_click_asked_for(app_url, samples_yaml, monkeypatch):
+    """Text typed between a click on another object and that object's panel arriving was lost to
+    the panel, silently (a reviewer clicks an object and starts its note at once; on a busy
+    server the panel takes seconds). From the click to the answer the fields are read-only."""
+    from app.review_handlers import ReviewHandlers
+
+    url, db = app_url
+    photo = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[2]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            log_in_and_inspect(page, url, [photo])
+            page.wait_for_selector("#sw-message :text('Inspected 1 photo')", timeout=120_000)
+            photo_id = int(page.locator("#sw-last-photo input").input_value())
+            page.locator("#sw-review-this").click()
+            page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
+            first, second = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id LIMIT 2", photo_id)]
+            page.locator(f"#sw-select input[type=radio][value='{first}']").check()
+            page.wait_for_selector(f"#sw-detail :text('#0 ')", timeout=30_000)
+            note = page.locator("#sw-note textarea, #sw-note input").first
+            assert note.evaluate("t => !t.readOnly")
+
+            panel = ReviewHandlers.panel
+            monkeypatch.setattr(ReviewHandlers, "panel", lambda self, *a, **k: (time.sleep(2.0), panel(self, *a, **k))[1])
+            page.locator(f"#sw-select input[type=radio][value='{second}']").click()
+            held = note.evaluate("t => [t.readOnly, getComputedStyle(t).opacity]")
+            assert held[0] is True and float(held[1]) < 1, held  # typing now would be lost: it is refused, visibly
+            page.wait_for_selector("#sw-detail :text('#1 ')", timeout=30_000)
+            page.wait_for_function("!document.querySelector('#sw-note textarea, #sw-note input').readOnly", timeout=5_000)
+            monkeypatch.undo()
+            note.fill("outlet silted")  # the panel is here: what is typed now stays
+            page.wait_for_timeout(500)
+            assert note.input_value() == "outlet silted"
+        finally:
+            browser.close()

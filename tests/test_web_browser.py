@@ -530,7 +530,7 @@ def test_text_fields_wait_for_the_panel_a_click_asked_for(app_url, samples_yaml,
             page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
             first, second = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id LIMIT 2", photo_id)]
             page.locator(f"#sw-select input[type=radio][value='{first}']").check()
-            page.wait_for_selector(f"#sw-detail :text('#0 ')", timeout=30_000)
+            page.wait_for_selector("#sw-detail :text('#0 ')", timeout=30_000)
             note = page.locator("#sw-note textarea, #sw-note input").first
             assert note.evaluate("t => !t.readOnly")
 

@@ -158,8 +158,15 @@ document.addEventListener('click', (e) => {
   if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
   if (e.target.closest(SW_ROWS)) { if (swRowRefused) { e.preventDefault(); e.stopImmediatePropagation(); } return; }
   const move = e.target.closest(SW_MOVES);
-  // (A click on the object already shown sends nothing: no hold.)
-  if (move && swGuard(e) && !(move.closest('#sw-select') && e.target.value === swObject)) swHold(true);
+  // (A click on the object or class already chosen sends nothing: no hold. The radio is checked
+  // by the time its click is heard, so what it was is taken at the press.)
+  if (move && swGuard(e) && !(move.matches('input[type=radio]') && swPressedChecked)) swHold(true);
+}, true);
+let swPressedChecked = false;
+document.addEventListener('pointerdown', (e) => {
+  const l = e.target.closest && e.target.closest('label');
+  const r = l ? l.querySelector('input[type=radio]') : (e.target.matches && e.target.matches('input[type=radio]') ? e.target : null);
+  swPressedChecked = !!(r && r.checked);
 }, true);
 // A press on the canvas, a click or the end of a drag, is answered with the panel of its object.
 document.addEventListener('pointerup', (e) => {

@@ -542,6 +542,8 @@ def test_text_fields_wait_for_the_panel_a_click_asked_for(app_url, samples_yaml,
             page.wait_for_selector("#sw-detail :text('#1 ')", timeout=30_000)
             page.wait_for_function("!document.querySelector('#sw-note textarea, #sw-note input').readOnly", timeout=5_000)
             monkeypatch.undo()
+            page.locator(f"#sw-select input[type=radio][value='{second}']").click()  # already shown: no answer comes
+            assert note.evaluate("t => !t.readOnly")  # so nothing holds the fields
             note.fill("outlet silted")  # the panel is here: what is typed now stays
             page.wait_for_timeout(500)
             assert note.input_value() == "outlet silted"

@@ -111,6 +111,8 @@ new MutationObserver(() => {
 // open a photo. (Saving one field leaves the other as it is: ReviewEdits._spare.)
 const swDraft = new Set();
 const SW_FIELDS = {'sw-rationale': 'rationale', 'sw-note': 'note'};
+// A reload or a closed tab took the draft too, without a word: the browser asks first.
+window.addEventListener('beforeunload', (e) => { if (swDraft.size) { e.preventDefault(); e.returnValue = ''; } });
 document.addEventListener('input', (e) => {
   const f = e.isTrusted && e.target.closest && e.target.closest('#sw-rationale, #sw-note');  // not the page's own (autosize) events
   if (f) swDraft.add(f.id);
@@ -134,15 +136,21 @@ const swLeaveDraft = () => {
 // in between (an object clicked, its note begun at once) was lost to it, silently. From the press
 // to the answer (every such event ends with swAnswered, RELEASE_JS) the fields are read-only, and
 // look it. A press no answer follows (the class the object has, a refused row) frees them anyway.
-let swHoldTimer = null;
-const swHold = (on) => {
+// Keys pressed meanwhile wait for the answer too (swKeys, below).
+let swHoldTimer = null, swBusy = false, swHeldBy = null;
+const swHold = (on, ms = 10000, by = 'press') => {
+  swBusy = on;
+  swHeldBy = on ? by : null;
   document.querySelectorAll('#sw-rationale textarea, #sw-note textarea, #sw-note input').forEach((t) => {
     t.readOnly = on; t.style.opacity = on ? '0.55' : '';
   });
   clearTimeout(swHoldTimer);
-  if (on) swHoldTimer = setTimeout(() => swHold(false), 4000);
+  if (on) swHoldTimer = setTimeout(() => swHold(false), ms);
+  else setTimeout(swDrain, 50);  // once the answer is drawn (its panel's classes, its photo)
 };
-window.swAnswered = () => swHold(false);
+// The canvas reports every new value, a photo or panel just drawn included: its save's answer
+// frees only what a press on the canvas held (it freed a key's hold before the key's answer came).
+window.swAnswered = (by) => { if (swBusy && (!by || by === swHeldBy)) swHold(false); };
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
   + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';  // Inspect, the library map: a photo here
 // A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
@@ -158,9 +166,11 @@ document.addEventListener('click', (e) => {
   if (!e.isTrusted || !e.target.closest) return;  // the key handler's own clicks asked already
   if (e.target.closest(SW_ROWS)) { if (swRowRefused) { e.preventDefault(); e.stopImmediatePropagation(); } return; }
   const move = e.target.closest(SW_MOVES);
-  // (A click on the object or class already chosen sends nothing: no hold. The radio is checked
-  // by the time its click is heard, so what it was is taken at the press.)
-  if (move && swGuard(e) && !(move.matches('input[type=radio]') && swPressedChecked)) swHold(true);
+  // (A click on the object or class already chosen sends nothing, nor one beside the map's points:
+  // no hold. The radio is checked by the time its click is heard, so what it was is taken at the press.)
+  const nothing = move && ((move.matches('input[type=radio]') && swPressedChecked)
+                           || (move.closest('#sw-map') && !e.target.closest('.sw-pt')));
+  if (move && swGuard(e) && !nothing) swHold(true);
 }, true);
 let swPressedChecked = false;
 document.addEventListener('pointerdown', (e) => {
@@ -168,9 +178,13 @@ document.addEventListener('pointerdown', (e) => {
   const r = l ? l.querySelector('input[type=radio]') : (e.target.matches && e.target.matches('input[type=radio]') ? e.target : null);
   swPressedChecked = !!(r && r.checked);
 }, true);
-// A press on the canvas, a click or the end of a drag, is answered with the panel of its object.
+// A press on the canvas in drag mode, a click or the end of a drag, is answered with the panel of
+// its object. (Briefly at most: a drag that changed nothing, a pan, is answered by nothing. In draw
+// mode the box's class dialog comes first.)
 document.addEventListener('pointerup', (e) => {
-  if (!swDropped && e.isTrusted && e.target.closest && e.target.closest('#sw-canvas canvas')) swHold(true);
+  const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
+  const onCanvas = e.isTrusted && e.target.closest && e.target.closest('#sw-canvas canvas');
+  if (onCanvas && !swDropped && drag && drag.classList.contains('selected')) swHold(true, 1500, 'canvas');
 }, true);
 document.addEventListener('keydown', (e) => {
   const t = e.target;
@@ -194,6 +208,54 @@ const swHint = (text) => {
   if (!hint && status) { hint = document.createElement('div'); hint.id = 'sw-keyhint'; hint.style.color = '#b45309'; status.after(hint); }
   if (hint) hint.textContent = text;
 };
+// A key that acts through the side panel takes the keys away from the canvas: the canvas's own
+// Delete removes only the box selected on it, and none is after an undo (Delete then did nothing
+// and said nothing). Keys then go to this handler, whose Delete removes the panel's object.
+const swLeaveCanvas = () => { const a = document.activeElement; if (a && a.closest && a.closest('#sw-canvas')) a.blur(); };
+const swPress = (id) => {
+  const el = document.getElementById(id);
+  if (el && swLeaveDraft()) { swLeaveCanvas(); swHold(true); el.click(); }
+};
+const swClassKey = (digit) => {
+  const options = document.querySelectorAll('#sw-class input[type=radio]');
+  const option = options[Number(digit) - 1];
+  // A key past the object's classes (vegetation has one) did nothing and said nothing.
+  if (!option) {
+    const n = options.length;
+    return swHint(n ? `Key ${digit}: this object has ${n} class${n > 1 ? 'es' : ''}: key${n > 1 ? `s 1–${n}` : ' 1'}.`
+                    : `Key ${digit}: select an object first; the number keys pick its class.`);
+  }
+  // The key of the class the object already has means "right as it is": accept it. (Clicking
+  // the checked option fires no event, so the key used to do nothing and say nothing.)
+  if (option.checked) return swPress('sw-accept');
+  if (swLeaveDraft()) { swLeaveCanvas(); swHold(true); option.click(); }
+};
+// What an action key does, looked up when it acts (a queued key's classes are those of the
+// object shown by then); null for a key that is no action.
+const swAction = (k) => {
+  if ((k.ctrlKey || k.metaKey) && k.key.toLowerCase() === 'z') return () => swPress('sw-undo');
+  if (k.ctrlKey || k.metaKey || k.altKey) return null;
+  if (k.key === 'Delete' || k.key === 'Backspace') return () => swPress('sw-delete');
+  if (k.key === 'A' && k.shiftKey) return () => swPress('sw-accept-all');
+  if (k.key === 'a') return () => swPress('sw-accept');
+  if (k.key === 'l' || k.key === 'L') return () => swPress('sw-accept-likely');
+  // A keyboard review ended in eleven Tabs to reach Photo done, and the next photo had no key.
+  if (k.key === 'D' && k.shiftKey) return () => swPress('sw-done');
+  if (k.key === 'n' || k.key === 'N') return () => swPress('sw-next-queue');
+  if (k.key === 'ArrowRight') return () => swPress('sw-next-photo');
+  if (k.key === 'ArrowLeft') return () => swPress('sw-prev-photo');
+  if (/^[1-9]$/.test(k.key)) return () => swClassKey(k.key);
+  return null;
+};
+// An action key pressed while the last press is still being answered waits for that answer, in
+// order, and then acts on what it left on screen. Sent at once, each key named what was shown
+// when it was pressed: "→ ←" fast counted both arrows from the photo shown and landed on the one
+// before it, where the Shift+A and Shift+D that followed decided a photo nobody had looked at;
+// "a a a" accepted two objects of three (the second named the object the first had accepted).
+const swKeys = [];
+const swDrain = () => {
+  while (!swBusy && swKeys.length) { const act = swAction(swKeys.shift()); if (act) act(); }
+};
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   // Text entry keeps its keys; a radio button (an object or class picked with the mouse keeps the
@@ -207,18 +269,10 @@ document.addEventListener('keydown', (e) => {
   // While the class dialog of a drawn box is open, Delete went to the side panel's object: a real
   // object behind the dialog was deleted instead of the unsaved box.
   if (swDialog()) return;
-  // A key that acts through the side panel takes the keys away from the canvas: the canvas's own
-  // Delete removes only the box selected on it, and none is after an undo (Delete then did nothing
-  // and said nothing). Keys then go to this handler, whose Delete removes the panel's object.
-  const leaveCanvas = () => { const a = document.activeElement; if (a && a.closest && a.closest('#sw-canvas')) a.blur(); };
-  const click = (id) => {
-    const el = document.getElementById(id);
-    if (el) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); swHold(true); el.click(); }
-  };
   const inCanvas = t.closest && t.closest('#sw-canvas');
   // Backspace is the Mac's delete key; the canvas listens for Delete only.
   if (e.key === 'Backspace' && inCanvas) { e.preventDefault(); t.dispatchEvent(new KeyboardEvent('keydown', {key: 'Delete', bubbles: true})); return; }
-  if ((e.key === 'Delete' || e.key === 'Backspace') && !inCanvas && !e.ctrlKey && !e.metaKey && !e.altKey) return click('sw-delete');
+  if (e.key === 'Delete' && inCanvas) return;  // the canvas's own
   // Space resets the zoom, a key the canvas hears only while it has the focus: after any panel
   // key (which takes the focus off the canvas) Space scrolled the page away from the photo instead.
   if (e.key === ' ' && !inCanvas && !(t.closest && t.closest('button, a, input, label, [role=button]'))) {
@@ -228,39 +282,20 @@ document.addEventListener('keydown', (e) => {
     if (w) { e.preventDefault(); w.dispatchEvent(new KeyboardEvent('keydown', {key: ' ', bubbles: true})); }
     return;
   }
-  if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'z') return click('sw-undo');
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === 'A' && e.shiftKey) return click('sw-accept-all');
-  if (e.key === 'a') return click('sw-accept');
-  if (e.key === 'l' || e.key === 'L') return click('sw-accept-likely');
-  // A keyboard review ended in eleven Tabs to reach Photo done, and the next photo had no key.
-  if (e.key === 'D' && e.shiftKey) return click('sw-done');
-  if (e.key === 'n' || e.key === 'N') return click('sw-next-queue');
   // The canvas's own C / D keys work only while it has the focus (after a click on it); from
   // anywhere else on the page they said nothing and did nothing. Its mode buttons are the same.
-  const mode = {c: 'Create box', d: 'Drag boxes'}[e.key.toLowerCase()];
-  if (mode && !inCanvas) {
+  const mode = !(e.ctrlKey || e.metaKey || e.altKey) && {c: 'Create box', d: 'Drag boxes'}[e.key];
+  if (mode) {
     const button = document.querySelector(`#sw-canvas button[aria-label="${mode}"]`);
-    if (button) { e.preventDefault(); button.click(); }
+    if (button && !inCanvas) { e.preventDefault(); button.click(); }
     return;
   }
-  if (e.key === 'ArrowRight') return click('sw-next-photo');
-  if (e.key === 'ArrowLeft') return click('sw-prev-photo');
-  if (/^[1-9]$/.test(e.key)) {
-    const options = document.querySelectorAll('#sw-class input[type=radio]');
-    const option = options[Number(e.key) - 1];
-    // A key past the object's classes (vegetation has one) did nothing and said nothing.
-    if (!option) {
-      e.preventDefault();
-      const n = options.length;
-      return swHint(n ? `Key ${e.key}: this object has ${n} class${n > 1 ? 'es' : ''}: key${n > 1 ? `s 1–${n}` : ' 1'}.`
-                      : `Key ${e.key}: select an object first; the number keys pick its class.`);
-    }
-    // The key of the class the object already has means "right as it is": accept it. (Clicking
-    // the checked option fires no event, so the key used to do nothing and say nothing.)
-    if (option && option.checked) return click('sw-accept');
-    if (option) { e.preventDefault(); if (!swLeaveDraft()) return; leaveCanvas(); swHold(true); option.click(); }
-  }
+  const key = {key: e.key, shiftKey: e.shiftKey, ctrlKey: e.ctrlKey, metaKey: e.metaKey, altKey: e.altKey};
+  const act = swAction(key);
+  if (!act) return;
+  e.preventDefault();
+  if (swBusy || swKeys.length) { if (swKeys.length < 30) swKeys.push(key); return; }
+  act();
 });
 """
 
@@ -269,6 +304,9 @@ document.addEventListener('keydown', (e) => {
 # (swHold in REVIEW_KEYS_JS). Run in the page only (no server call).
 RELEASE = {"fn": None, "inputs": None, "outputs": None, "js": "() => { if (window.swAnswered) window.swAnswered(); }",
            "api_name": False, "show_progress": "hidden"}
+# The canvas's saves free only what a press on the canvas held: the canvas reports every value it
+# is given too, and a photo's view set off a save whose answer freed the next key's hold early.
+CANVAS_RELEASE = {**RELEASE, "js": "() => { if (window.swAnswered) window.swAnswered('canvas'); }"}
 
 
 def build_review_tab(store: Store, h: ReviewHandlers):
@@ -363,7 +401,7 @@ def build_review_tab(store: Store, h: ReviewHandlers):
         h.select, [photo, select], panel, api_name=False, **quiet).then(**RELEASE)
     # The status line goes in too: the hint about a drawn box waiting for its class is cleared once
     # the box is gone (in order with the save that set it: both are this lane's).
-    canvas.change(h.save_canvas, [photo, canvas, seen, status], edit_out, api_name="save_canvas", **edit).then(**RELEASE)
+    canvas.change(h.save_canvas, [photo, canvas, seen, status], edit_out, api_name="save_canvas", **edit).then(**CANVAS_RELEASE)
     classes.input(h.set_class, [photo, select, revision, classes], edit_out, api_name="set_class", **keyed).then(**RELEASE)
     new_type.input(lambda t: gr.update(choices=[c.name for c in tax.classes_for_type(t)] if t else [], value=None), new_type, type_class,
                    api_name=False, **quiet)

@@ -547,5 +547,55 @@ def test_text_fields_wait_for_the_panel_a_click_asked_for(app_url, samples_yaml,
             note.fill("outlet silted")  # the panel is here: what is typed now stays
             page.wait_for_timeout(500)
             assert note.input_value() == "outlet silted"
+            # A reload or a closed tab took the unsaved note too, without a word: the page now asks
+            # the browser to ask. (Headless Chromium shows no such dialog, so the event is sent here.)
+            unload = ("() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); "
+                      "return e.defaultPrevented; }")
+            assert page.evaluate(unload) is True
+            note.press("Enter")  # saved: nothing to ask about
+            page.wait_for_selector("#sw-status :text('note saved')", timeout=20_000)
+            assert page.evaluate(unload) is False
+        finally:
+            browser.close()
+
+
+def test_keys_pressed_ahead_act_on_what_the_last_key_left_on_screen(app_url, samples_yaml, monkeypatch):
+    """A walk-through's find: sent at once, each key named what was shown when it was pressed.
+    "→ ←" pressed fast counted both arrows from the photo shown and landed on the photo before it,
+    where the Shift+A that followed accepted a photo nobody had seen; "a a a" accepted two of three
+    objects. A key pressed while the last is being answered now waits for that answer."""
+    from app.review_handlers import ReviewHandlers
+
+    url, db = app_url
+    photos = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            log_in_and_inspect(page, url, [photos[0], photos[4], photos[5]])  # three photos at least: ← and → differ
+            page.wait_for_selector("#sw-message :text('Inspected 3 photo')", timeout=120_000)
+            pending = "SELECT f.photo_id, count(*) FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE s.status = 'pending' "
+            photo_id = next(pid for pid, n in sql(db, pending + "GROUP BY f.photo_id ORDER BY f.photo_id") if n >= 3)
+            page.get_by_role("tab", name="Review", exact=True).click()
+            page.locator("#sw-photo input").fill(str(photo_id))
+            page.locator("#sw-photo input").press("Enter")
+            page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=30_000)
+            page.mouse.click(5, 5)
+
+            view = ReviewHandlers.view  # every answer slow, as on a busy server
+            monkeypatch.setattr(ReviewHandlers, "view", lambda self, *a, **k: (time.sleep(0.7), view(self, *a, **k))[1])
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_timeout(3500)
+            assert page.locator("#sw-photo input").input_value() == str(photo_id)
+            assert f"Photo {photo_id} " in page.locator("#sw-header").inner_text()
+
+            page.keyboard.press("a")
+            page.keyboard.press("a")
+            page.keyboard.press("a")
+            accepts = wait_rows(db, "SELECT c.finding_id FROM corrections c JOIN findings f ON f.id = c.finding_id "
+                                    "WHERE f.photo_id = ? AND c.action = 'accept'", photo_id, n=3)
+            page.wait_for_timeout(1500)
+            assert len({a[0] for a in accepts}) == 3  # three objects, one accept each
         finally:
             browser.close()

@@ -16,7 +16,9 @@ On the canvas itself: drag to
 draw, move or resize a box, ``Delete`` (or ``Backspace``) removes the selected box, ``Space`` resets the zoom.
 Elsewhere ``Delete`` removes the object selected in the side panel, as its Delete button does, and
 ``Space`` still resets the canvas's zoom. A number key past the object's classes says so under the status line.
-A key or click that would replace an unsaved rationale or note asks first.
+A key or click that would replace an unsaved rationale or note asks first; from such a press to
+its answer the two text fields are read-only, and an action key pressed meanwhile waits for the
+answer and then acts on what it shows.
 """
 
 import gradio as gr

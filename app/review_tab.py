@@ -136,7 +136,7 @@ const swLeaveDraft = () => {
 };
 // A press that redraws the side panel replaces both text fields when its answer comes: text typed
 // in between (an object clicked, its note begun at once) was lost to it, silently. From the press
-// to the answer (every such event ends with swAnswered, RELEASE_JS) the fields are read-only, and
+// to the answer (every such event ends with swAnswered: RELEASE) the fields are read-only, and
 // look it. A press no answer follows (the class the object has, a refused row) frees them anyway.
 // Keys pressed meanwhile wait for the answer too (swKeys, below).
 let swHoldTimer = null, swBusy = false, swHeldBy = null;
@@ -286,7 +286,8 @@ document.addEventListener('keydown', (e) => {
   }
   // The canvas's own C / D keys work only while it has the focus (after a click on it); from
   // anywhere else on the page they said nothing and did nothing. Its mode buttons are the same.
-  const mode = !(e.ctrlKey || e.metaKey || e.altKey) && {c: 'Create box', d: 'Drag boxes'}[e.key];
+  // (Caps Lock's C and D too; Shift+D is Photo done.)
+  const mode = !(e.ctrlKey || e.metaKey || e.altKey || e.shiftKey) && {c: 'Create box', d: 'Drag boxes'}[e.key.toLowerCase()];
   if (mode) {
     const button = document.querySelector(`#sw-canvas button[aria-label="${mode}"]`);
     if (button && !inCanvas) { e.preventDefault(); button.click(); }

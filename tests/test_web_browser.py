@@ -4,6 +4,7 @@ with the mouse and pick its class, resize it, delete it with the Delete key, rel
 with a number key, accept the rest with Shift+A, undo with Ctrl+Z, go to the next photo with →,
 and open an object from the library map. Every step asserts the SQLite rows, not only the page."""
 
+import contextlib
 import shutil
 import time
 
@@ -69,6 +70,20 @@ def log_in_and_inspect(page, url, photos) -> None:
     page.locator("#sw-upload input[type=file]").set_input_files([str(p) for p in photos])
     page.wait_for_timeout(500)
     page.locator("#sw-inspect").click()
+
+
+@contextlib.contextmanager
+def inspected(url, photos):
+    """A page logged in as ana on which ``photos`` were just inspected; the browser closes after."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            log_in_and_inspect(page, url, photos)
+            page.wait_for_selector(f"#sw-message :text('Inspected {len(photos)} photo')", timeout=120_000)
+            yield page
+        finally:
+            browser.close()
 
 
 def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
@@ -478,37 +493,31 @@ def test_compare_an_object_with_its_most_similar_labelled_objects(app_url, sampl
     labelled objects it counted, side by side, with the same sentence."""
     url, db = app_url
     photo = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[3]
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        try:
-            log_in_and_inspect(page, url, [photo])
-            page.wait_for_selector("#sw-message :text('Inspected 1 photo')", timeout=120_000)
-            photo_id = int(page.locator("#sw-last-photo input").input_value())
-            fid = sql(db, "SELECT min(s.finding_id) FROM finding_state s JOIN findings f ON f.id = s.finding_id "
-                          "WHERE f.photo_id = ? AND s.object_type != 'vegetation'", photo_id)[0][0]
-            rationale = sql(db, "SELECT rationale FROM finding_state WHERE finding_id = ?", fid)[0][0]
-            # A fresh page: opening the Review tab starts on a photo to review, not on an empty canvas.
-            page.get_by_role("tab", name="Review", exact=True).click()
-            page.wait_for_function("Number(document.querySelector('#sw-photo input').value) > 0", timeout=30_000)
-            page.wait_for_selector("#sw-header :text('Photo ')", timeout=30_000)
-            page.get_by_role("tab", name="Inspect").click()
-            page.locator("#sw-review-this").click()  # a photo already open: this one replaces it
-            page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
-            page.locator(f"#sw-select input[type=radio][value='{fid}']").check()
-            page.wait_for_timeout(500)
-            page.get_by_text("Similar labelled objects").click()
-            page.locator("#sw-compare").click()
-            page.wait_for_selector("#sw-compare-text :text('most similar labelled')", timeout=30_000)
-            sentence = page.locator("#sw-compare-text").inner_text().strip().rstrip(".")
-            assert sentence.lower() in rationale.lower()  # the count the stored rationale cites
-            page.wait_for_function("document.querySelectorAll('#sw-compare-gallery img').length >= 6", timeout=30_000)
-            page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
-            page.locator("#sw-compare-gallery img").nth(1).click()  # enlarge one neighbour
-            page.wait_for_timeout(500)
-            page.locator("#sw-compare-gallery").screenshot(path=str(tmp_path / "compare-open.png"))
-        finally:
-            browser.close()
+    with inspected(url, [photo]) as page:
+        photo_id = int(page.locator("#sw-last-photo input").input_value())
+        fid = sql(db, "SELECT min(s.finding_id) FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                      "WHERE f.photo_id = ? AND s.object_type != 'vegetation'", photo_id)[0][0]
+        rationale = sql(db, "SELECT rationale FROM finding_state WHERE finding_id = ?", fid)[0][0]
+        # A fresh page: opening the Review tab starts on a photo to review, not on an empty canvas.
+        page.get_by_role("tab", name="Review", exact=True).click()
+        page.wait_for_function("Number(document.querySelector('#sw-photo input').value) > 0", timeout=30_000)
+        page.wait_for_selector("#sw-header :text('Photo ')", timeout=30_000)
+        page.get_by_role("tab", name="Inspect").click()
+        page.locator("#sw-review-this").click()  # a photo already open: this one replaces it
+        page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
+        page.locator(f"#sw-select input[type=radio][value='{fid}']").check()
+        page.wait_for_timeout(500)
+        page.get_by_text("Similar labelled objects").click()
+        page.locator("#sw-compare").click()
+        page.wait_for_selector("#sw-compare-text :text('most similar labelled')", timeout=30_000)
+        sentence = page.locator("#sw-compare-text").inner_text().strip().rstrip(".")
+        assert sentence.lower() in rationale.lower()  # the count the stored rationale cites
+        page.wait_for_function("document.querySelectorAll('#sw-compare-gallery img').length >= 6", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        page.locator("#sw-compare-gallery img").nth(1).click()  # enlarge one neighbour
+        page.wait_for_timeout(500)
+        page.locator("#sw-compare-gallery").screenshot(path=str(tmp_path / "compare-open.png"))
+
 
 
 def test_text_fields_wait_for_the_panel_a_click_asked_for(app_url, samples_yaml, monkeypatch):
@@ -519,44 +528,38 @@ def test_text_fields_wait_for_the_panel_a_click_asked_for(app_url, samples_yaml,
 
     url, db = app_url
     photo = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))[2]
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        try:
-            log_in_and_inspect(page, url, [photo])
-            page.wait_for_selector("#sw-message :text('Inspected 1 photo')", timeout=120_000)
-            photo_id = int(page.locator("#sw-last-photo input").input_value())
-            page.locator("#sw-review-this").click()
-            page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
-            first, second = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id LIMIT 2", photo_id)]
-            page.locator(f"#sw-select input[type=radio][value='{first}']").check()
-            page.wait_for_selector("#sw-detail :text('#0 ')", timeout=30_000)
-            note = page.locator("#sw-note textarea, #sw-note input").first
-            assert note.evaluate("t => !t.readOnly")
+    with inspected(url, [photo]) as page:
+        photo_id = int(page.locator("#sw-last-photo input").input_value())
+        page.locator("#sw-review-this").click()
+        page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
+        first, second = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id LIMIT 2", photo_id)]
+        page.locator(f"#sw-select input[type=radio][value='{first}']").check()
+        page.wait_for_selector("#sw-detail :text('#0 ')", timeout=30_000)
+        note = page.locator("#sw-note textarea, #sw-note input").first
+        assert note.evaluate("t => !t.readOnly")
 
-            panel = ReviewHandlers.panel
-            monkeypatch.setattr(ReviewHandlers, "panel", lambda self, *a, **k: (time.sleep(2.0), panel(self, *a, **k))[1])
-            page.locator(f"#sw-select input[type=radio][value='{second}']").click()
-            held = note.evaluate("t => [t.readOnly, getComputedStyle(t).opacity]")
-            assert held[0] is True and float(held[1]) < 1, held  # typing now would be lost: it is refused, visibly
-            page.wait_for_selector("#sw-detail :text('#1 ')", timeout=30_000)
-            page.wait_for_function("!document.querySelector('#sw-note textarea, #sw-note input').readOnly", timeout=5_000)
-            monkeypatch.undo()
-            page.locator(f"#sw-select input[type=radio][value='{second}']").click()  # already shown: no answer comes
-            assert note.evaluate("t => !t.readOnly")  # so nothing holds the fields
-            note.fill("outlet silted")  # the panel is here: what is typed now stays
-            page.wait_for_timeout(500)
-            assert note.input_value() == "outlet silted"
-            # A reload or a closed tab took the unsaved note too, without a word: the page now asks
-            # the browser to ask. (Headless Chromium shows no such dialog, so the event is sent here.)
-            unload = ("() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); "
-                      "return e.defaultPrevented; }")
-            assert page.evaluate(unload) is True
-            note.press("Enter")  # saved: nothing to ask about
-            page.wait_for_selector("#sw-status :text('note saved')", timeout=20_000)
-            assert page.evaluate(unload) is False
-        finally:
-            browser.close()
+        panel = ReviewHandlers.panel
+        monkeypatch.setattr(ReviewHandlers, "panel", lambda self, *a, **k: (time.sleep(2.0), panel(self, *a, **k))[1])
+        page.locator(f"#sw-select input[type=radio][value='{second}']").click()
+        held = note.evaluate("t => [t.readOnly, getComputedStyle(t).opacity]")
+        assert held[0] is True and float(held[1]) < 1, held  # typing now would be lost: it is refused, visibly
+        page.wait_for_selector("#sw-detail :text('#1 ')", timeout=30_000)
+        page.wait_for_function("!document.querySelector('#sw-note textarea, #sw-note input').readOnly", timeout=5_000)
+        monkeypatch.undo()
+        page.locator(f"#sw-select input[type=radio][value='{second}']").click()  # already shown: no answer comes
+        assert note.evaluate("t => !t.readOnly")  # so nothing holds the fields
+        note.fill("outlet silted")  # the panel is here: what is typed now stays
+        page.wait_for_timeout(500)
+        assert note.input_value() == "outlet silted"
+        # A reload or a closed tab took the unsaved note too, without a word: the page now asks
+        # the browser to ask. (Headless Chromium shows no such dialog, so the event is sent here.)
+        unload = ("() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); "
+                  "return e.defaultPrevented; }")
+        assert page.evaluate(unload) is True
+        note.press("Enter")  # saved: nothing to ask about
+        page.wait_for_selector("#sw-status :text('note saved')", timeout=20_000)
+        assert page.evaluate(unload) is False
+
 
 
 def test_keys_pressed_ahead_act_on_what_the_last_key_left_on_screen(app_url, samples_yaml, monkeypatch):
@@ -568,34 +571,29 @@ def test_keys_pressed_ahead_act_on_what_the_last_key_left_on_screen(app_url, sam
 
     url, db = app_url
     photos = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        try:
-            log_in_and_inspect(page, url, [photos[0], photos[4], photos[5]])  # three photos at least: ← and → differ
-            page.wait_for_selector("#sw-message :text('Inspected 3 photo')", timeout=120_000)
-            pending = "SELECT f.photo_id, count(*) FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE s.status = 'pending' "
-            photo_id = next(pid for pid, n in sql(db, pending + "GROUP BY f.photo_id ORDER BY f.photo_id") if n >= 3)
-            page.get_by_role("tab", name="Review", exact=True).click()
-            page.locator("#sw-photo input").fill(str(photo_id))
-            page.locator("#sw-photo input").press("Enter")
-            page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=30_000)
-            page.mouse.click(5, 5)
+    with inspected(url, [photos[0], photos[4], photos[5]]) as page:  # three photos at least: ← and → differ
+        pending = "SELECT f.photo_id, count(*) FROM finding_state s JOIN findings f ON f.id = s.finding_id WHERE s.status = 'pending' "
+        photo_id = next(pid for pid, n in sql(db, pending + "GROUP BY f.photo_id ORDER BY f.photo_id") if n >= 3)
+        page.get_by_role("tab", name="Review", exact=True).click()
+        page.locator("#sw-photo input").fill(str(photo_id))
+        page.locator("#sw-photo input").press("Enter")
+        page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=30_000)
+        page.mouse.click(5, 5)
 
-            view = ReviewHandlers.view  # every answer slow, as on a busy server
-            monkeypatch.setattr(ReviewHandlers, "view", lambda self, *a, **k: (time.sleep(0.7), view(self, *a, **k))[1])
-            page.keyboard.press("ArrowRight")
-            page.keyboard.press("ArrowLeft")
-            page.wait_for_timeout(3500)
-            assert page.locator("#sw-photo input").input_value() == str(photo_id)
-            assert f"Photo {photo_id} " in page.locator("#sw-header").inner_text()
+        view = ReviewHandlers.view  # every answer slow, as on a busy server
+        monkeypatch.setattr(ReviewHandlers, "view", lambda self, *a, **k: (time.sleep(0.7), view(self, *a, **k))[1])
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowLeft")
+        # Both keys answered (the page's own state: nothing held, nothing waiting), then where they left the page.
+        page.wait_for_function("() => !swBusy && swKeys.length === 0", timeout=30_000)
+        page.wait_for_timeout(300)
+        assert page.locator("#sw-photo input").input_value() == str(photo_id)
+        assert f"Photo {photo_id} " in page.locator("#sw-header").inner_text()
 
-            page.keyboard.press("a")
-            page.keyboard.press("a")
-            page.keyboard.press("a")
-            accepts = wait_rows(db, "SELECT c.finding_id FROM corrections c JOIN findings f ON f.id = c.finding_id "
-                                    "WHERE f.photo_id = ? AND c.action = 'accept'", photo_id, n=3)
-            page.wait_for_timeout(1500)
-            assert len({a[0] for a in accepts}) == 3  # three objects, one accept each
-        finally:
-            browser.close()
+        page.keyboard.press("a")
+        page.keyboard.press("a")
+        page.keyboard.press("a")
+        accepts = wait_rows(db, "SELECT c.finding_id FROM corrections c JOIN findings f ON f.id = c.finding_id "
+                                "WHERE f.photo_id = ? AND c.action = 'accept'", photo_id, n=3)
+        page.wait_for_timeout(1500)
+        assert len({a[0] for a in accepts}) == 3  # three objects, one accept each

@@ -17,7 +17,7 @@ from core.images import load_image
 from core.library.embeddings import TextEncoder, embed_library
 from core.library.map import COLOR_BY, data_uri, map_points, map_svg
 from core.library.search import SearchFilters, apply_class, similar_findings, text_search, thumbnail
-from core.types import Status, object_name
+from core.types import Status
 
 # Hover shows the point's thumbnail and label; a click sends its finding id to the server.
 MAP_JS = """
@@ -54,7 +54,7 @@ class _Lazy:
 
 def _caption(hit) -> str:
     f = hit.finding
-    return f"{object_name(f.photo_id, f.index, f.finding_id)} {f.state.class_name or f.state.object_type} ({hit.score:.2f})"
+    return f"{f.name} {f.state.class_name or f.state.object_type} ({hit.score:.2f})"
 
 
 class LibraryHandlers:
@@ -112,9 +112,8 @@ class LibraryHandlers:
             return [], gr.update(choices=[], value=[]), f"⚠ {exc}"
         gallery = [(thumbnail(self.store, h.finding), _caption(h)) for h in hits]
         choices = [(_caption(h), h.finding.finding_id) for h in hits]
-        of = self.store.live_findings().get(int(finding_id))
-        name = object_name(of.photo_id, of.index, of.finding_id) if of else f"id {int(finding_id)}"
-        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to {name}."
+        shown = self.store.finding(int(finding_id)).name
+        return gallery, gr.update(choices=choices, value=[]), f"{len(hits)} similar object(s) to {shown}."
 
     def bulk(self, selected, class_name, finding_id, k, request: gr.Request):
         """Apply a class to the ticked objects; the list is then shown again as it now is, ticks
@@ -127,12 +126,10 @@ class LibraryHandlers:
             done = apply_class(self.store, reviewer(request), ids, class_name)
         except SlopewatchError as exc:
             return f"⚠ Not saved: {exc}", gr.skip(), gr.skip()
-        live = self.store.live_findings()
         # A class fixes its type, so a class of another type retypes the object: named, as a bulk
         # retype is easy to miss among thumbnails.
-        retyped = [f"{object_name(live[s.finding_id].photo_id, live[s.finding_id].index, s.finding_id)} "
-                   f"(was {before[s.finding_id].class_name or before[s.finding_id].object_type})"
-                   for s in done if before[s.finding_id].object_type != s.object_type and s.finding_id in live]
+        retyped = [f"{self.store.finding(s.finding_id).name} (was {before[s.finding_id].class_name or before[s.finding_id].object_type})"
+                   for s in done if before[s.finding_id].object_type != s.object_type]
         left = len(ids) - len(done)
         said = (f"Saved: {class_name} on {len(done)} object(s), one correction each."
                 + (f" Type changed on {len(retyped)}: {'; '.join(retyped)}." if retyped else "")

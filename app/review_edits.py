@@ -271,5 +271,4 @@ class ReviewEdits:
         return 1 + len(self.VIEW) + self.PANEL.index(field)
 
     def _index(self, finding_id: int) -> int:
-        photo_id = self.store.photo_of(finding_id)
-        return next(f.index for f in self.store.photo_findings(photo_id) if f.finding_id == finding_id)
+        return self.store.finding(finding_id).index

@@ -51,6 +51,15 @@ class Findings:
             raise NotFound(f"no finding with id {finding_id}")
         return FindingState.from_row(rows[0])
 
+    def finding(self, finding_id: int) -> StoredFinding:
+        """One finding (deleted too) with its photo and its ``#k`` there."""
+        finding_id = check_id(finding_id, "finding")
+        rows = self._rows(f"SELECT * FROM ({FINDINGS_SQL}) WHERE photo_id = (SELECT photo_id FROM findings WHERE id = ?) "
+                          "AND finding_id = ?", (finding_id, finding_id))
+        if not rows:
+            raise NotFound(f"no finding with id {finding_id}")
+        return StoredFinding.from_row(rows[0])
+
     def photo_findings(self, photo_id: int) -> list[StoredFinding]:
         """All findings of one photo (deleted ones too), in detection order."""
         return [StoredFinding.from_row(r) for r in self._rows(

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import asdict, dataclass, fields
 from pathlib import PurePath
 
-from core.types import Box, Status, is_labels_version
+from core.types import Box, Status, is_labels_version, object_name
 
 
 def _pick(cls, row: sqlite3.Row | dict, **extra) -> dict:
@@ -114,6 +114,11 @@ class StoredFinding:
     @property
     def finding_id(self) -> int:
         return self.state.finding_id
+
+    @property
+    def name(self) -> str:
+        """As a reviewer finds it: "photo 12 #3 (id 57)" (``core.types.object_name``)."""
+        return object_name(self.photo_id, self.index, self.finding_id)
 
     @property
     def from_labels(self) -> bool:

@@ -143,7 +143,9 @@ let swHoldTimer = null, swBusy = false, swHeldBy = null;
 const swHold = (on, ms = 10000, by = 'press') => {
   swBusy = on;
   swHeldBy = on ? by : null;
-  document.querySelectorAll('#sw-rationale textarea, #sw-note textarea, #sw-note input').forEach((t) => {
+  // (The photo id too: the answer replaces it. An id typed into it meanwhile, as the Review tab's
+  // first photo was still coming, was opened, then overwritten by that late answer.)
+  document.querySelectorAll('#sw-rationale textarea, #sw-note textarea, #sw-note input, #sw-photo input').forEach((t) => {
     t.readOnly = on; t.style.opacity = on ? '0.55' : '';
   });
   clearTimeout(swHoldTimer);
@@ -153,6 +155,7 @@ const swHold = (on, ms = 10000, by = 'press') => {
 // The canvas reports every new value, a photo or panel just drawn included: its save's answer
 // frees only what a press on the canvas held (it freed a key's hold before the key's answer came).
 window.swAnswered = (by) => { if (swBusy && (!by || by === swHeldBy)) swHold(false); };
+window.swAsked = () => swHold(true);
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
   + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';  // Inspect, the library map: a photo here
 // A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
@@ -396,7 +399,10 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     prev_btn.click(**clear).then(h.prev_photo, photo, view, api_name="prev_photo", **quiet).then(**RELEASE)
     next_btn.click(**clear).then(h.next_photo, photo, view, api_name="next_photo", **quiet).then(**RELEASE)
     queue_btn.click(**clear).then(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet).then(**RELEASE)
-    review_tab.select(h.open_first, photo, view, api_name=False, **quiet)
+    # The tab's first photo holds the panel as a press does: it is answered side by side with a
+    # photo id typed at once, and answered last it replaced the photo asked for.
+    review_tab.select(h.open_first, photo, view, js="(p) => { if (window.swAsked) window.swAsked(); return p; }",
+                      api_name=False, **quiet).then(**RELEASE)
     select.input(**clear).then(h.select, [photo, select], panel, api_name="select_object", **quiet).then(**RELEASE)
     # A script sets the click's place: no "input".
     click.change(**clear).then(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet).then(**RELEASE)

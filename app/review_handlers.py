@@ -214,8 +214,8 @@ class ReviewHandlers(ReviewEdits):
 
     @staticmethod
     def pick_object(evt: gr.SelectData):
-        """The object id of a clicked row of the photo's object table."""
-        return evt.row_value[1] if evt.row_value else None
+        """The status line cleared and the object id of a clicked row of the photo's object table."""
+        return "", (evt.row_value[1] if evt.row_value else None)
 
     def pick_at(self, photo_id, click):
         """The object a click on the canvas selected, chosen as the canvas chooses: a box whose

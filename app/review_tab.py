@@ -140,22 +140,34 @@ const swLeaveDraft = () => {
 // look it. A press no answer follows (the class the object has, a refused row) frees them anyway.
 // Keys pressed meanwhile wait for the answer too (swKeys, below).
 let swHoldTimer = null, swBusy = false, swHeldBy = null;
+// (The photo id too: the answer replaces it. An id typed into it meanwhile, as the Review tab's
+// first photo was still coming, was opened, then overwritten by that late answer.)
+const SW_HELD = '#sw-rationale textarea, #sw-note textarea, #sw-note input, #sw-photo input';
+const SW_WAIT = 'Wait: what was asked for is still coming; the dimmed fields take typing once it shows.';
+const swLock = (on) => {
+  document.querySelectorAll(SW_HELD).forEach((t) => { t.readOnly = on; t.style.opacity = on ? '0.55' : ''; });
+  const hint = document.getElementById('sw-keyhint');
+  if (!on && hint && hint.textContent === SW_WAIT) hint.textContent = '';
+};
 const swHold = (on, ms = 10000, by = 'press') => {
   swBusy = on;
   swHeldBy = on ? by : null;
-  // (The photo id too: the answer replaces it. An id typed into it meanwhile, as the Review tab's
-  // first photo was still coming, was opened, then overwritten by that late answer.)
-  document.querySelectorAll('#sw-rationale textarea, #sw-note textarea, #sw-note input, #sw-photo input').forEach((t) => {
-    t.readOnly = on; t.style.opacity = on ? '0.55' : '';
-  });
+  // Keys still queued keep the fields held: freed between their answers, a note begun at once
+  // was typed in part on each photo passed through, and the last kept only its tail.
+  swLock(on || swKeys.length > 0);
   clearTimeout(swHoldTimer);
   if (on) swHoldTimer = setTimeout(() => swHold(false), ms);
   else setTimeout(swDrain, 50);  // once the answer is drawn (its panel's classes, its photo)
 };
+// Typing into a held field is dropped by the browser: said, not silent.
+document.addEventListener('keydown', (e) => {
+  const t = e.target;
+  if (t.readOnly && t.closest && t.closest(SW_HELD) && e.key.length === 1 && !(e.ctrlKey || e.metaKey)) swHint(SW_WAIT);
+}, true);
 // The canvas reports every new value, a photo or panel just drawn included: its save's answer
 // frees only what a press on the canvas held (it freed a key's hold before the key's answer came).
 window.swAnswered = (by) => { if (swBusy && (!by || by === swHeldBy)) swHold(false); };
-window.swAsked = () => swHold(true);
+window.swAsked = () => swHold(true, 10000, 'tab');
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
   + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';  // Inspect, the library map: a photo here
 // A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
@@ -260,6 +272,7 @@ const swAction = (k) => {
 const swKeys = [];
 const swDrain = () => {
   while (!swBusy && swKeys.length) { const act = swAction(swKeys.shift()); if (act) act(); }
+  if (!swBusy) swLock(false);  // the last queued key held nothing (a hint, a refused draft): the fields are free
 };
 document.addEventListener('keydown', (e) => {
   const t = e.target;
@@ -313,6 +326,9 @@ RELEASE = {"fn": None, "inputs": None, "outputs": None, "js": "() => { if (windo
 # The canvas's saves free only what a press on the canvas held: the canvas reports every value it
 # is given too, and a photo's view set off a save whose answer freed the next key's hold early.
 CANVAS_RELEASE = {**RELEASE, "js": "() => { if (window.swAnswered) window.swAnswered('canvas'); }"}
+# The Review tab's answer frees only the tab's own hold: with a photo open it holds nothing, and
+# its answer, come after a key pressed at once, freed that key's hold early.
+TAB_RELEASE = {**RELEASE, "js": "() => { if (window.swAnswered) window.swAnswered('tab'); }"}
 
 
 def build_review_tab(store: Store, h: ReviewHandlers):
@@ -401,12 +417,15 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     queue_btn.click(**clear).then(h.next_in_queue, photo, view, api_name="next_in_queue", **quiet).then(**RELEASE)
     # The tab's first photo holds the panel as a press does: it is answered side by side with a
     # photo id typed at once, and answered last it replaced the photo asked for.
-    review_tab.select(h.open_first, photo, view, js="(p) => { if (window.swAsked) window.swAsked(); return p; }",
-                      api_name=False, **quiet).then(**RELEASE)
+    # (Only with no photo open: with one, nothing comes, and a photo opened from the Queue dimmed again.)
+    review_tab.select(h.open_first, photo, view, js="(p) => { if (!p && window.swAsked) window.swAsked(); return p; }",
+                      api_name=False, **quiet).then(**TAB_RELEASE)
     select.input(**clear).then(h.select, [photo, select], panel, api_name="select_object", **quiet).then(**RELEASE)
     # A script sets the click's place: no "input".
     click.change(**clear).then(h.pick_at, [photo, click], [select, *panel], api_name="pick_at", **quiet).then(**RELEASE)
-    objects.select(**clear).then(h.pick_object, None, select, api_name=False, **quiet).then(
+    # The pick clears the status line itself: its row comes with the click only (gr.SelectData
+    # reaches the select's own function, not a .then after it, which failed on every row).
+    objects.select(h.pick_object, None, [status, select], api_name=False, **quiet).then(
         h.select, [photo, select], panel, api_name=False, **quiet).then(**RELEASE)
     # The status line goes in too: the hint about a drawn box waiting for its class is cleared once
     # the box is gone (in order with the save that set it: both are this lane's).

@@ -218,6 +218,12 @@ document.addEventListener('keydown', (e) => {
   // The canvas's own Delete saves the canvas, and its answer redraws the panel.
   if ((e.key === 'Delete' || e.key === 'Backspace') && t.closest('#sw-canvas')) swGuard(e);
 }, true);
+// Clicked into, the photo id is chosen whole, as a page box is: "5" typed after "14" read 145.
+// (After the click's own caret placement: selected at the focus, the click collapsed it again.)
+document.addEventListener('focusin', (e) => {
+  const t = e.target;
+  if (t.closest && t.closest('#sw-photo') && t.select) setTimeout(() => { if (document.activeElement === t) t.select(); }, 0);
+});
 // A key the page cannot act on is answered here, under the status line (the server never hears of it).
 const swHint = (text) => {
   let hint = document.getElementById('sw-keyhint');

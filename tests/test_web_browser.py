@@ -598,6 +598,12 @@ def test_keys_pressed_ahead_act_on_what_the_last_key_left_on_screen(app_url, sam
         page.get_by_role("tab", name="Queue").click()
         page.get_by_role("tab", name="Review", exact=True).click()
         assert page.evaluate("() => swBusy") is False
+        # Clicked into, the photo id is chosen whole: the id typed replaces it ("2" after "2" read 22).
+        page.locator("#sw-photo input").click()
+        page.wait_for_timeout(100)
+        page.keyboard.type(str(photo_id))
+        assert page.locator("#sw-photo input").input_value() == str(photo_id)
+        page.keyboard.press("Escape")
         page.mouse.click(5, 5)
 
         view = ReviewHandlers.view  # every answer slow, as on a busy server

@@ -159,11 +159,6 @@ const swHold = (on, ms = 10000, by = 'press') => {
   if (on) swHoldTimer = setTimeout(() => swHold(false), ms);
   else setTimeout(swDrain, 50);  // once the answer is drawn (its panel's classes, its photo)
 };
-// Typing into a held field is dropped by the browser: said, not silent.
-document.addEventListener('keydown', (e) => {
-  const t = e.target;
-  if (t.readOnly && t.closest && t.closest(SW_HELD) && e.key.length === 1 && !(e.ctrlKey || e.metaKey)) swHint(SW_WAIT);
-}, true);
 // The canvas reports every new value, a photo or panel just drawn included: its save's answer
 // frees only what a press on the canvas held (it freed a key's hold before the key's answer came).
 window.swAnswered = (by) => { if (swBusy && (!by || by === swHeldBy)) swHold(false); };
@@ -206,6 +201,8 @@ document.addEventListener('pointerup', (e) => {
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (!t.closest) return;
+  // Typing into a held field is dropped by the browser: said, not silent.
+  if (t.readOnly && t.closest(SW_HELD) && e.key.length === 1 && !(e.ctrlKey || e.metaKey)) swHint(SW_WAIT);
   // Enter in the photo id opens another photo; refused, the box shows the photo still open. Opened,
   // the keys go to the page: the focus stayed in the number, and `a` did nothing and said nothing.
   if (e.key === 'Enter' && t.closest('#sw-photo')) {

@@ -229,6 +229,35 @@ def test_mcq_share_trains_the_letter_answer(samples_yaml, tmp_path, tokenizer):
     assert moved[1.0] > 0.2 and moved[0.0] < 0.1, moved
 
 
+def test_a_continued_fine_tune_records_the_whole_recipe_and_calibration_replays_it(samples_yaml, tmp_path, tokenizer):
+    # The shipped adapter is made in two steps (the recipe, then lettered questions); its
+    # calibration must be fitted on fold models made the same two steps, so the record must
+    # reach back to the fresh start.
+    import json
+
+    from train.adapter import recorded_recipe
+    from train.calibrate import CalibrateConfig, fold_steps
+
+    model = AdapterVLM(TAX, AdapterConfig(lora_r=4, lora_alpha=8, rationale_tokens=0), lm_and_tokenizer=(tiny_llama(tokenizer), tokenizer))
+    small = dict(data_yaml=samples_yaml, split="valid", val_split="", batch=8, lora_r=4, lora_alpha=8)
+    train_adapter(AdapterTrainConfig(out=tmp_path / "a", epochs=2, lr=1e-2, lora_lr=1e-2, **small), model)
+    # (2 epochs of 5 batches: 10 steps, whose one-step warm-up once divided by zero in torch's OneCycleLR)
+    train_adapter(AdapterTrainConfig(out=tmp_path / "b", epochs=1, lr=2e-4, lora_lr=1e-4, mcq_share=0.5, init=tmp_path / "a",
+                                     **small), model)
+    steps = recorded_recipe(tmp_path / "b")
+    assert [(s["epochs"], s["lr"], s["mcq_share"]) for s in steps] == [(2, 1e-2, 0.0), (1, 2e-4, 0.5)]
+    replayed = fold_steps(CalibrateConfig(data_yaml=samples_yaml, recipe_of=tmp_path / "b"))
+    assert [(s["epochs"], s["lora_lr"], s["mcq_share"]) for s in replayed] == [(2, 1e-2, 0.0), (1, 1e-4, 0.5)]
+    assert not {"data_yaml", "out", "init", "val_split"} & {k for s in replayed for k in s}, "a fold takes its own data and start"
+    assert fold_steps(CalibrateConfig(data_yaml=samples_yaml, epochs=4)) == [{"epochs": 4}]
+    # a record that stops at a continued fine-tune cannot be replayed from scratch: refused, not half-replayed
+    meta = json.loads((tmp_path / "b" / "adapter.json").read_text())
+    del meta["training"]["init_training"]
+    (tmp_path / "b" / "adapter.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="fresh start"):
+        recorded_recipe(tmp_path / "b")
+
+
 @pytest.mark.parametrize("field, value", [("mcq_share", 1.5), ("mcq_share", -0.1), ("init", "/nonexistent/adapter")])
 def test_train_config_refuses(samples_yaml, field, value):
     with pytest.raises(ValueError, match=field):

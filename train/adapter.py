@@ -152,6 +152,23 @@ def mcq_loss(model: AdapterVLM, batch: list[Example], taxonomy, eos: int):
                for k, t in enumerate(tails)) / len(batch)
 
 
+def recorded_recipe(adapter_dir: Path) -> list[dict]:
+    """The training settings that made the adapter in ``adapter_dir``, oldest first.
+
+    A continued fine-tune (``init``) records its start's training, so an adapter made in steps
+    (the recipe, then lettered questions) gives one entry per step.
+    """
+    meta = json.loads((Path(adapter_dir) / "adapter.json").read_text())
+    steps, training = [], meta.get("training")
+    while training:
+        steps.insert(0, training["train_config"])
+        training = training.get("init_training")
+    if not steps or steps[0].get("init"):
+        raise ValueError(f"{adapter_dir}: expected a training record back to a fresh start in adapter.json, "
+                         f"found {len(steps)} step(s){' starting from ' + steps[0]['init'] if steps else ''}")
+    return steps
+
+
 def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, train_photos: list[LabeledPhoto] | None = None,
                   val_photos: list[LabeledPhoto] | None = None) -> dict:
     """Train, save into ``cfg.out`` and return a summary; the log holds loss/metrics per epoch.
@@ -190,7 +207,9 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
         {"params": [p for p in model.lm.parameters() if p.requires_grad], "lr": cfg.lora_lr},
     ], weight_decay=0.01)
     steps = cfg.epochs * -(-len(examples) // cfg.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.lora_lr], total_steps=steps, pct_start=0.1)
+    # torch's OneCycleLR divides by zero when the warm-up is exactly one step (10 steps at 10%, e.g. 80 objects for 1 epoch)
+    warm_up = 0.1 if 0.1 * steps != 1 else 0.15
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.lora_lr], total_steps=steps, pct_start=warm_up)
     reason = model.tokenizer.encode(" Reason:", add_special_tokens=False)
     eos = model.tokenizer.eos_token_id
     log, started = [], time.time()
@@ -253,5 +272,7 @@ def train_adapter(cfg: AdapterTrainConfig, model: AdapterVLM | None = None, trai
     model.eval()
     summary = {"objects": len(examples), "epochs": cfg.epochs, "seconds": round(time.time() - started, 1), "log": log,
                "train_config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}
+    if cfg.init:  # a continued fine-tune keeps the record of what it continued: the whole recipe stays replayable
+        summary["init_training"] = json.loads((Path(cfg.init) / "adapter.json").read_text()).get("training")
     model.save(cfg.out, extra={"training": summary})
     return summary

@@ -144,10 +144,11 @@ let swHoldTimer = null, swBusy = false, swHeldBy = null;
 // first photo was still coming, was opened, then overwritten by that late answer.)
 const SW_HELD = '#sw-rationale textarea, #sw-note textarea, #sw-note input, #sw-photo input';
 const SW_WAIT = 'Wait: what was asked for is still coming; the dimmed fields take typing once it shows.';
+const SW_WAIT_CLICK = 'Wait: what was asked for is still coming; click again once it shows.';
 const swLock = (on) => {
   document.querySelectorAll(SW_HELD).forEach((t) => { t.readOnly = on; t.style.opacity = on ? '0.55' : ''; });
   const hint = document.getElementById('sw-keyhint');
-  if (!on && hint && hint.textContent === SW_WAIT) hint.textContent = '';
+  if (!on && hint && (hint.textContent === SW_WAIT || hint.textContent === SW_WAIT_CLICK)) hint.textContent = '';
 };
 const swHold = (on, ms = 10000, by = 'press') => {
   swBusy = on;
@@ -168,10 +169,20 @@ const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-ph
 // A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
 const SW_ROWS = ['#sw-photo-objects', '#sw-queue', '#sw-objects'].map((t) => `${t} [role=gridcell]`).join(', ');
 const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); return false; } return true; };
+// Keys wait for the answer they follow; a click on the panel did not. An object of the photo being
+// left, or Accept, clicked while the next photo was coming, acted on a photo no longer open (an
+// accept written there, or a raw "Value: 12 is not in the list of choices"). While a press is being
+// answered such a click is refused, and said. (Not after a press on the canvas: a pan is answered
+// by nothing, and its hold only times out. Nor from other tabs, where the hint is not seen.)
+const swWait = (e) => {
+  if (!swBusy || swHeldBy === 'canvas' || e.target.closest('#sw-review-this, #sw-map, #sw-queue, #sw-objects')) return false;
+  e.preventDefault(); e.stopImmediatePropagation(); swHint(SW_WAIT_CLICK);
+  return true;
+};
 let swRowRefused = false;
 document.addEventListener('mousedown', (e) => {
   const row = !!(e.isTrusted && e.target.closest && e.target.closest(SW_ROWS));
-  swRowRefused = row && !swGuard(e);
+  swRowRefused = row && (swWait(e) || !swGuard(e));
   if (row && !swRowRefused) swHold(true);
 }, true);
 document.addEventListener('click', (e) => {
@@ -182,6 +193,7 @@ document.addEventListener('click', (e) => {
   // no hold. The radio is checked by the time its click is heard, so what it was is taken at the press.)
   const nothing = move && ((move.matches('input[type=radio]') && swPressedChecked)
                            || (move.closest('#sw-map') && !e.target.closest('.sw-pt')));
+  if (move && !nothing && swWait(e)) return;
   if (move && swGuard(e) && !nothing) swHold(true);
 }, true);
 let swPressedChecked = false;

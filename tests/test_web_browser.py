@@ -641,3 +641,36 @@ def test_keys_pressed_ahead_act_on_what_the_last_key_left_on_screen(app_url, sam
         cells.nth(row * width + OBJECT_HEADERS.index("type")).click()
         page.wait_for_selector(f"#sw-select input[type=radio][value='{wanted}']:checked", timeout=5_000)
         page.wait_for_function("() => !swBusy", timeout=3_000)
+
+
+def test_clicks_on_a_panel_that_is_being_replaced_wait_and_say_so(app_url, samples_yaml, monkeypatch):
+    """Keys wait for the answer they follow; mouse clicks did not. An object of the photo being
+    left, clicked while the next photo was coming, went to the server as an object of a photo no
+    longer open: a raw "Value: 12 is not in the list of choices" toast, or the old object's panel
+    drawn over the new photo. While a press is being answered, a click on the panel is refused and
+    said to wait; nothing of it reaches the server."""
+    from app.review_handlers import ReviewHandlers
+
+    url, db = app_url
+    photos = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))
+    with inspected(url, [photos[1], photos[3]]) as page:
+        photo_id = int(page.locator("#sw-last-photo input").input_value())
+        page.locator("#sw-review-this").click()
+        page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=30_000)
+        page.wait_for_function("() => !swBusy", timeout=10_000)
+        old = [r[0] for r in sql(db, "SELECT id FROM findings WHERE photo_id = ? ORDER BY id", photo_id)]
+        before = sql(db, "SELECT count(*) FROM corrections")[0][0]
+        view = ReviewHandlers.view
+        monkeypatch.setattr(ReviewHandlers, "view", lambda self, *a, **k: (time.sleep(1.5), view(self, *a, **k))[1])
+        page.locator("#sw-prev-photo").click()
+        page.locator(f"#sw-select input[type=radio][value='{old[-1]}']").click()  # the old photo's object
+        assert page.locator("#sw-keyhint").inner_text().startswith("Wait:")
+        page.locator("#sw-accept").click()
+        page.wait_for_function(f"() => !swBusy && !/Photo {photo_id} /.test(document.querySelector('#sw-header').innerText)",
+                               timeout=30_000)
+        page.wait_for_timeout(2500)  # what a click sent would have been answered by now
+        assert page.locator("[data-testid='toast-body']").all_inner_texts() == []  # no raw error from a stale value
+        assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before  # the accept aimed at the old photo: not sent
+        shown = page.locator("#sw-select input[type=radio]:checked").get_attribute("value")
+        assert shown is None or int(shown) not in old  # the new photo's panel, not the old object's
+        assert page.locator("#sw-keyhint").inner_text() == ""  # the wait is over: so is its hint

@@ -48,9 +48,12 @@ def _cmd_inspect(ns: argparse.Namespace) -> int:
                            lambda items, **kw: tqdm(items, **kw))
     write_json({"db": str(store.path), "inspected": report.inspected, "skipped_already_stored": report.skipped,
                 "objects": report.objects, "failed": [{"photo": n, "error": e} for n, e in report.failed],
+                "left_out_not_photos": report.left_out,
                 "seconds_ingesting": round(report.seconds, 1), "photos_per_s": round(report.photos_per_s, 3)}, None)
     for name, why in report.failed:
         print(f"FAILED {name}: {why}", file=sys.stderr)
+    for name in report.left_out:
+        print(f"LEFT OUT {name}: not a photo", file=sys.stderr)
     return 1 if report.failed and not (report.inspected or report.skipped) else 0
 
 

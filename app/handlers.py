@@ -216,7 +216,7 @@ class Handlers:
     def _inspect(self, pipeline, files, user, progress):
         from app.usecases.flight import count_sources, photo_sources
 
-        gallery, rows, problems, last, reused, pending = [], [], [], None, 0, 0
+        gallery, rows, problems, last, reused, pending, left_out = [], [], [], None, 0, 0, []
         names: dict[int, str] = {}  # photo id -> the name it was first uploaded under in this request
         # The same file given twice (an upload box that kept the last flight) is one file.
         uploads = list(dict.fromkeys(Path(f if isinstance(f, str) else f.name) for f in files))
@@ -224,7 +224,7 @@ class Handlers:
         # The last run's photos, message and "Review this photo" go at once: left up until this
         # run's first photo was done, "Review this photo" opened the last run's photo as if new.
         yield [], [], f"Inspecting {total} photo(s)…", None
-        for k, (name, source) in enumerate(progress.tqdm(photo_sources(uploads), total=total, desc="Inspecting photos")):
+        for k, (name, source) in enumerate(progress.tqdm(photo_sources(uploads, left_out=left_out), total=total, desc="Inspecting photos")):
             # Gradio keeps the upload's own name; a zip member is shown as "archive.zip:member".
             # A zip member comes as bytes (or its error) named "archive.zip:member"; a plain upload's
             # own name may hold a ":" (12:30.jpg) and is kept whole.
@@ -259,6 +259,9 @@ class Handlers:
         # The time and counts tell one run's answer from the last one's (the same photos give the same count).
         summary = (f"Inspected {len(gallery)} photo(s) at {time.strftime('%H:%M:%S')}: {len(rows)} object(s), {pending} to review."
                    + (f" {reused} had been inspected before (same content)." if reused else ""))
+        if left_out:  # a flight's videos and sidecar files, skipped without a word, looked inspected
+            named = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+            problems.append(f"− Left out, not photos: {html.escape(named)}")
         yield gallery, rows, "\n\n".join([*problems, summary] if gallery else [*problems, "Nothing inspected."]), last
 
     @staticmethod

@@ -41,6 +41,7 @@ def test_folder_and_zip_resumable_with_bad_files_listed(pipeline, tmp_path):
     for p in PHOTOS[:3]:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "notes.jpg").write_text("not a photo")
+    (folder / "DJI_0001.SRT").write_text("a drone's flight log, beside its photos")
     archive = tmp_path / "more.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for p in PHOTOS[3:5]:
@@ -59,6 +60,7 @@ def test_folder_and_zip_resumable_with_bad_files_listed(pipeline, tmp_path):
     assert report.inspected == 5 and report.skipped == 1 and report.objects == 5  # escape.jpg has photo 0's bytes: stored once
     assert sorted(n for n, _ in report.failed) == ["flight/notes.jpg", "missing.jpg"]
     assert all(why.startswith("expected") for _, why in report.failed)  # the name is said once, not repeated in the reason
+    assert report.left_out == ["flight/DJI_0001.SRT", "more.zip:readme.txt"]  # not photos: named, not dropped without a word
     assert not (tmp_path.parent / "escape.jpg").exists()
     assert [p.original_name for p in store.photos()] == [p.name for p in PHOTOS[:3]] + [p.name for p in PHOTOS[3:5]]
     again = ingest_flight(pipeline, store, [folder, archive], "ana")  # a second run resumes: nothing new

@@ -33,6 +33,7 @@ class FlightReport:
     inspected: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # files beside the photos that are not photos (a drone's .SRT, a readme)
     objects: int = 0
     seconds: float = 0.0
 
@@ -43,11 +44,13 @@ class FlightReport:
         return self.inspected / self.seconds if self.seconds else 0.0
 
 
-def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, object]]:
+def photo_sources(paths: list[Path], read: bool = True, left_out: list[str] | None = None) -> Iterator[tuple[str, object]]:
     """``(name, path or bytes)`` for every photo under ``paths``: files, folders (recursive, sorted)
     and ``.zip`` archives (members with an image suffix). A path that does not exist is yielded
     as-is so that it is reported as a failure, not silently dropped. ``read=False`` lists without
-    reading zip members (their source is then None): for counting."""
+    reading zip members (their source is then None): for counting. The other files of a folder or
+    archive that holds photos are named in ``left_out``: skipped without a word, a flight's videos
+    looked inspected."""
     for path in paths:
         path = Path(path)
         if path.is_dir():
@@ -55,6 +58,8 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
             photos = [q for q in files if q.suffix.lower() in SUFFIXES]
             for p in photos:
                 yield str(p.relative_to(path.parent)), p
+            if photos and left_out is not None:
+                left_out += [str(q.relative_to(path.parent)) for q in files if q.suffix.lower() not in SUFFIXES]
             if not photos:  # an empty or wrong folder said nothing: the run ended with no word on it
                 yield path.name, _no_photos(path.name, "folder", len(files))
         elif path.suffix.lower() == ".zip" and path.is_file():
@@ -68,6 +73,8 @@ def photo_sources(paths: list[Path], read: bool = True) -> Iterator[tuple[str, o
                 photos = [i for i in members if Path(i.filename).suffix.lower() in SUFFIXES]
                 if not photos:
                     yield path.name, _no_photos(path.name, "archive", len(members))
+                elif left_out is not None:
+                    left_out += [f"{path.name}:{i.filename}" for i in members if i not in photos]
                 for info in sorted(photos, key=lambda i: i.filename):
                     name = f"{path.name}:{info.filename}"
                     if info.file_size > MAX_UPLOAD_BYTES:  # read into memory: a bomb must not get that far
@@ -98,7 +105,7 @@ def count_sources(paths: list[Path]) -> int:
 def ingest_flight(pipeline: Pipeline, store: Store, paths: list[Path], user: str, progress: Callable | None = None) -> FlightReport:
     """Inspect every photo under ``paths`` into ``store``; ``progress`` wraps the iterable (tqdm)."""
     report, started = FlightReport(), time.perf_counter()
-    sources = photo_sources(paths)
+    sources = photo_sources(paths, left_out=report.left_out)
     if progress is not None:
         sources = progress(sources, total=count_sources(paths), unit="photo", desc="inspect")
     for name, source in sources:

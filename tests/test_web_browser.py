@@ -353,8 +353,13 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             # Another object shown by a route that does not ask (a script's click here): its fields
             # replaced the draft, and the next click must not ask about text no longer there.
             rat.fill("rill on the face")
+            detail = page.locator("#sw-detail").inner_text()
             page.locator(f"#sw-select input[type=radio][value='{sel}']").evaluate("el => el.click()")
             page.wait_for_selector(f"#sw-select input[type=radio][value='{sel}']:checked", timeout=20_000)
+            # Its panel shown, as a reviewer would see it before the next click (a script's click
+            # holds nothing, and a real click sent while it was being answered was dropped).
+            page.wait_for_function(f"document.querySelector('#sw-detail').innerText !== {detail!r}", timeout=20_000)
+            page.wait_for_timeout(300)
             unasked = []
             page.on("dialog", on_dialog := lambda d: (unasked.append(d.message), d.dismiss()))
             detail = page.locator("#sw-detail").inner_text()

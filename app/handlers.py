@@ -259,10 +259,11 @@ class Handlers:
         # The time and counts tell one run's answer from the last one's (the same photos give the same count).
         summary = (f"Inspected {len(gallery)} photo(s) at {time.strftime('%H:%M:%S')}: {len(rows)} object(s), {pending} to review."
                    + (f" {reused} had been inspected before (same content)." if reused else ""))
-        if left_out:  # a flight's videos and sidecar files, skipped without a word, looked inspected
-            named = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
-            problems.append(f"− Left out, not photos: {html.escape(named)}")
-        yield gallery, rows, "\n\n".join([*problems, summary] if gallery else [*problems, "Nothing inspected."]), last
+        # A flight's videos and sidecar files, skipped without a word, looked inspected. (Said after
+        # the run's result: news, not a failure.)
+        named = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        aside = [f"− Left out, not photos: {html.escape(named)}"] if left_out else []
+        yield gallery, rows, "\n\n".join([*problems, summary if gallery else "Nothing inspected.", *aside]), last
 
     @staticmethod
     def unspent_uploads(files):

@@ -43,7 +43,7 @@ HTMLElement.prototype.focus = function (opts) {
 };
 // A click on a box in the canvas selects that object in the side panel too: the click's place on
 // the canvas goes to the server, which picks the box the canvas picks (see ReviewHandlers.pick_at).
-let swDown = null, swClicks = 0, swDropped = false;
+let swDown = null, swClicks = 0, swDropped = false, swPicked = false;
 // A press on the canvas selects or moves a box, and the answer redraws the side panel: with an
 // unsaved rationale or note the page asks first (see swLeaveDraft), and drops the press whatever
 // the answer (a press held across the dialog would reach the canvas as a drag nobody made).
@@ -59,6 +59,7 @@ const swCanvasPress = (e) => {
 ['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click'].forEach((t) => document.addEventListener(t, swCanvasPress, true));
 document.addEventListener('pointerdown', (e) => {
   swDown = e.target.closest && e.target.closest('#sw-canvas canvas') ? [e.clientX, e.clientY] : null;
+  swPicked = false;
 }, true);
 document.addEventListener('pointerup', (e) => {
   const c = e.target.closest && e.target.closest('#sw-canvas canvas');
@@ -70,6 +71,7 @@ document.addEventListener('pointerup', (e) => {
   if (!box) return;
   box.value = [(e.clientX - r.left) / r.width, (e.clientY - r.top) / r.height, r.width, r.height, ++swClicks].join(',');
   box.dispatchEvent(new Event('input', {bubbles: true}));
+  swPicked = true;  // its answer (pick_at) is sure to come: held as a press's
 }, true);
 // After a drawn box is saved the canvas stays in draw mode, so the reviewer's next click on a box
 // starts another box instead of selecting it: back to drag/select mode when the add is saved.
@@ -203,12 +205,16 @@ document.addEventListener('pointerdown', (e) => {
   swPressedChecked = !!(r && r.checked);
 }, true);
 // A press on the canvas in drag mode, a click or the end of a drag, is answered with the panel of
-// its object. (Briefly at most: a drag that changed nothing, a pan, is answered by nothing. In draw
-// mode the box's class dialog comes first.)
+// its object. A click is always answered (pick_at), so it holds as a press does, panel clicks
+// included: Accept clicked 0.4 s after a click on another box accepted the object shown before,
+// never looked at, and a class clicked then raised a raw "not in the list of choices". (A drag only
+// briefly: one that changed nothing, a pan, is answered by nothing. In draw mode the box's class
+// dialog comes first.)
 document.addEventListener('pointerup', (e) => {
   const drag = document.querySelector("#sw-canvas button[aria-label='Drag boxes']");
   const onCanvas = e.isTrusted && e.target.closest && e.target.closest('#sw-canvas canvas');
-  if (onCanvas && !swDropped && drag && drag.classList.contains('selected')) swHold(true, 1500, 'canvas');
+  if (!onCanvas || swDropped || !drag || !drag.classList.contains('selected')) return;
+  if (swPicked) swHold(true); else swHold(true, 1500, 'canvas');
 }, true);
 document.addEventListener('keydown', (e) => {
   const t = e.target;

@@ -679,3 +679,33 @@ def test_clicks_on_a_panel_that_is_being_replaced_wait_and_say_so(app_url, sampl
         shown = page.locator("#sw-select input[type=radio]:checked").get_attribute("value")
         assert shown is None or int(shown) not in old  # the new photo's panel, not the old object's
         assert page.locator("#sw-keyhint").inner_text() == ""  # the wait is over: so is its hint
+
+        # A click on another box is answered with that object's panel (pick_at): Accept clicked
+        # before the answer accepted the object shown before, never looked at (a walk-through: 0.4 s).
+        monkeypatch.undo()
+        panel = ReviewHandlers.panel  # (pick_at itself was bound when the page was built: what it calls is slowed)
+        monkeypatch.setattr(ReviewHandlers, "panel", lambda self, *a, **k: (time.sleep(1.5), panel(self, *a, **k))[1])
+        shown_photo = int(page.locator("#sw-photo input").input_value())
+        here = int(page.locator("#sw-select input[type=radio]:checked").get_attribute("value"))
+        width, height = sql(db, "SELECT width, height FROM photos WHERE id = ?", shown_photo)[0]
+        live = sql(db, "SELECT s.finding_id, s.x1, s.y1, s.x2, s.y2 FROM finding_state s JOIN findings f ON f.id = s.finding_id "
+                       "WHERE f.photo_id = ? AND s.status != 'deleted'", shown_photo)
+        frame = page.locator("#sw-canvas canvas").bounding_box()
+        scale = min(frame["width"] / width, frame["height"] / height)  # drawn fitted and centred
+
+        def alone(o):  # a box whose centre no other box holds, away from every resize handle
+            cx, cy = (o[1] + o[3]) / 2, (o[2] + o[4]) / 2
+            return all(q is o or not (q[1] <= cx <= q[3] and q[2] <= cy <= q[4]) for q in live) and all(
+                abs(cx - hx) > 10 / scale or abs(cy - hy) > 10 / scale for q in live for hx in (q[1], (q[1] + q[3]) / 2, q[3])
+                for hy in (q[2], (q[2] + q[4]) / 2, q[4]) if (hx, hy) != ((q[1] + q[3]) / 2, (q[2] + q[4]) / 2))
+
+        target = next(o for o in live if o[0] != here and alone(o))
+        page.mouse.click(frame["x"] + (frame["width"] - width * scale) / 2 + (target[1] + target[3]) / 2 * scale,
+                         frame["y"] + (frame["height"] - height * scale) / 2 + (target[2] + target[4]) / 2 * scale)
+        page.locator("#sw-accept").click()
+        assert page.locator("#sw-keyhint").inner_text().startswith("Wait:")
+        page.wait_for_selector(f"#sw-select input[type=radio][value='{target[0]}']:checked", timeout=30_000)
+        page.wait_for_function("() => !swBusy", timeout=10_000)
+        page.wait_for_timeout(1000)
+        assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before  # nothing accepted: not #here, never looked at
+        assert page.locator("[data-testid='toast-body']").all_inner_texts() == []

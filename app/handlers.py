@@ -125,20 +125,24 @@ def overlays_dir() -> Path:
     return path
 
 
-def overlay_file(store: Store, photo_id: int, max_age_s: float = 3600.0) -> str:
+def overlay_file(store: Store, photo_id: int, max_age_s: float = 24 * 3600.0) -> str:
     """The photo's overlay as a file named by the photo and what is drawn on it.
 
-    Gradio serves a returned image from its cache; one written in place under a shared name can be
-    read half-written by a concurrent request for the same photo. A name per content (the photo's
-    hash and every drawn box, label and colour), written under a temporary name and renamed,
-    never changes once it exists. Overlays older than ``max_age_s`` are removed as new ones are
-    written (Gradio has its own copy by then).
+    One written in place under a shared name could be read half-written by a concurrent request
+    for the same photo. A name per content (the photo's hash and every drawn box, label and
+    colour), written under a temporary name and renamed, never changes once it exists. Overlays
+    not handed out for ``max_age_s`` are removed as new ones are written. Gradio serves them from
+    this folder (an allowed path), not from a copy, so one handed out again is marked used: the
+    same photo inspected again with the same findings (another day, another database) reuses the
+    old file, and the next sweep deleted it under the gallery that showed it (a blank tile, 403).
     """
     photo = store.photo(photo_id)
     drawn = overlay_items(store, store.photo_findings(photo_id))
     state = hashlib.sha256(repr(drawn).encode()).hexdigest()[:16]
     folder = overlays_dir()
     path = folder / f"{photo.sha256[:32]}-{state}.jpg"
+    with contextlib.suppress(FileNotFoundError):  # (a sweep may remove it between the two: write it anew)
+        os.utime(path)
     if not path.exists():
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".jpg.tmp")
         os.close(fd)

@@ -212,7 +212,9 @@ def build_library_tab(store, to_review: dict, open_finding, review_view, clip_fo
     # One lane for embedding and drawing: a map drawn while an embedding ran said "No embedded
     # objects yet" beside "Embedded 6 new photo(s)"; it now waits for the embedding to end.
     library_lane = {"concurrency_id": "library-embed", "concurrency_limit": 1}
-    embed_btn.click(h.embed, None, embed_msg, api_name="embed", **library_lane)
+    # A map drawn before kept saying "No embedded objects yet" after an embedding: drawn anew.
+    embed_btn.click(h.embed, None, embed_msg, api_name="embed", **library_lane).then(
+        h.draw, color_by, [map_view, map_msg], api_name=False, show_progress="hidden", **library_lane)
     draw_btn.click(h.draw, color_by, [map_view, map_msg], api_name="draw", show_progress="hidden", **library_lane)
     map_view.click(h.pick, None, map_pick, api_name="pick").then(open_finding, map_pick, review_view, api_name=False).then(
         **to_review).then(**RELEASE)

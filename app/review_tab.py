@@ -33,7 +33,12 @@ REVIEW_KEYS_JS = """
 const swStyle = document.createElement('style');
 // A blend's model version is one long token: wrapped, not cut at the panel's edge.
 swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[aria-label^="Rotate"]{display:none !important} '
-  + '#sw-detail code{word-break:break-all; white-space:normal}';
+  + '#sw-detail code{word-break:break-all; white-space:normal} '
+  // The header, the status line and the hint under it take the same room whether they say
+  // something or not: a status appearing after a press pushed the buttons a whole row down, and
+  // clearing on the next photo pulled them back up, so a reviewer's Delete, aimed where it was,
+  // landed on 'Accept likely right'. A longer text scrolls inside its box.
+  + '#sw-header{min-height:4.7em} #sw-messages{height:5.4em; overflow-y:auto; flex-wrap:nowrap}';
 document.head.appendChild(swStyle);
 // The canvas focuses itself on a click, and the browser then scrolls the whole canvas into view:
 // where it is taller than the window the photo jumped under the reviewer's mouse mid-drag.
@@ -380,7 +385,8 @@ def build_review_tab(store: Store, h: ReviewHandlers):
                 # Messages live beside the canvas, never above it: a line appearing above the canvas
                 # would move the photo under the reviewer's mouse in the middle of a drag.
                 header = gr.Markdown(elem_id="sw-header")
-                status = gr.Markdown(elem_id="sw-status")
+                with gr.Column(elem_id="sw-messages"):  # the status and the key hint after it (a fixed height)
+                    status = gr.Markdown(elem_id="sw-status")
                 # The actions sit right under the status line, so what a press said is read where it
                 # was pressed, and Photo done is in view without scrolling past a long object list.
                 with gr.Row():

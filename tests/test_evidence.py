@@ -46,6 +46,7 @@ def test_sentence_counts_the_verdicts_condition():
     # Most of them carry another condition: which, and how many.
     assert Evidence("toe_drain", "Toe drain", near).sentence(TAX) == "0 of the 5 most similar labelled toe drains were normal, 4 blocked"
     assert Evidence("toe_drain", "Toe drain", ()).sentence(TAX) == ""
+    assert Evidence("toe_drain", "Toe drain", NEAR).sentence(TAX) == "1 of the 5 most similar labelled toe drains was normal, 3 blocked"
     with pytest.raises(ValueError, match="neighbours of that type"):
         Evidence("rock_toe", "rock toe", near)
 
@@ -70,11 +71,12 @@ EVIDENCE = Evidence("toe_drain", "Toe drain- Blocked", NEAR)
 
 @pytest.mark.parametrize("text, evidence, problem", [
     ("Toe drain #1; 3 of the 5 most similar labelled toe drains were blocked.", EVIDENCE, None),
-    ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal.", EVIDENCE, None),  # another condition, counted right
-    ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal, 3 blocked.", EVIDENCE, None),
-    ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal, 4 blocked.", EVIDENCE, "3 of the 5 looked up were blocked"),
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains was normal.", EVIDENCE, None),  # another condition, counted right
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains was normal, 3 blocked.", EVIDENCE, None),
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains was normal, 4 blocked.", EVIDENCE, "3 of the 5 looked up were blocked"),
     ("Toe drain #1; 1 of the 5 most similar labelled toe drains were normal, 1 damaged.", EVIDENCE, None),
     ("Toe drain #1; 4 of the 5 most similar labelled toe drains were blocked.", EVIDENCE, "3 of the 5 looked up were blocked"),
+    ("Toe drain #1; 1 of the 5 most similar labelled toe drains was blocked.", EVIDENCE, "3 of the 5 looked up were blocked"),
     ("Toe drain #1; 3 of the 4 most similar labelled toe drains were blocked.", EVIDENCE, "3 of the 5 looked up"),
     ("Toe drain #1; 3 of the 5 most similar labelled slope drains were blocked.", EVIDENCE, "the object is a toe drain"),
     ("Toe drain #1; 3 of the 5 most similar labelled toe drains were blocked.", None, "no similar objects were looked up"),

@@ -410,6 +410,27 @@ def test_overlays_are_unique_files_that_never_change_once_written(app):
     assert second != str(first) and first.read_bytes() == content  # a new state is a new file; the old one is untouched
 
 
+def test_an_overlay_handed_out_again_is_not_swept_from_under_the_gallery(app, tmp_path, monkeypatch):
+    """Gradio serves overlays from their folder, not from a copy: one swept while a gallery shows it
+    is a blank tile (a 403). A photo inspected again with the same findings reuses its old file."""
+    from app.handlers import overlay_file
+
+    monkeypatch.setenv("SLOPEWATCH_DATA_DIR", str(tmp_path / "data"))  # only this test's overlays
+
+    *_, photo_id = inspect(app, PHOTOS[2])
+    reused = Path(overlay_file(app.store, photo_id))
+    stale = reused.with_name("0" * 32 + "-" + "0" * 16 + ".jpg")
+    stale.write_bytes(reused.read_bytes())
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in (reused, stale):
+        os.utime(path, (two_days_ago, two_days_ago))  # both written two days ago
+    assert overlay_file(app.store, photo_id) == str(reused)  # handed out again today
+    fid = app.r.open_photo(photo_id)[2]["value"]
+    app.store.correct(fid, app.store.state(fid).revision, "ana", "delete")
+    overlay_file(app.store, photo_id)  # a new overlay is written: the sweep runs
+    assert reused.exists() and not stale.exists()
+
+
 def test_one_reviewers_inspections_are_capped_and_the_count_never_leaks(probe_pipeline):
     lane, release, inside = InspectLane(per_user=2), threading.Event(), threading.Semaphore(0)
 

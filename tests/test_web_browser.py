@@ -138,6 +138,9 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             page.locator("#sw-review-this").click()
             page.wait_for_selector(f"#sw-header :text('Photo {photo_id}')", timeout=30_000)
             page.wait_for_timeout(1000)
+            # Where the buttons are with nothing said yet: a status line must not move them (below).
+            buttons_at = "() => ['#sw-accept', '#sw-delete'].map(b => document.querySelector(b).getBoundingClientRect().top + scrollY)"
+            quiet_buttons = page.evaluate(buttons_at)
             width, height = sql(db, "SELECT width, height FROM photos WHERE id = ?", photo_id)[0]
             frame = page.locator("#sw-canvas canvas").bounding_box()
             scale = frame["height"] / height  # screen px per photo px: the enlarged photo fills the canvas's height
@@ -180,6 +183,13 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
 
             page.wait_for_selector("#sw-status :text('Saved: added')", timeout=20_000)
             page.wait_for_timeout(1500)  # the canvas redraws with the new box's "#k" label
+            # The status came, and with it the "Wait" hint's line, each as long as text can be: the
+            # buttons stay where they were (a Delete aimed where it was landed on another button).
+            page.evaluate("() => swHint('Wait: ' + 'a long hint. '.repeat(12))")
+            page.evaluate("() => { const p = document.createElement('p'); p.id = 'sw-test-long'; "
+                          "p.textContent = 'a long status. '.repeat(20); document.querySelector('#sw-status').appendChild(p); }")
+            assert page.evaluate(buttons_at) == quiet_buttons
+            page.evaluate("() => { swHint(''); document.getElementById('sw-test-long').remove(); }")
 
             # The canvas is back in drag/select mode by itself once the box is saved, so the next
             # click selects a box instead of starting another one.
@@ -475,11 +485,13 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
             assert page.evaluate("() => !document.activeElement.closest('#sw-note')")
             page.screenshot(path=str(tmp_path / "review-next.png"))
 
-            # Library: embed, draw the map, click a point: the Review tab opens on that object.
+            # Library: embed (the map is drawn anew after it: one drawn before still said "No
+            # embedded objects yet"), click a point: the Review tab opens on that object.
             page.get_by_role("tab", name="Library").click()
+            page.locator("#sw-draw-map").click()
+            page.wait_for_selector("#sw-map :text('No embedded objects yet')", timeout=60_000)
             page.locator("#sw-embed").click()
             page.wait_for_selector("#sw-embed-msg :text('Embedded 2 new photo')", timeout=120_000)
-            page.locator("#sw-draw-map").click()
             other = sql(db, "SELECT max(finding_id) FROM finding_state WHERE status != 'deleted'")[0][0]
             point = page.locator(f"#sw-map circle[data-fid='{other}']")
             point.wait_for(timeout=60_000)

@@ -89,8 +89,9 @@ class Evidence:
         if not self.neighbours:
             return ""
         other = self.outvoting
+        verb = "was" if self.agreeing == 1 else "were"
         return (f"{self.agreeing} of the {len(self.neighbours)} most similar labelled {plural(self.object_type)} "
-                f"were {condition_word(taxonomy, self.class_name)}" + (f", {other[1]} {condition_word(taxonomy, other[0])}" if other else ""))
+                f"{verb} {condition_word(taxonomy, self.class_name)}" + (f", {other[1]} {condition_word(taxonomy, other[0])}" if other else ""))
 
 
 def plural(type_name: str) -> str:

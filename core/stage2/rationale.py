@@ -148,7 +148,7 @@ def _probability_claims(text: str, probabilities: dict[str, float], taxonomy: Ta
     return problems
 
 
-_NEIGHBOURS = re.compile(r"(?P<n>\d+) of the (?P<k>\d+) most similar labelled (?P<type>[a-z ]+?) were (?P<word>[a-z]+)"
+_NEIGHBOURS = re.compile(r"(?P<n>\d+) of the (?P<k>\d+) most similar labelled (?P<type>[a-z ]+?) (?:were|was) (?P<word>[a-z]+)"
                          r"(?:, (?P<m>\d+) (?P<other>[a-z]+))?")
 
 

@@ -16,6 +16,7 @@ from app.usecases.evidence import compare_similar
 from core.attribution import NUDGE_IOU
 from core.errors import SlopewatchError
 from core.overlay import DEFAULT_COLORS
+from core.stage2.rationale import stale_citations
 from core.types import Status
 from db.store import Store
 
@@ -134,7 +135,8 @@ class ReviewHandlers(ReviewEdits):
         blank = ("", gr.update(choices=[], value=None), "", "", [], None, gr.update(value=None), gr.update(choices=[], value=None))
         if finding_id is None or photo_id is None:
             return blank
-        found = [f for f in findings or self.store.photo_findings(int(photo_id)) if f.finding_id == int(finding_id)]
+        findings = findings or self.store.photo_findings(int(photo_id))
+        found = [f for f in findings if f.finding_id == int(finding_id)]
         if not found:
             return blank
         f, s = found[0], found[0].state
@@ -150,6 +152,10 @@ class ReviewHandlers(ReviewEdits):
         if s.class_name != f.model_class and f.model_class:
             said = f": {f.model_rationale}" if f.model_rationale and not f.from_labels else "."
             lines.append(f"The {'label' if f.from_labels else 'model'} said **{f.model_class}**{said}")
+        now = {o.index: None if o.state.status is Status.DELETED else o.state.object_type for o in findings}
+        stale = stale_citations(s.rationale, now, tax)
+        if stale:
+            lines.append(f"⚠ The rationale cites what has changed since it was written: {'; '.join(stale)}.")
         history = [[h.revision, h.reviewer, h.action, time.strftime("%m-%d %H:%M", time.localtime(h.created_at)), _changes(h.before, h.after)]
                    for h in self.store.history(f.finding_id)]
         classes = [c.name for c in tax.classes_for_type(s.object_type)]

@@ -37,7 +37,7 @@ swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[ari
   // The header, the status line and the hint under it take the same room whether they say
   // something or not: a status appearing after a press pushed the buttons a whole row down, and
   // clearing on the next photo pulled them back up, so a reviewer's Delete, aimed where it was,
-  // landed on 'Accept likely right'. A longer text scrolls inside its box.
+  // could land on 'Accept likely right'. A longer text scrolls inside its box.
   + '#sw-header{min-height:4.7em} #sw-messages{height:5.4em; overflow-y:auto; flex-wrap:nowrap}';
 document.head.appendChild(swStyle);
 // The canvas focuses itself on a click, and the browser then scrolls the whole canvas into view:

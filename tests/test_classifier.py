@@ -7,7 +7,7 @@ from PIL import Image
 from core.stage2.backends.probe import fit_probe
 from core.stage2.backends.type_majority import TypeMajority
 from core.stage2.classifier import ConditionClassifier, photo_context
-from core.stage2.rationale import template_rationale, trim_unfinished, unfaithful_claims, with_verdict
+from core.stage2.rationale import stale_citations, template_rationale, trim_unfinished, unfaithful_claims, with_verdict
 from core.stage2.spatial import spatial_facts
 from core.taxonomy import load_taxonomy
 from core.types import Box, Detection, Finding
@@ -184,3 +184,19 @@ def test_the_classifier_appends_the_verdict_to_a_backends_own_rationale():
     assert toe.rationale.startswith("Toe drain #1 in the bottom band. Toe drain- Damaged at 50%, runner-up Toe drain- Blocked at 33%")
     assert not unfaithful_claims(toe.rationale, 1, DETS, FACTS, TAX, toe.probabilities)
     assert findings[0].rationale == template_rationale(findings[0].probabilities, 0, DETS, FACTS, 300)  # none written: template
+
+
+NOW = {0: "rock_toe", 1: "toe_drain", 2: None, 3: "rock_toe"}  # #2 deleted, #3 retyped from a toe drain
+
+
+@pytest.mark.parametrize("rationale, stale", [
+    ("Toe drain #1 in the bottom band, next to rock toe #0.", []),
+    ("Toe drain #1 in the bottom band, next to rock toe #2.", ["rock toe #2 was deleted"]),
+    ("Toe drain #1, at the lower end of toe drain #3; above toe drain #3.", ["toe drain #3 is now a rock toe"]),
+    ("Toe drain #1 next to Rock toe #2 and slope drain #7.", ["rock toe #2 was deleted", "slope drain #7 is not on this photo"]),
+    ("Silt in the channel, see photo #2.", []),  # not an object type: no claim about #2
+    ("", []),
+    (None, []),
+])
+def test_stale_citations_table(rationale, stale):
+    assert stale_citations(rationale, NOW, TAX) == stale

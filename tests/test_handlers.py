@@ -890,3 +890,22 @@ def test_review_keys_queue_in_one_lane_one_at_a_time(tmp_path):
     for name in ("save_canvas", "set_class", "accept", "accept_all", "delete", "undo", "photo_done", "edit_rationale", "add_note"):
         assert (fns[name].concurrency_id, fns[name].concurrency_limit) == ("review", 1), name
     assert fns["delete"].trigger_mode == "once"  # a double-clicked Delete is one delete
+
+
+def test_a_rationale_citing_an_object_deleted_or_retyped_since_says_so(app):
+    """A walk-through: #0's accepted rationale still said "next to rock toe #2" after #2 was
+    deleted as a false box, and read as true. The panel now says what changed since."""
+    import re
+
+    *_, photo_id = inspect(app, PHOTOS[1])
+    findings = app.store.photo_findings(photo_id)
+    by_index = {f.index: f for f in findings}
+    reader, cited = next((f, int(m.group(1))) for f in findings for m in re.finditer(r"#(\d+)", f.state.rationale or "")
+                         if int(m.group(1)) != f.index)
+    detail = app.r.panel(photo_id, reader.finding_id)[0]
+    assert "⚠" not in detail  # every citation holds
+    gone = by_index[cited]
+    app.store.correct(gone.finding_id, gone.state.revision, "ana", "delete")
+    detail = app.r.panel(photo_id, reader.finding_id)[0]
+    said = f"⚠ The rationale cites what has changed since it was written: {gone.state.object_type.replace('_', ' ')} #{cited} was deleted"
+    assert said in detail

@@ -7,7 +7,7 @@ reviewer can find each one on the overlay and the checker can verify each claim 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from core.stage2.evidence import Evidence, condition_word, plural
 from core.stage2.spatial import Fact, band
@@ -125,6 +125,36 @@ def unfaithful_claims(rationale: str, index: int, detections: Sequence[Detection
         if re.search(rf"\b{re.escape(human(t))}s?\b", text) and human(t) not in found:
             problems.append(f"mentions a {human(t)}, but stage 1 found none")
     return problems
+
+
+def stale_citations(rationale: str, now: Mapping[int, str | None], taxonomy: Taxonomy) -> list[str]:
+    """The objects ``rationale`` cites (``<type> #k``) that are no longer what it says, once
+    reviewers have changed the photo: deleted, now of another type, or not on it. True when it was
+    written, a rationale that still says "next to rock toe #2" after #2 was deleted as a false box
+    misleads the reviewer reading it.
+
+    Args:
+        now: each object index on the photo → its type now, or None where it was deleted.
+
+    Returns:
+        One phrase per stale citation, in the order cited (``"rock toe #2 was deleted"``,
+        ``"toe drain #3 is now a rock toe"``); empty when every citation still holds.
+    """
+    type_words = {human(t): t for t in taxonomy.type_names}
+    stale, seen = [], set()
+    for m in _CITE.finditer((rationale or "").lower()):
+        k, words = int(m.group("idx")), m.group("type").strip()
+        cited = next((w for w in type_words if words.endswith(w)), None)
+        if cited is None or k in seen:
+            continue
+        seen.add(k)
+        if k not in now:
+            stale.append(f"{cited} #{k} is not on this photo")
+        elif now[k] is None:
+            stale.append(f"{cited} #{k} was deleted")
+        elif now[k] != type_words[cited]:
+            stale.append(f"{cited} #{k} is now a {human(now[k])}")
+    return stale
 
 
 _PERCENT = re.compile(r"(?P<label>[a-z][a-z -]*?)\s+at\s+(?P<pct>\d{1,3})%")

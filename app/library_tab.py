@@ -146,7 +146,10 @@ class LibraryHandlers:
             return [], [], f"⚠ {exc}"
         table = [[h.finding.finding_id, h.finding.photo_id, h.finding.state.class_name, str(h.finding.state.status), round(h.score, 3),
                   h.finding.state.rationale or "", h.finding.state.note or ""] for h in hits]
-        return [(thumbnail(self.store, h.finding), _caption(h)) for h in hits], table, f"{len(hits)} finding(s)."
+        # A ranking, not a match: every embedded finding has a score, and "12 finding(s)" for a
+        # search of 12 objects read as 12 matches (a walk-through).
+        said = f"The {len(hits)} finding(s) closest to your text, closest first (score: similarity; the filters narrow the list)."
+        return [(thumbnail(self.store, h.finding), _caption(h)) for h in hits], table, said
 
     def photo_search(self, query):
         from core.library.photo_search import search_photos

@@ -171,8 +171,10 @@ const swHold = (on, ms = 10000, by = 'press') => {
 // frees only what a press on the canvas held (it freed a key's hold before the key's answer came).
 window.swAnswered = (by) => { if (swBusy && (!by || by === swHeldBy)) swHold(false); };
 window.swAsked = () => swHold(true, 10000, 'tab');
+// What other tabs (Inspect, the Queue, the library map) offer that opens a photo here.
+const SW_OTHER_TABS = '#sw-review-this, #sw-map, #sw-queue, #sw-objects';
 const SW_MOVES = '#sw-select input, #sw-class input, #sw-prev-photo, #sw-next-photo, #sw-next-queue, #sw-accept, #sw-accept-all, '
-  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';  // Inspect, the library map: a photo here
+  + '#sw-accept-likely, #sw-delete, #sw-undo, #sw-done, #sw-retype, #sw-review-this, #sw-map';
 // A table row is picked on mousedown, before any click: asked then, and a refused row's click dropped.
 const SW_ROWS = ['#sw-photo-objects', '#sw-queue', '#sw-objects'].map((t) => `${t} [role=gridcell]`).join(', ');
 const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmediatePropagation(); return false; } return true; };
@@ -182,7 +184,7 @@ const swGuard = (e) => { if (!swLeaveDraft()) { e.preventDefault(); e.stopImmedi
 // answered such a click is refused, and said. (Not after a press on the canvas: a pan is answered
 // by nothing, and its hold only times out. Nor from other tabs, where the hint is not seen.)
 const swWait = (e) => {
-  if (!swBusy || swHeldBy === 'canvas' || e.target.closest('#sw-review-this, #sw-map, #sw-queue, #sw-objects')) return false;
+  if (!swBusy || swHeldBy === 'canvas' || e.target.closest(SW_OTHER_TABS)) return false;
   e.preventDefault(); e.stopImmediatePropagation(); swHint(SW_WAIT_CLICK);
   return true;
 };

@@ -160,7 +160,7 @@ def bench_review(cfg: ReviewBenchConfig) -> dict:
         if left:
             bulk_accepted += left
             view = dict(zip(view_keys, timed("accept_all", r.accept_all, photo_id, view["seen"], who)[1:]))
-        timed("photo_done", r.photo_done, photo_id, who)
+        timed("photo_done", r.photo_done, photo_id, view["seen"], who)
         view = dict(zip(view_keys, timed("next_photo", r.next_in_queue, photo_id)))
     every = np.concatenate([np.asarray(v) for v in times.values()])
     n = len(truth)

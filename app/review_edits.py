@@ -151,7 +151,16 @@ class ReviewEdits:
     def delete(self, photo_id, finding_id, revision, request: gr.Request):
         if finding_id is None:
             return self._after(photo_id, None, self._no_object(photo_id, "Select an object first."))
-        return self._edit(photo_id, None, lambda user: self._apply(finding_id, revision, user, "delete"), request)
+        deleted = []
+
+        def work(user):
+            message = self._apply(finding_id, revision, user, "delete")
+            deleted.append(finding_id)
+            return message
+
+        # Refused, the object stays selected: the message says "try again", and a second Delete
+        # with #0 selected instead deleted #0 (a walk-through: bo's Delete on #2, relabelled by ana).
+        return self._edit(photo_id, lambda: None if deleted else int(finding_id), work, request)
 
     def edit_rationale(self, photo_id, finding_id, revision, text, request: gr.Request):
         if not (text or "").strip():
@@ -198,11 +207,12 @@ class ReviewEdits:
 
         return self._edit(photo_id, lambda: undone[0] if undone else None, work, request)
 
-    def photo_done(self, photo_id, request: gr.Request):
-        """Mark the photo reviewed; while objects are pending, say which, and show the first."""
+    def photo_done(self, photo_id, seen, request: gr.Request):
+        """Mark the photo reviewed as the reviewer was shown it (``seen``); while objects are
+        pending, say which, and show the first."""
         def work(user):
             try:
-                review.confirm(self.store, int(photo_id), user)
+                review.confirm(self.store, int(photo_id), user, seen or {})
             except AlreadyDone:
                 return "Nothing saved: this photo is already done ✓ and nothing changed since."
             except StillPending as exc:

@@ -476,5 +476,5 @@ def build_review_tab(store: Store, h: ReviewHandlers):
     compare.click(h.compare_similar, select, [compare_text, compare_gallery], api_name="compare_similar", **quiet)
     # Another object selected: the last comparison no longer applies.
     select.change(lambda _: ("", []), select, [compare_text, compare_gallery], api_name=False, **quiet)
-    done.click(h.photo_done, photo, edit_out, api_name="photo_done", **edit).then(**RELEASE)
+    done.click(h.photo_done, [photo, seen], edit_out, api_name="photo_done", **edit).then(**RELEASE)
     return photo, view, status

@@ -322,7 +322,7 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     stale = app.r.accept(photo_id, first, -1, ANA)
     assert stale[0].startswith("⚠ Not saved") and view(stale, 1)["select"]["value"] == first
     n_before = len(rows(app.db, "SELECT id FROM corrections"))
-    done_early = app.r.photo_done(photo_id, ANA)
+    done_early = app.r.photo_done(photo_id, shown(app.r, photo_id), ANA)
     still = sorted(f.index for f in app.store.photo_findings(photo_id) if f.state.status == "pending")
     assert done_early[0].startswith(f"⚠ Not done yet: #{still[0]}") and "still pending" in done_early[0]
     assert len(rows(app.db, "SELECT id FROM photo_reviews")) == 0
@@ -337,14 +337,14 @@ def test_class_keys_accept_accept_all_undo_and_photo_done(app):
     assert rows(app.db, "SELECT count(*) FROM corrections WHERE action = 'undo' AND reviewer = 'ana'") == [(accepted,)]
     assert sorted(f.state.status for f in app.store.photo_findings(photo_id)).count("pending") == accepted
     app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
-    done = view(app.r.photo_done(photo_id, ANA), 1)
+    done = view(app.r.photo_done(photo_id, shown(app.r, photo_id), ANA), 1)
     assert "reviewed" in done["header"] and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("ana",)]
     # The canvas marks decided boxes as the object list does, and the mark is no class change.
     assert all(b["label"].endswith(" ✓") for b in done["canvas"]["boxes"])
     n = len(rows(app.db, "SELECT id FROM corrections"))
     assert not isinstance(app.r.save_canvas(photo_id, done["canvas"], done["seen"], ANA)[0], str)  # no line: nothing to say
     assert len(rows(app.db, "SELECT id FROM corrections")) == n
-    again = app.r.photo_done(photo_id, ANA)
+    again = app.r.photo_done(photo_id, shown(app.r, photo_id), ANA)
     assert again[0].startswith("Nothing saved: this photo is already done") and rows(app.db, "SELECT count(*) FROM photo_reviews") == [(1,)]
 
 
@@ -359,7 +359,7 @@ def test_next_photo_and_queue_by_photo(app):
     assert wrapped["photo"] == ids[0] and wrapped["header"].startswith("↻ Past the last photo: back to the first.")  # wraps, and says so
     assert view(app.r.prev_photo(ids[0]))["header"].startswith("↻ Before the first photo: on to the last.")
     app.r.accept_all(ids[0], shown(app.r, ids[0]), ANA)
-    app.r.photo_done(ids[0], ANA)
+    app.r.photo_done(ids[0], shown(app.r, ids[0]), ANA)
     assert [r[0] for r in app.h.queue_rows("", "", "", "", "")][-1] == ids[0]  # a done photo goes last
     assert view(app.r.next_in_queue(ids[0]))["photo"] == ids[1]
     assert view(app.r.next_in_queue(ids[1]))["header"].startswith("This is the last photo left to review.")
@@ -384,7 +384,7 @@ def test_next_photo_and_queue_by_photo(app):
     assert list(app.r.open_first(ids[0])) == [gr.skip()] * len(ReviewHandlers.VIEW + ReviewHandlers.PANEL)
     # The queue emptied: the button says so instead of doing nothing.
     app.r.accept_all(ids[1], shown(app.r, ids[1]), ANA)
-    app.r.photo_done(ids[1], ANA)
+    app.r.photo_done(ids[1], shown(app.r, ids[1]), ANA)
     emptied = view(app.r.next_in_queue(ids[1]))
     assert emptied["photo"] == ids[1] and emptied["header"].startswith("✓ Every photo is reviewed: nothing left in the queue.")
 
@@ -841,7 +841,7 @@ def test_export_says_what_it_left_out(app):
     assert message.endswith("1 photo(s) not done yet were left out (tick “Also export photos not yet marked done” "
                             "to export them marked).")
     app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
-    app.r.photo_done(photo_id, ANA)
+    app.r.photo_done(photo_id, shown(app.r, photo_id), ANA)
     zipped, message = app.h.export("yolo", False, 0)
     assert message.startswith("Exported 1 reviewed photo(s)") and "left out" not in message
     with zipfile.ZipFile(zipped) as z:
@@ -909,3 +909,37 @@ def test_a_rationale_citing_an_object_deleted_or_retyped_since_says_so(app):
     detail = app.r.panel(photo_id, reader.finding_id)[0]
     said = f"⚠ The rationale cites what has changed since it was written: {gone.state.object_type.replace('_', ' ')} #{cited} was deleted"
     assert said in detail
+
+
+def test_a_refused_delete_keeps_its_object_and_photo_done_is_refused_on_a_view_changed_since(app):
+    """A two-reviewer walk-through: bo's Delete on #2, which ana had just relabelled, was refused
+    ("try again") with #0 selected instead, and his second Delete deleted #0. And bo's Photo done
+    on a photo ana had just relabelled saved "photo reviewed ✓": a label he never saw."""
+    *_, photo_id = inspect(app, PHOTOS[1])
+    bo_saw = shown(app.r, photo_id)
+    findings = app.store.photo_findings(photo_id)
+    tax = app.store.taxonomy
+    target = next(f for f in findings if f.index > 0 and len(tax.classes_for_type(f.state.object_type)) > 1)
+    other = next(c.name for c in tax.classes_for_type(target.state.object_type) if c.name != target.state.class_name)
+    app.r.set_class(photo_id, target.finding_id, target.state.revision, other, ANA)  # ana relabels it
+    refused = app.r.delete(photo_id, target.finding_id, target.state.revision, BO)
+    assert refused[0].startswith("⚠ Not saved") and view(refused, 1)["select"]["value"] == target.finding_id
+    again = app.r.delete(photo_id, target.finding_id, view(refused, 1)["revision"], BO)  # as the message invites
+    assert again[0].startswith(f"Saved: #{target.index} deleted")
+    assert rows(app.db, "SELECT finding_id FROM corrections WHERE action = 'delete'") == [(target.finding_id,)]
+
+    app.r.accept_all(photo_id, shown(app.r, photo_id), ANA)
+    bo_saw = shown(app.r, photo_id)  # bo's view: everything decided
+    decided = next(f for f in app.store.photo_findings(photo_id) if f.state.status == "reviewed"
+                   and len(tax.classes_for_type(f.state.object_type)) > 1)
+    relabel = next(c.name for c in tax.classes_for_type(decided.state.object_type) if c.name != decided.state.class_name)
+    app.r.set_class(photo_id, decided.finding_id, decided.state.revision, relabel, ANA)
+    stale = app.r.photo_done(photo_id, bo_saw, BO)
+    assert stale[0].startswith(f"⚠ Not saved: the photo changed since you loaded it (#{decided.index}: ana relabelled it")
+    assert rows(app.db, "SELECT count(*) FROM photo_reviews") == [(0,)]
+    # Reloaded, it is confirmed; his own edits since the view he acts on do not count against him.
+    reloaded = view(stale, 1)["seen"]
+    app.r.add_note(photo_id, decided.finding_id, app.store.state(decided.finding_id).revision, "checked the outlet", BO)
+    assert app.store.state(decided.finding_id).revision != reloaded[str(decided.finding_id)]
+    mine = app.r.photo_done(photo_id, reloaded, BO)
+    assert mine[0] == "Saved: photo reviewed ✓." and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("bo",)]

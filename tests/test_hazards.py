@@ -351,7 +351,7 @@ def test_a_traversal_name_stays_a_name(app, tmp_path):
     odd.write_bytes(PHOTOS[3].read_bytes())
     *_, last = inspect(app, odd)
     app.r.accept_all(last, {str(f.finding_id): f.state.revision for f in app.store.photo_findings(last)}, ANA)
-    app.r.photo_done(last, ANA)
+    app.r.photo_done(last, {str(f.finding_id): f.state.revision for f in app.store.photo_findings(last)}, ANA)
     out = tmp_path / "export"
     export(app.store, out)
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*evil*"))

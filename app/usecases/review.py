@@ -110,17 +110,20 @@ class StalePhoto(SlopewatchError):
         self.touched = touched
 
 
-def photo_changes(store: Store, findings: list[StoredFinding], seen: dict) -> list[str]:
-    """What changed on a photo since a reviewer saw ``seen`` (``{finding id: revision}``)."""
+def photo_changes(store: Store, findings: list[StoredFinding], seen: dict, but: str | None = None) -> list[str]:
+    """What changed on a photo since a reviewer saw ``seen`` (``{finding id: revision}``); ``but``:
+    leave out what that reviewer changed (her own edits, answered after the view she acted on)."""
     revisions = {int(k): int(v) for k, v in (seen or {}).items()}
     out = []
     for f in findings:
         s = f.state
         if f.finding_id not in revisions:
-            if s.status is not Status.DELETED:
+            if s.status is not Status.DELETED and (but is None or s.updated_by != but):
                 out.append(f"#{f.index} added by {s.updated_by or 'the model'}")
         elif s.revision != revisions[f.finding_id]:
-            out.append(f"#{f.index}: {by_other(store.history(f.finding_id)[-1], s)}")
+            history = store.history(f.finding_id)
+            if but is None or any(c.reviewer != but for c in history if c.revision > revisions[f.finding_id]):
+                out.append(f"#{f.index}: {by_other(history[-1], s)}")
     return out
 
 
@@ -289,7 +292,17 @@ def undo(store: Store, photo_id: int, reviewer: str) -> Undone:
     return Undone(tuple(states), tuple(undid))
 
 
-def confirm(store: Store, photo_id: int, reviewer: str):
-    """Mark the photo reviewed: every object decided, confirmed by this reviewer."""
+def confirm(store: Store, photo_id: int, reviewer: str, seen: dict):
+    """Mark the photo reviewed: every object decided, confirmed by this reviewer as she was shown
+    it (``seen``: ``{finding id: revision}``).
+
+    Raises:
+        StalePhoto: another reviewer changed the photo since (what changed is named); nothing is
+            written. Photo done confirmed a label its reviewer never saw (a walk-through: bo's
+            Shift+D on a photo ana had just relabelled saved "photo reviewed ✓").
+    """
     store.ensure_user(reviewer)
+    changed = photo_changes(store, store.photo_findings(photo_id), seen, but=reviewer)
+    if changed:
+        raise StalePhoto(f"the photo changed since you loaded it ({'; '.join(changed)})")
     return store.confirm_photo(photo_id, reviewer)

@@ -134,6 +134,8 @@ def load_dataset(data_yaml: str | Path, taxonomy: Taxonomy | None = None) -> Yol
         img_dir = _resolve_split_dir(root, str(spec[key]))
         if img_dir is None:
             raise DatasetError(f"split {key!r}: expected an image folder at {root / str(spec[key])}, found none", str(yaml_path))
+        if img_dir.resolve() in {d.resolve() for d in split_dirs.values()}:
+            continue  # a folder read already (val: train/images, so ultralytics reads the file): nothing held out
         split_dirs[split] = img_dir
     if not split_dirs:
         raise DatasetError(f"expected at least one of {sorted(SPLIT_KEYS)} keys", str(yaml_path))

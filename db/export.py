@@ -171,7 +171,16 @@ def export(store: Store, out: Path, fmt: str = "yolo", include_unreviewed: bool 
     if fmt == "yolo":
         # Only the splits that hold photos: load_dataset refuses a split key without its folder.
         present = {("val" if s == "valid" else s): f"{s}/images" for s in SPLITS if splits[s]}  # "val": what ultralytics reads
-        (out / "data.yaml").write_text(yaml.safe_dump({**present, "nc": len(tax.class_names), "names": tax.class_names}, sort_keys=False))
+        note = ""
+        if "train" in present and "val" not in present:
+            # ultralytics refuses a data.yaml without val ("'val:' key missing"), and the default
+            # export holds nothing out: val lists the train photos, and says so. (slopewatch's own
+            # reader reads a folder once, so its tools see no valid split here.)
+            present["val"] = present["train"]
+            note = ("# No photo is held out (--valid-percent 0): val lists the train photos so that ultralytics\n"
+                    "# reads this file; a score on it is not a held-out score.\n")
+        spec = yaml.safe_dump({**present, "nc": len(tax.class_names), "names": tax.class_names}, sort_keys=False)
+        (out / "data.yaml").write_text(note + spec)
     else:
         (out / "annotations.json").write_text(json.dumps(coco, indent=2))
     (out / "manifest.json").write_text(json.dumps({"images": manifest}, indent=2))

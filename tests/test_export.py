@@ -144,13 +144,27 @@ def test_valid_percent_splits_by_photo_hash(tmp_path, fmt):
         assert (len(ds.samples("train")), len(ds.samples("valid"))) == (10 - n_valid, n_valid)
 
 
-@pytest.mark.parametrize("percent, keys, folders", [(0, {"train"}, {"train"}), (100, {"val"}, {"valid"})])
+@pytest.mark.parametrize("percent, keys, folders", [(0, {"train", "val"}, {"train"}), (100, {"val"}, {"valid"})])
 def test_data_yaml_lists_only_present_splits(three, tmp_path, percent, keys, folders):
     store, _ = three
     export(store, tmp_path / "out", valid_percent=percent, include_unreviewed=True)
     spec = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text())
     assert set(spec) - {"nc", "names"} == keys
     assert {p.name for p in (tmp_path / "out").iterdir()} == folders | {"data.yaml", "manifest.json"}
+    assert set(load_dataset(tmp_path / "out" / "data.yaml").split_dirs) == {"train" if f == "train" else "valid" for f in folders}
+
+
+def test_the_default_export_is_a_data_yaml_ultralytics_reads(three, tmp_path):
+    """Nothing held out by default, and ultralytics refused the file: "'val:' key missing". val
+    lists the train photos, the file says so, and slopewatch's own reader sees no valid split."""
+    check_det_dataset = pytest.importorskip("ultralytics.data.utils").check_det_dataset
+    store, _ = three
+    export(store, tmp_path / "out", include_unreviewed=True)
+    text = (tmp_path / "out" / "data.yaml").read_text()
+    assert text.startswith("# No photo is held out")
+    spec = check_det_dataset(str(tmp_path / "out" / "data.yaml"), autodownload=False)
+    assert Path(spec["train"]) == Path(spec["val"]) == (tmp_path / "out" / "train" / "images").resolve()
+    assert list(load_dataset(tmp_path / "out" / "data.yaml").split_dirs) == ["train"]
 
 
 def test_yolo_round_trip_gives_back_boxes_and_classes(three, tmp_path):

@@ -107,8 +107,9 @@ class ReviewHandlers(ReviewEdits):
             selected = selected.finding_id if selected is not None else None
         state = "✓ reviewed" + (f" by {progress.confirmed_by}" if progress.confirmed_by else "") if progress.done else (
             f"{progress.n_pending} pending" if progress.n_pending else "all decided — press **Photo done** (Shift+D)")
-        header = (f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}. "
-                  f"Draw, move, resize or delete boxes on the canvas; each edit is saved at once.")
+        # (How to edit boxes is in the legend under the canvas: said here too, it made the header
+        # four lines under a long file name, and the buttons below it moved from photo to photo.)
+        header = f"**Photo {photo.id}** {photo.original_name or ''} — {progress.n_objects} object(s), {state}."
         choices = [(f"#{f.index} {f.state.class_name or f.state.object_type}" + (" ✓" if f.state.status is Status.REVIEWED else "")
                     + (f" {LIKELY_MARK}" if f.finding_id in band else "") + (f" {LABEL_MARK}" if f.from_labels else ""), f.finding_id)
                    for f in live]

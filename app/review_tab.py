@@ -38,7 +38,7 @@ swStyle.textContent = '.sw-hidden{display:none !important} #sw-canvas button[ari
   // something or not: a status appearing after a press pushed the buttons a whole row down, and
   // clearing on the next photo pulled them back up, so a reviewer's Delete, aimed where it was,
   // could land on 'Accept likely right'. A longer text scrolls inside its box.
-  + '#sw-header{min-height:4.7em} #sw-messages{height:5.4em; overflow-y:auto; flex-wrap:nowrap}';
+  + '#sw-header{min-height:5em} #sw-messages{height:7em; overflow-y:auto; flex-wrap:nowrap}';
 document.head.appendChild(swStyle);
 // The canvas focuses itself on a click, and the browser then scrolls the whole canvas into view:
 // where it is taller than the window the photo jumped under the reviewer's mouse mid-drag.

@@ -109,6 +109,24 @@ def test_waiting_counts_drawn_boxes_without_a_chosen_class():
         diff(OBJECTS, [{**SHOWN[0], "label": "bl"}, *SHOWN[1:]], TAX, 312, 312)
 
 
+@pytest.mark.parametrize("label, saved", [
+    (f"{CHOOSE}slope drain", "slope drain"),
+    ("(choose a classslope drain)", "slope drain"),  # the caret sat before the placeholder's ")" (a walk-through)
+    (f"rock toe damaged{CHOOSE}", "rock toe damaged"),
+    (f"{CHOOSE}  Toe Drain- blocked ", "Toe drain- Blocked"),  # any case, spaces trimmed
+    (f"{CHOOSE}vege", None),  # not a whole class: waits for one from the list
+    ("(choose a classvege)", None),
+    (CHOOSE, None),
+])
+def test_a_class_typed_into_the_dialog_is_chosen_when_it_names_one(label, saved):
+    drawn = {"xmin": 5, "ymin": 5, "xmax": 40, "ymax": 40, "label": label}
+    changes = diff(OBJECTS, SHOWN + [drawn], TAX, 312, 312)
+    if saved is None:
+        assert changes == [] and waiting(SHOWN + [drawn], TAX) == 1
+    else:
+        assert changes == [Change("add", box=Box(5, 5, 40, 40), class_name=saved)] and waiting(SHOWN + [drawn], TAX) == 0
+
+
 def test_shown_boxes_carry_index_labels_and_condition_colours():
     assert [b["label"] for b in SHOWN] == ["#0 slope drain", "#1 Toe drain", "#2 vegetation"]
     assert SHOWN[0]["color"] == rgb(DEFAULT_COLORS["normal"]) == "rgb(44, 160, 44)" and SHOWN[2]["color"] == rgb(DEFAULT_COLORS["none"])

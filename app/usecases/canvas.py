@@ -126,19 +126,47 @@ def parse_label(label: str | None) -> tuple[int | None, str]:
     return (int(m.group(1)), m.group(2).strip()) if m else (None, text)
 
 
-def unchosen(raw) -> bool:
+def typed(text: str) -> str | None:
+    """What was typed into the class dialog's field around its placeholder, wherever the caret
+    sat: "(choose a classvege)", "(choose a classslope drain)" (before its ")"), "rock toe(choose
+    a class)". None when the placeholder is not there."""
+    head = CHOOSE[:-1]
+    if text.startswith(CHOOSE):
+        return text[len(CHOOSE):]
+    if text.startswith(head) and text.endswith(")"):
+        return text[len(head):-1]
+    if text.endswith(CHOOSE):
+        return text[: -len(CHOOSE)]
+    return None
+
+
+def drawn_class(raw, taxonomy: Taxonomy) -> str | None:
+    """The class of a drawn box (no ``#k``) whose class was typed into the dialog instead of picked
+    from its list: the typed text, when it names one class (any case, spaces trimmed)."""
+    index, text = parse_label(raw.get("label") if isinstance(raw, dict) else None)
+    words = typed(text) if index is None else None
+    if not words:
+        return None
+    return next((c for c in taxonomy.class_names if c.lower() == " ".join(words.split()).lower()), None)
+
+
+def unchosen(raw, taxonomy: Taxonomy | None = None) -> bool:
     """A drawn box whose class the reviewer has not chosen yet: no ``#k``, and an empty label or
-    the placeholder, with whatever was typed after it ("(choose a classvege)": text typed into
-    the dialog's field is appended to the placeholder, and must leave the box waiting for a class
-    from the list, not refuse the save and lose the box). Other text stays an error: it is a
-    stored box's label edited by hand, which must not read as that object gone."""
+    the placeholder with whatever was typed into it. Text typed into the dialog's field is added to
+    the placeholder ("(choose a classvege)"); a class typed whole is chosen (``drawn_class``,
+    given the ``taxonomy``), anything else leaves the box waiting for a class from the list: the
+    save refused lost the box. Other text stays an error: it is a stored box's label edited by
+    hand, which must not read as that object gone."""
     index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
-    return index is None and (class_name == "" or class_name.startswith(CHOOSE))
+    if index is not None or (taxonomy is not None and drawn_class(raw, taxonomy)):
+        return False
+    return class_name == "" or typed(class_name) is not None
 
 
-def waiting(boxes: list[dict]) -> int:
-    """Drawn boxes whose class the reviewer has not chosen yet."""
-    return sum(unchosen(b) for b in boxes or [])
+def waiting(boxes: list[dict], taxonomy: Taxonomy | None = None) -> int:
+    """Drawn boxes whose class the reviewer has not chosen yet (given the ``taxonomy``, one whose
+    class was typed whole is chosen)."""
+    return sum(unchosen(b, taxonomy) for b in boxes or [])
 
 
 def moved(a: Box, b: Box, tolerance: float = MOVE_TOLERANCE_PX) -> bool:
@@ -155,9 +183,10 @@ def diff(objects: list[CanvasObject], boxes: list[dict], taxonomy: Taxonomy, wid
     by_index = {o.index: o for o in objects}
     parsed = []
     for raw in boxes or []:
-        if unchosen(raw):
+        if unchosen(raw, taxonomy):
             continue  # drawn, class not chosen yet: saved once the reviewer picks it (see waiting())
         index, class_name = parse_label(raw.get("label") if isinstance(raw, dict) else None)
+        class_name = drawn_class(raw, taxonomy) or class_name
         if class_name not in taxonomy.class_names:
             raise CanvasError(f"expected a class among {taxonomy.class_names}, found {class_name!r}")
         parsed.append((index, class_name, clamp_box(raw, width, height, scale)))

@@ -154,7 +154,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
     scale = canvas_scale(photo.width, photo.height)
     changes = diff(as_seen, boxes, store.taxonomy, photo.width, photo.height, scale)
     if not changes:
-        return Saved((), waiting(boxes))
+        return Saved((), waiting(boxes, store.taxonomy))
     others = photo_changes(store, findings, seen_at)
     shown = {o.index for o in as_seen}
     stale = (any(c.finding_id is not None and revisions[c.finding_id] != seen_at.get(c.finding_id) for c in changes)
@@ -165,12 +165,12 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
         # The canvas shows the photo exactly as stored: no edit, only a report of a freshly drawn
         # photo that reached the server before the ``seen`` it came with (a photo opened from the
         # Queue). Nothing to save and nothing to warn about.
-        return Saved((), waiting(boxes))
-    if stale and waiting(boxes):
+        return Saved((), waiting(boxes, store.taxonomy))
+    if stale and waiting(boxes, store.taxonomy):
         # The canvas's class dialog is open on a drawn box. Reloading the photo now would leave
         # the dialog on whichever box takes that place in the reloaded list, and the class the
         # reviewer picks next would relabel that object. Refused once the class is chosen instead.
-        return Saved((), waiting(boxes))
+        return Saved((), waiting(boxes, store.taxonomy))
     if stale:
         touched = next((c.finding_id for c in changes if c.finding_id is not None), None)
         raise StalePhoto(f"photo {photo_id} changed since you loaded it: {'; '.join(others)}", touched)
@@ -198,7 +198,7 @@ def save_canvas(store: Store, photo_id: int, boxes: list[dict], seen: dict, revi
             what += f" (its class, {state.class_name}, is still pending: a accepts it)"
         lines.append(f"#{index[c.finding_id]} {what}")
         touched = touched if c.action == "delete" else c.finding_id
-    return Saved(tuple(lines), waiting(boxes), touched, tuple(others))
+    return Saved(tuple(lines), waiting(boxes, store.taxonomy), touched, tuple(others))
 
 
 def seen_findings(store: Store, findings: list[StoredFinding], seen: dict[int, int]) -> list[StoredFinding]:

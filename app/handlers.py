@@ -283,6 +283,14 @@ class Handlers:
         return evt.row_value[2] if evt.row_value else None
 
     # --- Queue, Dashboard, Export -----------------------------------------------------------
+    @staticmethod
+    def signed_in(request: gr.Request) -> str:
+        """Who this page's corrections are saved as; signed in, the way to sign out."""
+        name = getattr(request, "username", None)
+        if name:
+            return f"Signed in as **{html.escape(name)}** · [Sign out](logout)"
+        return "Not signed in (`--no-auth`): corrections are saved as **anonymous**"
+
     def queue_filter_choices(self):
         """The model-version and reviewer filters list what the store holds (both match exactly)."""
         versions = [(v + PASSTHROUGH_NOTE, v) if v.startswith("passthrough:") else v for v in self.store.model_versions()]

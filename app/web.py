@@ -117,11 +117,33 @@ GALLERY_CSS = ("#sw-gallery .grid-container{grid-template-columns:repeat(auto-fi
                "#sw-gallery .fixed-height{max-height:80vh !important}")
 
 
+# Signed out in another tab (Gradio's /logout ends all of a user's sessions) or by a server
+# restart, every press on an open page was refused by the server and nothing on the page said so:
+# a reviewer kept working and none of it was saved. The first refusal says it, at the top.
+SESSION_JS = """
+const swFetch = window.fetch;
+window.fetch = async (...args) => {
+  const answer = await swFetch(...args);
+  if (answer.status === 401 && !document.getElementById('sw-signed-out')) {
+    const bar = document.createElement('div');
+    bar.id = 'sw-signed-out';
+    bar.style.cssText = 'position:fixed;top:0;left:0;right:0;z-index:10000;padding:10px 16px;background:#b91c1c;color:#fff;'
+      + 'font-weight:bold;text-align:center';
+    bar.textContent = '⚠ You are signed out (in another tab, or the server restarted): nothing you do on this page is saved. '
+      + 'Reload the page to sign in again.';
+    document.body.appendChild(bar);
+  }
+  return answer;
+};
+"""
+
+
 def page_head() -> str:
-    """The page's extra ``<head>``: the Review tab's keyboard shortcuts and the Inspect gallery's layout."""
+    """The page's extra ``<head>``: the Review tab's keyboard shortcuts, the signed-out warning and
+    the Inspect gallery's layout."""
     from app.review_tab import REVIEW_KEYS_JS
 
-    return f"<style>{GALLERY_CSS}</style><script>{REVIEW_KEYS_JS}</script>"
+    return f"<style>{GALLERY_CSS}</style><script>{SESSION_JS}{REVIEW_KEYS_JS}</script>"
 
 
 def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None, schedule: SchedulerState | None = None):
@@ -143,7 +165,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     # Uploads (refused ones included) and returned images live in Gradio's cache until deleted.
     age = config.cache_minutes * 60
     with gr.Blocks(title="slopewatch", delete_cache=(max(60, age // 4), age)) as demo:
-        gr.Markdown("# slopewatch — embankment drainage inspection")
+        with gr.Row():
+            gr.Markdown("# slopewatch — embankment drainage inspection")
+            who = gr.Markdown(elem_id="sw-who")  # who the corrections are saved as, and a way out
         with gr.Tabs() as tabs:
             # The Review tab, opened at its top: a row clicked far down the Inspect table, the Queue
             # or the library map left the page scrolled there, the canvas out of view.
@@ -213,6 +237,7 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
         dash_refresh.click(h.dashboard, None, dash, api_name="dashboard")
         export_btn.click(h.export, [fmt, include_unreviewed, valid_percent], [export_file, export_msg], api_name="export")
         demo.load(h.dashboard, None, dash, api_name=False)
+        demo.load(h.signed_in, None, who, api_name=False, show_progress="hidden")
         # Opening a tab shows it as it is now, not as it was when the page loaded.
         queue_tab.select(h.queue_rows, queue_filters, queue_table, api_name=False)
         for opened in (queue_tab.select, refresh.click):

@@ -721,3 +721,27 @@ def test_clicks_on_a_panel_that_is_being_replaced_wait_and_say_so(app_url, sampl
         page.wait_for_timeout(1000)
         assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before  # nothing accepted: not #here, never looked at
         assert page.locator("[data-testid='toast-body']").all_inner_texts() == []
+
+
+def test_a_page_signed_out_elsewhere_says_so_at_the_first_press(app_url, samples_yaml):
+    """Signed out in another tab (Gradio's /logout ends all of a user's sessions), the old tab's
+    presses were refused by the server and nothing on the page said so (a walk-through: `a`, `2`
+    and a photo id did nothing visible). The page says who is signed in, and the first refused
+    press says the page is signed out; nothing is written."""
+    url, db = app_url
+    photos = sorted((samples_yaml.parent / "valid" / "images").glob("*.jpg"))
+    with inspected(url, [photos[2]]) as page:
+        assert page.locator("#sw-who").inner_text().startswith("Signed in as ana · Sign out")
+        photo_id = int(page.locator("#sw-last-photo input").input_value())
+        page.locator("#sw-review-this").click()
+        page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=30_000)
+        page.wait_for_function("() => !swBusy", timeout=10_000)
+        before = sql(db, "SELECT count(*) FROM corrections")[0][0]
+        page.request.get(url + "logout", max_redirects=0)  # as another tab of this browser would
+        assert not page.locator("#sw-signed-out").is_visible()
+        page.locator("#sw-header").click()
+        page.keyboard.press("a")
+        page.wait_for_selector("#sw-signed-out", state="visible", timeout=20_000)
+        assert page.locator("#sw-signed-out").inner_text().startswith("⚠ You are signed out")
+        page.wait_for_timeout(1500)
+        assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before

@@ -39,6 +39,8 @@ class ReviewEdits:
         except after a save with ``advance``: then the next pending object after it is, if any."""
         if photo_id is None:
             return self._after(None, None, "Open a photo first.")
+        if isinstance(photo_id, int):
+            self.presence.saw(reviewer(request), photo_id)  # an edit keeps her on the photo (see app.presence)
         chosen = selected if callable(selected) else lambda: selected
         try:
             message = work(reviewer(request))

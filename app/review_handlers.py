@@ -9,6 +9,8 @@ import time
 
 import gradio as gr
 
+from app.handlers import reviewer
+from app.presence import Presence
 from app.review_edits import ReviewEdits
 from app.usecases import review
 from app.usecases.canvas import LABEL_MARK, LIKELY_MARK, canvas_boxes, canvas_scale, click_rank
@@ -62,6 +64,7 @@ class ReviewHandlers(ReviewEdits):
 
     def __init__(self, store: Store, models=None):
         self.store, self.models = store, models
+        self.presence = Presence()  # who is on which photo: "Next photo to review" hands out another
         tax = store.taxonomy
         self.colors = {k: DEFAULT_COLORS.get(k, "#1f77b4") for k in {tax.condition_key(c) for c in tax.class_names}}
 
@@ -182,10 +185,25 @@ class ReviewHandlers(ReviewEdits):
         return (message, *self.view(photo_id, selected))
 
     # --- navigation ---------------------------------------------------------------------------
-    def open_photo(self, photo_id, seen=None):
+    def _here(self, out: tuple, request) -> tuple:
+        """The view ``out`` as shown to the reviewer of ``request``: she is now on its photo, and
+        another reviewer on it too is named at the head of the header."""
+        if request is None:
+            return out
+        who, photo_id = reviewer(request), out[self.VIEW.index("photo")]
+        if not isinstance(photo_id, int):
+            return out
+        self.presence.saw(who, photo_id)
+        others = self.presence.others_on(photo_id, who)
+        return self._noted(out, f"👥 Also on this photo: {', '.join(map(str, others))}.") if others else out
+
+    def open_photo(self, photo_id, seen=None, request: gr.Request = None):
         """The photo of ``photo_id``; an unknown or absurd id is answered, and the photo on screen
         (the one ``seen`` was of) stays open: a mistyped id used to close it, and ← then went to
         the first photo instead of back."""
+        return self._here(self._open_photo(photo_id, seen), request)
+
+    def _open_photo(self, photo_id, seen):
         try:
             if photo_id is None and seen:  # an emptied box (letters typed into a number read as none) closed the photo
                 raise ValueError("no id")
@@ -201,14 +219,14 @@ class ReviewHandlers(ReviewEdits):
                     pass  # that object is gone too (a repaired store): nothing to stay on
             return (None, said, *self.view(None)[2:])
 
-    def show_photo(self, photo_id):
+    def show_photo(self, photo_id, request: gr.Request = None):
         """``open_photo`` from elsewhere (Inspect, the Queue): the status line about the photo
         reviewed before goes with it ("Saved: #0 relabelled" would read as news about this one)."""
-        return ("", *self.open_photo(photo_id))
+        return ("", *self.open_photo(photo_id, None, request))
 
-    def show_finding(self, finding_id):
+    def show_finding(self, finding_id, request: gr.Request = None):
         """``open_finding`` from elsewhere (the Inspect table, the library map), status line cleared."""
-        return ("", *self.open_finding(finding_id))
+        return ("", *self._here(self.open_finding(finding_id), request))
 
     def open_finding(self, finding_id):
         """The photo of one object, with that object selected."""
@@ -269,25 +287,30 @@ class ReviewHandlers(ReviewEdits):
                               "↻ Before the first photo: on to the last.")
         return out
 
-    def next_photo(self, photo_id):
-        return self.step(photo_id, +1)
+    def next_photo(self, photo_id, request: gr.Request = None):
+        return self._here(self.step(photo_id, +1), request)
 
-    def prev_photo(self, photo_id):
-        return self.step(photo_id, -1)
+    def prev_photo(self, photo_id, request: gr.Request = None):
+        return self._here(self.step(photo_id, -1), request)
 
-    def open_first(self, photo_id):
+    def open_first(self, photo_id, request: gr.Request = None):
         """The Review tab opened with no photo open: the next photo to review, so a reviewer starts
         at once; with a photo open, nothing changes (another tab may just have opened it)."""
         if photo_id:  # ids start at 1; an empty Number reads as None or 0
             return tuple(gr.skip() for _ in self.VIEW + self.PANEL)
-        return self.next_in_queue(None)
+        return self.next_in_queue(None, request)
 
-    def next_in_queue(self, photo_id):
+    def next_in_queue(self, photo_id, request: gr.Request = None):
+        """The neediest photo left to review other than this one, and not one another reviewer is
+        on (two reviewers pressing N were both handed the top of the queue); hers only when no
+        other is left, and then the header names her."""
         queue = self.store.photo_queue()
         left = [row.photo_id for row in queue if not row.done]
-        following = next((k for k in left if k != photo_id), None)
+        others = [k for k in left if k != photo_id]
+        taken = self.presence.taken(reviewer(request)) if request is not None else set()
+        following = next((k for k in others if k not in taken), others[0] if others else None)
         if following is not None or not queue:
-            return self.view(following)
+            return self._here(self.view(following), request)
         # Nothing else to open: the button did nothing and said nothing.
-        return self._noted(self.view(photo_id), "This is the last photo left to review." if left else
-                           "✓ Every photo is reviewed: nothing left in the queue.")
+        return self._here(self._noted(self.view(photo_id), "This is the last photo left to review." if left else
+                                      "✓ Every photo is reviewed: nothing left in the queue."), request)

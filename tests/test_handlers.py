@@ -943,3 +943,35 @@ def test_a_refused_delete_keeps_its_object_and_photo_done_is_refused_on_a_view_c
     assert app.store.state(decided.finding_id).revision != reloaded[str(decided.finding_id)]
     mine = app.r.photo_done(photo_id, reloaded, BO)
     assert mine[0] == "Saved: photo reviewed ✓." and rows(app.db, "SELECT reviewer FROM photo_reviews") == [("bo",)]
+
+
+def test_next_photo_to_review_hands_two_reviewers_different_photos(app):
+    """A two-reviewer walk-through: ana on photo 3, bo pressed N and was handed photo 3 too; their
+    edits then collided. N skips a photo another reviewer is on; opened anyway, it names her."""
+    inspect(app, PHOTOS[0], PHOTOS[1])
+    ana_on = view(app.r.next_in_queue(None, ANA))["photo"]
+    bo_on = view(app.r.next_in_queue(None, BO))["photo"]
+    assert bo_on != ana_on and {ana_on, bo_on} == {r[0] for r in app.h.queue_rows("", "", "", "", "")}
+    joined = view(app.r.open_photo(ana_on, None, BO))
+    assert joined["header"].startswith("👥 Also on this photo: ana (just now).")
+    assert "Also on this photo" not in view(app.r.open_photo(bo_on, None, ANA))["header"]  # bo left it
+    # Only another reviewer's photo left: handed out anyway, and named.
+    assert view(app.r.next_in_queue(ana_on, BO))["header"].startswith("👥 Also on this photo: ana")
+
+
+def test_presence_lapses_and_follows_each_reviewer():
+    from app.presence import Presence
+
+    now = [0.0]
+    p = Presence(ttl_s=600, clock=lambda: now[0])
+    p.saw("ana", 3)
+    p.saw("bo", 3)
+    assert [o.reviewer for o in p.others_on(3, "bo")] == ["ana"] and p.taken("bo") == {3} and p.taken("cy") == {3}
+    p.saw("ana", 4)  # she moved on
+    assert p.others_on(3, "bo") == [] and p.taken("bo") == {4}
+    now[0] = 601.0  # a closed tab says nothing: presence lapses
+    assert p.taken("bo") == set() and p.others_on(4, "bo") == []
+    p.saw("ana", None)
+    assert p.taken("bo") == set()
+    with pytest.raises(ValueError, match="ttl_s"):
+        Presence(ttl_s=0)

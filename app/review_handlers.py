@@ -195,7 +195,7 @@ class ReviewHandlers(ReviewEdits):
             return out
         self.presence.saw(who, photo_id)
         others = self.presence.others_on(photo_id, who)
-        return self._noted(out, f"👥 Also on this photo: {', '.join(map(str, others))}.") if others else out
+        return self._noted(out, f"⚠ Also on this photo: {', '.join(map(str, others))}.") if others else out
 
     def open_photo(self, photo_id, seen=None, request: gr.Request = None):
         """The photo of ``photo_id``; an unknown or absurd id is answered, and the photo on screen

@@ -138,12 +138,16 @@ window.fetch = async (...args) => {
 """
 
 
+# The signed-in line sits in the title's row, at its right: a row of its own pushed every tab down.
+WHO_CSS = "#sw-who{position:absolute;top:14px;right:24px;width:auto;z-index:5}"
+
+
 def page_head() -> str:
     """The page's extra ``<head>``: the Review tab's keyboard shortcuts, the signed-out warning and
     the Inspect gallery's layout."""
     from app.review_tab import REVIEW_KEYS_JS
 
-    return f"<style>{GALLERY_CSS}</style><script>{SESSION_JS}{REVIEW_KEYS_JS}</script>"
+    return f"<style>{GALLERY_CSS}{WHO_CSS}</style><script>{SESSION_JS}{REVIEW_KEYS_JS}</script>"
 
 
 def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None, schedule: SchedulerState | None = None):
@@ -165,9 +169,8 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     # Uploads (refused ones included) and returned images live in Gradio's cache until deleted.
     age = config.cache_minutes * 60
     with gr.Blocks(title="slopewatch", delete_cache=(max(60, age // 4), age)) as demo:
-        with gr.Row():
-            gr.Markdown("# slopewatch — embankment drainage inspection")
-            who = gr.Markdown(elem_id="sw-who")  # who the corrections are saved as, and a way out
+        gr.Markdown("# slopewatch — embankment drainage inspection")
+        who = gr.Markdown(elem_id="sw-who")  # who the corrections are saved as, and a way out (top right: WHO_CSS)
         with gr.Tabs() as tabs:
             # The Review tab, opened at its top: a row clicked far down the Inspect table, the Queue
             # or the library map left the page scrolled there, the canvas out of view.

@@ -953,10 +953,10 @@ def test_next_photo_to_review_hands_two_reviewers_different_photos(app):
     bo_on = view(app.r.next_in_queue(None, BO))["photo"]
     assert bo_on != ana_on and {ana_on, bo_on} == {r[0] for r in app.h.queue_rows("", "", "", "", "")}
     joined = view(app.r.open_photo(ana_on, None, BO))
-    assert joined["header"].startswith("👥 Also on this photo: ana (just now).")
+    assert joined["header"].startswith("⚠ Also on this photo: ana (just now).")
     assert "Also on this photo" not in view(app.r.open_photo(bo_on, None, ANA))["header"]  # bo left it
     # Only another reviewer's photo left: handed out anyway, and named.
-    assert view(app.r.next_in_queue(ana_on, BO))["header"].startswith("👥 Also on this photo: ana")
+    assert view(app.r.next_in_queue(ana_on, BO))["header"].startswith("⚠ Also on this photo: ana")
 
 
 def test_presence_lapses_and_follows_each_reviewer():

@@ -288,8 +288,8 @@ class Handlers:
         """Who this page's corrections are saved as; signed in, the way to sign out."""
         name = getattr(request, "username", None)
         if name:
-            return f"Signed in as **{html.escape(name)}** · [Sign out](logout)"
-        return "Not signed in (`--no-auth`): corrections are saved as **anonymous**"
+            return f"Signed in as <b>{html.escape(name)}</b> · <a href='logout' target='_self'>Sign out</a>"
+        return "Not signed in (<code>--no-auth</code>): corrections are saved as <b>anonymous</b>"
 
     def queue_filter_choices(self):
         """The model-version and reviewer filters list what the store holds (both match exactly)."""

@@ -251,7 +251,8 @@ const swHint = (text) => {
   let hint = document.getElementById('sw-keyhint');
   const status = document.getElementById('sw-status');
   if (!hint && status) { hint = document.createElement('div'); hint.id = 'sw-keyhint'; hint.style.color = '#b45309'; status.after(hint); }
-  if (hint) hint.textContent = text;
+  // Signed out (app.web.SESSION_JS's bar), no answer will come: "Wait … click again" would mislead.
+  if (hint) hint.textContent = document.getElementById('sw-signed-out') ? '' : text;
 };
 // A key that acts through the side panel takes the keys away from the canvas: the canvas's own
 // Delete removes only the box selected on it, and none is after an undo (Delete then did nothing

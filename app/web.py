@@ -170,7 +170,9 @@ def build_app(models: ModelHost, store: Store, config: ServeConfig | None = None
     age = config.cache_minutes * 60
     with gr.Blocks(title="slopewatch", delete_cache=(max(60, age // 4), age)) as demo:
         gr.Markdown("# slopewatch — embankment drainage inspection")
-        who = gr.Markdown(elem_id="sw-who")  # who the corrections are saved as, and a way out (top right: WHO_CSS)
+        # Who the corrections are saved as, and a way out (top right: WHO_CSS). HTML, not Markdown:
+        # Markdown opens links in a new tab, and the tab signed out from still said "Signed in".
+        who = gr.HTML(elem_id="sw-who")
         with gr.Tabs() as tabs:
             # The Review tab, opened at its top: a row clicked far down the Inspect table, the Queue
             # or the library map left the page scrolled there, the canvas out of view.

@@ -77,7 +77,7 @@ def inspected(url, photos):
     """A page logged in as ana on which ``photos`` were just inspected; the browser closes after."""
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page = browser.new_context(viewport={"width": 1400, "height": 1500}).new_page()  # a context: tabs share its sign-in
         try:
             log_in_and_inspect(page, url, photos)
             page.wait_for_selector(f"#sw-message :text('Inspected {len(photos)} photo')", timeout=120_000)
@@ -95,7 +95,7 @@ def test_review_a_photo_with_mouse_and_keys(app_url, samples_yaml, tmp_path):
     tax = load_taxonomy()
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page = browser.new_context(viewport={"width": 1400, "height": 1500}).new_page()  # a context: tabs share its sign-in
         try:
             log_in_and_inspect(page, url, photos)
             page.wait_for_selector("#sw-message :text('Inspected 2 photo')", timeout=120_000)
@@ -737,11 +737,20 @@ def test_a_page_signed_out_elsewhere_says_so_at_the_first_press(app_url, samples
         page.wait_for_selector(f"#sw-header :text('Photo {photo_id} ')", timeout=30_000)
         page.wait_for_function("() => !swBusy", timeout=10_000)
         before = sql(db, "SELECT count(*) FROM corrections")[0][0]
-        page.request.get(url + "logout", max_redirects=0)  # as another tab of this browser would
+        # Signed out in another tab of this browser, by the page's own link (which signs out here
+        # too: it opened a new tab, where this one still said "Signed in").
+        other = page.context.new_page()
+        other.goto(url)
+        other.wait_for_selector("#sw-who a", timeout=30_000)
+        other.locator("#sw-who a").click()
+        other.wait_for_selector("input[type=password]", timeout=30_000)
+        assert len(page.context.pages) == 2  # the link opened no tab of its own
         assert not page.locator("#sw-signed-out").is_visible()
         page.locator("#sw-header").click()
         page.keyboard.press("a")
         page.wait_for_selector("#sw-signed-out", state="visible", timeout=20_000)
         assert page.locator("#sw-signed-out").inner_text().startswith("⚠ You are signed out")
+        page.locator("#sw-accept").click()
         page.wait_for_timeout(1500)
+        assert page.locator("#sw-keyhint").inner_text() == ""  # no "Wait … click again": no answer will come
         assert sql(db, "SELECT count(*) FROM corrections")[0][0] == before

@@ -45,16 +45,17 @@ class Presence:
             else:
                 self._on[reviewer] = (int(photo_id), self._clock())
 
-    def others_on(self, photo_id: int, reviewer: str) -> list[OnPhoto]:
-        """The other reviewers on ``photo_id`` within the last ``ttl_s``, most recent first."""
+    def _others(self, reviewer: str) -> list[tuple[int, OnPhoto]]:
+        """``(photo id, reviewer there)`` for every other reviewer who acted within ``ttl_s``."""
         now = self._clock()
         with self._lock:
-            on = [OnPhoto(who, now - when) for who, (pid, when) in self._on.items()
-                  if who != reviewer and pid == int(photo_id) and now - when <= self.ttl_s]
-        return sorted(on, key=lambda o: o.seconds_ago)
+            return [(pid, OnPhoto(who, now - when)) for who, (pid, when) in self._on.items()
+                    if who != reviewer and now - when <= self.ttl_s]
+
+    def others_on(self, photo_id: int, reviewer: str) -> list[OnPhoto]:
+        """The other reviewers on ``photo_id`` within the last ``ttl_s``, most recent first."""
+        return sorted((o for pid, o in self._others(reviewer) if pid == int(photo_id)), key=lambda o: o.seconds_ago)
 
     def taken(self, reviewer: str) -> set[int]:
         """Photos another reviewer is on (within the last ``ttl_s``)."""
-        now = self._clock()
-        with self._lock:
-            return {pid for who, (pid, when) in self._on.items() if who != reviewer and now - when <= self.ttl_s}
+        return {pid for pid, _ in self._others(reviewer)}

@@ -122,9 +122,15 @@ def photo_changes(store: Store, findings: list[StoredFinding], seen: dict, but: 
                 out.append(f"#{f.index} added by {s.updated_by or 'the model'}")
         elif s.revision != revisions[f.finding_id]:
             history = store.history(f.finding_id)
-            if but is None or any(c.reviewer != but for c in history if c.revision > revisions[f.finding_id]):
+            if but is None or not only_hers(history, revisions[f.finding_id], but):
                 out.append(f"#{f.index}: {by_other(history[-1], s)}")
     return out
+
+
+def only_hers(history, since: int, reviewer: str) -> bool:
+    """Every correction in ``history`` after revision ``since`` is ``reviewer``'s own: no news to
+    her (a box she moved a moment ago, whose reply has not come back yet; another tab of hers)."""
+    return all(c.reviewer == reviewer for c in history if c.revision > since)
 
 
 def by_other(last, now: FindingState) -> str:
@@ -254,11 +260,10 @@ def accept_some(store: Store, photo_id: int, reviewer: str, choose: Callable[[li
     store.ensure_user(reviewer)
     seen_at = {int(k): int(v) for k, v in (seen or {}).items()}
     findings = store.photo_findings(photo_id)
-    # The reviewer's own changes since (a box she moved a moment ago, whose reply has not come
-    # back yet; another tab of hers) are no news to her: she knows those objects as they are now.
+    # The reviewer's own changes since are no news to her: she knows those objects as they are now.
     for f in findings:
-        if f.finding_id in seen_at and f.state.revision != seen_at[f.finding_id] and all(
-                c.reviewer == reviewer for c in store.history(f.finding_id) if c.revision > seen_at[f.finding_id]):
+        if f.finding_id in seen_at and f.state.revision != seen_at[f.finding_id] and only_hers(
+                store.history(f.finding_id), seen_at[f.finding_id], reviewer):
             seen_at[f.finding_id] = f.state.revision
     chosen = choose(seen_findings(store, findings, seen_at))
     left = tuple(f"#{f.index}: {by_other(store.history(f.finding_id)[-1], f.state)}" for f in findings
